@@ -1,0 +1,524 @@
+//! The JSON documents of a store: config, account, key and snapshot. Every document carries a
+//! `format` name with a version; readers check it first and reject what they do not know.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::DocError;
+use crate::id::{ChunkId, KeyId, SnapshotId, StoreId};
+
+/// Longest name (volume, account, key) accepted.
+pub const MAX_NAME_LEN: usize = 128;
+/// Most tags on one object.
+pub const MAX_TAGS: usize = 64;
+/// Longest tag key.
+pub const MAX_TAG_KEY_LEN: usize = 128;
+/// Longest tag value or description.
+pub const MAX_TAG_VALUE_LEN: usize = 1024;
+/// Most grants on one key.
+pub const MAX_GRANTS: usize = 10_000;
+/// Largest volume (2^60 bytes, an exbibyte).
+pub const MAX_VOLUME_SIZE: u64 = 1 << 60;
+/// Most metadata chunks one snapshot's extent list may span (2^24 × 16 MiB chunks).
+pub const MAX_EXTENT_CHUNKS: usize = 1 << 24;
+
+/// A document type with a versioned format name.
+pub trait Document: Serialize + DeserializeOwned {
+    /// The document kind, for messages (`snapshot`).
+    const KIND: &'static str;
+    /// The format name this version writes and reads (`blocksnap.snapshot/v1`).
+    const FORMAT: &'static str;
+
+    /// Checks every field; called by [`Document::from_json`].
+    fn validate(&self) -> Result<(), DocError>;
+
+    /// Parses and validates a document from untrusted bytes. Never panics.
+    fn from_json(bytes: &[u8]) -> Result<Self, DocError> {
+        #[derive(Deserialize)]
+        struct Peek {
+            format: Option<String>,
+        }
+        let malformed = |e: serde_json::Error| DocError::Malformed {
+            doc: Self::KIND,
+            detail: e.to_string(),
+        };
+        let peek: Peek = serde_json::from_slice(bytes).map_err(malformed)?;
+        match peek.format {
+            Some(f) if f == Self::FORMAT => {}
+            Some(f) => {
+                return Err(DocError::UnknownFormat {
+                    doc: Self::KIND,
+                    found: f.chars().take(80).collect(),
+                    expected: Self::FORMAT,
+                });
+            }
+            None => return Err(DocError::invalid(Self::KIND, "format", "is missing")),
+        }
+        let doc: Self = serde_json::from_slice(bytes).map_err(malformed)?;
+        doc.validate()?;
+        Ok(doc)
+    }
+
+    /// Encodes the document as pretty JSON.
+    fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("documents always serialize");
+        v.push(b'\n');
+        v
+    }
+}
+
+/// Checks a user-chosen name: 1 to 128 characters, letters, digits and `-_.:@`, not starting
+/// with a dot or a dash (so it is safe as a file name and unambiguous on a command line).
+pub fn validate_name(doc: &'static str, field: &str, name: &str) -> Result<(), DocError> {
+    let ok_char = |c: char| c.is_alphanumeric() || "-_.:@+".contains(c);
+    if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
+        return Err(DocError::invalid(
+            doc,
+            field,
+            format!("must be 1 to {MAX_NAME_LEN} characters"),
+        ));
+    }
+    if !name.chars().all(ok_char) || name.starts_with('.') || name.starts_with('-') {
+        return Err(DocError::invalid(
+            doc,
+            field,
+            format!(
+                "'{}' may hold only letters, digits and - _ . : @ +, and not start with . or -",
+                name.chars().take(40).collect::<String>()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a tag set.
+pub fn validate_tags(doc: &'static str, tags: &BTreeMap<String, String>) -> Result<(), DocError> {
+    if tags.len() > MAX_TAGS {
+        return Err(DocError::invalid(
+            doc,
+            "tags",
+            format!("has {} tags, at most {MAX_TAGS} allowed", tags.len()),
+        ));
+    }
+    for (k, v) in tags {
+        if k.is_empty()
+            || k.len() > MAX_TAG_KEY_LEN
+            || k.contains('=')
+            || k.chars().any(char::is_control)
+        {
+            return Err(DocError::invalid(
+                doc,
+                "tags",
+                format!(
+                    "key '{}' must be 1 to {MAX_TAG_KEY_LEN} bytes, without '=' or control characters",
+                    k.chars().take(40).collect::<String>()
+                ),
+            ));
+        }
+        if v.len() > MAX_TAG_VALUE_LEN || v.chars().any(char::is_control) {
+            return Err(DocError::invalid(
+                doc,
+                format!("tags.{k}"),
+                format!(
+                    "value must be at most {MAX_TAG_VALUE_LEN} bytes, without control characters"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_text(doc: &'static str, field: &str, text: &str) -> Result<(), DocError> {
+    if text.len() > MAX_TAG_VALUE_LEN {
+        return Err(DocError::invalid(
+            doc,
+            field,
+            format!("is longer than {MAX_TAG_VALUE_LEN} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_time(doc: &'static str, field: &str, text: &str) -> Result<(), DocError> {
+    // RFC 3339 in UTC as written by blocksnap: 2026-11-23T19:30:24Z (fraction optional).
+    let b = text.as_bytes();
+    let shape = b.len() >= 20
+        && b.len() <= 40
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && text.ends_with('Z')
+        && text.is_ascii();
+    if !shape {
+        return Err(DocError::invalid(
+            doc,
+            field,
+            format!(
+                "'{}' is not an RFC 3339 UTC time",
+                text.chars().take(40).collect::<String>()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Chunker settings as stored in config and snapshot documents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkerDoc {
+    /// `cdc` or `fixed`.
+    pub kind: ChunkerKindDoc,
+    /// Smallest chunk.
+    pub min: u32,
+    /// Average chunk.
+    pub avg: u32,
+    /// Largest chunk.
+    pub max: u32,
+}
+
+/// The chunker algorithm's name in documents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChunkerKindDoc {
+    /// FastCDC 2020.
+    Cdc,
+    /// Fixed-size.
+    Fixed,
+}
+
+impl ChunkerDoc {
+    fn validate(&self, doc: &'static str) -> Result<(), DocError> {
+        let ok =
+            self.min >= 64 && self.min <= self.avg && self.avg <= self.max && self.max <= 16 << 20;
+        if !ok {
+            return Err(DocError::invalid(
+                doc,
+                "chunker",
+                format!(
+                    "sizes min={} avg={} max={} are out of range",
+                    self.min, self.avg, self.max
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `config`: the store's settings, written once by `init`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigDoc {
+    /// `blocksnap.config/v1`.
+    pub format: String,
+    /// The store's id.
+    pub id: StoreId,
+    /// When the store was created.
+    pub created: String,
+    /// Whether chunks are encrypted (and ids keyed).
+    pub encryption: bool,
+    /// The chunker every snapshot of this store uses.
+    pub chunker: ChunkerDoc,
+    /// Target size of a pack file in bytes.
+    pub pack_size: u64,
+    /// zstd level for chunks.
+    pub compression_level: i32,
+    /// The account created with the store: the default `--account`.
+    pub default_account: String,
+}
+
+impl Document for ConfigDoc {
+    const KIND: &'static str = "config";
+    const FORMAT: &'static str = "blocksnap.config/v1";
+    fn validate(&self) -> Result<(), DocError> {
+        validate_time(Self::KIND, "created", &self.created)?;
+        self.chunker.validate(Self::KIND)?;
+        if !(1 << 20..=1 << 30).contains(&self.pack_size) {
+            return Err(DocError::invalid(
+                Self::KIND,
+                "pack_size",
+                "must be between 1 MiB and 1 GiB",
+            ));
+        }
+        if !(-7..=22).contains(&self.compression_level) {
+            return Err(DocError::invalid(
+                Self::KIND,
+                "compression_level",
+                "must be between -7 and 22",
+            ));
+        }
+        validate_name(Self::KIND, "default_account", &self.default_account)
+    }
+}
+
+/// `accounts/NAME.json`: the public part of an account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountDoc {
+    /// `blocksnap.account/v1`.
+    pub format: String,
+    /// The account's name.
+    pub name: String,
+    /// The account's age X25519 recipient (`age1…`), to which keys are granted.
+    pub recipient: String,
+    /// When it was created.
+    pub created: String,
+}
+
+impl Document for AccountDoc {
+    const KIND: &'static str = "account";
+    const FORMAT: &'static str = "blocksnap.account/v1";
+    fn validate(&self) -> Result<(), DocError> {
+        validate_name(Self::KIND, "name", &self.name)?;
+        validate_time(Self::KIND, "created", &self.created)?;
+        if !self.recipient.starts_with("age1")
+            || self.recipient.len() > 200
+            || !self.recipient.is_ascii()
+        {
+            return Err(DocError::invalid(
+                Self::KIND,
+                "recipient",
+                "is not an age X25519 recipient (age1…)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One account's copy of a data key, wrapped (age-encrypted) to that account's recipient.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantDoc {
+    /// The grantee's account name.
+    pub account: String,
+    /// The age ciphertext of the 32-byte data key, in hex.
+    pub wrapped: String,
+}
+
+/// `keys/KEY-ID.json`: a data key and who holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyDoc {
+    /// `blocksnap.key/v1`.
+    pub format: String,
+    /// The key's id.
+    pub id: KeyId,
+    /// The key's name, unique in the store.
+    pub name: String,
+    /// When it was created.
+    pub created: String,
+    /// The account that created it.
+    pub created_by: String,
+    /// One wrapped copy per account that holds a grant.
+    pub grants: Vec<GrantDoc>,
+}
+
+impl Document for KeyDoc {
+    const KIND: &'static str = "key";
+    const FORMAT: &'static str = "blocksnap.key/v1";
+    fn validate(&self) -> Result<(), DocError> {
+        validate_name(Self::KIND, "name", &self.name)?;
+        validate_name(Self::KIND, "created_by", &self.created_by)?;
+        validate_time(Self::KIND, "created", &self.created)?;
+        if self.grants.len() > MAX_GRANTS {
+            return Err(DocError::invalid(
+                Self::KIND,
+                "grants",
+                format!("has more than {MAX_GRANTS} entries"),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, g) in self.grants.iter().enumerate() {
+            validate_name(Self::KIND, &format!("grants[{i}].account"), &g.account)?;
+            if !seen.insert(g.account.as_str()) {
+                return Err(DocError::invalid(
+                    Self::KIND,
+                    format!("grants[{i}].account"),
+                    format!("'{}' appears twice", g.account),
+                ));
+            }
+            if g.wrapped.is_empty()
+                || g.wrapped.len() > 4096
+                || !g.wrapped.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                return Err(DocError::invalid(
+                    Self::KIND,
+                    format!("grants[{i}].wrapped"),
+                    "is not a hex age ciphertext",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a snapshot's extent list lives: a stream of chunks in the same store, so the metadata
+/// of successive snapshots of one disk dedups like its data does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtentsDoc {
+    /// Number of extent records.
+    pub count: u64,
+    /// Bytes of the stream (sum of the chunk lengths).
+    pub bytes: u64,
+    /// The stream's chunks, in order.
+    pub chunks: Vec<ChunkId>,
+}
+
+/// `snapshots/SNAP-ID.json`: one volume at one point in time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotDoc {
+    /// `blocksnap.snapshot/v1`.
+    pub format: String,
+    /// The snapshot's id.
+    pub id: SnapshotId,
+    /// The volume's name.
+    pub volume: String,
+    /// The volume's size in bytes.
+    pub size: u64,
+    /// When the snapshot was taken (RFC 3339, UTC).
+    pub created: String,
+    /// The previous snapshot of the same volume, if any.
+    pub parent: Option<SnapshotId>,
+    /// The data key the chunks are encrypted with; none in a plain store.
+    pub key: Option<KeyId>,
+    /// The account that took it.
+    pub owner: String,
+    /// The chunker used.
+    pub chunker: ChunkerDoc,
+    /// User tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Bytes of data (not holes) in the snapshot.
+    pub data_bytes: u64,
+    /// The extent list.
+    pub extents: ExtentsDoc,
+}
+
+impl Document for SnapshotDoc {
+    const KIND: &'static str = "snapshot";
+    const FORMAT: &'static str = "blocksnap.snapshot/v1";
+    fn validate(&self) -> Result<(), DocError> {
+        validate_name(Self::KIND, "volume", &self.volume)?;
+        validate_name(Self::KIND, "owner", &self.owner)?;
+        validate_time(Self::KIND, "created", &self.created)?;
+        validate_tags(Self::KIND, &self.tags)?;
+        validate_text(Self::KIND, "description", &self.description)?;
+        self.chunker.validate(Self::KIND)?;
+        if self.size > MAX_VOLUME_SIZE {
+            return Err(DocError::invalid(
+                Self::KIND,
+                "size",
+                format!("{} exceeds the limit of 2^60 bytes", self.size),
+            ));
+        }
+        if self.data_bytes > self.size {
+            return Err(DocError::invalid(
+                Self::KIND,
+                "data_bytes",
+                "is larger than size",
+            ));
+        }
+        if self.extents.chunks.len() > MAX_EXTENT_CHUNKS {
+            return Err(DocError::invalid(
+                Self::KIND,
+                "extents.chunks",
+                "has too many entries",
+            ));
+        }
+        // Each record is at least 9 bytes and covers at least one byte of the volume.
+        if self.extents.count > self.size
+            || self.extents.bytes > self.extents.count.saturating_mul(64) + 64
+        {
+            return Err(DocError::invalid(
+                Self::KIND,
+                "extents",
+                "count and bytes do not agree with size",
+            ));
+        }
+        if (self.extents.bytes == 0) != self.extents.chunks.is_empty() {
+            return Err(DocError::invalid(
+                Self::KIND,
+                "extents",
+                "bytes and chunks do not agree",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample_snapshot() -> SnapshotDoc {
+        SnapshotDoc {
+            format: SnapshotDoc::FORMAT.into(),
+            id: SnapshotId(0x0f3a_9c2b_7d1e_4a55),
+            volume: "disk.img".into(),
+            size: 1 << 30,
+            created: "2026-11-23T19:30:24Z".into(),
+            parent: None,
+            key: Some(KeyId(1)),
+            owner: "alice".into(),
+            chunker: ChunkerDoc {
+                kind: ChunkerKindDoc::Cdc,
+                min: 16384,
+                avg: 65536,
+                max: 262144,
+            },
+            tags: BTreeMap::from([("env".into(), "prod".into())]),
+            description: String::new(),
+            data_bytes: 4096,
+            extents: ExtentsDoc {
+                count: 2,
+                bytes: 60,
+                chunks: vec![ChunkId([3; 32])],
+            },
+        }
+    }
+
+    #[test]
+    fn snapshot_round_trips() {
+        let s = sample_snapshot();
+        assert_eq!(SnapshotDoc::from_json(&s.to_json()).unwrap(), s);
+    }
+
+    #[test]
+    fn unknown_format_is_named() {
+        let mut s = sample_snapshot();
+        s.format = "blocksnap.snapshot/v9".into();
+        let err = SnapshotDoc::from_json(&s.to_json()).unwrap_err();
+        assert!(err.to_string().contains("blocksnap.snapshot/v9"), "{err}");
+        assert!(err.to_string().contains("upgrade"), "{err}");
+    }
+
+    #[test]
+    fn invalid_fields_are_named() {
+        let mut s = sample_snapshot();
+        s.volume = "../etc".into();
+        assert!(
+            SnapshotDoc::from_json(&s.to_json())
+                .unwrap_err()
+                .to_string()
+                .contains("'volume'")
+        );
+        let mut s = sample_snapshot();
+        s.data_bytes = s.size + 1;
+        assert!(
+            SnapshotDoc::from_json(&s.to_json())
+                .unwrap_err()
+                .to_string()
+                .contains("data_bytes")
+        );
+        assert!(SnapshotDoc::from_json(b"{").is_err());
+        assert!(SnapshotDoc::from_json(b"[]").is_err());
+        assert!(SnapshotDoc::from_json(b"{\"format\":\"blocksnap.snapshot/v1\"}").is_err());
+    }
+}

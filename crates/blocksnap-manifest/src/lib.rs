@@ -1,0 +1,26 @@
+//! blocksnap's documents and ids.
+//!
+//! Everything a store records about its data, apart from the chunks themselves, is a document
+//! defined here: the store's `config`, `accounts/`, `keys/` and `snapshots/`, and the binary
+//! extent list of a snapshot. Every document carries a versioned format name
+//! (`blocksnap.snapshot/v1`) and is validated on read: this crate parses untrusted bytes and
+//! returns an error naming the document and the field, never a panic. It does no I/O.
+//!
+//! ```
+//! use blocksnap_manifest::{Document, SnapshotDoc};
+//! let err = SnapshotDoc::from_json(br#"{"format": "blocksnap.snapshot/v7"}"#).unwrap_err();
+//! assert!(err.to_string().contains("v7"));
+//! ```
+
+mod docs;
+mod error;
+mod extent;
+mod id;
+
+pub use docs::{
+    AccountDoc, ChunkerDoc, ChunkerKindDoc, ConfigDoc, Document, ExtentsDoc, GrantDoc, KeyDoc,
+    MAX_NAME_LEN, MAX_TAGS, MAX_VOLUME_SIZE, SnapshotDoc, validate_name, validate_tags,
+};
+pub use error::{DocError, ExtentError};
+pub use extent::{EXTENT_MAGIC, Extent, ExtentDecoder, ExtentEncoder, MAX_DATA_EXTENT};
+pub use id::{ChunkId, IdError, KeyId, PackId, SnapshotId, StoreId};
