@@ -1,0 +1,272 @@
+//! The dedup index: where each chunk is stored.
+//!
+//! It maps a chunk id to its pack and the record's offset and lengths, on sled. It is a cache:
+//! every fact in it is also in a pack trailer, and [`Index::clear`] plus re-inserting every
+//! trailer's entries (`blocksnap repair index`) rebuilds it. The store writes entries only after
+//! the pack that holds them is durable, so an entry never points at a pack that is not there
+//! (unless the pack was later damaged or deleted by hand, which `check` reports).
+//!
+//! sled opens a database in one process at a time. [`Index::open`] therefore waits, calling
+//! back so the caller can tell the user, until the other process lets go.
+//!
+//! ```
+//! use blocksnap_index::{Index, Location};
+//! use blocksnap_manifest::{ChunkId, PackId};
+//! let dir = tempfile::tempdir().unwrap();
+//! let index = Index::open(dir.path(), std::time::Duration::from_secs(1), |_| {}).unwrap();
+//! let loc = Location { pack: PackId([1; 32]), offset: 64, stored_len: 100, raw_len: 200 };
+//! index.insert_batch(&[(ChunkId([2; 32]), loc)]).unwrap();
+//! assert_eq!(index.get(&ChunkId([2; 32])).unwrap(), Some(loc));
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use blocksnap_manifest::{ChunkId, PackId};
+
+/// Where a chunk's record is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// The pack.
+    pub pack: PackId,
+    /// The record's offset in the pack.
+    pub offset: u64,
+    /// The record's length on disk.
+    pub stored_len: u32,
+    /// The chunk's length.
+    pub raw_len: u32,
+}
+
+const VALUE_LEN: usize = 48;
+
+impl Location {
+    fn encode(&self) -> [u8; VALUE_LEN] {
+        let mut v = [0u8; VALUE_LEN];
+        v[..32].copy_from_slice(self.pack.as_bytes());
+        v[32..40].copy_from_slice(&self.offset.to_le_bytes());
+        v[40..44].copy_from_slice(&self.stored_len.to_le_bytes());
+        v[44..48].copy_from_slice(&self.raw_len.to_le_bytes());
+        v
+    }
+
+    fn decode(v: &[u8]) -> Option<Self> {
+        if v.len() != VALUE_LEN {
+            return None;
+        }
+        Some(Location {
+            pack: PackId(v[..32].try_into().ok()?),
+            offset: u64::from_le_bytes(v[32..40].try_into().ok()?),
+            stored_len: u32::from_le_bytes(v[40..44].try_into().ok()?),
+            raw_len: u32::from_le_bytes(v[44..48].try_into().ok()?),
+        })
+    }
+}
+
+/// Index errors.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// Another process held the index for longer than we were willing to wait.
+    #[error(
+        "the index at {path} is in use by another blocksnap process; waited {waited:?}. \
+         Try again when it finishes, or raise BLOCKSNAP_LOCK_WAIT (seconds)"
+    )]
+    Busy {
+        /// The index directory.
+        path: PathBuf,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// sled failed, or an entry is damaged.
+    #[error(
+        "the index at {path} is damaged or unreadable ({detail}); run `blocksnap repair index`"
+    )]
+    Damaged {
+        /// The index directory.
+        path: PathBuf,
+        /// What sled said.
+        detail: String,
+    },
+}
+
+/// The dedup index of one store.
+pub struct Index {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl Index {
+    /// Opens (creating if needed) the index at `path`. When another process holds it, calls
+    /// `on_wait(elapsed)` about once a second and retries until `max_wait` has passed.
+    pub fn open(
+        path: &Path,
+        max_wait: Duration,
+        mut on_wait: impl FnMut(Duration),
+    ) -> Result<Self, IndexError> {
+        let start = Instant::now();
+        let mut last_note = None::<Instant>;
+        loop {
+            match sled::Config::new()
+                .path(path)
+                .cache_capacity(64 << 20)
+                .mode(sled::Mode::HighThroughput)
+                .open()
+            {
+                Ok(db) => {
+                    return Ok(Index {
+                        db,
+                        path: path.to_path_buf(),
+                    });
+                }
+                Err(sled::Error::Io(e)) if is_lock_error(&e) => {
+                    let waited = start.elapsed();
+                    if waited >= max_wait {
+                        return Err(IndexError::Busy {
+                            path: path.to_path_buf(),
+                            waited,
+                        });
+                    }
+                    if last_note.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        on_wait(waited);
+                        last_note = Some(Instant::now());
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    return Err(IndexError::Damaged {
+                        path: path.to_path_buf(),
+                        detail: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn damaged(&self, e: impl std::fmt::Display) -> IndexError {
+        IndexError::Damaged {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        }
+    }
+
+    /// The location of a chunk, if known.
+    pub fn get(&self, id: &ChunkId) -> Result<Option<Location>, IndexError> {
+        match self.db.get(id.as_bytes()).map_err(|e| self.damaged(e))? {
+            None => Ok(None),
+            Some(v) => Location::decode(&v)
+                .map(Some)
+                .ok_or_else(|| self.damaged(format!("entry for chunk {id:?} has a bad length"))),
+        }
+    }
+
+    /// True if the chunk is known.
+    pub fn contains(&self, id: &ChunkId) -> Result<bool, IndexError> {
+        self.db
+            .contains_key(id.as_bytes())
+            .map_err(|e| self.damaged(e))
+    }
+
+    /// Records locations (of chunks in a pack that is already durable).
+    pub fn insert_batch(&self, entries: &[(ChunkId, Location)]) -> Result<(), IndexError> {
+        let mut batch = sled::Batch::default();
+        for (id, loc) in entries {
+            batch.insert(&id.as_bytes()[..], &loc.encode()[..]);
+        }
+        self.db.apply_batch(batch).map_err(|e| self.damaged(e))
+    }
+
+    /// Removes entries.
+    pub fn remove_batch(&self, ids: &[ChunkId]) -> Result<(), IndexError> {
+        let mut batch = sled::Batch::default();
+        for id in ids {
+            batch.remove(&id.as_bytes()[..]);
+        }
+        self.db.apply_batch(batch).map_err(|e| self.damaged(e))
+    }
+
+    /// Makes every change so far durable.
+    pub fn flush(&self) -> Result<(), IndexError> {
+        self.db.flush().map(|_| ()).map_err(|e| self.damaged(e))
+    }
+
+    /// Removes every entry.
+    pub fn clear(&self) -> Result<(), IndexError> {
+        self.db.clear().map_err(|e| self.damaged(e))
+    }
+
+    /// Number of entries (walks the whole index).
+    pub fn len(&self) -> usize {
+        self.db.len()
+    }
+
+    /// True when there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.db.is_empty()
+    }
+
+    /// Every entry, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = Result<(ChunkId, Location), IndexError>> + '_ {
+        self.db.iter().map(move |r| {
+            let (k, v) = r.map_err(|e| self.damaged(e))?;
+            let id = ChunkId(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| self.damaged("a key has a bad length"))?,
+            );
+            let loc =
+                Location::decode(&v).ok_or_else(|| self.damaged("a value has a bad length"))?;
+            Ok((id, loc))
+        })
+    }
+}
+
+fn is_lock_error(e: &std::io::Error) -> bool {
+    // sled reports the lock held by another process as WouldBlock, or as an error naming the lock.
+    e.kind() == std::io::ErrorKind::WouldBlock
+        || e.raw_os_error() == Some(11)
+        || e.to_string().contains("lock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_get_remove_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path(), Duration::from_secs(1), |_| {}).unwrap();
+        let loc = Location {
+            pack: PackId([1; 32]),
+            offset: 64,
+            stored_len: 10,
+            raw_len: 20,
+        };
+        index
+            .insert_batch(&[(ChunkId([1; 32]), loc), (ChunkId([2; 32]), loc)])
+            .unwrap();
+        assert_eq!(index.len(), 2);
+        assert!(index.contains(&ChunkId([1; 32])).unwrap());
+        index.remove_batch(&[ChunkId([1; 32])]).unwrap();
+        assert_eq!(index.get(&ChunkId([1; 32])).unwrap(), None);
+        assert_eq!(index.iter().count(), 1);
+        index.clear().unwrap();
+        assert!(index.is_empty());
+    }
+
+    #[test]
+    fn reopen_keeps_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = Location {
+            pack: PackId([9; 32]),
+            offset: 1,
+            stored_len: 2,
+            raw_len: 3,
+        };
+        {
+            let index = Index::open(dir.path(), Duration::from_secs(1), |_| {}).unwrap();
+            index.insert_batch(&[(ChunkId([5; 32]), loc)]).unwrap();
+            index.flush().unwrap();
+        }
+        let index = Index::open(dir.path(), Duration::from_secs(1), |_| {}).unwrap();
+        assert_eq!(index.get(&ChunkId([5; 32])).unwrap(), Some(loc));
+    }
+}

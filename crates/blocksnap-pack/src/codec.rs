@@ -1,0 +1,210 @@
+//! The chunk codec: id, compression, encryption of one chunk.
+
+use std::cell::RefCell;
+
+use aes_gcm::aead::AeadInPlace;
+use aes_gcm::aead::generic_array::GenericArray;
+use aes_gcm::{Aes256Gcm, KeyInit};
+use blocksnap_manifest::{ChunkId, KeyId};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::error::PackError;
+use crate::format::{
+    CODEC_RAW, CODEC_ZSTD, CONTEXT_CHUNK_ID, CONTEXT_PACK_KEY, MAX_CHUNK_LEN, TAG_LEN,
+};
+
+/// A 256-bit data key. Zeroed when dropped; never printed.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct DataKey([u8; 32]);
+
+impl DataKey {
+    /// Wraps key bytes (the caller zeroes its copy).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        DataKey(bytes)
+    }
+    /// The key's bytes, for wrapping to a grantee.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKey(..)")
+    }
+}
+
+/// Encodes and decodes chunks for one key (or for a plain store).
+pub struct ChunkCodec {
+    key: Option<(KeyId, DataKey, Zeroizing<[u8; 32]>)>,
+    level: i32,
+}
+
+impl std::fmt::Debug for ChunkCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkCodec")
+            .field("key", &self.key_id())
+            .field("level", &self.level)
+            .finish()
+    }
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+impl ChunkCodec {
+    /// A codec for a plain store: ids are plain BLAKE3, records are not encrypted.
+    pub fn plain(level: i32) -> Self {
+        ChunkCodec { key: None, level }
+    }
+
+    /// A codec for data key `key`: ids are BLAKE3 keyed by a subkey of it, records are sealed
+    /// with AES-256-GCM under a per-pack subkey.
+    pub fn encrypted(key_id: KeyId, key: DataKey, level: i32) -> Self {
+        let id_key = Zeroizing::new(blake3::derive_key(CONTEXT_CHUNK_ID, key.expose()));
+        ChunkCodec {
+            key: Some((key_id, key, id_key)),
+            level,
+        }
+    }
+
+    /// The key's id, none for a plain store.
+    pub fn key_id(&self) -> Option<KeyId> {
+        self.key.as_ref().map(|k| k.0)
+    }
+
+    /// The zstd level.
+    pub fn level(&self) -> i32 {
+        self.level
+    }
+
+    /// The chunk's id.
+    pub fn chunk_id(&self, data: &[u8]) -> ChunkId {
+        let hash = match &self.key {
+            Some((_, _, id_key)) => blake3::keyed_hash(id_key, data),
+            None => blake3::hash(data),
+        };
+        ChunkId(*hash.as_bytes())
+    }
+
+    /// Compresses a chunk into a record's plaintext: a codec byte, then the zstd frame, or the
+    /// raw bytes when compression does not shrink them. Room for the tag is reserved.
+    pub fn compress(&self, data: &[u8]) -> Vec<u8> {
+        let bound = zstd::zstd_safe::compress_bound(data.len());
+        let mut out = Vec::with_capacity(1 + bound + TAG_LEN);
+        out.push(CODEC_ZSTD);
+        out.resize(1 + bound, 0);
+        let written = COMPRESSOR.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if cell.as_ref().map(|(l, _)| *l) != Some(self.level) {
+                *cell = zstd::bulk::Compressor::new(self.level)
+                    .ok()
+                    .map(|c| (self.level, c));
+            }
+            cell.as_mut()
+                .and_then(|(_, c)| c.compress_to_buffer(data, &mut out[1..]).ok())
+        });
+        match written {
+            Some(n) if n < data.len() => out.truncate(1 + n),
+            _ => {
+                out.clear();
+                out.push(CODEC_RAW);
+                out.extend_from_slice(data);
+            }
+        }
+        out
+    }
+
+    /// The cipher of a pack with `salt`; none for a plain store.
+    pub fn pack_cipher(&self, salt: &[u8; 32]) -> Option<PackCipher> {
+        self.key.as_ref().map(|(_, key, _)| {
+            let mut hasher = blake3::Hasher::new_derive_key(CONTEXT_PACK_KEY);
+            hasher.update(key.expose());
+            hasher.update(salt);
+            let subkey = Zeroizing::new(*hasher.finalize().as_bytes());
+            PackCipher(Aes256Gcm::new(GenericArray::from_slice(&subkey[..])))
+        })
+    }
+
+    /// Decodes a record read from a pack: opens it, decompresses it and checks the id.
+    pub fn decode(
+        &self,
+        cipher: Option<&PackCipher>,
+        id: &ChunkId,
+        offset: u64,
+        raw_len: u32,
+        mut record: Vec<u8>,
+    ) -> Result<Vec<u8>, PackError> {
+        if let Some(cipher) = cipher {
+            cipher
+                .open(&nonce_for(offset), id.as_bytes(), &mut record)
+                .map_err(|()| PackError::Auth { id: *id, offset })?;
+        }
+        let data = decompress(&record, raw_len).map_err(|detail| PackError::BadRecord {
+            id: *id,
+            offset,
+            detail,
+        })?;
+        if self.chunk_id(&data) != *id {
+            return Err(PackError::IdMismatch { id: *id, offset });
+        }
+        Ok(data)
+    }
+}
+
+/// The nonce of the record at `offset`: offsets strictly increase inside a pack, and each pack
+/// has its own subkey, so no (key, nonce) pair ever repeats.
+pub fn nonce_for(offset: u64) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[..8].copy_from_slice(&offset.to_le_bytes());
+    n
+}
+
+/// Decompresses a record's plaintext; `raw_len` bounds the output.
+pub fn decompress(record: &[u8], raw_len: u32) -> Result<Vec<u8>, String> {
+    if raw_len == 0 || raw_len > MAX_CHUNK_LEN {
+        return Err(format!("raw length {raw_len} is out of range"));
+    }
+    let (&codec, payload) = record.split_first().ok_or("empty record")?;
+    let data = match codec {
+        CODEC_RAW => payload.to_vec(),
+        CODEC_ZSTD => DECOMPRESSOR.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if cell.is_none() {
+                *cell = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
+            }
+            let d = cell.as_mut().expect("set above");
+            d.decompress(payload, raw_len as usize)
+                .map_err(|e| format!("zstd: {e}"))
+        })?,
+        other => return Err(format!("unknown codec byte {other}")),
+    };
+    if data.len() != raw_len as usize {
+        return Err(format!("decoded {} bytes, expected {raw_len}", data.len()));
+    }
+    Ok(data)
+}
+
+/// AES-256-GCM under one pack's subkey.
+pub struct PackCipher(Aes256Gcm);
+
+impl PackCipher {
+    /// Encrypts `buf` in place and appends the tag.
+    pub fn seal(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut Vec<u8>) {
+        self.0
+            .encrypt_in_place(GenericArray::from_slice(nonce), aad, buf)
+            .expect("AES-GCM encryption of a buffer under 64 GiB cannot fail");
+    }
+
+    /// Checks the tag at the end of `buf` and decrypts in place, removing the tag.
+    pub fn open(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut Vec<u8>) -> Result<(), ()> {
+        if buf.len() < TAG_LEN {
+            return Err(());
+        }
+        self.0
+            .decrypt_in_place(GenericArray::from_slice(nonce), aad, buf)
+            .map_err(|_| ())
+    }
+}
