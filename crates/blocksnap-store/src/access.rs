@@ -1,0 +1,226 @@
+//! Accounts, identities and data keys. A grant is cryptographic: the data key wrapped with age
+//! (X25519) to the grantee's recipient. Without the identity that unwraps a grant, a key cannot
+//! be had, whatever any document says.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use age::secrecy::ExposeSecret;
+use blocksnap_manifest::{AccountDoc, Document, GrantDoc, KeyDoc, KeyId};
+use blocksnap_pack::{ChunkCodec, DataKey};
+use zeroize::Zeroizing;
+
+use crate::error::{Result, StoreError};
+use crate::fsutil;
+use crate::store::Store;
+
+/// Who acts: an account name and the path of its secret identity.
+#[derive(Clone, Debug)]
+pub struct Access {
+    /// The account's name.
+    pub account: String,
+    /// Its identity file.
+    pub identity: PathBuf,
+}
+
+impl Access {
+    fn load_identity(&self) -> Result<age::x25519::Identity> {
+        let path = &self.identity;
+        let meta = fs::metadata(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                StoreError::Denied(format!(
+                    "no identity file for account '{}' at {}; pass --identity FILE or set BLOCKSNAP_IDENTITY",
+                    self.account,
+                    path.display()
+                ))
+            } else {
+                StoreError::Io { what: "cannot read identity", path: path.clone(), source: e }
+            }
+        })?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o077 != 0 {
+                return Err(StoreError::Usage(format!(
+                    "identity file {} is readable by other users; run `chmod 600 {}`",
+                    path.display(),
+                    path.display()
+                )));
+            }
+        }
+        let text = Zeroizing::new(fsutil::read(path)?);
+        let text = std::str::from_utf8(&text).map_err(|_| self.bad_identity("it is not text"))?;
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .ok_or_else(|| self.bad_identity("it holds no AGE-SECRET-KEY line"))?;
+        line.parse::<age::x25519::Identity>().map_err(|_| self.bad_identity("its key line is not an age X25519 identity"))
+    }
+
+    fn bad_identity(&self, why: &str) -> StoreError {
+        StoreError::Usage(format!("identity file {} for account '{}' is unusable: {why}", self.identity.display(), self.account))
+    }
+}
+
+impl Store {
+    /// Creates an account: writes its identity file (mode 0600) and records its public part.
+    pub(crate) fn create_account_inner(&self, name: &str, identity_path: &Path) -> Result<AccountDoc> {
+        blocksnap_manifest::validate_name("account", "name", name).map_err(|e| StoreError::Usage(e.to_string()))?;
+        if self.account_path(name).exists() {
+            return Err(StoreError::Usage(format!("account '{name}' already exists")));
+        }
+        if identity_path.exists() {
+            return Err(StoreError::Usage(format!(
+                "identity file {} already exists; move it away or pass another --identity",
+                identity_path.display()
+            )));
+        }
+        let identity = age::x25519::Identity::generate();
+        let recipient = identity.to_public().to_string();
+        let created = fsutil::now_rfc3339();
+        let secret = Zeroizing::new(format!(
+            "# blocksnap identity of account {name} in store {}\n# created: {created}\n# public key: {recipient}\n{}\n",
+            self.config().id,
+            identity.to_string().expose_secret()
+        ));
+        if let Some(dir) = identity_path.parent() {
+            create_private_dir(dir)?;
+        }
+        let mut f = fsutil::create_new(identity_path, 0o600)?;
+        f.write_all(secret.as_bytes()).and_then(|()| f.sync_all()).map_err(StoreError::io("cannot write", identity_path))?;
+        let doc = AccountDoc { format: AccountDoc::FORMAT.into(), name: name.into(), recipient, created };
+        fsutil::write_atomic(&self.account_path(name), &doc.to_json(), 0o644)?;
+        Ok(doc)
+    }
+
+    /// Reads an account document.
+    pub fn account(&self, name: &str) -> Result<AccountDoc> {
+        let path = self.account_path(name);
+        if !path.is_file() {
+            return Err(StoreError::Usage(format!("no account '{name}'; see `blocksnap account list`")));
+        }
+        AccountDoc::from_json(&fsutil::read(&path)?).map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))
+    }
+
+    /// Creates a data key named `name`, granted to the acting account.
+    pub(crate) fn create_key_inner(&self, access: &Access, name: &str) -> Result<KeyId> {
+        blocksnap_manifest::validate_name("key", "name", name).map_err(|e| StoreError::Usage(e.to_string()))?;
+        if self.list_keys()?.iter().any(|k| k.name == name) {
+            return Err(StoreError::Usage(format!("a key named '{name}' already exists")));
+        }
+        let key = Zeroizing::new(fsutil::random_bytes::<32>());
+        let account = self.account(&access.account)?;
+        let wrapped = wrap(&key, &account)?;
+        let id = KeyId(u64::from_le_bytes(fsutil::random_bytes()));
+        let doc = KeyDoc {
+            format: KeyDoc::FORMAT.into(),
+            id,
+            name: name.into(),
+            created: fsutil::now_rfc3339(),
+            created_by: access.account.clone(),
+            grants: vec![GrantDoc { account: access.account.clone(), wrapped }],
+        };
+        fsutil::write_atomic(&self.key_path(id), &doc.to_json(), 0o644)?;
+        Ok(id)
+    }
+
+    /// Every key document.
+    pub fn list_keys(&self) -> Result<Vec<KeyDoc>> {
+        let dir = self.root().join("keys");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(StoreError::io("cannot list", &dir))? {
+            let path = e.map_err(StoreError::io("cannot list", &dir))?.path();
+            if path.extension().and_then(|x| x.to_str()) != Some("json") {
+                continue;
+            }
+            out.push(KeyDoc::from_json(&fsutil::read(&path)?).map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))?);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// A key by name, id or id prefix.
+    pub fn resolve_key(&self, text: &str) -> Result<KeyDoc> {
+        let keys = self.list_keys()?;
+        if let Some(k) = keys.iter().find(|k| k.name == text) {
+            return Ok(k.clone());
+        }
+        let m: Vec<_> = keys.into_iter().filter(|k| text.len() > 4 && k.id.to_string().starts_with(text)).collect();
+        match m.len() {
+            1 => Ok(m.into_iter().next().expect("one")),
+            0 => Err(StoreError::Usage(format!("no key '{text}'; see `blocksnap key list`"))),
+            n => Err(StoreError::Usage(format!("'{text}' matches {n} keys; give more of the id"))),
+        }
+    }
+
+    fn key_by_id(&self, id: KeyId) -> Result<KeyDoc> {
+        let path = self.key_path(id);
+        if !path.is_file() {
+            return Err(StoreError::Damaged(format!("key {id} is missing from the store ({})", path.display())));
+        }
+        KeyDoc::from_json(&fsutil::read(&path)?).map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))
+    }
+
+    /// The codec for chunks under `key` (none: a plain store) as `access` may use it.
+    pub fn codec(&self, access: &Access, key: Option<KeyId>) -> Result<ChunkCodec> {
+        let level = self.config().compression_level;
+        let Some(key_id) = key else {
+            return Ok(ChunkCodec::plain(level));
+        };
+        let doc = self.key_by_id(key_id)?;
+        let Some(grant) = doc.grants.iter().find(|g| g.account == access.account) else {
+            return Err(StoreError::Denied(format!(
+                "account '{}' holds no grant on key '{}' ({key_id}); an account holding it can run \
+                 `blocksnap key grant {} {}`",
+                access.account, doc.name, doc.name, access.account
+            )));
+        };
+        let identity = access.load_identity()?;
+        let wrapped = hex::decode(&grant.wrapped)
+            .map_err(|_| StoreError::Damaged(format!("key {key_id}: the grant of '{}' is not hex", access.account)))?;
+        let plain = Zeroizing::new(age::decrypt(&identity, &wrapped).map_err(|_| {
+            StoreError::Denied(format!(
+                "identity {} cannot unwrap the grant of account '{}' on key '{}' ({key_id}): it is not \
+                 that account's identity; pass the right --identity or --account",
+                access.identity.display(),
+                access.account,
+                doc.name
+            ))
+        })?);
+        let bytes: [u8; 32] = plain[..]
+            .try_into()
+            .map_err(|_| StoreError::Damaged(format!("key {key_id}: the unwrapped key has the wrong length")))?;
+        Ok(ChunkCodec::encrypted(key_id, DataKey::from_bytes(bytes), level))
+    }
+
+    /// The codec new snapshots use: the key given by name or id, else `default`.
+    pub fn codec_for_new(&self, access: &Access, key: Option<&str>) -> Result<ChunkCodec> {
+        if !self.config().encryption {
+            if let Some(k) = key {
+                return Err(StoreError::Usage(format!("--key {k}: this store was made with --no-encryption")));
+            }
+            return self.codec(access, None);
+        }
+        let doc = self.resolve_key(key.unwrap_or("default"))?;
+        self.codec(access, Some(doc.id))
+    }
+}
+
+fn wrap(key: &[u8; 32], account: &AccountDoc) -> Result<String> {
+    let recipient: age::x25519::Recipient = account
+        .recipient
+        .parse()
+        .map_err(|_| StoreError::Damaged(format!("account '{}' has an invalid recipient", account.name)))?;
+    let ct = age::encrypt(&recipient, key).map_err(|e| StoreError::Other(format!("cannot wrap key: {e}")))?;
+    Ok(hex::encode(ct))
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    let mut b = fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir).map_err(StoreError::io("cannot create directory", dir))
+}

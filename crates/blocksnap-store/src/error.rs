@@ -1,0 +1,70 @@
+//! The store's error: one type whose message names the object and the fix, and whose
+//! [`ErrorKind`] the CLI maps to an exit status.
+
+use std::path::PathBuf;
+
+/// What kind of failure, for exit codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Bad input from the user (exit 2).
+    Usage,
+    /// A launch permission or key grant is missing (exit 3).
+    Denied,
+    /// Stored data is damaged (exit 1 from restore; `check` reports it as 4).
+    Damaged,
+    /// Anything else (exit 1).
+    Other,
+}
+
+/// A store error.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The user asked for something that cannot be (bad name, unknown id, ...).
+    #[error("{0}")]
+    Usage(String),
+    /// Access denied: the message says what is missing and how to grant it.
+    #[error("{0}")]
+    Denied(String),
+    /// Stored data is damaged: the message names the pack, chunk or document.
+    #[error("{0}")]
+    Damaged(String),
+    /// An I/O error on a named path.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What we were doing ("cannot read", "cannot write").
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Anything else, already worded for the user.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl StoreError {
+    /// The kind, for exit codes.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::Usage(_) => ErrorKind::Usage,
+            StoreError::Denied(_) => ErrorKind::Denied,
+            StoreError::Damaged(_) => ErrorKind::Damaged,
+            StoreError::Io { .. } | StoreError::Other(_) => ErrorKind::Other,
+        }
+    }
+
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
+        let path = path.into();
+        move |source| StoreError::Io { what, path, source }
+    }
+}
+
+impl From<blocksnap_index::IndexError> for StoreError {
+    fn from(e: blocksnap_index::IndexError) -> Self {
+        StoreError::Other(e.to_string())
+    }
+}
+
+/// Short for `Result<T, StoreError>`.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,73 @@
+//! Durable file operations: every object is written whole to a temporary name, fsynced, renamed
+//! into place, and its directory fsynced, so a crash leaves either the old state or the new one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Result, StoreError};
+
+/// Prefix of temporary files; anything starting with it is garbage from an interrupted write.
+pub const TMP_PREFIX: &str = ".tmp-";
+
+/// A random hex string of `n` bytes.
+pub fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).expect("the OS random source is available");
+    hex::encode(b)
+}
+
+/// Random bytes.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).expect("the OS random source is available");
+    b
+}
+
+/// A temporary path beside `path`, in the same directory (so rename is atomic).
+pub fn tmp_path_for(path: &Path) -> PathBuf {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    dir.join(format!("{TMP_PREFIX}{}", random_hex(8)))
+}
+
+/// fsyncs a directory, so a rename in it is durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(StoreError::io("cannot sync directory", dir))
+}
+
+/// Writes `bytes` to `path` atomically and durably. `mode` sets the permissions (Unix).
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(StoreError::io("cannot create directory", dir))?;
+    let tmp = tmp_path_for(path);
+    let result = (|| {
+        let mut f = create_new(&tmp, mode)?;
+        f.write_all(bytes).map_err(StoreError::io("cannot write", &tmp))?;
+        f.sync_all().map_err(StoreError::io("cannot sync", &tmp))?;
+        fs::rename(&tmp, path).map_err(StoreError::io("cannot rename into place", path))?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Creates a new file with `mode` (fails if it exists).
+pub fn create_new(path: &Path, mode: u32) -> Result<File> {
+    let mut o = OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, mode);
+    o.open(path).map_err(StoreError::io("cannot create", path))
+}
+
+/// Reads a whole file, naming it in the error.
+pub fn read(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(StoreError::io("cannot read", path))
+}
+
+/// The current time in RFC 3339, UTC, to the second.
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}

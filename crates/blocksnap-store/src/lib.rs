@@ -1,0 +1,51 @@
+//! The blocksnap store: the one crate that orchestrates.
+//!
+//! A store is a directory of immutable objects — packs of encrypted, compressed chunks and JSON
+//! documents — plus a local sled index that is only a cache. This crate creates and opens
+//! stores, holds accounts and keys, and runs the snapshot and restore pipelines:
+//!
+//! ```text
+//! snapshot: source -> extents -> chunks -> ids -> lookup -> encode -> pack -> commit
+//! restore:  snapshot -> extents -> locations -> read -> decrypt -> decompress -> verify -> pwrite
+//! ```
+//!
+//! The write order is the commit protocol: a pack is written to a temporary name, fsynced,
+//! renamed into place and its directory fsynced; only then do its chunks enter the index; the
+//! snapshot document is written (atomically, the same way) after every pack it needs is durable
+//! and the index flushed. A snapshot exists if and only if its document does.
+//!
+//! ```no_run
+//! use blocksnap_store::{InitOptions, NoProgress, SnapshotOptions, Store};
+//! let dir = std::path::Path::new("/tmp/store");
+//! let (store, _) = Store::init(dir, &InitOptions::default())?;
+//! let access = store.access(None, None)?;
+//! let opts = SnapshotOptions { source: "disk.img".into(), ..Default::default() };
+//! let snap = store.snapshot(&access, &opts, &NoProgress)?;
+//! store.restore(&access, &snap.id.to_string(), "copy.img".as_ref(), &NoProgress)?;
+//! # Ok::<(), blocksnap_store::StoreError>(())
+//! ```
+
+mod access;
+mod error;
+mod fsutil;
+mod progress;
+mod repair;
+mod restore;
+mod sink;
+mod snapshot;
+mod source;
+mod store;
+
+pub use access::Access;
+pub use error::{ErrorKind, Result, StoreError};
+pub use progress::{NoProgress, Progress};
+pub use repair::RepairReport;
+pub use restore::RestoreReport;
+pub use snapshot::{SnapshotOptions, SnapshotReport};
+pub use store::{
+    DEFAULT_CHUNK_SIZE, InitOptions, InitReport, Store, config_home, data_home, default_account_name,
+    default_store_path,
+};
+
+pub use blocksnap_chunker::ChunkerKind;
+pub use blocksnap_manifest::{Document, SnapshotDoc, SnapshotId};

@@ -1,0 +1,203 @@
+//! Storing chunks: dedup against the index, compress in parallel, seal in parallel, append to
+//! the open pack, and make each full pack durable before its chunks enter the index.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::BufWriter;
+use std::path::PathBuf;
+
+use blocksnap_index::{Index, Location};
+use blocksnap_manifest::ChunkId;
+use blocksnap_pack::{ChunkCodec, PackWriter};
+use rayon::prelude::*;
+
+use crate::error::{Result, StoreError};
+use crate::fsutil;
+use crate::store::Store;
+
+struct OpenPack {
+    writer: PackWriter<BufWriter<File>>,
+    tmp: PathBuf,
+}
+
+/// Counters of what was stored.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SinkStats {
+    pub chunks: u64,
+    pub chunks_new: u64,
+    pub bytes_new: u64,
+    pub bytes_stored: u64,
+    pub packs: u64,
+}
+
+/// Stores chunks for one operation.
+pub(crate) struct ChunkSink<'a> {
+    store: &'a Store,
+    codec: &'a ChunkCodec,
+    index: &'a Index,
+    pack: Option<OpenPack>,
+    pending: HashSet<ChunkId>,
+    pub stats: SinkStats,
+}
+
+impl<'a> ChunkSink<'a> {
+    pub fn new(store: &'a Store, codec: &'a ChunkCodec, index: &'a Index) -> Self {
+        ChunkSink { store, codec, index, pack: None, pending: HashSet::new(), stats: SinkStats::default() }
+    }
+
+    /// Stores whichever of `chunks` the store lacks.
+    pub fn put(&mut self, chunks: Vec<(ChunkId, Vec<u8>)>) -> Result<()> {
+        self.stats.chunks += chunks.len() as u64;
+        let mut fresh = Vec::new();
+        for (id, data) in chunks {
+            if self.pending.contains(&id) || self.index.contains(&id)? {
+                continue;
+            }
+            self.pending.insert(id);
+            fresh.push((id, data));
+        }
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        self.stats.chunks_new += fresh.len() as u64;
+        self.stats.bytes_new += fresh.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
+        let codec = self.codec;
+        let mut records: Vec<(ChunkId, u32, Vec<u8>)> =
+            fresh.into_par_iter().map(|(id, data)| (id, data.len() as u32, codec.compress(&data))).collect();
+        let target = self.store.config().pack_size;
+        let mut i = 0;
+        while i < records.len() {
+            if self.pack.is_none() {
+                self.open_pack()?;
+            }
+            let pack = self.pack.as_mut().expect("opened above");
+            // Plan the offsets of the records that fit, seal them in parallel, write in order.
+            let mut offsets = Vec::new();
+            let mut off = pack.writer.offset();
+            let mut j = i;
+            while j < records.len() {
+                let len = pack.writer.sealed_len(records[j].2.len()) as u64;
+                if !(pack.writer.is_empty() && j == i) && off + len > target {
+                    break;
+                }
+                offsets.push(off);
+                off += len;
+                j += 1;
+            }
+            let w = &pack.writer;
+            records[i..j].par_iter_mut().zip(&offsets).for_each(|((id, _, rec), &o)| w.seal(o, id, rec));
+            for ((id, raw_len, rec), &o) in records[i..j].iter().zip(&offsets) {
+                pack.writer
+                    .write_sealed(o, *id, *raw_len, rec)
+                    .map_err(|e| StoreError::Other(format!("cannot write pack {}: {e}", pack.tmp.display())))?;
+            }
+            i = j;
+            if j < records.len() || pack.writer.offset() >= target {
+                self.close_pack()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn open_pack(&mut self) -> Result<()> {
+        let dir = self.store.root().join("packs");
+        let tmp = dir.join(format!("{}{}", fsutil::TMP_PREFIX, fsutil::random_hex(8)));
+        let file = fsutil::create_new(&tmp, 0o644)?;
+        let writer = PackWriter::new(BufWriter::with_capacity(1 << 20, file), self.codec, fsutil::random_bytes())
+            .map_err(|e| StoreError::Other(format!("cannot write pack {}: {e}", tmp.display())))?;
+        self.pack = Some(OpenPack { writer, tmp });
+        Ok(())
+    }
+
+    /// Makes the open pack durable (fsync, rename, fsync the directory), then indexes it.
+    fn close_pack(&mut self) -> Result<()> {
+        let Some(OpenPack { writer, tmp }) = self.pack.take() else {
+            return Ok(());
+        };
+        let result = (|| {
+            let (out, id, entries, len) = writer.finish().map_err(|e| StoreError::Other(format!("cannot write pack {}: {e}", tmp.display())))?;
+            let file = out.into_inner().map_err(|e| StoreError::Io { what: "cannot write", path: tmp.clone(), source: e.into_error() })?;
+            file.sync_all().map_err(StoreError::io("cannot sync", &tmp))?;
+            drop(file);
+            let path = self.store.pack_path(&id);
+            let dir = path.parent().expect("packs/xx");
+            if !dir.is_dir() {
+                fs::create_dir_all(dir).map_err(StoreError::io("cannot create", dir))?;
+                fsutil::sync_dir(&self.store.root().join("packs"))?;
+            }
+            fs::rename(&tmp, &path).map_err(StoreError::io("cannot rename pack into place", &path))?;
+            fsutil::sync_dir(dir)?;
+            let locs: Vec<_> = entries
+                .iter()
+                .map(|e| (e.id, Location { pack: id, offset: e.offset, stored_len: e.stored_len, raw_len: e.raw_len }))
+                .collect();
+            self.index.insert_batch(&locs)?;
+            self.stats.bytes_stored += len;
+            self.stats.packs += 1;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        self.pending.clear();
+        result
+    }
+
+    /// Closes the open pack and makes the index durable. Everything put so far is then stored.
+    pub fn finish(mut self) -> Result<SinkStats> {
+        self.close_pack()?;
+        self.index.flush()?;
+        Ok(self.stats)
+    }
+}
+
+impl Drop for ChunkSink<'_> {
+    fn drop(&mut self) {
+        // An abandoned pack (an error elsewhere) is not part of the store: remove it.
+        if let Some(p) = self.pack.take() {
+            drop(p.writer);
+            let _ = fs::remove_file(&p.tmp);
+        }
+    }
+}
+
+/// A writer of the metadata stream (the extent list) into chunks of the same store.
+pub(crate) struct MetaWriter {
+    chunker: blocksnap_chunker::Chunker,
+    pub chunks: Vec<ChunkId>,
+    pub bytes: u64,
+}
+
+impl MetaWriter {
+    pub fn new() -> Self {
+        let params = blocksnap_chunker::ChunkerParams::cdc(64 * 1024);
+        MetaWriter { chunker: blocksnap_chunker::Chunker::new(params).expect("valid"), chunks: Vec::new(), bytes: 0 }
+    }
+
+    /// Stores the complete chunks of `buf` (or all of it when `last`), draining what it stored.
+    pub fn write(&mut self, buf: &mut Vec<u8>, last: bool, sink: &mut ChunkSink<'_>) -> Result<()> {
+        if !last && buf.len() < 2 * self.chunker.min_window() {
+            return Ok(());
+        }
+        let cuts = self.chunker.cut(buf, self.bytes, last);
+        let mut chunks = Vec::with_capacity(cuts.len());
+        let mut p = 0;
+        for len in cuts {
+            let data = buf[p..p + len].to_vec();
+            let id = sink.codec.chunk_id(&data);
+            self.chunks.push(id);
+            chunks.push((id, data));
+            p += len;
+        }
+        buf.drain(..p);
+        self.bytes += p as u64;
+        let before = sink.stats;
+        sink.put(chunks)?;
+        // Metadata chunks are not the volume's chunks: keep the counters about the volume.
+        let after = &mut sink.stats;
+        after.chunks = before.chunks;
+        after.chunks_new = before.chunks_new;
+        after.bytes_new = before.bytes_new;
+        Ok(())
+    }
+}

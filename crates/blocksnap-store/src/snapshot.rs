@@ -1,0 +1,186 @@
+//! `snapshot create`: source -> extents -> chunks -> ids -> lookup -> encode -> pack -> commit.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use blocksnap_chunker::Chunker;
+use blocksnap_manifest::{Document, ExtentEncoder, ExtentsDoc, KeyId, SnapshotDoc, SnapshotId};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::access::Access;
+use crate::error::{Result, StoreError};
+use crate::fsutil;
+use crate::progress::Progress;
+use crate::sink::{ChunkSink, MetaWriter};
+use crate::source::{Piece, Source};
+use crate::store::{Store, chunker_doc};
+
+/// Options of `snapshot create`.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotOptions {
+    /// The disk image or block device.
+    pub source: PathBuf,
+    /// The volume's name; default: the source's file name.
+    pub volume: Option<String>,
+    /// The key to encrypt with (name or id); default: `default`.
+    pub key: Option<String>,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+    /// Free text.
+    pub description: String,
+}
+
+/// What `snapshot create` did (the `--json` output).
+#[derive(Clone, Debug, Serialize)]
+pub struct SnapshotReport {
+    /// The new snapshot.
+    pub id: SnapshotId,
+    /// Its volume.
+    pub volume: String,
+    /// The volume's size.
+    pub size: u64,
+    /// Bytes read from the source.
+    pub bytes_read: u64,
+    /// Bytes skipped as holes or zeros.
+    pub bytes_hole: u64,
+    /// Data chunks in the snapshot.
+    pub chunks: u64,
+    /// Data chunks the store did not have yet.
+    pub chunks_new: u64,
+    /// Raw bytes of those new chunks.
+    pub bytes_new: u64,
+    /// Bytes added to the store on disk: packs (after compression and encryption) and documents.
+    pub bytes_stored: u64,
+    /// Wall time.
+    pub seconds: f64,
+    /// The previous snapshot of the volume.
+    pub parent: Option<SnapshotId>,
+    /// The key used.
+    pub key: Option<KeyId>,
+    /// Packs written.
+    pub packs: u64,
+}
+
+impl Store {
+    /// Takes a snapshot of a disk image or block device.
+    pub fn snapshot(&self, access: &Access, opts: &SnapshotOptions, progress: &dyn Progress) -> Result<SnapshotReport> {
+        let started = Instant::now();
+        let volume = match &opts.volume {
+            Some(v) => v.clone(),
+            None => volume_name_of(&opts.source)?,
+        };
+        blocksnap_manifest::validate_name("snapshot", "volume", &volume).map_err(|e| StoreError::Usage(format!("volume name: {e}")))?;
+        blocksnap_manifest::validate_tags("snapshot", &opts.tags).map_err(|e| StoreError::Usage(e.to_string()))?;
+        let codec = self.codec_for_new(access, opts.key.as_deref())?;
+        let source = Source::open(&opts.source)?;
+        let parent = self.latest_snapshot(&volume)?.map(|s| s.id);
+        let chunker = Chunker::new(self.chunker_params()).map_err(|e| StoreError::Damaged(format!("store config: {e}")))?;
+        let index = self.open_index(progress)?;
+        let mut sink = ChunkSink::new(self, &codec, &index);
+        let mut meta = MetaWriter::new();
+        let mut extents = ExtentEncoder::new();
+        let mut meta_buf = Vec::new();
+        let (mut bytes_read, mut bytes_hole, mut data_bytes) = (0u64, 0u64, 0u64);
+
+        progress.start("snapshot", source.size);
+        let (tx, rx) = crossbeam_channel::bounded(2);
+        std::thread::scope(|scope| -> Result<()> {
+            let (src, ch) = (&source, &chunker);
+            let reader = scope.spawn(move || src.read_into(ch, &tx));
+            let result = (|| {
+                for batch in rx.iter() {
+                    let batch = batch?;
+                    bytes_read += batch.bytes_read;
+                    bytes_hole += batch.bytes_hole;
+                    let ids: Vec<_> = batch
+                        .pieces
+                        .par_iter()
+                        .map(|p| match p {
+                            Piece::Data(d) => Some(codec.chunk_id(d)),
+                            Piece::Hole(_) => None,
+                        })
+                        .collect();
+                    let mut chunks = Vec::new();
+                    for (piece, id) in batch.pieces.into_iter().zip(ids) {
+                        match (piece, id) {
+                            (Piece::Hole(len), _) => extents.hole(len),
+                            (Piece::Data(d), Some(id)) => {
+                                extents.data(d.len() as u32, id);
+                                data_bytes += d.len() as u64;
+                                chunks.push((id, d));
+                            }
+                            (Piece::Data(_), None) => unreachable!("ids are computed for every data piece"),
+                        }
+                    }
+                    sink.put(chunks)?;
+                    meta_buf.extend(extents.take());
+                    meta.write(&mut meta_buf, false, &mut sink)?;
+                    progress.advance(batch.volume_bytes);
+                }
+                Ok(())
+            })();
+            drop(rx);
+            reader.join().map_err(|_| StoreError::Other("the reader thread panicked".into()))?;
+            result
+        })?;
+        progress.finish();
+
+        let (tail, count, total) = extents.finish();
+        if total != source.size {
+            return Err(StoreError::Other(format!(
+                "{} changed size while being read ({} bytes, then {total}); snapshot a quiet image",
+                opts.source.display(),
+                source.size
+            )));
+        }
+        meta_buf.extend(tail);
+        meta.write(&mut meta_buf, true, &mut sink)?;
+        let stats = sink.finish()?;
+
+        // Every pack the snapshot needs is durable and indexed: commit it.
+        let doc = SnapshotDoc {
+            format: SnapshotDoc::FORMAT.into(),
+            id: SnapshotId(u64::from_le_bytes(fsutil::random_bytes())),
+            volume: volume.clone(),
+            size: source.size,
+            created: fsutil::now_rfc3339(),
+            parent,
+            key: codec.key_id(),
+            owner: access.account.clone(),
+            chunker: chunker_doc(self.chunker_params()),
+            tags: opts.tags.clone(),
+            description: opts.description.clone(),
+            data_bytes,
+            extents: ExtentsDoc { count, bytes: meta.bytes, chunks: meta.chunks },
+        };
+        let doc_bytes = self.write_snapshot(&doc)?;
+        Ok(SnapshotReport {
+            id: doc.id,
+            volume,
+            size: source.size,
+            bytes_read,
+            bytes_hole,
+            chunks: stats.chunks,
+            chunks_new: stats.chunks_new,
+            bytes_new: stats.bytes_new,
+            bytes_stored: stats.bytes_stored + doc_bytes,
+            seconds: started.elapsed().as_secs_f64(),
+            parent,
+            key: doc.key,
+            packs: stats.packs,
+        })
+    }
+}
+
+/// The default volume name of a source path: its file name, made into a valid name.
+fn volume_name_of(path: &Path) -> Result<String> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let cleaned: String = name.chars().map(|c| if c.is_alphanumeric() || "-_.:@+".contains(c) { c } else { '_' }).collect();
+    let cleaned = cleaned.trim_start_matches(['.', '-']).to_string();
+    if cleaned.is_empty() {
+        return Err(StoreError::Usage(format!("cannot name a volume after {}; pass --volume NAME", path.display())));
+    }
+    Ok(cleaned.chars().take(blocksnap_manifest::MAX_NAME_LEN).collect())
+}

@@ -1,0 +1,363 @@
+//! Opening and creating a store; its layout; documents by id or prefix.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use blocksnap_chunker::{ChunkerKind, ChunkerParams};
+use blocksnap_index::Index;
+use blocksnap_manifest::{ChunkerDoc, ChunkerKindDoc, ConfigDoc, Document, PackId, SnapshotDoc, SnapshotId, StoreId};
+use serde::Serialize;
+
+use crate::access::Access;
+use crate::error::{Result, StoreError};
+use crate::fsutil::{self, TMP_PREFIX};
+use crate::progress::Progress;
+
+/// Default average chunk size (see docs/CHUNKING.md for the measurements behind it).
+pub const DEFAULT_CHUNK_SIZE: u32 = 64 * 1024;
+/// Default pack size.
+pub const DEFAULT_PACK_SIZE: u64 = 32 << 20;
+/// Default zstd level.
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+
+/// Options of `blocksnap init`.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// Encrypt chunks (default) or keep a plain store.
+    pub encryption: bool,
+    /// Chunker algorithm.
+    pub chunker: ChunkerKind,
+    /// Average (cdc) or exact (fixed) chunk size.
+    pub chunk_size: u32,
+    /// The first account's name.
+    pub account: String,
+    /// Where to write the first account's identity; default under the config directory.
+    pub identity: Option<PathBuf>,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            encryption: true,
+            chunker: ChunkerKind::Cdc,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            account: default_account_name(),
+            identity: None,
+        }
+    }
+}
+
+/// The name of the first account when none is given: the user's login name if it is a valid
+/// name, else `owner`.
+pub fn default_account_name() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| blocksnap_manifest::validate_name("account", "name", u).is_ok())
+        .unwrap_or_else(|| "owner".into())
+}
+
+/// What `init` made.
+#[derive(Clone, Debug, Serialize)]
+pub struct InitReport {
+    /// The store's path.
+    pub store: PathBuf,
+    /// Its id.
+    pub id: StoreId,
+    /// Whether it encrypts.
+    pub encryption: bool,
+    /// The first account.
+    pub account: String,
+    /// Where its identity was written.
+    pub identity: PathBuf,
+    /// The default key's id (encrypted stores).
+    pub key: Option<blocksnap_manifest::KeyId>,
+    /// Chunker settings.
+    pub chunker: ChunkerDoc,
+}
+
+/// An open store.
+pub struct Store {
+    root: PathBuf,
+    config: ConfigDoc,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).field("id", &self.config.id).finish()
+    }
+}
+
+/// The directories of a store.
+pub(crate) const DIRS: [&str; 5] = ["accounts", "keys", "packs", "snapshots", "locks"];
+
+impl Store {
+    /// True if `path` holds a store (has a `config`).
+    pub fn exists(path: &Path) -> bool {
+        path.join("config").is_file()
+    }
+
+    /// Creates a store at `path` with its first account, identity and (when encrypted) the key
+    /// named `default`.
+    pub fn init(path: &Path, opts: &InitOptions) -> Result<(Store, InitReport)> {
+        blocksnap_manifest::validate_name("account", "name", &opts.account).map_err(|e| StoreError::Usage(e.to_string()))?;
+        if Self::exists(path) {
+            return Err(StoreError::Usage(format!("{} already holds a blocksnap store", path.display())));
+        }
+        if path.exists() && fs::read_dir(path).map(|mut d| d.next().is_some()).unwrap_or(true) {
+            return Err(StoreError::Usage(format!(
+                "{} exists and is not empty; choose an empty or new directory for the store",
+                path.display()
+            )));
+        }
+        let params = match opts.chunker {
+            ChunkerKind::Cdc => ChunkerParams::cdc(opts.chunk_size),
+            ChunkerKind::Fixed => ChunkerParams::fixed(opts.chunk_size),
+        };
+        params.validate().map_err(|e| StoreError::Usage(format!("--chunk-size: {e}")))?;
+        fs::create_dir_all(path).map_err(StoreError::io("cannot create store directory", path))?;
+        for d in DIRS {
+            fs::create_dir_all(path.join(d)).map_err(StoreError::io("cannot create", path.join(d)))?;
+        }
+        let id = StoreId(u64::from_le_bytes(fsutil::random_bytes()));
+        let config = ConfigDoc {
+            format: ConfigDoc::FORMAT.into(),
+            id,
+            created: fsutil::now_rfc3339(),
+            encryption: opts.encryption,
+            chunker: chunker_doc(params),
+            pack_size: DEFAULT_PACK_SIZE,
+            compression_level: DEFAULT_COMPRESSION_LEVEL,
+            default_account: opts.account.clone(),
+        };
+        let store = Store { root: path.to_path_buf(), config };
+        let identity = opts.identity.clone().unwrap_or_else(|| store.default_identity_path(&opts.account));
+        store.create_account_inner(&opts.account, &identity)?;
+        let access = Access { account: opts.account.clone(), identity: identity.clone() };
+        let key = if opts.encryption { Some(store.create_key_inner(&access, "default")?) } else { None };
+        // The config is written last: a store exists once it is complete.
+        fsutil::write_atomic(&path.join("config"), &store.config.to_json(), 0o644)?;
+        let report = InitReport {
+            store: path.to_path_buf(),
+            id,
+            encryption: opts.encryption,
+            account: opts.account.clone(),
+            identity,
+            key,
+            chunker: store.config.chunker,
+        };
+        Ok((store, report))
+    }
+
+    /// Opens the store at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        let cfg_path = path.join("config");
+        if !cfg_path.is_file() {
+            return Err(StoreError::Usage(format!(
+                "no blocksnap store at {}: create one with `blocksnap --store {} init`",
+                path.display(),
+                path.display()
+            )));
+        }
+        let config = ConfigDoc::from_json(&fsutil::read(&cfg_path)?)
+            .map_err(|e| StoreError::Damaged(format!("{}: {e}", cfg_path.display())))?;
+        Ok(Store { root: path.to_path_buf(), config })
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The store's configuration.
+    pub fn config(&self) -> &ConfigDoc {
+        &self.config
+    }
+
+    /// The chunker parameters of this store.
+    pub fn chunker_params(&self) -> ChunkerParams {
+        let c = self.config.chunker;
+        let kind = match c.kind {
+            ChunkerKindDoc::Cdc => ChunkerKind::Cdc,
+            ChunkerKindDoc::Fixed => ChunkerKind::Fixed,
+        };
+        ChunkerParams { kind, min: c.min, avg: c.avg, max: c.max }
+    }
+
+    /// Where an account's identity lives unless `--identity` says otherwise:
+    /// `$XDG_CONFIG_HOME/blocksnap/<store id>/<account>.key`.
+    pub fn default_identity_path(&self, account: &str) -> PathBuf {
+        config_home().join("blocksnap").join(self.config.id.to_string()).join(format!("{account}.key"))
+    }
+
+    /// The access of `account` (default: the store's first account) with `identity` (default:
+    /// [`Store::default_identity_path`]).
+    pub fn access(&self, account: Option<&str>, identity: Option<&Path>) -> Result<Access> {
+        let account = account.unwrap_or(&self.config.default_account).to_string();
+        blocksnap_manifest::validate_name("account", "name", &account).map_err(|e| StoreError::Usage(e.to_string()))?;
+        if !self.account_path(&account).is_file() {
+            return Err(StoreError::Usage(format!(
+                "no account '{account}' in store {}; see `blocksnap account list`",
+                self.root.display()
+            )));
+        }
+        let identity = identity.map_or_else(|| self.default_identity_path(&account), Path::to_path_buf);
+        Ok(Access { account, identity })
+    }
+
+    pub(crate) fn account_path(&self, name: &str) -> PathBuf {
+        self.root.join("accounts").join(format!("{name}.json"))
+    }
+
+    pub(crate) fn key_path(&self, id: blocksnap_manifest::KeyId) -> PathBuf {
+        self.root.join("keys").join(format!("{id}.json"))
+    }
+
+    pub(crate) fn snapshot_path(&self, id: SnapshotId) -> PathBuf {
+        self.root.join("snapshots").join(format!("{id}.json"))
+    }
+
+    /// The path of a pack.
+    pub fn pack_path(&self, id: &PackId) -> PathBuf {
+        let hex = id.to_string();
+        self.root.join("packs").join(&hex[..2]).join(hex)
+    }
+
+    pub(crate) fn index_path(&self) -> PathBuf {
+        self.root.join("index")
+    }
+
+    /// Opens the dedup index, waiting (with a note to `progress`) while another process holds it.
+    pub(crate) fn open_index(&self, progress: &dyn Progress) -> Result<Index> {
+        let wait = std::env::var("BLOCKSNAP_LOCK_WAIT")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .map_or(Duration::from_secs(3600), Duration::from_secs);
+        Ok(Index::open(&self.index_path(), wait, |waited| {
+            progress.message(&format!(
+                "waiting for the index of {}: another blocksnap process is using it ({}s so far)",
+                self.root.display(),
+                waited.as_secs()
+            ));
+        })?)
+    }
+
+    /// Every pack in the store, by id.
+    pub fn list_packs(&self) -> Result<Vec<(PackId, PathBuf)>> {
+        let mut out = Vec::new();
+        let packs = self.root.join("packs");
+        for sub in fs::read_dir(&packs).map_err(StoreError::io("cannot list", &packs))? {
+            let sub = sub.map_err(StoreError::io("cannot list", &packs))?.path();
+            if !sub.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(&sub).map_err(StoreError::io("cannot list", &sub))? {
+                let f = f.map_err(StoreError::io("cannot list", &sub))?.path();
+                let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                if let Ok(id) = name.parse::<PackId>() {
+                    out.push((id, f));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every snapshot document, oldest first. Damaged documents are errors naming the file.
+    pub fn list_snapshots(&self) -> Result<Vec<SnapshotDoc>> {
+        let dir = self.root.join("snapshots");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(StoreError::io("cannot list", &dir))? {
+            let path = e.map_err(StoreError::io("cannot list", &dir))?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if name.starts_with(TMP_PREFIX) || !name.ends_with(".json") {
+                continue;
+            }
+            out.push(self.read_snapshot_file(&path)?);
+        }
+        out.sort_by(|a, b| (&a.created, a.id).cmp(&(&b.created, b.id)));
+        Ok(out)
+    }
+
+    fn read_snapshot_file(&self, path: &Path) -> Result<SnapshotDoc> {
+        SnapshotDoc::from_json(&fsutil::read(path)?).map_err(|e| {
+            StoreError::Damaged(format!("{}: {e}; `blocksnap check` lists damage", path.display()))
+        })
+    }
+
+    /// Resolves a snapshot by full id or unique prefix (`snap-0f3a`, `0f3a`).
+    pub fn resolve_snapshot(&self, text: &str) -> Result<SnapshotDoc> {
+        let dir = self.root.join("snapshots");
+        let want = if text.starts_with(SnapshotId::PREFIX) { text.to_string() } else { format!("{}{text}", SnapshotId::PREFIX) };
+        if want.len() <= SnapshotId::PREFIX.len() {
+            return Err(StoreError::Usage("give a snapshot id or a prefix of one (snap-…)".into()));
+        }
+        let mut matches = Vec::new();
+        for e in fs::read_dir(&dir).map_err(StoreError::io("cannot list", &dir))? {
+            let path = e.map_err(StoreError::io("cannot list", &dir))?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if name.starts_with(&want) && name.parse::<SnapshotId>().is_ok() {
+                matches.push(path);
+            }
+        }
+        match matches.len() {
+            0 => Err(StoreError::Usage(format!("no snapshot matches '{text}'; see `blocksnap snapshot list`"))),
+            1 => self.read_snapshot_file(&matches[0]),
+            n => Err(StoreError::Usage(format!("'{text}' matches {n} snapshots; give more of the id"))),
+        }
+    }
+
+    /// The newest snapshot of a volume.
+    pub fn latest_snapshot(&self, volume: &str) -> Result<Option<SnapshotDoc>> {
+        Ok(self.list_snapshots()?.into_iter().rev().find(|s| s.volume == volume))
+    }
+
+    pub(crate) fn write_snapshot(&self, doc: &SnapshotDoc) -> Result<u64> {
+        let bytes = doc.to_json();
+        fsutil::write_atomic(&self.snapshot_path(doc.id), &bytes, 0o644)?;
+        Ok(bytes.len() as u64)
+    }
+
+    /// Snapshots matching a volume and every given tag.
+    pub fn find_snapshots(&self, volume: Option<&str>, tags: &BTreeMap<String, String>) -> Result<Vec<SnapshotDoc>> {
+        Ok(self
+            .list_snapshots()?
+            .into_iter()
+            .filter(|s| volume.is_none_or(|v| s.volume == v))
+            .filter(|s| tags.iter().all(|(k, v)| s.tags.get(k) == Some(v)))
+            .collect())
+    }
+}
+
+pub(crate) fn chunker_doc(p: ChunkerParams) -> ChunkerDoc {
+    let kind = match p.kind {
+        ChunkerKind::Cdc => ChunkerKindDoc::Cdc,
+        ChunkerKind::Fixed => ChunkerKindDoc::Fixed,
+    };
+    ChunkerDoc { kind, min: p.min, avg: p.avg, max: p.max }
+}
+
+/// `$XDG_CONFIG_HOME`, else `~/.config`.
+pub fn config_home() -> PathBuf {
+    env_dir("XDG_CONFIG_HOME", ".config")
+}
+
+/// `$XDG_DATA_HOME`, else `~/.local/share`.
+pub fn data_home() -> PathBuf {
+    env_dir("XDG_DATA_HOME", ".local/share")
+}
+
+fn env_dir(var: &str, fallback: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(v) if !v.is_empty() && Path::new(&v).is_absolute() => PathBuf::from(v),
+        _ => std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from).join(fallback),
+    }
+}
+
+/// The default store: `$XDG_DATA_HOME/blocksnap/store`.
+pub fn default_store_path() -> PathBuf {
+    data_home().join("blocksnap").join("store")
+}
