@@ -140,7 +140,7 @@ impl ChunkCodec {
         if let Some(cipher) = cipher {
             cipher
                 .open(&nonce_for(offset), id.as_bytes(), &mut record)
-                .map_err(|()| PackError::Auth { id: *id, offset })?;
+                .map_err(|_| PackError::Auth { id: *id, offset })?;
         }
         let data = decompress(&record, raw_len).map_err(|detail| PackError::BadRecord {
             id: *id,
@@ -199,12 +199,16 @@ impl PackCipher {
     }
 
     /// Checks the tag at the end of `buf` and decrypts in place, removing the tag.
-    pub fn open(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut Vec<u8>) -> Result<(), ()> {
+    pub fn open(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut Vec<u8>) -> Result<(), AuthFailed> {
         if buf.len() < TAG_LEN {
-            return Err(());
+            return Err(AuthFailed);
         }
         self.0
             .decrypt_in_place(GenericArray::from_slice(nonce), aad, buf)
-            .map_err(|_| ())
+            .map_err(|_| AuthFailed)
     }
 }
+
+/// A sealed buffer failed authentication: it was changed, or sealed under another key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthFailed;

@@ -34,7 +34,7 @@ mod error;
 pub mod format;
 mod pack;
 
-pub use codec::{ChunkCodec, DataKey, PackCipher, decompress, nonce_for};
+pub use codec::{AuthFailed, ChunkCodec, DataKey, PackCipher, decompress, nonce_for};
 pub use error::PackError;
 pub use pack::{Entry, PackHeader, PackWriter, parse_trailer, read_trailer};
 
@@ -91,7 +91,7 @@ mod tests {
     fn no_plaintext_in_encrypted_pack() {
         let codec = ChunkCodec::encrypted(KeyId(7), DataKey::from_bytes([3; 32]), 3);
         let secret = b"TOP-SECRET-MARKER".repeat(3);
-        let (bytes, _) = pack_of(&codec, &[secret.clone()]);
+        let (bytes, _) = pack_of(&codec, std::slice::from_ref(&secret));
         assert!(!bytes.windows(17).any(|w| w == b"TOP-SECRET-MARKER"));
         let plain = ChunkCodec::plain(3);
         let (bytes, _) = pack_of(&plain, &[secret]);

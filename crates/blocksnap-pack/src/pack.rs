@@ -252,7 +252,7 @@ pub fn read_trailer<'c, R: Read + Seek>(
     if let Some(cipher) = codec.pack_cipher(&parsed.salt) {
         cipher
             .open(&TRAILER_NONCE, &header, &mut trailer)
-            .map_err(|()| {
+            .map_err(|_| {
                 PackError::BadTrailer("authentication failed (damaged, or another key)".into())
             })?;
     }

@@ -56,20 +56,32 @@ impl Access {
             .map(str::trim)
             .find(|l| !l.is_empty() && !l.starts_with('#'))
             .ok_or_else(|| self.bad_identity("it holds no AGE-SECRET-KEY line"))?;
-        line.parse::<age::x25519::Identity>().map_err(|_| self.bad_identity("its key line is not an age X25519 identity"))
+        line.parse::<age::x25519::Identity>()
+            .map_err(|_| self.bad_identity("its key line is not an age X25519 identity"))
     }
 
     fn bad_identity(&self, why: &str) -> StoreError {
-        StoreError::Usage(format!("identity file {} for account '{}' is unusable: {why}", self.identity.display(), self.account))
+        StoreError::Usage(format!(
+            "identity file {} for account '{}' is unusable: {why}",
+            self.identity.display(),
+            self.account
+        ))
     }
 }
 
 impl Store {
     /// Creates an account: writes its identity file (mode 0600) and records its public part.
-    pub(crate) fn create_account_inner(&self, name: &str, identity_path: &Path) -> Result<AccountDoc> {
-        blocksnap_manifest::validate_name("account", "name", name).map_err(|e| StoreError::Usage(e.to_string()))?;
+    pub(crate) fn create_account_inner(
+        &self,
+        name: &str,
+        identity_path: &Path,
+    ) -> Result<AccountDoc> {
+        blocksnap_manifest::validate_name("account", "name", name)
+            .map_err(|e| StoreError::Usage(e.to_string()))?;
         if self.account_path(name).exists() {
-            return Err(StoreError::Usage(format!("account '{name}' already exists")));
+            return Err(StoreError::Usage(format!(
+                "account '{name}' already exists"
+            )));
         }
         if identity_path.exists() {
             return Err(StoreError::Usage(format!(
@@ -89,8 +101,15 @@ impl Store {
             create_private_dir(dir)?;
         }
         let mut f = fsutil::create_new(identity_path, 0o600)?;
-        f.write_all(secret.as_bytes()).and_then(|()| f.sync_all()).map_err(StoreError::io("cannot write", identity_path))?;
-        let doc = AccountDoc { format: AccountDoc::FORMAT.into(), name: name.into(), recipient, created };
+        f.write_all(secret.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(StoreError::io("cannot write", identity_path))?;
+        let doc = AccountDoc {
+            format: AccountDoc::FORMAT.into(),
+            name: name.into(),
+            recipient,
+            created,
+        };
         fsutil::write_atomic(&self.account_path(name), &doc.to_json(), 0o644)?;
         Ok(doc)
     }
@@ -99,16 +118,22 @@ impl Store {
     pub fn account(&self, name: &str) -> Result<AccountDoc> {
         let path = self.account_path(name);
         if !path.is_file() {
-            return Err(StoreError::Usage(format!("no account '{name}'; see `blocksnap account list`")));
+            return Err(StoreError::Usage(format!(
+                "no account '{name}'; see `blocksnap account list`"
+            )));
         }
-        AccountDoc::from_json(&fsutil::read(&path)?).map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))
+        AccountDoc::from_json(&fsutil::read(&path)?)
+            .map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))
     }
 
     /// Creates a data key named `name`, granted to the acting account.
     pub(crate) fn create_key_inner(&self, access: &Access, name: &str) -> Result<KeyId> {
-        blocksnap_manifest::validate_name("key", "name", name).map_err(|e| StoreError::Usage(e.to_string()))?;
+        blocksnap_manifest::validate_name("key", "name", name)
+            .map_err(|e| StoreError::Usage(e.to_string()))?;
         if self.list_keys()?.iter().any(|k| k.name == name) {
-            return Err(StoreError::Usage(format!("a key named '{name}' already exists")));
+            return Err(StoreError::Usage(format!(
+                "a key named '{name}' already exists"
+            )));
         }
         let key = Zeroizing::new(fsutil::random_bytes::<32>());
         let account = self.account(&access.account)?;
@@ -120,7 +145,10 @@ impl Store {
             name: name.into(),
             created: fsutil::now_rfc3339(),
             created_by: access.account.clone(),
-            grants: vec![GrantDoc { account: access.account.clone(), wrapped }],
+            grants: vec![GrantDoc {
+                account: access.account.clone(),
+                wrapped,
+            }],
         };
         fsutil::write_atomic(&self.key_path(id), &doc.to_json(), 0o644)?;
         Ok(id)
@@ -135,7 +163,10 @@ impl Store {
             if path.extension().and_then(|x| x.to_str()) != Some("json") {
                 continue;
             }
-            out.push(KeyDoc::from_json(&fsutil::read(&path)?).map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))?);
+            out.push(
+                KeyDoc::from_json(&fsutil::read(&path)?)
+                    .map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))?,
+            );
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -147,20 +178,31 @@ impl Store {
         if let Some(k) = keys.iter().find(|k| k.name == text) {
             return Ok(k.clone());
         }
-        let m: Vec<_> = keys.into_iter().filter(|k| text.len() > 4 && k.id.to_string().starts_with(text)).collect();
+        let m: Vec<_> = keys
+            .into_iter()
+            .filter(|k| text.len() > 4 && k.id.to_string().starts_with(text))
+            .collect();
         match m.len() {
             1 => Ok(m.into_iter().next().expect("one")),
-            0 => Err(StoreError::Usage(format!("no key '{text}'; see `blocksnap key list`"))),
-            n => Err(StoreError::Usage(format!("'{text}' matches {n} keys; give more of the id"))),
+            0 => Err(StoreError::Usage(format!(
+                "no key '{text}'; see `blocksnap key list`"
+            ))),
+            n => Err(StoreError::Usage(format!(
+                "'{text}' matches {n} keys; give more of the id"
+            ))),
         }
     }
 
     fn key_by_id(&self, id: KeyId) -> Result<KeyDoc> {
         let path = self.key_path(id);
         if !path.is_file() {
-            return Err(StoreError::Damaged(format!("key {id} is missing from the store ({})", path.display())));
+            return Err(StoreError::Damaged(format!(
+                "key {id} is missing from the store ({})",
+                path.display()
+            )));
         }
-        KeyDoc::from_json(&fsutil::read(&path)?).map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))
+        KeyDoc::from_json(&fsutil::read(&path)?)
+            .map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))
     }
 
     /// The codec for chunks under `key` (none: a plain store) as `access` may use it.
@@ -178,8 +220,12 @@ impl Store {
             )));
         };
         let identity = access.load_identity()?;
-        let wrapped = hex::decode(&grant.wrapped)
-            .map_err(|_| StoreError::Damaged(format!("key {key_id}: the grant of '{}' is not hex", access.account)))?;
+        let wrapped = hex::decode(&grant.wrapped).map_err(|_| {
+            StoreError::Damaged(format!(
+                "key {key_id}: the grant of '{}' is not hex",
+                access.account
+            ))
+        })?;
         let plain = Zeroizing::new(age::decrypt(&identity, &wrapped).map_err(|_| {
             StoreError::Denied(format!(
                 "identity {} cannot unwrap the grant of account '{}' on key '{}' ({key_id}): it is not \
@@ -189,17 +235,25 @@ impl Store {
                 doc.name
             ))
         })?);
-        let bytes: [u8; 32] = plain[..]
-            .try_into()
-            .map_err(|_| StoreError::Damaged(format!("key {key_id}: the unwrapped key has the wrong length")))?;
-        Ok(ChunkCodec::encrypted(key_id, DataKey::from_bytes(bytes), level))
+        let bytes: [u8; 32] = plain[..].try_into().map_err(|_| {
+            StoreError::Damaged(format!(
+                "key {key_id}: the unwrapped key has the wrong length"
+            ))
+        })?;
+        Ok(ChunkCodec::encrypted(
+            key_id,
+            DataKey::from_bytes(bytes),
+            level,
+        ))
     }
 
     /// The codec new snapshots use: the key given by name or id, else `default`.
     pub fn codec_for_new(&self, access: &Access, key: Option<&str>) -> Result<ChunkCodec> {
         if !self.config().encryption {
             if let Some(k) = key {
-                return Err(StoreError::Usage(format!("--key {k}: this store was made with --no-encryption")));
+                return Err(StoreError::Usage(format!(
+                    "--key {k}: this store was made with --no-encryption"
+                )));
             }
             return self.codec(access, None);
         }
@@ -209,11 +263,14 @@ impl Store {
 }
 
 fn wrap(key: &[u8; 32], account: &AccountDoc) -> Result<String> {
-    let recipient: age::x25519::Recipient = account
-        .recipient
-        .parse()
-        .map_err(|_| StoreError::Damaged(format!("account '{}' has an invalid recipient", account.name)))?;
-    let ct = age::encrypt(&recipient, key).map_err(|e| StoreError::Other(format!("cannot wrap key: {e}")))?;
+    let recipient: age::x25519::Recipient = account.recipient.parse().map_err(|_| {
+        StoreError::Damaged(format!(
+            "account '{}' has an invalid recipient",
+            account.name
+        ))
+    })?;
+    let ct = age::encrypt(&recipient, key)
+        .map_err(|e| StoreError::Other(format!("cannot wrap key: {e}")))?;
     Ok(hex::encode(ct))
 }
 
@@ -222,5 +279,6 @@ fn create_private_dir(dir: &Path) -> Result<()> {
     b.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir).map_err(StoreError::io("cannot create directory", dir))
+    b.create(dir)
+        .map_err(StoreError::io("cannot create directory", dir))
 }

@@ -32,7 +32,9 @@ pub fn tmp_path_for(path: &Path) -> PathBuf {
 
 /// fsyncs a directory, so a rename in it is durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(StoreError::io("cannot sync directory", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StoreError::io("cannot sync directory", dir))
 }
 
 /// Writes `bytes` to `path` atomically and durably. `mode` sets the permissions (Unix).
@@ -42,7 +44,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let tmp = tmp_path_for(path);
     let result = (|| {
         let mut f = create_new(&tmp, mode)?;
-        f.write_all(bytes).map_err(StoreError::io("cannot write", &tmp))?;
+        f.write_all(bytes)
+            .map_err(StoreError::io("cannot write", &tmp))?;
         f.sync_all().map_err(StoreError::io("cannot sync", &tmp))?;
         fs::rename(&tmp, path).map_err(StoreError::io("cannot rename into place", path))?;
         sync_dir(dir)
@@ -67,7 +70,9 @@ pub fn read(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(StoreError::io("cannot read", path))
 }
 
-/// The current time in RFC 3339, UTC, to the second.
+/// The current time in RFC 3339, UTC, to the millisecond.
 pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
 }

@@ -43,8 +43,8 @@ pub use repair::RepairReport;
 pub use restore::RestoreReport;
 pub use snapshot::{SnapshotOptions, SnapshotReport};
 pub use store::{
-    DEFAULT_CHUNK_SIZE, InitOptions, InitReport, Store, config_home, data_home, default_account_name,
-    default_store_path,
+    DEFAULT_CHUNK_SIZE, InitOptions, InitReport, Store, config_home, data_home,
+    default_account_name, default_store_path,
 };
 
 pub use blocksnap_chunker::ChunkerKind;

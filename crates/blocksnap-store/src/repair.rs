@@ -30,7 +30,11 @@ impl Store {
         let index = self.open_index(progress)?;
         let packs = self.list_packs()?;
         let mut codecs: HashMap<Option<KeyId>, Result<ChunkCodec>> = HashMap::new();
-        let mut report = RepairReport { packs: 0, chunks: 0, problems: Vec::new() };
+        let mut report = RepairReport {
+            packs: 0,
+            chunks: 0,
+            problems: Vec::new(),
+        };
         index.clear()?;
         progress.start("repair index", packs.len() as u64);
         for (id, path) in packs {
@@ -46,7 +50,17 @@ impl Store {
                 Ok((_, entries)) => {
                     let locs: Vec<_> = entries
                         .iter()
-                        .map(|e| (e.id, Location { pack: id, offset: e.offset, stored_len: e.stored_len, raw_len: e.raw_len }))
+                        .map(|e| {
+                            (
+                                e.id,
+                                Location {
+                                    pack: id,
+                                    offset: e.offset,
+                                    stored_len: e.stored_len,
+                                    raw_len: e.raw_len,
+                                },
+                            )
+                        })
                         .collect();
                     index.insert_batch(&locs)?;
                     report.packs += 1;
@@ -57,7 +71,9 @@ impl Store {
                         Some(Err(denied)) => denied.to_string(),
                         _ => e.to_string(),
                     };
-                    report.problems.push(format!("pack {id} ({}): {why}", path.display()));
+                    report
+                        .problems
+                        .push(format!("pack {id} ({}): {why}", path.display()));
                 }
             }
         }

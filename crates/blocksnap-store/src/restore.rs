@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use blocksnap_index::Index;
-use blocksnap_manifest::{ChunkId, Extent, ExtentDecoder, ExtentError, PackId, SnapshotDoc, SnapshotId};
+use blocksnap_manifest::{
+    ChunkId, Extent, ExtentDecoder, ExtentError, PackId, SnapshotDoc, SnapshotId,
+};
 use blocksnap_pack::{ChunkCodec, PackCipher, PackHeader, format::HEADER_LEN};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -59,7 +61,12 @@ pub(crate) struct ChunkReader<'a> {
 
 impl<'a> ChunkReader<'a> {
     pub fn new(store: &'a Store, codec: &'a ChunkCodec, index: &'a Index) -> Self {
-        ChunkReader { store, codec, index, packs: Mutex::new(HashMap::new()) }
+        ChunkReader {
+            store,
+            codec,
+            index,
+            packs: Mutex::new(HashMap::new()),
+        }
     }
 
     fn pack(&self, id: &PackId) -> Result<Arc<OpenPack>> {
@@ -69,18 +76,38 @@ impl<'a> ChunkReader<'a> {
         let path = self.store.pack_path(id);
         let file = File::open(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                StoreError::Damaged(format!("pack {id} is missing ({}); `blocksnap check` lists what it affects", path.display()))
+                StoreError::Damaged(format!(
+                    "pack {id} is missing ({}); `blocksnap check` lists what it affects",
+                    path.display()
+                ))
             } else {
-                StoreError::Io { what: "cannot open pack", path: path.clone(), source: e }
+                StoreError::Io {
+                    what: "cannot open pack",
+                    path: path.clone(),
+                    source: e,
+                }
             }
         })?;
         let mut header = [0u8; HEADER_LEN];
-        file.read_exact_at(&mut header, 0).map_err(|e| StoreError::Damaged(format!("pack {id} ({}): cannot read its header: {e}", path.display())))?;
-        let header = PackHeader::decode(&header).map_err(|e| StoreError::Damaged(format!("pack {id} ({}): {e}", path.display())))?;
+        file.read_exact_at(&mut header, 0).map_err(|e| {
+            StoreError::Damaged(format!(
+                "pack {id} ({}): cannot read its header: {e}",
+                path.display()
+            ))
+        })?;
+        let header = PackHeader::decode(&header)
+            .map_err(|e| StoreError::Damaged(format!("pack {id} ({}): {e}", path.display())))?;
         if header.key_id != self.codec.key_id() {
-            return Err(StoreError::Damaged(format!("pack {id} is sealed with key {:?}, not the snapshot's key {:?}", header.key_id, self.codec.key_id())));
+            return Err(StoreError::Damaged(format!(
+                "pack {id} is sealed with key {:?}, not the snapshot's key {:?}",
+                header.key_id,
+                self.codec.key_id()
+            )));
         }
-        let pack = Arc::new(OpenPack { file, cipher: self.codec.pack_cipher(&header.salt) });
+        let pack = Arc::new(OpenPack {
+            file,
+            cipher: self.codec.pack_cipher(&header.salt),
+        });
         let mut packs = self.packs.lock().expect("not poisoned");
         if packs.len() >= 256 {
             packs.clear();
@@ -103,11 +130,21 @@ impl<'a> ChunkReader<'a> {
         })?;
         self.codec
             .decode(pack.cipher.as_ref(), id, loc.offset, loc.raw_len, record)
-            .map_err(|e| StoreError::Damaged(format!("pack {} ({}): {e}", loc.pack, self.store.pack_path(&loc.pack).display())))
+            .map_err(|e| {
+                StoreError::Damaged(format!(
+                    "pack {} ({}): {e}",
+                    loc.pack,
+                    self.store.pack_path(&loc.pack).display()
+                ))
+            })
     }
 
     /// Streams a snapshot's extents to `f` in volume order, reading its metadata chunks.
-    pub fn for_each_extent(&self, doc: &SnapshotDoc, mut f: impl FnMut(u64, Extent) -> Result<()>) -> Result<()> {
+    pub fn for_each_extent(
+        &self,
+        doc: &SnapshotDoc,
+        mut f: impl FnMut(u64, Extent) -> Result<()>,
+    ) -> Result<()> {
         let mut decoder = ExtentDecoder::new(doc.size);
         for id in &doc.extents.chunks {
             let bytes = self.read(id)?;
@@ -115,7 +152,10 @@ impl<'a> ChunkReader<'a> {
         }
         let count = decoder.finish()?;
         if count != doc.extents.count {
-            return Err(StoreError::Damaged(format!("snapshot {}: the extent list has {count} records, the document says {}", doc.id, doc.extents.count)));
+            return Err(StoreError::Damaged(format!(
+                "snapshot {}: the extent list has {count} records, the document says {}",
+                doc.id, doc.extents.count
+            )));
         }
         Ok(())
     }
@@ -123,25 +163,40 @@ impl<'a> ChunkReader<'a> {
 
 impl Store {
     /// Rebuilds a snapshot's volume into `output` (a new or existing file, or a block device).
-    pub fn restore(&self, access: &Access, snapshot: &str, output: &Path, progress: &dyn Progress) -> Result<RestoreReport> {
+    pub fn restore(
+        &self,
+        access: &Access,
+        snapshot: &str,
+        output: &Path,
+        progress: &dyn Progress,
+    ) -> Result<RestoreReport> {
         let started = Instant::now();
         let doc = self.resolve_snapshot(snapshot)?;
         let codec = self.codec(access, doc.key)?;
         let index = self.open_index(progress)?;
         let reader = ChunkReader::new(self, &codec, &index);
 
-        let device = fs::metadata(output).map(|m| m.file_type().is_block_device()).unwrap_or(false);
+        let device = fs::metadata(output)
+            .map(|m| m.file_type().is_block_device())
+            .unwrap_or(false);
         let (target, file) = if device {
-            let f = OpenOptions::new().write(true).open(output).map_err(StoreError::io("cannot open", output))?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(output)
+                .map_err(StoreError::io("cannot open", output))?;
             (output.to_path_buf(), f)
         } else {
             if output.is_dir() {
-                return Err(StoreError::Usage(format!("{} is a directory; give a file name for the restored image", output.display())));
+                return Err(StoreError::Usage(format!(
+                    "{} is a directory; give a file name for the restored image",
+                    output.display()
+                )));
             }
             // Write beside the output and rename at the end: a failed restore leaves no half image.
             let tmp = fsutil::tmp_path_for(output);
             let f = fsutil::create_new(&tmp, 0o600)?;
-            f.set_len(doc.size).map_err(StoreError::io("cannot size", &tmp))?;
+            f.set_len(doc.size)
+                .map_err(StoreError::io("cannot size", &tmp))?;
             (tmp, f)
         };
         let cleanup = |e: StoreError| {
@@ -156,13 +211,19 @@ impl Store {
         let mut batch_bytes = 0u64;
         let mut written = 0u64;
         let flush = |batch: &mut Vec<(u64, u32, ChunkId)>, written: &mut u64| -> Result<()> {
-            batch.par_iter().try_for_each(|(off, len, id)| -> Result<()> {
-                let data = reader.read(id)?;
-                if data.len() != *len as usize {
-                    return Err(StoreError::Damaged(format!("chunk {id} has {} bytes, the extent list says {len}", data.len())));
-                }
-                file.write_all_at(&data, *off).map_err(StoreError::io("cannot write", &target))
-            })?;
+            batch
+                .par_iter()
+                .try_for_each(|(off, len, id)| -> Result<()> {
+                    let data = reader.read(id)?;
+                    if data.len() != *len as usize {
+                        return Err(StoreError::Damaged(format!(
+                            "chunk {id} has {} bytes, the extent list says {len}",
+                            data.len()
+                        )));
+                    }
+                    file.write_all_at(&data, *off)
+                        .map_err(StoreError::io("cannot write", &target))
+                })?;
             let n: u64 = batch.iter().map(|b| u64::from(b.1)).sum();
             *written += n;
             progress.advance(n);
@@ -187,7 +248,8 @@ impl Store {
                             let mut p = 0;
                             while p < len {
                                 let n = (len - p).min(zeros.len() as u64);
-                                file.write_all_at(&zeros[..n as usize], off + p).map_err(StoreError::io("cannot write", &target))?;
+                                file.write_all_at(&zeros[..n as usize], off + p)
+                                    .map_err(StoreError::io("cannot write", &target))?;
                                 p += n;
                             }
                         }
@@ -197,15 +259,26 @@ impl Store {
                 Ok(())
             })
             .and_then(|()| flush(&mut batch, &mut written))
-            .and_then(|()| file.sync_all().map_err(StoreError::io("cannot sync", &target)))
+            .and_then(|()| {
+                file.sync_all()
+                    .map_err(StoreError::io("cannot sync", &target))
+            })
             .map_err(cleanup)?;
         progress.finish();
         if !device {
-            fs::rename(&target, output).map_err(StoreError::io("cannot rename into place", output)).map_err(cleanup)?;
+            fs::rename(&target, output)
+                .map_err(StoreError::io("cannot rename into place", output))
+                .map_err(cleanup)?;
             if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
                 fsutil::sync_dir(dir)?;
             }
         }
-        Ok(RestoreReport { id: doc.id, size: doc.size, bytes_written: written, seconds: started.elapsed().as_secs_f64(), output: output.to_path_buf() })
+        Ok(RestoreReport {
+            id: doc.id,
+            size: doc.size,
+            bytes_written: written,
+            seconds: started.elapsed().as_secs_f64(),
+            output: output.to_path_buf(),
+        })
     }
 }

@@ -42,7 +42,14 @@ pub(crate) struct ChunkSink<'a> {
 
 impl<'a> ChunkSink<'a> {
     pub fn new(store: &'a Store, codec: &'a ChunkCodec, index: &'a Index) -> Self {
-        ChunkSink { store, codec, index, pack: None, pending: HashSet::new(), stats: SinkStats::default() }
+        ChunkSink {
+            store,
+            codec,
+            index,
+            pack: None,
+            pending: HashSet::new(),
+            stats: SinkStats::default(),
+        }
     }
 
     /// Stores whichever of `chunks` the store lacks.
@@ -62,8 +69,10 @@ impl<'a> ChunkSink<'a> {
         self.stats.chunks_new += fresh.len() as u64;
         self.stats.bytes_new += fresh.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
         let codec = self.codec;
-        let mut records: Vec<(ChunkId, u32, Vec<u8>)> =
-            fresh.into_par_iter().map(|(id, data)| (id, data.len() as u32, codec.compress(&data))).collect();
+        let mut records: Vec<(ChunkId, u32, Vec<u8>)> = fresh
+            .into_par_iter()
+            .map(|(id, data)| (id, data.len() as u32, codec.compress(&data)))
+            .collect();
         let target = self.store.config().pack_size;
         let mut i = 0;
         while i < records.len() {
@@ -85,11 +94,16 @@ impl<'a> ChunkSink<'a> {
                 j += 1;
             }
             let w = &pack.writer;
-            records[i..j].par_iter_mut().zip(&offsets).for_each(|((id, _, rec), &o)| w.seal(o, id, rec));
+            records[i..j]
+                .par_iter_mut()
+                .zip(&offsets)
+                .for_each(|((id, _, rec), &o)| w.seal(o, id, rec));
             for ((id, raw_len, rec), &o) in records[i..j].iter().zip(&offsets) {
                 pack.writer
                     .write_sealed(o, *id, *raw_len, rec)
-                    .map_err(|e| StoreError::Other(format!("cannot write pack {}: {e}", pack.tmp.display())))?;
+                    .map_err(|e| {
+                        StoreError::Other(format!("cannot write pack {}: {e}", pack.tmp.display()))
+                    })?;
             }
             i = j;
             if j < records.len() || pack.writer.offset() >= target {
@@ -103,8 +117,12 @@ impl<'a> ChunkSink<'a> {
         let dir = self.store.root().join("packs");
         let tmp = dir.join(format!("{}{}", fsutil::TMP_PREFIX, fsutil::random_hex(8)));
         let file = fsutil::create_new(&tmp, 0o644)?;
-        let writer = PackWriter::new(BufWriter::with_capacity(1 << 20, file), self.codec, fsutil::random_bytes())
-            .map_err(|e| StoreError::Other(format!("cannot write pack {}: {e}", tmp.display())))?;
+        let writer = PackWriter::new(
+            BufWriter::with_capacity(1 << 20, file),
+            self.codec,
+            fsutil::random_bytes(),
+        )
+        .map_err(|e| StoreError::Other(format!("cannot write pack {}: {e}", tmp.display())))?;
         self.pack = Some(OpenPack { writer, tmp });
         Ok(())
     }
@@ -115,9 +133,16 @@ impl<'a> ChunkSink<'a> {
             return Ok(());
         };
         let result = (|| {
-            let (out, id, entries, len) = writer.finish().map_err(|e| StoreError::Other(format!("cannot write pack {}: {e}", tmp.display())))?;
-            let file = out.into_inner().map_err(|e| StoreError::Io { what: "cannot write", path: tmp.clone(), source: e.into_error() })?;
-            file.sync_all().map_err(StoreError::io("cannot sync", &tmp))?;
+            let (out, id, entries, len) = writer.finish().map_err(|e| {
+                StoreError::Other(format!("cannot write pack {}: {e}", tmp.display()))
+            })?;
+            let file = out.into_inner().map_err(|e| StoreError::Io {
+                what: "cannot write",
+                path: tmp.clone(),
+                source: e.into_error(),
+            })?;
+            file.sync_all()
+                .map_err(StoreError::io("cannot sync", &tmp))?;
             drop(file);
             let path = self.store.pack_path(&id);
             let dir = path.parent().expect("packs/xx");
@@ -125,11 +150,22 @@ impl<'a> ChunkSink<'a> {
                 fs::create_dir_all(dir).map_err(StoreError::io("cannot create", dir))?;
                 fsutil::sync_dir(&self.store.root().join("packs"))?;
             }
-            fs::rename(&tmp, &path).map_err(StoreError::io("cannot rename pack into place", &path))?;
+            fs::rename(&tmp, &path)
+                .map_err(StoreError::io("cannot rename pack into place", &path))?;
             fsutil::sync_dir(dir)?;
             let locs: Vec<_> = entries
                 .iter()
-                .map(|e| (e.id, Location { pack: id, offset: e.offset, stored_len: e.stored_len, raw_len: e.raw_len }))
+                .map(|e| {
+                    (
+                        e.id,
+                        Location {
+                            pack: id,
+                            offset: e.offset,
+                            stored_len: e.stored_len,
+                            raw_len: e.raw_len,
+                        },
+                    )
+                })
                 .collect();
             self.index.insert_batch(&locs)?;
             self.stats.bytes_stored += len;
@@ -171,7 +207,11 @@ pub(crate) struct MetaWriter {
 impl MetaWriter {
     pub fn new() -> Self {
         let params = blocksnap_chunker::ChunkerParams::cdc(64 * 1024);
-        MetaWriter { chunker: blocksnap_chunker::Chunker::new(params).expect("valid"), chunks: Vec::new(), bytes: 0 }
+        MetaWriter {
+            chunker: blocksnap_chunker::Chunker::new(params).expect("valid"),
+            chunks: Vec::new(),
+            bytes: 0,
+        }
     }
 
     /// Stores the complete chunks of `buf` (or all of it when `last`), draining what it stored.

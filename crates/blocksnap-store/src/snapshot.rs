@@ -65,18 +65,26 @@ pub struct SnapshotReport {
 
 impl Store {
     /// Takes a snapshot of a disk image or block device.
-    pub fn snapshot(&self, access: &Access, opts: &SnapshotOptions, progress: &dyn Progress) -> Result<SnapshotReport> {
+    pub fn snapshot(
+        &self,
+        access: &Access,
+        opts: &SnapshotOptions,
+        progress: &dyn Progress,
+    ) -> Result<SnapshotReport> {
         let started = Instant::now();
         let volume = match &opts.volume {
             Some(v) => v.clone(),
             None => volume_name_of(&opts.source)?,
         };
-        blocksnap_manifest::validate_name("snapshot", "volume", &volume).map_err(|e| StoreError::Usage(format!("volume name: {e}")))?;
-        blocksnap_manifest::validate_tags("snapshot", &opts.tags).map_err(|e| StoreError::Usage(e.to_string()))?;
+        blocksnap_manifest::validate_name("snapshot", "volume", &volume)
+            .map_err(|e| StoreError::Usage(format!("volume name: {e}")))?;
+        blocksnap_manifest::validate_tags("snapshot", &opts.tags)
+            .map_err(|e| StoreError::Usage(e.to_string()))?;
         let codec = self.codec_for_new(access, opts.key.as_deref())?;
         let source = Source::open(&opts.source)?;
         let parent = self.latest_snapshot(&volume)?.map(|s| s.id);
-        let chunker = Chunker::new(self.chunker_params()).map_err(|e| StoreError::Damaged(format!("store config: {e}")))?;
+        let chunker = Chunker::new(self.chunker_params())
+            .map_err(|e| StoreError::Damaged(format!("store config: {e}")))?;
         let index = self.open_index(progress)?;
         let mut sink = ChunkSink::new(self, &codec, &index);
         let mut meta = MetaWriter::new();
@@ -111,7 +119,9 @@ impl Store {
                                 data_bytes += d.len() as u64;
                                 chunks.push((id, d));
                             }
-                            (Piece::Data(_), None) => unreachable!("ids are computed for every data piece"),
+                            (Piece::Data(_), None) => {
+                                unreachable!("ids are computed for every data piece")
+                            }
                         }
                     }
                     sink.put(chunks)?;
@@ -122,7 +132,9 @@ impl Store {
                 Ok(())
             })();
             drop(rx);
-            reader.join().map_err(|_| StoreError::Other("the reader thread panicked".into()))?;
+            reader
+                .join()
+                .map_err(|_| StoreError::Other("the reader thread panicked".into()))?;
             result
         })?;
         progress.finish();
@@ -153,7 +165,11 @@ impl Store {
             tags: opts.tags.clone(),
             description: opts.description.clone(),
             data_bytes,
-            extents: ExtentsDoc { count, bytes: meta.bytes, chunks: meta.chunks },
+            extents: ExtentsDoc {
+                count,
+                bytes: meta.bytes,
+                chunks: meta.chunks,
+            },
         };
         let doc_bytes = self.write_snapshot(&doc)?;
         Ok(SnapshotReport {
@@ -176,11 +192,29 @@ impl Store {
 
 /// The default volume name of a source path: its file name, made into a valid name.
 fn volume_name_of(path: &Path) -> Result<String> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    let cleaned: String = name.chars().map(|c| if c.is_alphanumeric() || "-_.:@+".contains(c) { c } else { '_' }).collect();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || "-_.:@+".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     let cleaned = cleaned.trim_start_matches(['.', '-']).to_string();
     if cleaned.is_empty() {
-        return Err(StoreError::Usage(format!("cannot name a volume after {}; pass --volume NAME", path.display())));
+        return Err(StoreError::Usage(format!(
+            "cannot name a volume after {}; pass --volume NAME",
+            path.display()
+        )));
     }
-    Ok(cleaned.chars().take(blocksnap_manifest::MAX_NAME_LEN).collect())
+    Ok(cleaned
+        .chars()
+        .take(blocksnap_manifest::MAX_NAME_LEN)
+        .collect())
 }

@@ -57,20 +57,38 @@ pub(crate) struct Source {
 impl Source {
     pub fn open(path: &Path) -> Result<Source> {
         let file = File::open(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => StoreError::Usage(format!("no such disk image or volume: {}", path.display())),
-            _ => StoreError::Io { what: "cannot open", path: path.into(), source: e },
+            std::io::ErrorKind::NotFound => {
+                StoreError::Usage(format!("no such disk image or volume: {}", path.display()))
+            }
+            _ => StoreError::Io {
+                what: "cannot open",
+                path: path.into(),
+                source: e,
+            },
         })?;
-        let meta = file.metadata().map_err(StoreError::io("cannot stat", path))?;
+        let meta = file
+            .metadata()
+            .map_err(StoreError::io("cannot stat", path))?;
         let ft = meta.file_type();
         let size = if ft.is_block_device() {
             use std::io::Seek;
-            (&file).seek(std::io::SeekFrom::End(0)).map_err(StoreError::io("cannot size block device", path))?
+            (&file)
+                .seek(std::io::SeekFrom::End(0))
+                .map_err(StoreError::io("cannot size block device", path))?
         } else if ft.is_file() {
             meta.len()
         } else {
-            return Err(StoreError::Usage(format!("{} is not a regular file or a block device", path.display())));
+            return Err(StoreError::Usage(format!(
+                "{} is not a regular file or a block device",
+                path.display()
+            )));
         };
-        Ok(Source { file, path: path.into(), size, sparse_aware: ft.is_file() })
+        Ok(Source {
+            file,
+            path: path.into(),
+            size,
+            sparse_aware: ft.is_file(),
+        })
     }
 
     /// The next allocated range at or after `pos`, or none.
@@ -86,8 +104,16 @@ impl Source {
             Ok(s) => s,
             Err(rustix::io::Errno::NXIO) => return Ok(None),
             // The filesystem does not know SEEK_DATA: everything is data.
-            Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::OPNOTSUPP) => return Ok(Some((pos, self.size))),
-            Err(e) => return Err(StoreError::Io { what: "cannot seek in", path: self.path.clone(), source: e.into() }),
+            Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::OPNOTSUPP) => {
+                return Ok(Some((pos, self.size)));
+            }
+            Err(e) => {
+                return Err(StoreError::Io {
+                    what: "cannot seek in",
+                    path: self.path.clone(),
+                    source: e.into(),
+                });
+            }
         };
         let end = match seek(&self.file, SeekFrom::Hole(start)) {
             Ok(e) => e,
@@ -105,7 +131,9 @@ impl Source {
     }
 
     fn read_all(&self, chunker: &Chunker, tx: &Sender<Result<ReadBatch>>) -> Result<()> {
-        let window = (chunker.min_window() + (1 << 20)).max(16 << 20).next_multiple_of(ZERO_BLOCK);
+        let window = (chunker.min_window() + (1 << 20))
+            .max(16 << 20)
+            .next_multiple_of(ZERO_BLOCK);
         let mut batch = ReadBatch::default();
         let mut pos = 0u64;
         let mut buf: Vec<u8> = Vec::with_capacity(window);
@@ -121,21 +149,23 @@ impl Source {
                 let want = ((window - buf.len()) as u64).min(end - cur) as usize;
                 let old = buf.len();
                 buf.resize(old + want, 0);
-                self.file.read_exact_at(&mut buf[old..], cur).map_err(|e| StoreError::Io {
-                    what: "cannot read (did the image shrink while being read?)",
-                    path: self.path.clone(),
-                    source: e,
-                })?;
+                self.file
+                    .read_exact_at(&mut buf[old..], cur)
+                    .map_err(|e| StoreError::Io {
+                        what: "cannot read (did the image shrink while being read?)",
+                        path: self.path.clone(),
+                        source: e,
+                    })?;
                 cur += want as u64;
                 batch.bytes_read += want as u64;
                 let seg_done = cur == end;
                 let consumed = split_pieces(chunker, &buf, buf_off, seg_done, &mut batch);
                 buf.drain(..consumed);
                 buf_off += consumed as u64;
-                if batch.volume_bytes >= window as u64 {
-                    if tx.send(Ok(std::mem::take(&mut batch))).is_err() {
-                        return Ok(());
-                    }
+                if batch.volume_bytes >= window as u64
+                    && tx.send(Ok(std::mem::take(&mut batch))).is_err()
+                {
+                    return Ok(());
                 }
                 if seg_done {
                     debug_assert!(buf.is_empty());
@@ -152,7 +182,13 @@ impl Source {
 
 /// Cuts `buf` (at volume offset `off`) into holes and chunks; returns how many bytes were
 /// consumed. Unless `done`, the uncertain tail is left for the next call.
-fn split_pieces(chunker: &Chunker, buf: &[u8], off: u64, done: bool, batch: &mut ReadBatch) -> usize {
+fn split_pieces(
+    chunker: &Chunker,
+    buf: &[u8],
+    off: u64,
+    done: bool,
+    batch: &mut ReadBatch,
+) -> usize {
     let runs = zero_runs(buf, off, ZERO_RUN_MIN);
     let mut p = 0usize;
     for (s, l) in runs.into_iter().chain(std::iter::once((buf.len(), 0))) {

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use blocksnap_chunker::{ChunkerKind, ChunkerParams};
 use blocksnap_index::Index;
-use blocksnap_manifest::{ChunkerDoc, ChunkerKindDoc, ConfigDoc, Document, PackId, SnapshotDoc, SnapshotId, StoreId};
+use blocksnap_manifest::{
+    ChunkerDoc, ChunkerKindDoc, ConfigDoc, Document, PackId, SnapshotDoc, SnapshotId, StoreId,
+};
 use serde::Serialize;
 
 use crate::access::Access;
@@ -85,7 +87,10 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("root", &self.root).field("id", &self.config.id).finish()
+        f.debug_struct("Store")
+            .field("root", &self.root)
+            .field("id", &self.config.id)
+            .finish()
     }
 }
 
@@ -101,11 +106,19 @@ impl Store {
     /// Creates a store at `path` with its first account, identity and (when encrypted) the key
     /// named `default`.
     pub fn init(path: &Path, opts: &InitOptions) -> Result<(Store, InitReport)> {
-        blocksnap_manifest::validate_name("account", "name", &opts.account).map_err(|e| StoreError::Usage(e.to_string()))?;
+        blocksnap_manifest::validate_name("account", "name", &opts.account)
+            .map_err(|e| StoreError::Usage(e.to_string()))?;
         if Self::exists(path) {
-            return Err(StoreError::Usage(format!("{} already holds a blocksnap store", path.display())));
+            return Err(StoreError::Usage(format!(
+                "{} already holds a blocksnap store",
+                path.display()
+            )));
         }
-        if path.exists() && fs::read_dir(path).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        if path.exists()
+            && fs::read_dir(path)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true)
+        {
             return Err(StoreError::Usage(format!(
                 "{} exists and is not empty; choose an empty or new directory for the store",
                 path.display()
@@ -115,10 +128,13 @@ impl Store {
             ChunkerKind::Cdc => ChunkerParams::cdc(opts.chunk_size),
             ChunkerKind::Fixed => ChunkerParams::fixed(opts.chunk_size),
         };
-        params.validate().map_err(|e| StoreError::Usage(format!("--chunk-size: {e}")))?;
+        params
+            .validate()
+            .map_err(|e| StoreError::Usage(format!("--chunk-size: {e}")))?;
         fs::create_dir_all(path).map_err(StoreError::io("cannot create store directory", path))?;
         for d in DIRS {
-            fs::create_dir_all(path.join(d)).map_err(StoreError::io("cannot create", path.join(d)))?;
+            fs::create_dir_all(path.join(d))
+                .map_err(StoreError::io("cannot create", path.join(d)))?;
         }
         let id = StoreId(u64::from_le_bytes(fsutil::random_bytes()));
         let config = ConfigDoc {
@@ -131,11 +147,24 @@ impl Store {
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             default_account: opts.account.clone(),
         };
-        let store = Store { root: path.to_path_buf(), config };
-        let identity = opts.identity.clone().unwrap_or_else(|| store.default_identity_path(&opts.account));
+        let store = Store {
+            root: path.to_path_buf(),
+            config,
+        };
+        let identity = opts
+            .identity
+            .clone()
+            .unwrap_or_else(|| store.default_identity_path(&opts.account));
         store.create_account_inner(&opts.account, &identity)?;
-        let access = Access { account: opts.account.clone(), identity: identity.clone() };
-        let key = if opts.encryption { Some(store.create_key_inner(&access, "default")?) } else { None };
+        let access = Access {
+            account: opts.account.clone(),
+            identity: identity.clone(),
+        };
+        let key = if opts.encryption {
+            Some(store.create_key_inner(&access, "default")?)
+        } else {
+            None
+        };
         // The config is written last: a store exists once it is complete.
         fsutil::write_atomic(&path.join("config"), &store.config.to_json(), 0o644)?;
         let report = InitReport {
@@ -162,7 +191,10 @@ impl Store {
         }
         let config = ConfigDoc::from_json(&fsutil::read(&cfg_path)?)
             .map_err(|e| StoreError::Damaged(format!("{}: {e}", cfg_path.display())))?;
-        Ok(Store { root: path.to_path_buf(), config })
+        Ok(Store {
+            root: path.to_path_buf(),
+            config,
+        })
     }
 
     /// The store's directory.
@@ -182,27 +214,37 @@ impl Store {
             ChunkerKindDoc::Cdc => ChunkerKind::Cdc,
             ChunkerKindDoc::Fixed => ChunkerKind::Fixed,
         };
-        ChunkerParams { kind, min: c.min, avg: c.avg, max: c.max }
+        ChunkerParams {
+            kind,
+            min: c.min,
+            avg: c.avg,
+            max: c.max,
+        }
     }
 
     /// Where an account's identity lives unless `--identity` says otherwise:
     /// `$XDG_CONFIG_HOME/blocksnap/<store id>/<account>.key`.
     pub fn default_identity_path(&self, account: &str) -> PathBuf {
-        config_home().join("blocksnap").join(self.config.id.to_string()).join(format!("{account}.key"))
+        config_home()
+            .join("blocksnap")
+            .join(self.config.id.to_string())
+            .join(format!("{account}.key"))
     }
 
     /// The access of `account` (default: the store's first account) with `identity` (default:
     /// [`Store::default_identity_path`]).
     pub fn access(&self, account: Option<&str>, identity: Option<&Path>) -> Result<Access> {
         let account = account.unwrap_or(&self.config.default_account).to_string();
-        blocksnap_manifest::validate_name("account", "name", &account).map_err(|e| StoreError::Usage(e.to_string()))?;
+        blocksnap_manifest::validate_name("account", "name", &account)
+            .map_err(|e| StoreError::Usage(e.to_string()))?;
         if !self.account_path(&account).is_file() {
             return Err(StoreError::Usage(format!(
                 "no account '{account}' in store {}; see `blocksnap account list`",
                 self.root.display()
             )));
         }
-        let identity = identity.map_or_else(|| self.default_identity_path(&account), Path::to_path_buf);
+        let identity =
+            identity.map_or_else(|| self.default_identity_path(&account), Path::to_path_buf);
         Ok(Access { account, identity })
     }
 
@@ -270,7 +312,10 @@ impl Store {
         let mut out = Vec::new();
         for e in fs::read_dir(&dir).map_err(StoreError::io("cannot list", &dir))? {
             let path = e.map_err(StoreError::io("cannot list", &dir))?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             if name.starts_with(TMP_PREFIX) || !name.ends_with(".json") {
                 continue;
             }
@@ -282,21 +327,34 @@ impl Store {
 
     fn read_snapshot_file(&self, path: &Path) -> Result<SnapshotDoc> {
         SnapshotDoc::from_json(&fsutil::read(path)?).map_err(|e| {
-            StoreError::Damaged(format!("{}: {e}; `blocksnap check` lists damage", path.display()))
+            StoreError::Damaged(format!(
+                "{}: {e}; `blocksnap check` lists damage",
+                path.display()
+            ))
         })
     }
 
     /// Resolves a snapshot by full id or unique prefix (`snap-0f3a`, `0f3a`).
     pub fn resolve_snapshot(&self, text: &str) -> Result<SnapshotDoc> {
         let dir = self.root.join("snapshots");
-        let want = if text.starts_with(SnapshotId::PREFIX) { text.to_string() } else { format!("{}{text}", SnapshotId::PREFIX) };
+        let want = if text.starts_with(SnapshotId::PREFIX) {
+            text.to_string()
+        } else {
+            format!("{}{text}", SnapshotId::PREFIX)
+        };
         if want.len() <= SnapshotId::PREFIX.len() {
-            return Err(StoreError::Usage("give a snapshot id or a prefix of one (snap-…)".into()));
+            return Err(StoreError::Usage(
+                "give a snapshot id or a prefix of one (snap-…)".into(),
+            ));
         }
         let mut matches = Vec::new();
         for e in fs::read_dir(&dir).map_err(StoreError::io("cannot list", &dir))? {
             let path = e.map_err(StoreError::io("cannot list", &dir))?.path();
-            let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else {
+            let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+            else {
                 continue;
             };
             if name.starts_with(&want) && name.parse::<SnapshotId>().is_ok() {
@@ -304,15 +362,23 @@ impl Store {
             }
         }
         match matches.len() {
-            0 => Err(StoreError::Usage(format!("no snapshot matches '{text}'; see `blocksnap snapshot list`"))),
+            0 => Err(StoreError::Usage(format!(
+                "no snapshot matches '{text}'; see `blocksnap snapshot list`"
+            ))),
             1 => self.read_snapshot_file(&matches[0]),
-            n => Err(StoreError::Usage(format!("'{text}' matches {n} snapshots; give more of the id"))),
+            n => Err(StoreError::Usage(format!(
+                "'{text}' matches {n} snapshots; give more of the id"
+            ))),
         }
     }
 
     /// The newest snapshot of a volume.
     pub fn latest_snapshot(&self, volume: &str) -> Result<Option<SnapshotDoc>> {
-        Ok(self.list_snapshots()?.into_iter().rev().find(|s| s.volume == volume))
+        Ok(self
+            .list_snapshots()?
+            .into_iter()
+            .rev()
+            .find(|s| s.volume == volume))
     }
 
     pub(crate) fn write_snapshot(&self, doc: &SnapshotDoc) -> Result<u64> {
@@ -322,7 +388,11 @@ impl Store {
     }
 
     /// Snapshots matching a volume and every given tag.
-    pub fn find_snapshots(&self, volume: Option<&str>, tags: &BTreeMap<String, String>) -> Result<Vec<SnapshotDoc>> {
+    pub fn find_snapshots(
+        &self,
+        volume: Option<&str>,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Vec<SnapshotDoc>> {
         Ok(self
             .list_snapshots()?
             .into_iter()
@@ -337,7 +407,12 @@ pub(crate) fn chunker_doc(p: ChunkerParams) -> ChunkerDoc {
         ChunkerKind::Cdc => ChunkerKindDoc::Cdc,
         ChunkerKind::Fixed => ChunkerKindDoc::Fixed,
     };
-    ChunkerDoc { kind, min: p.min, avg: p.avg, max: p.max }
+    ChunkerDoc {
+        kind,
+        min: p.min,
+        avg: p.avg,
+        max: p.max,
+    }
 }
 
 /// `$XDG_CONFIG_HOME`, else `~/.config`.
@@ -353,7 +428,9 @@ pub fn data_home() -> PathBuf {
 fn env_dir(var: &str, fallback: &str) -> PathBuf {
     match std::env::var_os(var) {
         Some(v) if !v.is_empty() && Path::new(&v).is_absolute() => PathBuf::from(v),
-        _ => std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from).join(fallback),
+        _ => std::env::var_os("HOME")
+            .map_or_else(|| PathBuf::from("."), PathBuf::from)
+            .join(fallback),
     }
 }
 

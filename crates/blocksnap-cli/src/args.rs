@@ -1,0 +1,116 @@
+//! The command line as the user typed it (clap), before it becomes store options.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Snapshot raw disk images into a deduplicating, encrypted store, and rebuild them exactly.
+#[derive(Debug, Parser)]
+#[command(name = "blocksnap", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// The store [default: $XDG_DATA_HOME/blocksnap/store, created on first use].
+    #[arg(long, global = true, env = "BLOCKSNAP_STORE", value_name = "PATH")]
+    pub store: Option<PathBuf>,
+    /// The account that acts [default: the account created with the store].
+    #[arg(long, global = true, env = "BLOCKSNAP_ACCOUNT", value_name = "NAME")]
+    pub account: Option<String>,
+    /// The account's secret identity file [default: $XDG_CONFIG_HOME/blocksnap/<store id>/<account>.key].
+    #[arg(long, global = true, env = "BLOCKSNAP_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Print one JSON document on stdout and nothing else there.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress and no notes on stderr; errors still show.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a store with its first account (--account) and a key named `default`.
+    Init(InitArgs),
+    /// Take, list, show and restore snapshots of disk images.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Rebuild derived state from the packs.
+    #[command(subcommand)]
+    Repair(RepairCmd),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ChunkerArg {
+    /// FastCDC 2020: content-defined boundaries, robust to shifted data.
+    Cdc,
+    /// Fixed-size chunks aligned to the start of the disk.
+    Fixed,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Store chunks unencrypted, with plain BLAKE3 ids.
+    #[arg(long)]
+    pub no_encryption: bool,
+    /// How to cut images into chunks.
+    #[arg(long, value_enum, default_value = "cdc")]
+    pub chunker: ChunkerArg,
+    /// Average chunk size for cdc (a power of two), exact size for fixed: 4KiB to 4MiB.
+    #[arg(long, value_name = "SIZE", value_parser = crate::parse::size_u32, default_value = "64KiB")]
+    pub chunk_size: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCmd {
+    /// Snapshot a disk image or block device, storing only chunks the store lacks.
+    Create(CreateArgs),
+    /// List snapshots, oldest first.
+    List(ListArgs),
+    /// Show one snapshot.
+    Show {
+        /// Snapshot id or unique prefix.
+        snapshot: String,
+    },
+    /// Rebuild a snapshot's image as a sparse file (or onto a block device), verifying every chunk.
+    Restore {
+        /// Snapshot id or unique prefix.
+        snapshot: String,
+        /// The file (or block device) to write.
+        output: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The disk image or block device.
+    #[arg(value_name = "PATH|VOLUME")]
+    pub source: PathBuf,
+    /// The volume's name [default: the file name of PATH].
+    #[arg(long, value_name = "NAME")]
+    pub volume: Option<String>,
+    /// The key to encrypt with, by name or id [default: `default`].
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+    /// A tag for the snapshot; repeat for more.
+    #[arg(long = "tag", value_name = "K=V", value_parser = crate::parse::tag)]
+    pub tags: Vec<(String, String)>,
+    /// Free text describing the snapshot.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub description: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only snapshots of this volume.
+    #[arg(long, value_name = "NAME")]
+    pub volume: Option<String>,
+    /// Only snapshots carrying this tag; repeat to require several.
+    #[arg(long = "tag", value_name = "K=V", value_parser = crate::parse::tag)]
+    pub tags: Vec<(String, String)>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepairCmd {
+    /// Rebuild the dedup index from the pack trailers alone.
+    Index,
+}

@@ -1,0 +1,286 @@
+//! The `blocksnap` command line: argument parsing, progress, tables and JSON over
+//! `blocksnap-store`. Each command turns its arguments into store options, calls one store
+//! function and renders the report; nothing worth testing lives here.
+
+mod args;
+mod parse;
+mod progress;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use args::{ChunkerArg, Cli, Command, RepairCmd, SnapshotCmd};
+use blocksnap_store::{
+    ChunkerKind, ErrorKind, InitOptions, SnapshotDoc, SnapshotOptions, Store, StoreError,
+};
+use clap::Parser;
+use parse::human;
+use progress::Bar;
+use serde::Serialize;
+
+/// Runs the command line; returns the exit status of CLI.md.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = match e.downcast_ref::<StoreError>().map(StoreError::kind) {
+                Some(ErrorKind::Usage) => 2,
+                Some(ErrorKind::Denied) => 3,
+                _ => 1,
+            };
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            eprintln!("blocksnap: error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+struct Ctx<'a> {
+    cli: &'a Cli,
+    progress: Bar,
+}
+
+impl Ctx<'_> {
+    fn note(&self, text: &str) {
+        if !self.cli.quiet {
+            eprintln!("{text}");
+        }
+    }
+
+    fn store_path(&self) -> (PathBuf, bool) {
+        match &self.cli.store {
+            Some(p) => (p.clone(), false),
+            None => (blocksnap_store::default_store_path(), true),
+        }
+    }
+
+    /// Opens the store; the default store is created on first use.
+    fn open(&self) -> anyhow::Result<Store> {
+        let (path, default) = self.store_path();
+        if default && !Store::exists(&path) {
+            let opts = InitOptions {
+                account: self
+                    .cli
+                    .account
+                    .clone()
+                    .unwrap_or_else(blocksnap_store::default_account_name),
+                identity: self.cli.identity.clone(),
+                ..InitOptions::default()
+            };
+            let (store, report) = Store::init(&path, &opts)?;
+            self.note(&format!(
+                "created the default store at {} (account '{}', identity {}, key 'default')",
+                path.display(),
+                report.account,
+                report.identity.display()
+            ));
+            return Ok(store);
+        }
+        Ok(Store::open(&path)?)
+    }
+
+    fn output<T: Serialize>(
+        &self,
+        value: &T,
+        human: impl FnOnce() -> String,
+    ) -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        if self.cli.json {
+            serde_json::to_writer_pretty(&mut out, value)?;
+            writeln!(out)?;
+        } else {
+            let text = human();
+            if !text.is_empty() {
+                writeln!(out, "{text}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let ctx = Ctx {
+        cli,
+        progress: Bar::new(cli.quiet),
+    };
+    match &cli.command {
+        Command::Init(a) => {
+            let (path, _) = ctx.store_path();
+            let opts = InitOptions {
+                encryption: !a.no_encryption,
+                chunker: match a.chunker {
+                    ChunkerArg::Cdc => ChunkerKind::Cdc,
+                    ChunkerArg::Fixed => ChunkerKind::Fixed,
+                },
+                chunk_size: a.chunk_size,
+                account: cli
+                    .account
+                    .clone()
+                    .unwrap_or_else(blocksnap_store::default_account_name),
+                identity: cli.identity.clone(),
+            };
+            let (_, r) = Store::init(&path, &opts)?;
+            ctx.output(&r, || {
+                format!(
+                    "created store {} at {}\naccount '{}', identity {} (keep it safe: without it the data cannot be read)\n{}",
+                    r.id,
+                    r.store.display(),
+                    r.account,
+                    r.identity.display(),
+                    match r.key {
+                        Some(k) => format!("encrypted with key 'default' ({k})"),
+                        None => "not encrypted".into(),
+                    }
+                )
+            })
+        }
+        Command::Snapshot(cmd) => snapshot(&ctx, cmd),
+        Command::Repair(RepairCmd::Index) => {
+            let store = ctx.open()?;
+            let access = store.access(cli.account.as_deref(), cli.identity.as_deref())?;
+            let r = store.repair_index(&access, &ctx.progress)?;
+            for p in &r.problems {
+                ctx.note(&format!("warning: {p}"));
+            }
+            ctx.output(&r, || {
+                format!(
+                    "index rebuilt: {} chunks from {} packs, {} problems",
+                    r.chunks,
+                    r.packs,
+                    r.problems.len()
+                )
+            })
+        }
+    }
+}
+
+/// A snapshot as `snapshot list` and `show` print it.
+#[derive(Serialize)]
+struct SnapshotView<'a> {
+    id: String,
+    volume: &'a str,
+    size: u64,
+    created: &'a str,
+    tags: &'a BTreeMap<String, String>,
+    parent: Option<String>,
+    key: Option<String>,
+    owner: &'a str,
+    description: &'a str,
+    data_bytes: u64,
+    chunker: String,
+}
+
+fn view(s: &SnapshotDoc) -> SnapshotView<'_> {
+    SnapshotView {
+        id: s.id.to_string(),
+        volume: &s.volume,
+        size: s.size,
+        created: &s.created,
+        tags: &s.tags,
+        parent: s.parent.map(|p| p.to_string()),
+        key: s.key.map(|k| k.to_string()),
+        owner: &s.owner,
+        description: &s.description,
+        data_bytes: s.data_bytes,
+        chunker: format!("{:?} {}", s.chunker.kind, human(s.chunker.avg.into())).to_lowercase(),
+    }
+}
+
+fn snapshot(ctx: &Ctx<'_>, cmd: &SnapshotCmd) -> anyhow::Result<()> {
+    let cli = ctx.cli;
+    let store = ctx.open()?;
+    let access = || store.access(cli.account.as_deref(), cli.identity.as_deref());
+    match cmd {
+        SnapshotCmd::Create(a) => {
+            let opts = SnapshotOptions {
+                source: a.source.clone(),
+                volume: a.volume.clone(),
+                key: a.key.clone(),
+                tags: a.tags.iter().cloned().collect(),
+                description: a.description.clone(),
+            };
+            let r = store
+                .snapshot(&access()?, &opts, &ctx.progress)
+                .with_context(|| format!("snapshot of {}", a.source.display()))?;
+            ctx.output(&r, || {
+                format!(
+                    "{} of volume '{}' ({}): read {}, {} new in {} of {} chunks, stored {} in {:.1} s ({}/s)",
+                    r.id,
+                    r.volume,
+                    human(r.size),
+                    human(r.bytes_read),
+                    human(r.bytes_new),
+                    r.chunks_new,
+                    r.chunks,
+                    human(r.bytes_stored),
+                    r.seconds,
+                    human((r.bytes_read as f64 / r.seconds.max(1e-6)) as u64)
+                )
+            })
+        }
+        SnapshotCmd::List(a) => {
+            let tags = a.tags.iter().cloned().collect();
+            let snaps = store.find_snapshots(a.volume.as_deref(), &tags)?;
+            let views: Vec<_> = snaps.iter().map(view).collect();
+            ctx.output(&views, || {
+                let mut t = format!(
+                    "{:<22} {:<20} {:>10} {:<20} {}",
+                    "ID", "VOLUME", "SIZE", "CREATED", "TAGS"
+                );
+                for v in &views {
+                    let tags: Vec<_> = v.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    t += &format!(
+                        "\n{:<22} {:<20} {:>10} {:<20} {}",
+                        v.id,
+                        v.volume,
+                        human(v.size),
+                        v.created,
+                        tags.join(",")
+                    );
+                }
+                t
+            })
+        }
+        SnapshotCmd::Show { snapshot } => {
+            let s = store.resolve_snapshot(snapshot)?;
+            let v = view(&s);
+            ctx.output(&v, || {
+                let mut t = String::new();
+                for (k, val) in serde_json::to_value(&v)
+                    .ok()
+                    .and_then(|j| j.as_object().cloned())
+                    .unwrap_or_default()
+                {
+                    let shown = match val {
+                        serde_json::Value::String(s) => s,
+                        serde_json::Value::Null => "-".into(),
+                        other => other.to_string(),
+                    };
+                    t += &format!("{k:<12} {shown}\n");
+                }
+                t.trim_end().to_string()
+            })
+        }
+        SnapshotCmd::Restore { snapshot, output } => {
+            let r = store.restore(&access()?, snapshot, output, &ctx.progress)?;
+            ctx.output(&r, || {
+                format!(
+                    "restored {} to {} ({}, {} of data written, verified) in {:.1} s",
+                    r.id,
+                    r.output.display(),
+                    human(r.size),
+                    human(r.bytes_written),
+                    r.seconds
+                )
+            })
+        }
+    }
+}

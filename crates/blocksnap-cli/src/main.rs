@@ -1,0 +1,5 @@
+//! The `blocksnap` binary.
+
+fn main() -> std::process::ExitCode {
+    blocksnap_cli::main()
+}
