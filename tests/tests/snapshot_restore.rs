@@ -130,11 +130,12 @@ fn sparse_64gib_disk_reads_and_restores_only_its_data() {
         "read {} bytes",
         u(&s, "bytes_read")
     );
-    assert_eq!(u(&s, "bytes_read") + u(&s, "bytes_hole"), size);
+    assert!(u(&s, "bytes_hole") >= size - (17 << 20), "{s}");
 
     let out = env.path("restored.img");
     let r = env.restore(&id(&s), &out);
-    assert_eq!(u(&r, "bytes_written"), 16 << 20);
+    let written = u(&r, "bytes_written");
+    assert!((16 << 20..=17 << 20).contains(&written), "{r}");
     assert_eq!(fs::metadata(&out).unwrap().len(), size);
     assert!(
         allocated(&out) <= 20 << 20,
@@ -372,4 +373,35 @@ fn encrypted_store_holds_no_plaintext() {
         });
         assert_eq!(found, expect_visible, "flags {flags:?}");
     }
+}
+
+/// Chunking depends on content alone: the same disk with its holes written out as zeros cuts
+/// into the same chunks, so the second snapshot stores nothing new.
+#[test]
+fn holes_and_allocated_zeros_chunk_the_same() {
+    let env = Env::new("holes_vs_zeros");
+    env.init(&[]);
+    let tree = env.path("tree");
+    make_tree(&tree, 40, 21);
+    let sparse = env.path("sparse.img");
+    make_ext4(&sparse, 64 << 20, &tree);
+    let dense = env.path("dense.img");
+    let st = std::process::Command::new("cp")
+        .arg("--sparse=never")
+        .arg(&sparse)
+        .arg(&dense)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(
+        allocated(&dense) > allocated(&sparse) + (4 << 20),
+        "{} vs {}",
+        allocated(&dense),
+        allocated(&sparse)
+    );
+    let a = env.snapshot(&sparse, "v");
+    let b = env.snapshot(&dense, "v");
+    assert_eq!(b["chunks_new"], 0, "{a}\n{b}");
+    assert_eq!(a["chunks"], b["chunks"]);
+    assert!(u(&b, "bytes_read") > u(&a, "bytes_read"));
 }

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
-use blocksnap_chunker::{Chunker, ZERO_BLOCK, is_zero, zero_runs};
+use blocksnap_chunker::{Chunker, ZERO_BLOCK, is_zero};
 use crossbeam_channel::Sender;
 
 use crate::error::{Result, StoreError};
@@ -122,8 +122,8 @@ impl Source {
         Ok(Some((start.min(self.size), end.min(self.size))))
     }
 
-    /// Reads the whole volume and sends batches of pieces of about `window` bytes. Stops when
-    /// the receiver is gone (the consumer failed) or on the first error, which it sends.
+    /// Reads the whole volume and sends batches of pieces. Stops when the receiver is gone (the
+    /// consumer failed) or on the first error, which it sends.
     pub fn read_into(&self, chunker: &Chunker, tx: &Sender<Result<ReadBatch>>) {
         if let Err(e) = self.read_all(chunker, tx) {
             let _ = tx.send(Err(e));
@@ -134,83 +134,151 @@ impl Source {
         let window = (chunker.min_window() + (1 << 20))
             .max(16 << 20)
             .next_multiple_of(ZERO_BLOCK);
-        let mut batch = ReadBatch::default();
+        let mut split = Splitter::new(chunker);
+        let mut buf = vec![0u8; window];
         let mut pos = 0u64;
-        let mut buf: Vec<u8> = Vec::with_capacity(window);
-        while let Some((start, end)) = self.next_data(pos)? {
-            if start < pos {
+        while pos < self.size {
+            let Some((start, end)) = self.next_data(pos)? else {
+                split.zeros(self.size - pos);
                 break;
-            }
-            batch.hole(start - pos);
-            buf.clear();
-            let mut buf_off = start;
+            };
+            // Read from a block boundary: the bytes before SEEK_DATA's answer are zeros anyway.
+            let start = (start - start % ZERO_BLOCK as u64).max(pos);
+            split.zeros(start - pos);
             let mut cur = start;
-            loop {
-                let want = ((window - buf.len()) as u64).min(end - cur) as usize;
-                let old = buf.len();
-                buf.resize(old + want, 0);
+            while cur < end {
+                let n = (end - cur).min(window as u64) as usize;
                 self.file
-                    .read_exact_at(&mut buf[old..], cur)
+                    .read_exact_at(&mut buf[..n], cur)
                     .map_err(|e| StoreError::Io {
                         what: "cannot read (did the image shrink while being read?)",
                         path: self.path.clone(),
                         source: e,
                     })?;
-                cur += want as u64;
-                batch.bytes_read += want as u64;
-                let seg_done = cur == end;
-                let consumed = split_pieces(chunker, &buf, buf_off, seg_done, &mut batch);
-                buf.drain(..consumed);
-                buf_off += consumed as u64;
-                if batch.volume_bytes >= window as u64
-                    && tx.send(Ok(std::mem::take(&mut batch))).is_err()
+                split.batch.bytes_read += n as u64;
+                split.bytes(&buf[..n], cur);
+                cur += n as u64;
+                if split.batch.volume_bytes >= window as u64
+                    && tx.send(Ok(std::mem::take(&mut split.batch))).is_err()
                 {
                     return Ok(());
                 }
-                if seg_done {
-                    debug_assert!(buf.is_empty());
-                    break;
-                }
             }
-            pos = end;
+            pos = end.max(pos + 1).min(self.size);
         }
-        batch.hole(self.size.saturating_sub(pos));
-        let _ = tx.send(Ok(batch));
+        split.finish(self.size);
+        let _ = tx.send(Ok(split.batch));
         Ok(())
     }
 }
 
-/// Cuts `buf` (at volume offset `off`) into holes and chunks; returns how many bytes were
-/// consumed. Unless `done`, the uncertain tail is left for the next call.
-fn split_pieces(
-    chunker: &Chunker,
-    buf: &[u8],
-    off: u64,
-    done: bool,
-    batch: &mut ReadBatch,
-) -> usize {
-    let runs = zero_runs(buf, off, ZERO_RUN_MIN);
-    let mut p = 0usize;
-    for (s, l) in runs.into_iter().chain(std::iter::once((buf.len(), 0))) {
-        if s > p {
-            let last = s < buf.len() || done;
-            let cuts = chunker.cut(&buf[p..s], off + p as u64, last);
-            for len in cuts {
-                let chunk = &buf[p..p + len];
-                if is_zero(chunk) {
-                    batch.hole(len as u64);
-                } else {
-                    batch.volume_bytes += len as u64;
-                    batch.pieces.push(Piece::Data(chunk.to_vec()));
-                }
-                p += len;
-            }
-            if !last {
-                return p;
-            }
+/// Turns the volume's bytes into holes and chunks as a function of content alone: whether a
+/// range is unallocated or allocated zeros makes no difference, so the same disk always cuts
+/// the same way. Runs of at least [`ZERO_RUN_MIN`] bytes of aligned zero blocks are holes and
+/// end a data region; each data region is cut by the chunker; all-zero chunks are holes too.
+struct Splitter<'a> {
+    chunker: &'a Chunker,
+    /// Zero bytes seen since the last data, not yet classified.
+    pending_zero: u64,
+    /// Uncut data of the current region, starting at volume offset `carry_off`.
+    carry: Vec<u8>,
+    carry_off: u64,
+    batch: ReadBatch,
+}
+
+impl<'a> Splitter<'a> {
+    fn new(chunker: &'a Chunker) -> Self {
+        Splitter {
+            chunker,
+            pending_zero: 0,
+            carry: Vec::new(),
+            carry_off: 0,
+            batch: ReadBatch::default(),
         }
-        batch.hole(l as u64);
-        p = s + l;
     }
-    buf.len()
+
+    fn zeros(&mut self, len: u64) {
+        self.pending_zero += len;
+    }
+
+    /// Bytes read at volume offset `off`: split into zero and non-zero block runs.
+    fn bytes(&mut self, buf: &[u8], off: u64) {
+        let mut p = 0usize;
+        let mut data_start: Option<usize> = None;
+        while p < buf.len() {
+            let to_boundary = ZERO_BLOCK - ((off + p as u64) % ZERO_BLOCK as u64) as usize;
+            let end = (p + to_boundary).min(buf.len());
+            let zero = is_zero(&buf[p..end]);
+            match (zero, data_start) {
+                (true, Some(s)) => {
+                    self.data(&buf[s..p], off + s as u64);
+                    data_start = None;
+                    self.zeros((end - p) as u64);
+                }
+                (true, None) => self.zeros((end - p) as u64),
+                (false, None) => data_start = Some(p),
+                (false, Some(_)) => {}
+            }
+            p = end;
+        }
+        if let Some(s) = data_start {
+            self.data(&buf[s..], off + s as u64);
+        }
+    }
+
+    fn data(&mut self, bytes: &[u8], off: u64) {
+        self.settle_zeros(off);
+        if self.carry.is_empty() {
+            self.carry_off = off;
+        }
+        debug_assert_eq!(self.carry_off + self.carry.len() as u64, off);
+        self.carry.extend_from_slice(bytes);
+        if self.carry.len() >= self.chunker.min_window() {
+            self.cut(false);
+        }
+    }
+
+    /// Classifies the zeros that end at volume offset `zeros_end`: a long run ends the data
+    /// region and is a hole; a short one is part of the data.
+    fn settle_zeros(&mut self, zeros_end: u64) {
+        if self.pending_zero == 0 {
+            return;
+        }
+        if self.pending_zero >= ZERO_RUN_MIN as u64 {
+            self.cut(true);
+            self.batch.hole(self.pending_zero);
+        } else {
+            if self.carry.is_empty() {
+                self.carry_off = zeros_end - self.pending_zero;
+            }
+            let n = self.carry.len() + self.pending_zero as usize;
+            self.carry.resize(n, 0);
+        }
+        self.pending_zero = 0;
+    }
+
+    fn cut(&mut self, last: bool) {
+        if self.carry.is_empty() {
+            return;
+        }
+        let cuts = self.chunker.cut(&self.carry, self.carry_off, last);
+        let mut p = 0;
+        for len in cuts {
+            let chunk = &self.carry[p..p + len];
+            if is_zero(chunk) {
+                self.batch.hole(len as u64);
+            } else {
+                self.batch.volume_bytes += len as u64;
+                self.batch.pieces.push(Piece::Data(chunk.to_vec()));
+            }
+            p += len;
+        }
+        self.carry.drain(..p);
+        self.carry_off += p as u64;
+    }
+
+    fn finish(&mut self, size: u64) {
+        self.settle_zeros(size);
+        self.cut(true);
+    }
 }

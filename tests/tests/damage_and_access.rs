@@ -1,0 +1,286 @@
+//! Damaged stores and wrong identities: clear errors that name the object, never a silent
+//! wrong byte, never a panic; and `repair index` rebuilding the index from the packs alone.
+
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+
+use common::*;
+
+struct Fixture {
+    env: Env,
+    image: PathBuf,
+    snap: String,
+}
+
+fn fixture(name: &str) -> Fixture {
+    let env = Env::new(name);
+    env.init(&[]);
+    let tree = env.path("tree");
+    make_tree(&tree, 40, 11);
+    let image = env.path("disk.img");
+    make_ext4(&image, 64 << 20, &tree);
+    let s = env.snapshot(&image, "disk");
+    let snap = s["id"].as_str().unwrap().to_string();
+    Fixture { env, image, snap }
+}
+
+fn restore_fails(f: &Fixture, expect: &[&str]) -> String {
+    let out_path = f.env.path("out.img");
+    let out = f
+        .env
+        .run(&["snapshot", "restore", &f.snap, out_path.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "restore of a damaged store must fail with 1: {err}"
+    );
+    for e in expect {
+        assert!(err.contains(e), "error should mention {e:?}: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        !out_path.exists(),
+        "a failed restore must not leave an output file"
+    );
+    let leftovers: Vec<_> = fs::read_dir(&f.env.dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "a failed restore left temporary files"
+    );
+    err
+}
+
+#[test]
+fn flipped_byte_in_a_pack_is_reported_with_pack_and_chunk() {
+    let f = fixture("flipped");
+    let pack = f
+        .env
+        .packs()
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = fs::read(&pack).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x01;
+    fs::write(&pack, bytes).unwrap();
+    let pack_id = pack.file_name().unwrap().to_str().unwrap().to_string();
+    let err = restore_fails(&f, &[&pack_id, "chunk", "authentication failed"]);
+    assert!(err.contains("damaged"), "{err}");
+}
+
+#[test]
+fn truncated_pack_is_reported() {
+    let f = fixture("truncated");
+    let pack = f
+        .env
+        .packs()
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let len = fs::metadata(&pack).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&pack)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let pack_id = pack.file_name().unwrap().to_str().unwrap().to_string();
+    restore_fails(&f, &[&pack_id, "truncated"]);
+}
+
+#[test]
+fn missing_pack_is_reported() {
+    let f = fixture("missing");
+    let pack = f.env.packs().into_iter().next().unwrap();
+    fs::remove_file(&pack).unwrap();
+    let pack_id = pack.file_name().unwrap().to_str().unwrap().to_string();
+    restore_fails(&f, &[&pack_id, "missing"]);
+}
+
+#[test]
+fn deleted_index_is_rebuilt_from_pack_trailers() {
+    let f = fixture("repair");
+    fs::remove_dir_all(f.env.store.join("index")).unwrap();
+    // Without the index the chunks cannot be found, and the error says how to fix it.
+    restore_fails(&f, &["repair index"]);
+    let r = f.env.json(&["repair", "index"]);
+    assert!(r["chunks"].as_u64().unwrap() > 10, "{r}");
+    assert_eq!(r["packs"].as_u64().unwrap() as usize, f.env.packs().len());
+    assert!(r["problems"].as_array().unwrap().is_empty(), "{r}");
+    let out = f.env.path("after-repair.img");
+    f.env.restore(&f.snap, &out);
+    assert_same(&f.image, &out);
+    // And the rebuilt index still dedups: an unchanged snapshot stores nothing new.
+    let again = f.env.snapshot(&f.image, "disk");
+    assert_eq!(again["chunks_new"], 0);
+}
+
+#[test]
+fn repair_reports_damaged_packs_and_keeps_the_rest() {
+    let f = fixture("repair_damaged");
+    let pack = f.env.packs().into_iter().next().unwrap();
+    let len = fs::metadata(&pack).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&pack)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    let r = f.env.json(&["repair", "index"]);
+    let problems = r["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{r}");
+    assert!(
+        problems[0]
+            .as_str()
+            .unwrap()
+            .contains(pack.file_name().unwrap().to_str().unwrap())
+    );
+}
+
+#[test]
+fn missing_identity_is_denied_with_the_fix() {
+    let f = fixture("no_identity");
+    let out = f.env.run(&[
+        "--identity",
+        "/nonexistent/alice.key",
+        "snapshot",
+        "restore",
+        &f.snap,
+        f.env.path("o.img").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("/nonexistent/alice.key") && err.contains("--identity"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_identity_cannot_unwrap_the_key() {
+    let f = fixture("wrong_identity");
+    // Another store's identity: a valid age identity, but not alice's.
+    let other = Env::new("wrong_identity_other");
+    other.init(&[]);
+    let other_key = walk_keys(&other.dir.join("config"));
+    let out = f.env.run(&[
+        "--identity",
+        other_key.to_str().unwrap(),
+        "snapshot",
+        "restore",
+        &f.snap,
+        f.env.path("o.img").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot unwrap"), "{}", stderr(&out));
+    // A snapshot with the wrong identity is refused too, before anything is stored.
+    let before = f.env.packs().len();
+    let out = f.env.run(&[
+        "--identity",
+        other_key.to_str().unwrap(),
+        "snapshot",
+        "create",
+        f.image.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(f.env.packs().len(), before);
+}
+
+#[test]
+fn world_readable_identity_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = fixture("loose_identity");
+    let key = walk_keys(&f.env.dir.join("config"));
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = f.env.run(&[
+        "snapshot",
+        "restore",
+        &f.snap,
+        f.env.path("o.img").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let f = fixture("bad_input");
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["snapshot", "create", "/nonexistent.img"],
+            2,
+            "no such disk image",
+        ),
+        (&["snapshot", "create", "/tmp"], 2, "not a regular file"),
+        (
+            &["snapshot", "restore", "snap-ffffffffffffffff", "/tmp/x.img"],
+            2,
+            "no snapshot matches",
+        ),
+        (&["snapshot", "show", "nonsense"], 2, "no snapshot matches"),
+        (
+            &["snapshot", "create", "/etc/hostname", "--volume", "../x"],
+            2,
+            "volume",
+        ),
+        (
+            &["snapshot", "create", "/etc/hostname", "--key", "nokey"],
+            2,
+            "no key 'nokey'",
+        ),
+        (&["init"], 2, "already holds a blocksnap store"),
+        (&["--account", "mallory", "snapshot", "list"], 0, ""),
+        (
+            &[
+                "--account",
+                "mallory",
+                "snapshot",
+                "restore",
+                "snap-",
+                "/tmp/x.img",
+            ],
+            2,
+            "account",
+        ),
+    ];
+    for (args, code, text) in cases {
+        let out = f.env.run(args);
+        assert_eq!(out.status.code(), Some(*code), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(text), "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{args:?}");
+    }
+    let out = f.env.run(&["init", "--chunk-size", "3000"]);
+    assert_eq!(out.status.code(), Some(2));
+    // A damaged snapshot document is an error naming the file, not a panic.
+    let doc = f
+        .env
+        .store
+        .join("snapshots")
+        .join(format!("{}.json", f.snap));
+    fs::write(&doc, b"{\"format\": \"blocksnap.snapshot/v1\", \"id\": 5}").unwrap();
+    let out = f.env.run(&["snapshot", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains(&f.snap), "{}", stderr(&out));
+}
+
+fn walk_keys(dir: &std::path::Path) -> PathBuf {
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            let found = walk_keys(&p);
+            if !found.as_os_str().is_empty() {
+                return found;
+            }
+        } else if p.extension().and_then(|x| x.to_str()) == Some("key") {
+            return p;
+        }
+    }
+    PathBuf::new()
+}
