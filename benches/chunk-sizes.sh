@@ -4,7 +4,8 @@
 # Usage: benches/chunk-sizes.sh [WORKDIR]
 #   BLOCKSNAP=path  the blocksnap binary (default: blocksnap on PATH, else
 #                   target/release/blocksnap of this repository)
-#   KEEP=1          keep the work directory (images, stores, results.tsv)
+#   KEEP=1          keep the work directory (images, results.tsv, timings.tsv)
+#   RUNS=N          time the first snapshot N times, report the median (default 3)
 #
 # Builds base.img (1 GiB sparse ext4 holding ~300-400 MB of this machine's
 # files), derives changed.img from it with debugfs (files removed, added and
@@ -41,9 +42,9 @@ trap cleanup EXIT
 
 log() { echo "== $*" >&2; }
 
-export XDG_CONFIG_HOME="$work/config" XDG_DATA_HOME="$work/data" DEBUGFS_PAGER=__none__
+export XDG_CONFIG_HOME="$work/config" XDG_DATA_HOME="$work/data" DEBUGFS_PAGER=__none__ LC_ALL=C
 cd "$work"
-rm -rf src stage stores config data base.img changed.img ./*.cmds ./*.txt results.tsv
+rm -rf src stage stores config data base.img changed.img ./*.cmds ./*.txt ./*.tsv ./*.json
 
 # ---------------------------------------------------------------- 1. base.img
 # Whole directories in this order, each taken if it keeps the total under
@@ -65,6 +66,7 @@ for d in "${candidates[@]}"; do
     total=$((total + mb))
     [ "$total" -lt 320 ] || break
 done
+[ "$total" -ge 200 ] || { echo "found only $total MB of files to copy" >&2; exit 1; }
 src_bytes=$(du -sb src | cut -f1)
 src_files=$(find src -type f | wc -l)
 log "source tree: ${used[*]} ($src_bytes bytes, $src_files files)"
@@ -81,7 +83,7 @@ mkdir stage
     | grep -E '^[0-9]+ [A-Za-z0-9._/+-]+$' | sort -k2 >existing.txt
 # Pool for new content: files of this machine outside the copied directories.
 pool_dirs=()
-for d in /usr/lib/x86_64-linux-gnu /usr/bin /usr/share/locale /usr/libexec /usr/sbin \
+for d in "/usr/lib/$(uname -m)-linux-gnu" /usr/bin /usr/share/locale /usr/libexec /usr/sbin \
          /usr/share/fonts /usr/share/icons /usr/lib/python3 /usr/share/vim; do
     [ -d "$d" ] || continue
     skip=0
@@ -218,25 +220,40 @@ log "change: -$n_rm files, +$n_add files ($b_add bytes), $n_rep replaced; $chang
 # ---------------------------------------------------------------- 3. snapshots
 configs=("cdc 16KiB" "cdc 32KiB" "cdc 64KiB" "cdc 128KiB" "cdc 256KiB" "cdc 1MiB"
          "fixed 4KiB" "fixed 16KiB" "fixed 64KiB")
+# Throughput is noisy on shared machines (the store fsyncs its packs), so the
+# first snapshot is timed RUNS times, each into a fresh store, round-robin over
+# the configurations; the table shows the median. Round 1 also takes the
+# incremental snapshot; sizes and counts come from it.
+RUNS=${RUNS:-3}
 mkdir stores
-printf 'chunker\tsize\tbytes_read\tseconds\tchunks\tstored\tincr_new\tincr_stored\tincr_seconds\tmeta\n' >results.tsv
-for cfg in "${configs[@]}"; do
-    read -r kind size <<<"$cfg"
-    store="stores/$kind-$size"
-    log "$kind $size"
-    "$BLOCKSNAP" --store "$store" --quiet init --chunker "$kind" --chunk-size "$size" >/dev/null
-    cat base.img >/dev/null
-    "$BLOCKSNAP" --store "$store" --json --quiet snapshot create base.img --volume disk >first.json
-    cat changed.img >/dev/null
-    "$BLOCKSNAP" --store "$store" --json --quiet snapshot create changed.img --volume disk >second.json
-    id=$(jq -r .id second.json)
-    meta=$(jq -r .extents.bytes "$store/snapshots/$id.json")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$kind" "$size" \
-        "$(jq -r .bytes_read first.json)" "$(jq -r .seconds first.json)" \
-        "$(jq -r .chunks first.json)" "$(jq -r .bytes_stored first.json)" \
-        "$(jq -r .bytes_new second.json)" "$(jq -r .bytes_stored second.json)" \
-        "$(jq -r .seconds second.json)" "$meta" >>results.tsv
-    rm -rf "$store"
+printf 'chunker\tsize\tfirst_new\tchunks\tstored\tincr_new\tincr_stored\tincr_seconds\tmeta\n' >results.tsv
+printf 'chunker\tsize\trun\tbytes_read\tseconds\n' >timings.tsv
+for run in $(seq 1 "$RUNS"); do
+    for cfg in "${configs[@]}"; do
+        read -r kind size <<<"$cfg"
+        store="stores/$kind-$size"
+        log "run $run/$RUNS: $kind $size"
+        rm -rf "$store"
+        "$BLOCKSNAP" --store "$store" --quiet init --chunker "$kind" --chunk-size "$size" >/dev/null
+        sync
+        cat base.img >/dev/null
+        "$BLOCKSNAP" --store "$store" --json --quiet snapshot create base.img --volume disk >first.json
+        printf '%s\t%s\t%s\t%s\t%s\n' "$kind" "$size" "$run" \
+            "$(jq -r .bytes_read first.json)" "$(jq -r .seconds first.json)" >>timings.tsv
+        if [ "$run" = 1 ]; then
+            sync
+            cat changed.img >/dev/null
+            "$BLOCKSNAP" --store "$store" --json --quiet snapshot create changed.img --volume disk >second.json
+            id=$(jq -r .id second.json)
+            meta=$(jq -r .extents.bytes "$store/snapshots/$id.json")
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$kind" "$size" \
+                "$(jq -r .bytes_new first.json)" "$(jq -r .chunks first.json)" \
+                "$(jq -r .bytes_stored first.json)" "$(jq -r .bytes_new second.json)" \
+                "$(jq -r .bytes_stored second.json)" "$(jq -r .seconds second.json)" \
+                "$meta" >>results.tsv
+        fi
+        rm -rf "$store"
+    done
 done
 
 # ---------------------------------------------------------------- table
@@ -246,17 +263,22 @@ cat <<EOF
 - changed 4 KiB blocks: $changed_blocks ($changed_bytes bytes; $new_blocks of them were all zeros in base.img)
 
 EOF
-python3 - results.tsv "$changed_bytes" <<'PY'
-import csv, sys
+python3 - results.tsv timings.tsv "$changed_bytes" <<'PY'
+import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-changed = int(sys.argv[2])
+speeds = {}
+for t in csv.DictReader(open(sys.argv[2]), delimiter="\t"):
+    key = (t["chunker"], t["size"])
+    speeds.setdefault(key, []).append(int(t["bytes_read"]) / float(t["seconds"]) / 1e6)
+changed = int(sys.argv[3])
 MB = 1e6
-print("| chunker | size | first MB/s | chunks | first stored MB | incr bytes_new MB "
-      "| new / changed | incr stored MB | metadata bytes |")
-print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
+print("| chunker | size | first MB/s (median) | MB/s range | chunks | first stored MB "
+      "| incr bytes_new MB | new / changed | incr stored MB | metadata bytes |")
+print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
 for r in rows:
-    print(f"| {r['chunker']} | {r['size']} "
-          f"| {int(r['bytes_read']) / float(r['seconds']) / MB:.0f} "
+    v = speeds[(r["chunker"], r["size"])]
+    print(f"| {r['chunker']} | {r['size']} | {statistics.median(v):.0f} "
+          f"| {min(v):.0f}-{max(v):.0f} "
           f"| {int(r['chunks'])} | {int(r['stored']) / MB:.1f} "
           f"| {int(r['incr_new']) / MB:.2f} | {int(r['incr_new']) / changed:.2f} "
           f"| {int(r['incr_stored']) / MB:.2f} | {int(r['meta'])} |")
