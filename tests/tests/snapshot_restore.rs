@@ -405,3 +405,36 @@ fn holes_and_allocated_zeros_chunk_the_same() {
     assert_eq!(a["chunks"], b["chunks"]);
     assert!(u(&b, "bytes_read") > u(&a, "bytes_read"));
 }
+
+/// Two processes on one store: a snapshot and a restore started together both complete (the
+/// second waits for the index while the first holds it), and the restore is exact.
+#[test]
+fn concurrent_snapshot_and_restore_both_complete() {
+    let env = Env::new("concurrent");
+    env.init(&[]);
+    let img = env.path("d.img");
+    write_at(&img, 96 << 20, 0, &random_bytes(64 << 20, 77));
+    let s = env.snapshot(&img, "a");
+    let other = env.path("e.img");
+    write_at(&other, 96 << 20, 4096, &random_bytes(48 << 20, 78));
+    let mut snap = env
+        .cmd()
+        .args([
+            "--json",
+            "snapshot",
+            "create",
+            other.to_str().unwrap(),
+            "--volume",
+            "b",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = env.path("out.img");
+    let restore = env.run(&["snapshot", "restore", &id(&s), out.to_str().unwrap()]);
+    assert!(restore.status.success(), "{}", stderr(&restore));
+    assert!(snap.wait().unwrap().success());
+    assert_same(&img, &out);
+    let list = env.json(&["snapshot", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+}

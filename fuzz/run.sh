@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for a bounded time (default 60 s each): fuzz/run.sh [SECONDS]
+# Needs cargo-fuzz (`cargo install cargo-fuzz`). The toolchain here is stable; cargo-fuzz needs
+# nightly flags, which RUSTC_BOOTSTRAP=1 enables on a stable compiler.
+set -euo pipefail
+cd "$(dirname "$0")"
+secs=${1:-60}
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+for t in documents extent_stream pack_trailer chunk_decode; do
+  mkdir -p "corpus/$t"
+  echo "== $t ($secs s)"
+  RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=65536
+done
