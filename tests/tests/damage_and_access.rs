@@ -123,6 +123,21 @@ fn deleted_index_is_rebuilt_from_pack_trailers() {
 }
 
 #[test]
+fn garbage_index_is_replaced_by_repair() {
+    let f = fixture("garbage_index");
+    let index = f.env.store.join("index");
+    fs::remove_dir_all(&index).unwrap();
+    fs::create_dir_all(&index).unwrap();
+    fs::write(index.join("conf"), b"not a sled config").unwrap();
+    fs::write(index.join("db"), vec![0xAB; 10_000]).unwrap();
+    let r = f.env.json(&["repair", "index"]);
+    assert!(r["chunks"].as_u64().unwrap() > 10, "{r}");
+    let out = f.env.path("after.img");
+    f.env.restore(&f.snap, &out);
+    assert_same(&f.image, &out);
+}
+
+#[test]
 fn repair_reports_damaged_packs_and_keeps_the_rest() {
     let f = fixture("repair_damaged");
     let pack = f.env.packs().into_iter().next().unwrap();

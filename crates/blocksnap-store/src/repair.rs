@@ -27,7 +27,19 @@ pub struct RepairReport {
 impl Store {
     /// Clears the index and fills it again from every pack's trailer.
     pub fn repair_index(&self, access: &Access, progress: &dyn Progress) -> Result<RepairReport> {
-        let index = self.open_index(progress)?;
+        let index = match self.open_index(progress) {
+            Ok(index) => index,
+            // An index sled cannot open is rebuilt from nothing: it holds only what the packs say.
+            Err(e) if self.index_path().exists() && !e.to_string().contains("in use") => {
+                progress.message(&format!(
+                    "the index cannot be opened ({e}); starting a new one"
+                ));
+                std::fs::remove_dir_all(self.index_path())
+                    .map_err(StoreError::io("cannot remove", self.index_path()))?;
+                self.open_index(progress)?
+            }
+            Err(e) => return Err(e),
+        };
         let packs = self.list_packs()?;
         let mut codecs: HashMap<Option<KeyId>, Result<ChunkCodec>> = HashMap::new();
         let mut report = RepairReport {
