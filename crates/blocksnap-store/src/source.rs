@@ -143,7 +143,9 @@ impl Source {
                 break;
             };
             // Read from a block boundary: the bytes before SEEK_DATA's answer are zeros anyway.
+            // Likewise to the end of a block: the Splitter is told of zeros only in whole blocks.
             let start = (start - start % ZERO_BLOCK as u64).max(pos);
+            let end = end.next_multiple_of(ZERO_BLOCK as u64).min(self.size);
             split.zeros(start - pos);
             let mut cur = start;
             while cur < end {
@@ -197,6 +199,8 @@ impl<'a> Splitter<'a> {
         }
     }
 
+    /// `len` bytes of zeros not read from the disk. They must cover whole aligned blocks (or
+    /// end at the volume's end), as the reader guarantees.
     fn zeros(&mut self, len: u64) {
         self.pending_zero += len;
     }
@@ -280,5 +284,86 @@ impl<'a> Splitter<'a> {
     fn finish(&mut self, size: u64) {
         self.settle_zeros(size);
         self.cut(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blocksnap_chunker::ChunkerParams;
+
+    fn pieces(feed: &[(bool, Vec<u8>)], chunker: &Chunker) -> Vec<(bool, u64)> {
+        let mut s = Splitter::new(chunker);
+        let mut off = 0u64;
+        for (hole, bytes) in feed {
+            if *hole {
+                s.zeros(bytes.len() as u64);
+            } else {
+                s.bytes(bytes, off);
+            }
+            off += bytes.len() as u64;
+        }
+        s.finish(off);
+        s.batch
+            .pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Hole(l) => (true, *l),
+                Piece::Data(d) => (false, d.len() as u64),
+            })
+            .collect()
+    }
+
+    fn noise(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
+            .collect()
+    }
+
+    #[test]
+    fn holes_and_zero_bytes_split_alike() {
+        let chunker = Chunker::new(ChunkerParams::cdc(4096)).unwrap();
+        let (a, b) = (noise(49_152, 1), noise(70_000, 2));
+        let short_gap = vec![0u8; 8192];
+        let long_gap = vec![0u8; 128 * 1024];
+        for gap in [short_gap, long_gap] {
+            let as_hole = pieces(
+                &[(false, a.clone()), (true, gap.clone()), (false, b.clone())],
+                &chunker,
+            );
+            let as_zeros = pieces(
+                &[(false, a.clone()), (false, gap.clone()), (false, b.clone())],
+                &chunker,
+            );
+            let whole: Vec<u8> = [a.clone(), gap.clone(), b.clone()].concat();
+            let in_one = pieces(&[(false, whole)], &chunker);
+            assert_eq!(as_hole, as_zeros);
+            assert_eq!(as_hole, in_one);
+            let total: u64 = as_hole.iter().map(|p| p.1).sum();
+            assert_eq!(total, (a.len() + gap.len() + b.len()) as u64);
+        }
+    }
+
+    #[test]
+    fn long_zero_runs_are_holes_short_ones_data() {
+        let chunker = Chunker::new(ChunkerParams::fixed(1 << 20)).unwrap();
+        let a = noise(4096, 3);
+        let got = pieces(
+            &[
+                (false, a.clone()),
+                (true, vec![0; ZERO_RUN_MIN]),
+                (false, a.clone()),
+            ],
+            &chunker,
+        );
+        assert_eq!(
+            got,
+            vec![(false, 4096), (true, ZERO_RUN_MIN as u64), (false, 4096)]
+        );
+        let got = pieces(
+            &[(false, a.clone()), (true, vec![0; 8192]), (false, a)],
+            &chunker,
+        );
+        assert_eq!(got, vec![(false, 4096 + 8192 + 4096)]);
     }
 }

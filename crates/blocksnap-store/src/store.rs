@@ -438,3 +438,69 @@ fn env_dir(var: &str, fallback: &str) -> PathBuf {
 pub fn default_store_path() -> PathBuf {
     data_home().join("blocksnap").join("store")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NoProgress, SnapshotOptions};
+
+    #[test]
+    fn init_open_snapshot_restore_through_the_library() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = InitOptions {
+            account: "alice".into(),
+            identity: Some(dir.path().join("alice.key")),
+            chunk_size: 16 * 1024,
+            ..InitOptions::default()
+        };
+        let (store, report) = Store::init(&dir.path().join("store"), &opts).unwrap();
+        assert!(report.key.is_some());
+        assert!(Store::init(&dir.path().join("store"), &opts).is_err());
+        let store2 = Store::open(store.root()).unwrap();
+        assert_eq!(store2.config(), store.config());
+        let access = store
+            .access(Some("alice"), Some(&dir.path().join("alice.key")))
+            .unwrap();
+        let img = dir.path().join("disk.img");
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let data: Vec<u8> = (0..3_000_000u32)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        std::fs::write(&img, &data).unwrap();
+        let snap = store
+            .snapshot(
+                &access,
+                &SnapshotOptions {
+                    source: img.clone(),
+                    ..Default::default()
+                },
+                &NoProgress,
+            )
+            .unwrap();
+        assert_eq!(snap.volume, "disk.img");
+        assert_eq!(snap.bytes_new, data.len() as u64);
+        let out = dir.path().join("out.img");
+        let r = store
+            .restore(&access, &snap.id.to_string()[..10], &out, &NoProgress)
+            .unwrap();
+        assert_eq!(r.size, data.len() as u64);
+        assert_eq!(std::fs::read(&out).unwrap(), data);
+        assert_eq!(
+            store.latest_snapshot("disk.img").unwrap().unwrap().id,
+            snap.id
+        );
+    }
+
+    #[test]
+    fn unknown_store_says_how_to_create_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Store::open(&dir.path().join("nothing")).unwrap_err();
+        assert!(err.to_string().contains("init"), "{err}");
+        assert_eq!(err.kind(), crate::ErrorKind::Usage);
+    }
+}
