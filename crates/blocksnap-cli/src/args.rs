@@ -56,7 +56,7 @@ pub struct InitArgs {
     #[arg(long, value_enum, default_value = "cdc")]
     pub chunker: ChunkerArg,
     /// Average chunk size for cdc (a power of two), exact size for fixed: 4KiB to 4MiB.
-    #[arg(long, value_name = "SIZE", value_parser = crate::parse::size_u32, default_value = "64KiB")]
+    #[arg(long, value_name = "SIZE", value_parser = crate::parse::size_u32, default_value = "32KiB")]
     pub chunk_size: u32,
 }
 

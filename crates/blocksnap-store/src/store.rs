@@ -18,7 +18,7 @@ use crate::fsutil::{self, TMP_PREFIX};
 use crate::progress::Progress;
 
 /// Default average chunk size (see docs/CHUNKING.md for the measurements behind it).
-pub const DEFAULT_CHUNK_SIZE: u32 = 64 * 1024;
+pub const DEFAULT_CHUNK_SIZE: u32 = 32 * 1024;
 /// Default pack size.
 pub const DEFAULT_PACK_SIZE: u64 = 32 << 20;
 /// Default zstd level.
