@@ -299,3 +299,82 @@ fn walk_keys(dir: &std::path::Path) -> PathBuf {
     }
     PathBuf::new()
 }
+
+fn check(f: &Fixture, read_data: bool) -> (Option<i32>, serde_json::Value) {
+    let mut args = vec!["--json", "check"];
+    if read_data {
+        args.push("--read-data");
+    }
+    let out = f.env.run(&args);
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stderr(&out)));
+    for field in ["ok", "problems"] {
+        assert!(v.get(field).is_some(), "check --json lacks {field}: {v}");
+    }
+    (out.status.code(), v)
+}
+
+#[test]
+fn check_passes_on_a_sound_store_and_verifies_every_chunk() {
+    let f = fixture("check_ok");
+    let (code, v) = check(&f, false);
+    assert_eq!((code, v["ok"].as_bool()), (Some(0), Some(true)), "{v}");
+    let (code, v) = check(&f, true);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["chunks_verified"], v["chunks"]);
+    assert!(v["chunks_verified"].as_u64().unwrap() > 10);
+}
+
+#[test]
+fn check_read_data_finds_a_flipped_byte_and_names_what_it_affects() {
+    let f = fixture("check_flip");
+    let pack = f
+        .env
+        .packs()
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = fs::read(&pack).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    fs::write(&pack, bytes).unwrap();
+    let pack_id = pack.file_name().unwrap().to_str().unwrap().to_string();
+    let (code, v) = check(&f, true);
+    assert_eq!(code, Some(4), "{v}");
+    let text = v["problems"].to_string();
+    assert!(text.contains(&pack_id), "{v}");
+    assert!(
+        text.contains(&f.snap),
+        "the damaged snapshot must be named: {v}"
+    );
+    assert_eq!(v["damaged_snapshots"][0], f.snap.as_str());
+}
+
+#[test]
+fn check_finds_missing_and_truncated_packs() {
+    let f = fixture("check_missing");
+    let packs = f.env.packs();
+    fs::remove_file(&packs[0]).unwrap();
+    let (code, v) = check(&f, false);
+    assert_eq!(code, Some(4), "{v}");
+    assert!(v["problems"].to_string().contains("missing"), "{v}");
+    assert!(v["problems"].to_string().contains(&f.snap), "{v}");
+
+    let g = fixture("check_truncated");
+    let pack = g.env.packs().into_iter().next().unwrap();
+    let len = fs::metadata(&pack).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&pack)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    let (code, v) = check(&g, false);
+    assert_eq!(code, Some(4), "{v}");
+    assert!(
+        v["problems"]
+            .to_string()
+            .contains(pack.file_name().unwrap().to_str().unwrap()),
+        "{v}"
+    );
+}

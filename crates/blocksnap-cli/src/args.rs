@@ -37,6 +37,13 @@ pub enum Command {
     /// Rebuild derived state from the packs.
     #[command(subcommand)]
     Repair(RepairCmd),
+    /// Verify the store: documents, pack trailers, the index, every snapshot's chunks.
+    /// Exits 4 when it finds damage, and lists the packs, chunks and snapshots affected.
+    Check {
+        /// Also decrypt every chunk of every pack and verify it against its id.
+        #[arg(long)]
+        read_data: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

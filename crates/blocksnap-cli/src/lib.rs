@@ -26,6 +26,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<DamageFound>().is_some() => ExitCode::from(4),
         Err(e) => {
             let code = match e.downcast_ref::<StoreError>().map(StoreError::kind) {
                 Some(ErrorKind::Usage) => 2,
@@ -42,6 +43,18 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+/// `check` found damage: exit status 4 (the report is already printed).
+#[derive(Debug)]
+struct DamageFound;
+
+impl std::fmt::Display for DamageFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("check found damage")
+    }
+}
+
+impl std::error::Error for DamageFound {}
 
 struct Ctx<'a> {
     cli: &'a Cli,
@@ -143,6 +156,42 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             })
         }
         Command::Snapshot(cmd) => snapshot(&ctx, cmd),
+        Command::Check { read_data } => {
+            let store = ctx.open()?;
+            let access = store.access(cli.account.as_deref(), cli.identity.as_deref())?;
+            let r = store.check(&access, *read_data, &ctx.progress)?;
+            for s in &r.skipped {
+                ctx.note(&format!("not checked: {s}"));
+            }
+            ctx.output(&r, || {
+                let mut t = String::new();
+                for p in &r.problems {
+                    t += &format!("problem: {p}\n");
+                }
+                t += &format!(
+                    "checked {} snapshots, {} packs, {} chunks{}: {}",
+                    r.snapshots,
+                    r.packs,
+                    r.chunks,
+                    if *read_data {
+                        format!(" ({} verified)", r.chunks_verified)
+                    } else {
+                        String::new()
+                    },
+                    if r.ok {
+                        "no problems".to_string()
+                    } else {
+                        format!("{} problems", r.problems.len())
+                    }
+                );
+                t
+            })?;
+            if r.ok {
+                Ok(())
+            } else {
+                Err(DamageFound.into())
+            }
+        }
         Command::Repair(RepairCmd::Index) => {
             let store = ctx.open()?;
             let access = store.access(cli.account.as_deref(), cli.identity.as_deref())?;

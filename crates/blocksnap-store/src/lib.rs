@@ -26,6 +26,7 @@
 //! ```
 
 mod access;
+mod check;
 mod error;
 mod fsutil;
 mod progress;
@@ -37,6 +38,7 @@ mod source;
 mod store;
 
 pub use access::Access;
+pub use check::CheckReport;
 pub use error::{ErrorKind, Result, StoreError};
 pub use progress::{NoProgress, Progress};
 pub use repair::RepairReport;
