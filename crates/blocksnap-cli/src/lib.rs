@@ -163,6 +163,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             for s in &r.skipped {
                 ctx.note(&format!("not checked: {s}"));
             }
+            if r.unindexed_chunks > 0 {
+                ctx.note(&format!(
+                    "note: {} stored chunks are not in the index (left by an interrupted run?); \
+                     `blocksnap repair index` adds them",
+                    r.unindexed_chunks
+                ));
+            }
             ctx.output(&r, || {
                 let mut t = String::new();
                 for p in &r.problems {
