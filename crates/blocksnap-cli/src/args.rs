@@ -31,6 +31,12 @@ pub struct Cli {
 pub enum Command {
     /// Create a store with its first account (--account) and a key named `default`.
     Init(InitArgs),
+    /// Create and list accounts (identities that hold keys).
+    #[command(subcommand)]
+    Account(AccountCmd),
+    /// Create, list, grant and revoke data keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// Take, list, show and restore snapshots of disk images.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
@@ -120,4 +126,45 @@ pub struct ListArgs {
 pub enum RepairCmd {
     /// Rebuild the dedup index from the pack trailers alone.
     Index,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCmd {
+    /// Create an account: writes its secret identity (mode 0600) to --identity or the default
+    /// path, and records its public key in the store.
+    Create {
+        /// The account's name.
+        name: String,
+    },
+    /// List the store's accounts.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Create a data key, granted to the acting account.
+    Create {
+        /// The key's name.
+        name: String,
+    },
+    /// List keys and the accounts holding grants on them.
+    List,
+    /// Grant a key to an account: wraps the data key to that account's public key. Only an
+    /// account holding the key can grant it.
+    Grant {
+        /// Key name or id.
+        key: String,
+        /// The account to grant it to.
+        #[arg(id = "grantee", value_name = "ACCOUNT")]
+        account: String,
+    },
+    /// Remove an account's grant. Data it already read stays read; rotate to a new key
+    /// (`key create`, then `snapshot create --key`) to protect future snapshots.
+    Revoke {
+        /// Key name or id.
+        key: String,
+        /// The account whose grant is removed.
+        #[arg(id = "grantee", value_name = "ACCOUNT")]
+        account: String,
+    },
 }

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use args::{ChunkerArg, Cli, Command, RepairCmd, SnapshotCmd};
+use args::{AccountCmd, ChunkerArg, Cli, Command, KeyCmd, RepairCmd, SnapshotCmd};
 use blocksnap_store::{
     ChunkerKind, ErrorKind, InitOptions, SnapshotDoc, SnapshotOptions, Store, StoreError,
 };
@@ -156,6 +156,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             })
         }
         Command::Snapshot(cmd) => snapshot(&ctx, cmd),
+        Command::Account(cmd) => account(&ctx, cmd),
+        Command::Key(cmd) => key(&ctx, cmd),
         Command::Check { read_data } => {
             let store = ctx.open()?;
             let access = store.access(cli.account.as_deref(), cli.identity.as_deref())?;
@@ -336,6 +338,121 @@ fn snapshot(ctx: &Ctx<'_>, cmd: &SnapshotCmd) -> anyhow::Result<()> {
                     human(r.bytes_written),
                     r.seconds
                 )
+            })
+        }
+    }
+}
+
+fn account(ctx: &Ctx<'_>, cmd: &AccountCmd) -> anyhow::Result<()> {
+    let store = ctx.open()?;
+    match cmd {
+        AccountCmd::Create { name } => {
+            let (doc, path) = store.create_account(name, ctx.cli.identity.as_deref())?;
+            #[derive(Serialize)]
+            struct Created<'a> {
+                name: &'a str,
+                recipient: &'a str,
+                identity: &'a std::path::Path,
+            }
+            let out = Created {
+                name: &doc.name,
+                recipient: &doc.recipient,
+                identity: &path,
+            };
+            ctx.output(&out, || {
+                format!(
+                    "created account '{}' ({}); its identity is {} (keep it secret and backed up)",
+                    doc.name,
+                    doc.recipient,
+                    path.display()
+                )
+            })
+        }
+        AccountCmd::List => {
+            let accounts = store.list_accounts()?;
+            #[derive(Serialize)]
+            struct Row<'a> {
+                name: &'a str,
+                recipient: &'a str,
+                created: &'a str,
+            }
+            let rows: Vec<_> = accounts
+                .iter()
+                .map(|a| Row {
+                    name: &a.name,
+                    recipient: &a.recipient,
+                    created: &a.created,
+                })
+                .collect();
+            ctx.output(&rows, || {
+                let mut t = format!("{:<20} {:<64} {}", "NAME", "RECIPIENT", "CREATED");
+                for r in &rows {
+                    t += &format!("\n{:<20} {:<64} {}", r.name, r.recipient, r.created);
+                }
+                t
+            })
+        }
+    }
+}
+
+/// A key as `key list` and friends print it.
+#[derive(Serialize)]
+struct KeyView {
+    id: String,
+    name: String,
+    created: String,
+    created_by: String,
+    grants: Vec<String>,
+}
+
+fn key_view(k: &blocksnap_store::KeyDoc) -> KeyView {
+    KeyView {
+        id: k.id.to_string(),
+        name: k.name.clone(),
+        created: k.created.clone(),
+        created_by: k.created_by.clone(),
+        grants: k.grants.iter().map(|g| g.account.clone()).collect(),
+    }
+}
+
+fn key(ctx: &Ctx<'_>, cmd: &KeyCmd) -> anyhow::Result<()> {
+    let cli = ctx.cli;
+    let store = ctx.open()?;
+    let access = || store.access(cli.account.as_deref(), cli.identity.as_deref());
+    let show = |k: &blocksnap_store::KeyDoc, what: &str| {
+        let v = key_view(k);
+        ctx.output(&v, || {
+            format!(
+                "{what} key '{}' ({}); held by {}",
+                v.name,
+                v.id,
+                v.grants.join(", ")
+            )
+        })
+    };
+    match cmd {
+        KeyCmd::Create { name } => show(&store.create_key(&access()?, name)?, "created"),
+        KeyCmd::Grant { key, account } => {
+            show(&store.grant_key(&access()?, key, account)?, "granted")
+        }
+        KeyCmd::Revoke { key, account } => show(
+            &store.revoke_key(&access()?, key, account)?,
+            "revoked a grant on",
+        ),
+        KeyCmd::List => {
+            let keys: Vec<_> = store.list_keys()?.iter().map(key_view).collect();
+            ctx.output(&keys, || {
+                let mut t = format!("{:<22} {:<20} {:<26} {}", "ID", "NAME", "CREATED", "GRANTS");
+                for k in &keys {
+                    t += &format!(
+                        "\n{:<22} {:<20} {:<26} {}",
+                        k.id,
+                        k.name,
+                        k.created,
+                        k.grants.join(",")
+                    );
+                }
+                t
             })
         }
     }

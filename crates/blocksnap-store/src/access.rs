@@ -114,6 +114,90 @@ impl Store {
         Ok(doc)
     }
 
+    /// Creates an account: its identity file (mode 0600, at `identity` or the default path)
+    /// and its public part in the store. Returns the document and the identity's path.
+    pub fn create_account(
+        &self,
+        name: &str,
+        identity: Option<&Path>,
+    ) -> Result<(AccountDoc, PathBuf)> {
+        let path = identity.map_or_else(|| self.default_identity_path(name), Path::to_path_buf);
+        let doc = self.create_account_inner(name, &path)?;
+        Ok((doc, path))
+    }
+
+    /// Every account, by name.
+    pub fn list_accounts(&self) -> Result<Vec<AccountDoc>> {
+        let dir = self.root().join("accounts");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(StoreError::io("cannot list", &dir))? {
+            let path = e.map_err(StoreError::io("cannot list", &dir))?.path();
+            if path.extension().and_then(|x| x.to_str()) != Some("json") {
+                continue;
+            }
+            out.push(
+                AccountDoc::from_json(&fsutil::read(&path)?)
+                    .map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))?,
+            );
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Creates a data key named `name`, granted to the acting account.
+    pub fn create_key(&self, access: &Access, name: &str) -> Result<KeyDoc> {
+        if !self.config().encryption {
+            return Err(StoreError::Usage(
+                "this store was made with --no-encryption: it has no keys".into(),
+            ));
+        }
+        let id = self.create_key_inner(access, name)?;
+        self.key_by_id(id)
+    }
+
+    /// Grants `key` to `grantee`: the acting account unwraps the data key with its own identity
+    /// and wraps it to the grantee's public key. Only an account holding the key can grant it.
+    pub fn grant_key(&self, access: &Access, key: &str, grantee: &str) -> Result<KeyDoc> {
+        let mut doc = self.resolve_key(key)?;
+        let target = self.account(grantee)?;
+        if doc.grants.iter().any(|g| g.account == grantee) {
+            return Err(StoreError::Usage(format!(
+                "account '{grantee}' already holds a grant on key '{}'",
+                doc.name
+            )));
+        }
+        let data_key = self.unwrap_key(access, &doc)?;
+        let wrapped = wrap(data_key.expose(), &target)?;
+        doc.grants.push(GrantDoc {
+            account: grantee.into(),
+            wrapped,
+        });
+        fsutil::write_atomic(&self.key_path(doc.id), &doc.to_json(), 0o644)?;
+        Ok(doc)
+    }
+
+    /// Removes `grantee`'s wrapped copy of `key`. The acting account must hold the key; the
+    /// last grant cannot be removed (the key, and all data under it, would be lost).
+    pub fn revoke_key(&self, access: &Access, key: &str, grantee: &str) -> Result<KeyDoc> {
+        let mut doc = self.resolve_key(key)?;
+        if !doc.grants.iter().any(|g| g.account == grantee) {
+            return Err(StoreError::Usage(format!(
+                "account '{grantee}' holds no grant on key '{}'",
+                doc.name
+            )));
+        }
+        self.unwrap_key(access, &doc)?;
+        if doc.grants.len() == 1 {
+            return Err(StoreError::Usage(format!(
+                "'{grantee}' holds the last grant on key '{}'; revoking it would make all data under the key unreadable",
+                doc.name
+            )));
+        }
+        doc.grants.retain(|g| g.account != grantee);
+        fsutil::write_atomic(&self.key_path(doc.id), &doc.to_json(), 0o644)?;
+        Ok(doc)
+    }
+
     /// Reads an account document.
     pub fn account(&self, name: &str) -> Result<AccountDoc> {
         let path = self.account_path(name);
@@ -205,13 +289,9 @@ impl Store {
             .map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))
     }
 
-    /// The codec for chunks under `key` (none: a plain store) as `access` may use it.
-    pub fn codec(&self, access: &Access, key: Option<KeyId>) -> Result<ChunkCodec> {
-        let level = self.config().compression_level;
-        let Some(key_id) = key else {
-            return Ok(ChunkCodec::plain(level));
-        };
-        let doc = self.key_by_id(key_id)?;
+    /// The data key of `doc` as `access` holds it: its grant, unwrapped with its identity.
+    fn unwrap_key(&self, access: &Access, doc: &KeyDoc) -> Result<DataKey> {
+        let key_id = doc.id;
         let Some(grant) = doc.grants.iter().find(|g| g.account == access.account) else {
             return Err(StoreError::Denied(format!(
                 "account '{}' holds no grant on key '{}' ({key_id}); an account holding it can run \
@@ -240,9 +320,19 @@ impl Store {
                 "key {key_id}: the unwrapped key has the wrong length"
             ))
         })?;
+        Ok(DataKey::from_bytes(bytes))
+    }
+
+    /// The codec for chunks under `key` (none: a plain store) as `access` may use it.
+    pub fn codec(&self, access: &Access, key: Option<KeyId>) -> Result<ChunkCodec> {
+        let level = self.config().compression_level;
+        let Some(key_id) = key else {
+            return Ok(ChunkCodec::plain(level));
+        };
+        let doc = self.key_by_id(key_id)?;
         Ok(ChunkCodec::encrypted(
             key_id,
-            DataKey::from_bytes(bytes),
+            self.unwrap_key(access, &doc)?,
             level,
         ))
     }

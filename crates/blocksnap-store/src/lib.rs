@@ -50,4 +50,4 @@ pub use store::{
 };
 
 pub use blocksnap_chunker::ChunkerKind;
-pub use blocksnap_manifest::{Document, SnapshotDoc, SnapshotId};
+pub use blocksnap_manifest::{AccountDoc, Document, KeyDoc, SnapshotDoc, SnapshotId};

@@ -1,0 +1,401 @@
+#!/usr/bin/env bash
+# Compare blocksnap with restic and borg on a real ext4 disk image.
+#
+# Usage: benches/compare.sh [WORKDIR]
+#   BLOCKSNAP=path  the blocksnap binary (default: target/release/blocksnap of
+#                   this repository, else blocksnap on PATH)
+#   KEEP=1          keep the work directory (images, repositories, logs, results.tsv)
+#
+# Builds base.img (1 GiB sparse ext4 holding ~300-400 MB of this machine's
+# files) and changed.img (files removed, added and replaced with debugfs), the
+# same way as benches/chunk-sizes.sh. Then, for each tool in turn, with default
+# settings and encryption on: an initial backup of the image, an incremental
+# backup of the changed image under the same path, and a restore of the second
+# backup, each timed with /usr/bin/time (wall seconds, peak RSS). Every restore
+# is compared with changed.img by cmp. Prints a Markdown table on stdout;
+# progress goes to stderr. Installs restic, borgbackup, e2fsprogs (and jq,
+# time) with apt-get when missing.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+KEEP=${KEEP:-0}
+MARKER=.blocksnap-compare-bench
+
+log() { echo "== $*" >&2; }
+die() { echo "compare.sh: $*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- 0. tools
+ensure_tools() {
+    # command -> Debian package
+    local -A pkg=([restic]=restic [borg]=borgbackup [mkfs.ext4]=e2fsprogs [debugfs]=e2fsprogs
+                  [e2fsck]=e2fsprogs [jq]=jq [python3]=python3)
+    local missing=() c p
+    for c in "${!pkg[@]}"; do
+        command -v "$c" >/dev/null || missing+=("${pkg[$c]}")
+    done
+    [ -x /usr/bin/time ] || missing+=(time)
+    [ ${#missing[@]} -gt 0 ] || return 0
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+    local sudo=()
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null || die "need root or sudo to install: ${missing[*]}"
+        sudo=(sudo)
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    # apt-get update only when a package has no install candidate yet.
+    local need_update=0
+    for p in "${missing[@]}"; do
+        apt-cache policy "$p" 2>/dev/null | grep -q 'Candidate: [^(]' || need_update=1
+    done
+    if [ "$need_update" = 1 ]; then
+        log "apt-get update"
+        "${sudo[@]}" apt-get update -q >&2
+    fi
+    log "apt-get install ${missing[*]}"
+    "${sudo[@]}" apt-get install -y -q "${missing[@]}" >&2
+}
+ensure_tools
+export PATH="$PATH:/usr/sbin:/sbin"
+for tool in restic borg mkfs.ext4 debugfs e2fsck python3 jq; do
+    command -v "$tool" >/dev/null || die "missing tool after install: $tool"
+done
+
+if [ -z "${BLOCKSNAP:-}" ]; then
+    if [ -x "$repo/target/release/blocksnap" ]; then
+        BLOCKSNAP=$repo/target/release/blocksnap
+    else
+        BLOCKSNAP=$(command -v blocksnap || true)
+    fi
+fi
+[ -n "$BLOCKSNAP" ] && [ -x "$BLOCKSNAP" ] \
+    || die "blocksnap binary not found (cargo build --release -p blocksnap-cli, or set BLOCKSNAP)"
+
+# ---------------------------------------------------------------- work dir
+if [ $# -ge 1 ]; then
+    work=$1
+    mkdir -p "$work"
+    # Refuse to fill (and later delete) a directory that holds something else.
+    if [ -n "$(ls -A "$work")" ] && [ ! -e "$work/$MARKER" ]; then
+        die "$work is not empty and not a previous work dir of this script"
+    fi
+else
+    work=$(mktemp -d "${TMPDIR:-/tmp}/blocksnap-compare.XXXXXX")
+fi
+work=$(cd "$work" && pwd)
+touch "$work/$MARKER"
+cleanup() { if [ "$KEEP" != 1 ]; then rm -rf "$work"; else echo "kept $work" >&2; fi; }
+trap cleanup EXIT
+
+export LC_ALL=C DEBUGFS_PAGER=__none__
+cd "$work"
+rm -rf src stage stg repos cache config data borghome restore logs \
+    base.img changed.img ./*.cmds ./*.txt ./*.tsv ./*.json
+mkdir logs
+
+# ---------------------------------------------------------------- 1. base.img
+# From benches/chunk-sizes.sh: whole directories in this order, each taken if
+# it keeps the total under 400 MB; stop once 320 MB are reached.
+build_base() {
+    local candidates=(/usr/lib/python3.11 /usr/share/man /usr/share/doc /usr/lib/gcc
+        /usr/bin /usr/share/locale /usr/share/vim /usr/share/perl /usr/lib/git-core
+        /usr/share/i18n /usr/share/icons /usr/lib/python3 /usr/sbin /usr/libexec /etc)
+    local d mb dest total=0
+    mkdir src
+    used=()
+    for d in "${candidates[@]}"; do
+        [ -d "$d" ] && [ -r "$d" ] || continue
+        mb=$(du -sm "$d" 2>/dev/null | cut -f1) || continue
+        [ $((total + mb)) -le 400 ] || continue
+        dest="src${d}"
+        mkdir -p "$(dirname "$dest")"
+        cp -a "$d" "$dest" 2>/dev/null || true   # skip unreadable files
+        used+=("$d")
+        total=$((total + mb))
+        [ "$total" -lt 320 ] || break
+    done
+    [ "$total" -ge 200 ] || die "found only $total MB of files to copy"
+    src_bytes=$(du -sb src | cut -f1)
+    src_files=$(find src -type f | wc -l)
+    log "source tree: ${used[*]} ($src_bytes bytes, $src_files files)"
+    truncate -s 1G base.img
+    mkfs.ext4 -q -F -d src base.img
+}
+
+# ---------------------------------------------------------------- 2. changed.img
+# From benches/chunk-sizes.sh: 20 files removed, 20 added, 5 replaced (3
+# edited in place, 2 with different content), with a fixed seed.
+make_change() {
+    cp --sparse=always base.img changed.img
+    mkdir stage
+    (cd src && find . -type f -size +0 -printf '%s %P\n') \
+        | grep -E '^[0-9]+ [A-Za-z0-9._/+-]+$' | sort -k2 >existing.txt
+    local pool_dirs=() d u skip
+    for d in "/usr/lib/$(uname -m)-linux-gnu" /usr/bin /usr/share/locale /usr/libexec /usr/sbin \
+             /usr/share/fonts /usr/share/icons /usr/lib/python3 /usr/share/vim; do
+        [ -d "$d" ] || continue
+        skip=0
+        for u in "${used[@]}"; do [ "$u" = "$d" ] && skip=1; done
+        [ "$skip" = 1 ] || pool_dirs+=("$d")
+    done
+    { find "${pool_dirs[@]}" -type f -readable -size +0 -printf '%s %p\n' 2>/dev/null || true; } \
+        | sort -k2 >pool.txt
+
+    python3 - "$work" <<'PY'
+import os, random, sys
+work = sys.argv[1]
+rng = random.Random(20240611)          # fixed seed: the same change on every run
+
+def load(name):
+    out = []
+    for line in open(os.path.join(work, name)):
+        size, path = line.rstrip("\n").split(" ", 1)
+        out.append((int(size), path))
+    return out
+
+def spread(items, n):
+    """n items evenly spaced through a sorted list (deterministic)."""
+    if len(items) < n:
+        sys.exit(f"not enough files to pick {n} from ({len(items)})")
+    step = len(items) / n
+    return [items[int(i * step + step / 2)] for i in range(n)]
+
+existing = load("existing.txt")
+pool = load("pool.txt")
+KiB, MiB = 1024, 1024 * 1024
+
+big = [e for e in existing if 256 * KiB <= e[0] <= 8 * MiB]
+replaced = spread(big, 5)
+rest = [e for e in existing if e not in replaced]
+removed = spread(rest, 20)
+
+cmds, stat_present, stat_absent = [], [], []
+summary = {"removed": 0, "added": 0, "replaced_old": 0, "replaced_new": 0}
+
+for size, path in removed:
+    cmds.append(f"rm /{path}")
+    stat_absent.append("/" + path)
+    summary["removed"] += size
+
+buckets = [(1, 16 * KiB, 6), (16 * KiB, 256 * KiB, 6), (256 * KiB, 4 * MiB, 5),
+           (4 * MiB, 32 * MiB, 1)]
+sources = []
+for lo, hi, n in buckets:
+    sources += spread([p for p in pool if lo <= p[0] < hi], n)
+contents = [open(p, "rb").read() for _, p in sources]
+contents += [rng.randbytes(1 * MiB), rng.randbytes(4 * MiB)]
+fresh = spread([p for p in pool if 256 * KiB <= p[0] < 4 * MiB and p not in sources], 2)
+for i, data in enumerate(contents):
+    local = os.path.join(work, "stage", f"add-{i:02d}")
+    open(local, "wb").write(data)
+    directory = os.path.dirname(removed[i % len(removed)][1])
+    name = f"added-{i:02d}.bin"
+    cmds += [f"cd /{directory}", f"write {local} {name}", "cd /"]
+    stat_present.append(f"/{directory}/{name}")
+    summary["added"] += len(data)
+
+for i, (size, path) in enumerate(replaced):
+    old = open(os.path.join(work, "src", path), "rb").read()
+    if i < 3:
+        a, b = len(old) // 3, 2 * len(old) // 3
+        new = (old[:a] + rng.randbytes(4096) + old[a + 4096:b]
+               + rng.randbytes(1000) + old[b:] + rng.randbytes(8192))
+    else:
+        new = open(fresh[i - 3][1], "rb").read()[:size] + rng.randbytes(4096)
+    local = os.path.join(work, "stage", f"replace-{i:02d}")
+    open(local, "wb").write(new)
+    directory, name = os.path.split(path)
+    cmds += [f"rm /{path}", f"cd /{directory}", f"write {local} {name}", "cd /"]
+    stat_present.append("/" + path)
+    summary["replaced_old"] += size
+    summary["replaced_new"] += len(new)
+
+open(os.path.join(work, "change.cmds"), "w").write("\n".join(cmds) + "\n")
+open(os.path.join(work, "check.cmds"), "w").write(
+    "".join(f"stat {p}\n" for p in stat_present + stat_absent))
+open(os.path.join(work, "change.txt"), "w").write(
+    f"{len(removed)} {summary['removed']} {len(contents)} {summary['added']} "
+    f"{len(replaced)} {summary['replaced_old']} {summary['replaced_new']} "
+    f"{len(stat_present)} {len(stat_absent)}\n")
+PY
+    read -r n_rm b_rm n_add b_add n_rep b_rep_old b_rep_new n_present n_absent <change.txt
+
+    debugfs -w -f change.cmds changed.img >logs/debugfs.txt 2>&1
+    # debugfs exits 0 on failed commands: check the result instead.
+    debugfs -f check.cmds changed.img >logs/check.txt 2>&1
+    local found missing
+    found=$(grep -c '^Inode:' logs/check.txt || true)
+    missing=$(grep -c 'File not found' logs/check.txt || true)
+    if [ "$found" != "$n_present" ] || [ "$missing" != "$n_absent" ]; then
+        cat logs/debugfs.txt >&2
+        die "debugfs change did not apply: $found/$n_present present, $missing/$n_absent gone"
+    fi
+    e2fsck -fn changed.img >/dev/null 2>&1 || die "changed.img fails e2fsck -fn"
+    rm -rf stage
+    log "change: -$n_rm files ($b_rm bytes), +$n_add files ($b_add bytes), $n_rep replaced ($b_rep_old -> $b_rep_new bytes)"
+}
+
+log "building base.img"
+build_base
+log "building changed.img"
+make_change
+
+# All tools read the same file, stg/disk.img: a sparse copy of base.img for the
+# initial backup, replaced by a sparse copy of changed.img for the incremental
+# one, so restic and borg see the same path twice (and use the first backup as
+# parent / files cache). The copies are made outside the timed commands.
+mkdir stg
+stage_image() { rm -f stg/disk.img; cp --sparse=always "$1" stg/disk.img; }
+base_alloc=$(du -B1 base.img | cut -f1)
+changed_alloc=$(du -B1 changed.img | cut -f1)
+apparent=$(stat -c %s base.img)
+
+# ---------------------------------------------------------------- 3. cache policy
+# One policy for every timed command: drop the page cache when we may (cold
+# reads from disk), else read the input once so that every tool starts warm.
+if (sync && echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null; then
+    policy=drop
+else
+    policy=warm
+fi
+log "cache policy: $policy"
+# prepare_cache FILE|DIR: what the next command reads.
+prepare_cache() {
+    sync
+    if [ "$policy" = drop ]; then
+        echo 3 >/proc/sys/vm/drop_caches
+    else
+        find "$1" -type f -exec cat {} + >/dev/null
+    fi
+}
+
+# timed TOOL PHASE INPUT REPO -- CMD...: run CMD under /usr/bin/time, stdout to
+# logs/TOOL-PHASE.out, record seconds, peak RSS and repository size.
+printf 'tool\tphase\tseconds\trss_kib\trepo_bytes\n' >results.tsv
+timed() {
+    local tool=$1 phase=$2 input=$3 repodir=$4
+    shift 5
+    prepare_cache "$input"
+    log "$tool $phase: $*"
+    local l="$work/logs/$tool-$phase"
+    if ! /usr/bin/time -f '%e %M' -o "$l.time" "$@" >"$l.out" 2>"$l.err"; then
+        cat "$l.err" "$l.time" >&2
+        die "$tool $phase failed"
+    fi
+    local secs rss
+    read -r secs rss < <(tail -n 1 "$l.time")
+    sync
+    printf '%s\t%s\t%s\t%s\t%s\n' "$tool" "$phase" "$secs" "$rss" \
+        "$(du -sb "$repodir" | cut -f1)" >>"$work/results.tsv"
+}
+
+failed=()
+verify() { # TOOL FILE
+    if cmp "$2" changed.img >"logs/$1-cmp.txt" 2>&1; then
+        log "$1 restore: identical to changed.img"
+    else
+        echo "!! $1: restored image differs from changed.img: $(cat "logs/$1-cmp.txt")" >&2
+        failed+=("$1")
+    fi
+    rm -f "$2"
+}
+
+mkdir repos cache restore
+
+# ---------------------------------------------------------------- blocksnap
+export XDG_CONFIG_HOME="$work/config" XDG_DATA_HOME="$work/data"
+bs_store=$work/repos/blocksnap
+bs() { "$BLOCKSNAP" --store "$bs_store" --quiet "$@"; }
+bs init >logs/blocksnap-init.out
+stage_image base.img
+timed blocksnap initial stg "$bs_store" -- \
+    "$BLOCKSNAP" --store "$bs_store" --quiet --json snapshot create stg/disk.img --volume disk
+stage_image changed.img
+timed blocksnap incremental stg "$bs_store" -- \
+    "$BLOCKSNAP" --store "$bs_store" --quiet --json snapshot create stg/disk.img --volume disk
+bs_id=$(jq -r .id logs/blocksnap-incremental.out)
+timed blocksnap restore "$bs_store" "$bs_store" -- \
+    "$BLOCKSNAP" --store "$bs_store" --quiet --json snapshot restore "$bs_id" restore/blocksnap.img
+verify blocksnap restore/blocksnap.img
+
+# ---------------------------------------------------------------- restic
+export RESTIC_REPOSITORY=$work/repos/restic RESTIC_PASSWORD=x RESTIC_CACHE_DIR=$work/cache/restic
+restic init >logs/restic-init.out 2>&1
+restic_repo_version=$(restic cat config 2>/dev/null | jq -r .version)
+stage_image base.img
+timed restic initial stg "$RESTIC_REPOSITORY" -- restic backup --host bench "$work/stg/disk.img"
+stage_image changed.img
+timed restic incremental stg "$RESTIC_REPOSITORY" -- restic backup --host bench "$work/stg/disk.img"
+grep -q 'using parent snapshot' logs/restic-incremental.out \
+    || log "warning: restic did not report a parent snapshot"
+timed restic restore "$RESTIC_REPOSITORY" "$RESTIC_REPOSITORY" -- \
+    restic restore latest --target "$work/restore/restic"
+verify restic "$work/restore/restic$work/stg/disk.img"
+rm -rf restore/restic
+
+# ---------------------------------------------------------------- borg
+export BORG_REPO=$work/repos/borg BORG_PASSPHRASE=x BORG_BASE_DIR=$work/borghome \
+    BORG_DISPLAY_PASSPHRASE=no
+borg init -e repokey >logs/borg-init.out 2>&1
+# borg stores the path as given: run from stg so the archive holds "disk.img".
+stage_image base.img
+cd stg
+timed borg initial . "$BORG_REPO" -- borg create ::a disk.img
+cd "$work"
+stage_image changed.img
+cd stg
+timed borg incremental . "$BORG_REPO" -- borg create ::b disk.img
+cd "$work"
+mkdir restore/borg
+cd restore/borg
+timed borg restore "$BORG_REPO" "$BORG_REPO" -- borg extract --sparse ::b disk.img
+cd "$work"
+verify borg restore/borg/disk.img
+rm -rf restore/borg
+
+# ---------------------------------------------------------------- table
+cat <<EOF
+- machine: $(nproc) CPUs ($(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM, kernel $(uname -r); $(date -u '+%Y-%m-%d %H:%M UTC')
+- tools: $("$BLOCKSNAP" --version) ($(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')), $(restic version | cut -d' ' -f1-2) (repository v$restic_repo_version), $(borg --version)
+- image: $apparent bytes apparent; allocated (du -B1): base $base_alloc, changed $changed_alloc bytes; source tree $src_bytes bytes, $src_files files (${used[*]})
+- change: $n_rm files removed ($b_rm bytes), $n_add added ($b_add bytes), $n_rep replaced ($b_rep_old -> $b_rep_new bytes)
+- cache policy: $policy ($( [ "$policy" = drop ] && echo 'sync; echo 3 > /proc/sys/vm/drop_caches before every timed command' || echo 'input read once with cat before every timed command'))
+- MB/s = allocated bytes of the image (base for the initial row, changed for the others) / wall seconds; MB = 10^6 bytes; repo MB = du -sb of the repository after the command
+
+EOF
+python3 - results.tsv "$base_alloc" "$changed_alloc" <<'PY'
+import csv, sys
+rows = {(r["tool"], r["phase"]): r for r in csv.DictReader(open(sys.argv[1]), delimiter="\t")}
+data = {"initial": int(sys.argv[2]), "incremental": int(sys.argv[3]), "restore": int(sys.argv[3])}
+tools = ["blocksnap", "restic", "borg"]
+names = {"initial": "initial snapshot", "incremental": "incremental snapshot", "restore": "restore"}
+head = ["phase", "data MB"]
+for t in tools:
+    head += [f"{t} s", f"{t} MB/s", f"{t} RSS MiB", f"{t} repo MB"]
+for t in tools[1:]:
+    head += [f"speed vs {t}", f"RSS vs {t}", f"repo vs {t}"]
+print("| " + " | ".join(head) + " |")
+print("|---|" + "--:|" * (len(head) - 1))
+for phase in ["initial", "incremental", "restore"]:
+    cells = [names[phase], f"{data[phase] / 1e6:.0f}"]
+    v = {}
+    for t in tools:
+        r = rows[(t, phase)]
+        s, rss, repo = float(r["seconds"]), int(r["rss_kib"]), int(r["repo_bytes"])
+        v[t] = (s, rss, repo)
+        cells += [f"{s:.2f}", f"{data[phase] / 1e6 / max(s, 0.01):.0f}",
+                  f"{rss / 1024:.0f}", f"{repo / 1e6:.1f}"]
+    b = v["blocksnap"]
+    for t in tools[1:]:
+        p = v[t]
+        cells += [f"{p[0] / max(b[0], 0.01):.2f}x", f"{b[1] / p[1]:.2f}", f"{b[2] / p[2]:.2f}"]
+    print("| " + " | ".join(cells) + " |")
+PY
+echo
+echo "speed vs X = X's wall time / blocksnap's (>1: blocksnap faster); RSS and repo vs X = blocksnap / X (<1: blocksnap smaller)."
+echo "restic: default settings (restic 0.14 restore writes no holes: all $apparent bytes are written). borg: -e repokey, default compression lz4 and chunker; extract --sparse."
+
+if [ ${#failed[@]} -gt 0 ]; then
+    echo
+    echo "**FAILED: restored image differs from changed.img for: ${failed[*]}**"
+    die "restore verification failed for: ${failed[*]}"
+fi
