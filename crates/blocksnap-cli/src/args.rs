@@ -37,6 +37,12 @@ pub enum Command {
     /// Create, list, grant and revoke data keys.
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Register disk images and block devices by name, with tags.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// Deleted snapshots, restorable until the trash retention ends (default 7 days).
+    #[command(subcommand)]
+    Trash(TrashCmd),
     /// Take, list, show and restore snapshots of disk images.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
@@ -81,6 +87,11 @@ pub enum SnapshotCmd {
     List(ListArgs),
     /// Show one snapshot.
     Show {
+        /// Snapshot id or unique prefix.
+        snapshot: String,
+    },
+    /// Move a snapshot to the trash (restorable with `trash restore` until it expires).
+    Delete {
         /// Snapshot id or unique prefix.
         snapshot: String,
     },
@@ -166,5 +177,38 @@ pub enum KeyCmd {
         /// The account whose grant is removed.
         #[arg(id = "grantee", value_name = "ACCOUNT")]
         account: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCmd {
+    /// Register a volume: `snapshot create NAME` then snapshots PATH under that name.
+    Add {
+        /// The volume's name.
+        name: String,
+        /// The disk image or block device.
+        path: PathBuf,
+        /// A tag for the volume; repeat for more (policies select volumes by tag).
+        #[arg(long = "tag", value_name = "K=V", value_parser = crate::parse::tag)]
+        tags: Vec<(String, String)>,
+    },
+    /// List registered volumes.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrashCmd {
+    /// List deleted snapshots and when they expire.
+    List,
+    /// Bring a deleted snapshot back.
+    Restore {
+        /// Snapshot id or unique prefix.
+        id: String,
+    },
+    /// Remove deleted snapshots for good (their data is reclaimed by prune).
+    Empty {
+        /// Only those whose retention has ended.
+        #[arg(long)]
+        expired: bool,
     },
 }

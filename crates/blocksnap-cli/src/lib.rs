@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use args::{AccountCmd, ChunkerArg, Cli, Command, KeyCmd, RepairCmd, SnapshotCmd};
+use args::{
+    AccountCmd, ChunkerArg, Cli, Command, KeyCmd, RepairCmd, SnapshotCmd, TrashCmd, VolumeCmd,
+};
 use blocksnap_store::{
     ChunkerKind, ErrorKind, InitOptions, SnapshotDoc, SnapshotOptions, Store, StoreError,
 };
@@ -157,6 +159,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::Snapshot(cmd) => snapshot(&ctx, cmd),
         Command::Account(cmd) => account(&ctx, cmd),
+        Command::Volume(cmd) => volume(&ctx, cmd),
+        Command::Trash(cmd) => trash(&ctx, cmd),
         Command::Key(cmd) => key(&ctx, cmd),
         Command::Check { read_data } => {
             let store = ctx.open()?;
@@ -327,6 +331,15 @@ fn snapshot(ctx: &Ctx<'_>, cmd: &SnapshotCmd) -> anyhow::Result<()> {
                 t.trim_end().to_string()
             })
         }
+        SnapshotCmd::Delete { snapshot } => {
+            let e = store.delete_snapshot(&access()?, snapshot)?;
+            ctx.output(&e, || {
+                format!(
+                    "moved {} to the trash; restorable until {} with `blocksnap trash restore {}`",
+                    e.id, e.expires, e.id
+                )
+            })
+        }
         SnapshotCmd::Restore { snapshot, output } => {
             let r = store.restore(&access()?, snapshot, output, &ctx.progress)?;
             ctx.output(&r, || {
@@ -454,6 +467,61 @@ fn key(ctx: &Ctx<'_>, cmd: &KeyCmd) -> anyhow::Result<()> {
                 }
                 t
             })
+        }
+    }
+}
+
+fn volume(ctx: &Ctx<'_>, cmd: &VolumeCmd) -> anyhow::Result<()> {
+    let store = ctx.open()?;
+    let row = |v: &blocksnap_store::VolumeDoc| {
+        let tags: Vec<_> = v.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!("{:<20} {:<40} {}", v.name, v.path, tags.join(","))
+    };
+    match cmd {
+        VolumeCmd::Add { name, path, tags } => {
+            let v = store.add_volume(name, path, tags.iter().cloned().collect())?;
+            ctx.output(&v, || format!("added volume {}", row(&v)))
+        }
+        VolumeCmd::List => {
+            let vols = store.list_volumes()?;
+            ctx.output(&vols, || {
+                let mut t = format!("{:<20} {:<40} {}", "NAME", "PATH", "TAGS");
+                for v in &vols {
+                    t += &format!("\n{}", row(v));
+                }
+                t
+            })
+        }
+    }
+}
+
+fn trash(ctx: &Ctx<'_>, cmd: &TrashCmd) -> anyhow::Result<()> {
+    let store = ctx.open()?;
+    let table = |entries: &[blocksnap_store::TrashEntry]| {
+        let mut t = format!(
+            "{:<22} {:<9} {:<20} {:<25} {}",
+            "ID", "KIND", "VOLUME", "DELETED", "EXPIRES"
+        );
+        for e in entries {
+            t += &format!(
+                "\n{:<22} {:<9} {:<20} {:<25} {}",
+                e.id, e.kind, e.volume, e.deleted, e.expires
+            );
+        }
+        t
+    };
+    match cmd {
+        TrashCmd::List => {
+            let entries = store.trash_entries()?;
+            ctx.output(&entries, || table(&entries))
+        }
+        TrashCmd::Restore { id } => {
+            let e = store.restore_trash(id)?;
+            ctx.output(&e, || format!("restored {} from the trash", e.id))
+        }
+        TrashCmd::Empty { expired } => {
+            let removed = store.empty_trash(*expired)?;
+            ctx.output(&removed, || format!("removed {} entries from the trash for good; their data stays in the packs until a prune (not yet available) reclaims it", removed.len()))
         }
     }
 }

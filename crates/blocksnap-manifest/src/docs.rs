@@ -227,6 +227,13 @@ pub struct ConfigDoc {
     pub compression_level: i32,
     /// The account created with the store: the default `--account`.
     pub default_account: String,
+    /// Days a deleted snapshot stays restorable in the trash.
+    #[serde(default = "default_trash_days")]
+    pub trash_retention_days: u32,
+}
+
+fn default_trash_days() -> u32 {
+    7
 }
 
 impl Document for ConfigDoc {
@@ -247,6 +254,13 @@ impl Document for ConfigDoc {
                 Self::KIND,
                 "compression_level",
                 "must be between -7 and 22",
+            ));
+        }
+        if self.trash_retention_days > 36_500 {
+            return Err(DocError::invalid(
+                Self::KIND,
+                "trash_retention_days",
+                "must be at most 36500",
             ));
         }
         validate_name(Self::KIND, "default_account", &self.default_account)
@@ -450,6 +464,89 @@ impl Document for SnapshotDoc {
             ));
         }
         Ok(())
+    }
+}
+
+/// `volumes/NAME.json`: a named disk image or block device with tags.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeDoc {
+    /// `blocksnap.volume/v1`.
+    pub format: String,
+    /// The volume's name.
+    pub name: String,
+    /// The image file or block device, as an absolute path.
+    pub path: String,
+    /// Tags (policies select volumes by them).
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// When it was added.
+    pub created: String,
+}
+
+impl Document for VolumeDoc {
+    const KIND: &'static str = "volume";
+    const FORMAT: &'static str = "blocksnap.volume/v1";
+    fn validate(&self) -> Result<(), DocError> {
+        validate_name(Self::KIND, "name", &self.name)?;
+        validate_tags(Self::KIND, &self.tags)?;
+        validate_time(Self::KIND, "created", &self.created)?;
+        if !self.path.starts_with('/') || self.path.len() > 4096 || self.path.contains('\0') {
+            return Err(DocError::invalid(
+                Self::KIND,
+                "path",
+                "must be an absolute path",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `trash/ID.json`: a deleted snapshot, restorable until `expires`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrashDoc {
+    /// `blocksnap.trash/v1`.
+    pub format: String,
+    /// The deleted object's id.
+    pub id: SnapshotId,
+    /// What it is (`snapshot`).
+    pub kind: String,
+    /// When it was deleted.
+    pub deleted: String,
+    /// When it may be removed for good.
+    pub expires: String,
+    /// The account that deleted it.
+    pub deleted_by: String,
+    /// The deleted document, whole.
+    pub snapshot: SnapshotDoc,
+}
+
+impl Document for TrashDoc {
+    const KIND: &'static str = "trash";
+    const FORMAT: &'static str = "blocksnap.trash/v1";
+    fn validate(&self) -> Result<(), DocError> {
+        validate_time(Self::KIND, "deleted", &self.deleted)?;
+        validate_time(Self::KIND, "expires", &self.expires)?;
+        validate_name(Self::KIND, "deleted_by", &self.deleted_by)?;
+        if self.kind != "snapshot" {
+            return Err(DocError::invalid(
+                Self::KIND,
+                "kind",
+                format!(
+                    "'{}' is not known",
+                    self.kind.chars().take(20).collect::<String>()
+                ),
+            ));
+        }
+        if self.snapshot.id != self.id {
+            return Err(DocError::invalid(
+                Self::KIND,
+                "id",
+                "differs from the snapshot's id",
+            ));
+        }
+        self.snapshot.validate()
     }
 }
 

@@ -72,7 +72,10 @@ pub fn read(path: &Path) -> Result<Vec<u8>> {
 
 /// The current time in RFC 3339, UTC, to the millisecond.
 pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
+    rfc3339(jiff::Timestamp::now())
+}
+
+/// A time in RFC 3339, UTC, to the millisecond (sortable as text).
+pub fn rfc3339(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }

@@ -29,6 +29,7 @@ mod access;
 mod check;
 mod error;
 mod fsutil;
+mod lifecycle;
 mod progress;
 mod repair;
 mod restore;
@@ -40,6 +41,7 @@ mod store;
 pub use access::Access;
 pub use check::CheckReport;
 pub use error::{ErrorKind, Result, StoreError};
+pub use lifecycle::TrashEntry;
 pub use progress::{NoProgress, Progress};
 pub use repair::RepairReport;
 pub use restore::RestoreReport;
@@ -50,4 +52,4 @@ pub use store::{
 };
 
 pub use blocksnap_chunker::ChunkerKind;
-pub use blocksnap_manifest::{AccountDoc, Document, KeyDoc, SnapshotDoc, SnapshotId};
+pub use blocksnap_manifest::{AccountDoc, Document, KeyDoc, SnapshotDoc, SnapshotId, VolumeDoc};

@@ -72,16 +72,25 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<SnapshotReport> {
         let started = Instant::now();
-        let volume = match &opts.volume {
-            Some(v) => v.clone(),
-            None => volume_name_of(&opts.source)?,
+        // SOURCE is a path, or the name of a registered volume.
+        let registered = match opts.source.to_str() {
+            Some(name) if !opts.source.exists() => self.volume(name)?,
+            _ => None,
+        };
+        let source_path = registered
+            .as_ref()
+            .map_or_else(|| opts.source.clone(), |v| PathBuf::from(&v.path));
+        let volume = match (&opts.volume, &registered) {
+            (Some(v), _) => v.clone(),
+            (None, Some(r)) => r.name.clone(),
+            (None, None) => volume_name_of(&opts.source)?,
         };
         blocksnap_manifest::validate_name("snapshot", "volume", &volume)
             .map_err(|e| StoreError::Usage(format!("volume name: {e}")))?;
         blocksnap_manifest::validate_tags("snapshot", &opts.tags)
             .map_err(|e| StoreError::Usage(e.to_string()))?;
         let codec = self.codec_for_new(access, opts.key.as_deref())?;
-        let source = Source::open(&opts.source)?;
+        let source = Source::open(&source_path)?;
         let parent = self.latest_snapshot(&volume)?.map(|s| s.id);
         let chunker = Chunker::new(self.chunker_params())
             .map_err(|e| StoreError::Damaged(format!("store config: {e}")))?;
@@ -143,7 +152,7 @@ impl Store {
         if total != source.size {
             return Err(StoreError::Other(format!(
                 "{} changed size while being read ({} bytes, then {total}); snapshot a quiet image",
-                opts.source.display(),
+                source_path.display(),
                 source.size
             )));
         }

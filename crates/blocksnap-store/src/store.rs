@@ -95,7 +95,15 @@ impl std::fmt::Debug for Store {
 }
 
 /// The directories of a store.
-pub(crate) const DIRS: [&str; 5] = ["accounts", "keys", "packs", "snapshots", "locks"];
+pub(crate) const DIRS: [&str; 7] = [
+    "accounts",
+    "keys",
+    "packs",
+    "snapshots",
+    "volumes",
+    "trash",
+    "locks",
+];
 
 impl Store {
     /// True if `path` holds a store (has a `config`).
@@ -146,6 +154,7 @@ impl Store {
             pack_size: DEFAULT_PACK_SIZE,
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             default_account: opts.account.clone(),
+            trash_retention_days: 7,
         };
         let store = Store {
             root: path.to_path_buf(),
