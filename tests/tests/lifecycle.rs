@@ -60,3 +60,102 @@ fn volumes_delete_and_trash_round_trip() {
     let gone = env.run(&["snapshot", "restore", &id, out.to_str().unwrap()]);
     assert_eq!(gone.status.code(), Some(2));
 }
+
+fn store_bytes(env: &Env) -> u64 {
+    env.packs()
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
+}
+
+/// After deleting a disk's snapshots and emptying the trash, prune shrinks the store by about
+/// that disk's unique data, keeps everything the other disk needs, and check still passes.
+#[test]
+fn prune_reclaims_a_deleted_disk_and_keeps_the_rest() {
+    let env = Env::new("prune");
+    env.init(&[]);
+    let keep_img = env.path("keep.img");
+    let gone_img = env.path("gone.img");
+    let shared = random_bytes(4 << 20, 60);
+    write_at(&keep_img, 32 << 20, 0, &shared);
+    write_at(&keep_img, 32 << 20, 8 << 20, &random_bytes(6 << 20, 61));
+    write_at(&gone_img, 32 << 20, 0, &shared);
+    write_at(&gone_img, 32 << 20, 16 << 20, &random_bytes(10 << 20, 62));
+    let keep = env.snapshot(&keep_img, "keep");
+    let gone1 = env.snapshot(&gone_img, "gone");
+    write_at(&gone_img, 32 << 20, 28 << 20, &random_bytes(2 << 20, 63));
+    let gone2 = env.snapshot(&gone_img, "gone");
+    let before = store_bytes(&env);
+
+    // Nothing is garbage yet.
+    let dry = env.json(&["prune", "--dry-run"]);
+    assert_eq!(dry["packs_deleted"], 0, "{dry}");
+    for s in [&gone1, &gone2] {
+        env.json(&["snapshot", "delete", s["id"].as_str().unwrap()]);
+    }
+    // In the trash: still referenced, nothing reclaimed.
+    let r = env.json(&["prune"]);
+    assert_eq!(r["bytes_reclaimed"], 0, "{r}");
+    assert_eq!(store_bytes(&env), before);
+
+    env.json(&["trash", "empty"]);
+    let dry = env.json(&["prune", "--dry-run"]);
+    assert_eq!(store_bytes(&env), before, "a dry run changes nothing");
+    let r = env.json(&["prune"]);
+    for f in ["packs_deleted", "bytes_reclaimed"] {
+        assert!(r.get(f).is_some(), "prune --json lacks {f}: {r}");
+    }
+    let after = store_bytes(&env);
+    let unique = (12u64 << 20) as f64; // 10 MiB + 2 MiB only the deleted disk had
+    let shrunk = (before - after) as f64;
+    assert!(
+        shrunk > unique * 0.8 && shrunk < unique * 1.2,
+        "shrunk by {shrunk}, unique {unique}; {r}"
+    );
+    assert!(dry["bytes_reclaimed"].as_u64().unwrap() > 0);
+
+    let out = env.path("o.img");
+    env.restore(keep["id"].as_str().unwrap(), &out);
+    assert_same(&keep_img, &out);
+    let check = env.run(&["--json", "check", "--read-data"]);
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    // The shared chunks are still deduplicated against: re-snapshotting keep stores nothing.
+    assert_eq!(env.snapshot(&keep_img, "keep")["chunks_new"], 0);
+}
+
+/// A pack that is mostly garbage is rewritten with only its live chunks.
+#[test]
+fn prune_rewrites_mostly_garbage_packs() {
+    let env = Env::new("prune_repack");
+    env.init(&[]);
+    let a = random_bytes(2 << 20, 70);
+    let mixed = env.path("mixed.img");
+    write_at(&mixed, 16 << 20, 0, &a);
+    write_at(&mixed, 16 << 20, 4 << 20, &random_bytes(8 << 20, 71));
+    let only_a = env.path("a.img");
+    write_at(&only_a, 16 << 20, 0, &a);
+    let m = env.snapshot(&mixed, "mixed");
+    let k = env.snapshot(&only_a, "a");
+    assert_eq!(k["chunks_new"], 0, "a's data is all in mixed's pack");
+    env.json(&["snapshot", "delete", m["id"].as_str().unwrap()]);
+    env.json(&["trash", "empty"]);
+    let r = env.json(&["prune"]);
+    assert_eq!(r["packs_rewritten"], 1, "{r}");
+    assert!(r["chunks_moved"].as_u64().unwrap() > 0);
+    assert!(r["bytes_reclaimed"].as_u64().unwrap() > 6 << 20, "{r}");
+    let out = env.path("o.img");
+    env.restore(k["id"].as_str().unwrap(), &out);
+    assert_same(&only_a, &out);
+    let check = env.run(&["--json", "check", "--read-data"]);
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}

@@ -49,6 +49,16 @@ pub enum Command {
     /// Rebuild derived state from the packs.
     #[command(subcommand)]
     Repair(RepairCmd),
+    /// Delete what no snapshot (live or in the trash) references, and rewrite packs that are
+    /// mostly garbage. Removes expired trash entries first.
+    Prune {
+        /// Show what would be reclaimed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Rewrite a pack when more than this fraction of it is garbage.
+        #[arg(long, value_name = "FRACTION", default_value_t = 0.5)]
+        repack_threshold: f64,
+    },
     /// Verify the store: documents, pack trailers, the index, every snapshot's chunks.
     /// Exits 4 when it finds damage, and lists the packs, chunks and snapshots affected.
     Check {

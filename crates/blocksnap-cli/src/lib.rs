@@ -162,6 +162,32 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Volume(cmd) => volume(&ctx, cmd),
         Command::Trash(cmd) => trash(&ctx, cmd),
         Command::Key(cmd) => key(&ctx, cmd),
+        Command::Prune {
+            dry_run,
+            repack_threshold,
+        } => {
+            let store = ctx.open()?;
+            let access = store.access(cli.account.as_deref(), cli.identity.as_deref())?;
+            let opts = blocksnap_store::PruneOptions {
+                dry_run: *dry_run,
+                repack_threshold: *repack_threshold,
+            };
+            let r = store.prune(&access, opts, &ctx.progress)?;
+            for p in &r.packs_unreadable {
+                ctx.note(&format!("kept, unreadable: {p}"));
+            }
+            ctx.output(&r, || {
+                format!(
+                    "{}{} packs deleted, {} rewritten ({} chunks moved, {} dropped): {} reclaimed",
+                    if r.dry_run { "dry run: " } else { "" },
+                    r.packs_deleted,
+                    r.packs_rewritten,
+                    r.chunks_moved,
+                    r.chunks_deleted,
+                    human(r.bytes_reclaimed)
+                )
+            })
+        }
         Command::Check { read_data } => {
             let store = ctx.open()?;
             let access = store.access(cli.account.as_deref(), cli.identity.as_deref())?;
@@ -521,7 +547,7 @@ fn trash(ctx: &Ctx<'_>, cmd: &TrashCmd) -> anyhow::Result<()> {
         }
         TrashCmd::Empty { expired } => {
             let removed = store.empty_trash(*expired)?;
-            ctx.output(&removed, || format!("removed {} entries from the trash for good; their data stays in the packs until a prune (not yet available) reclaims it", removed.len()))
+            ctx.output(&removed, || format!("removed {} entries from the trash for good; `blocksnap prune` reclaims their space", removed.len()))
         }
     }
 }

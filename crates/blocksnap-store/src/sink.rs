@@ -37,6 +37,8 @@ pub(crate) struct ChunkSink<'a> {
     index: &'a Index,
     pack: Option<OpenPack>,
     pending: HashSet<ChunkId>,
+    /// Store chunks even when the index knows them (prune moving live chunks to new packs).
+    relocate: bool,
     pub stats: SinkStats,
 }
 
@@ -48,8 +50,16 @@ impl<'a> ChunkSink<'a> {
             index,
             pack: None,
             pending: HashSet::new(),
+            relocate: false,
             stats: SinkStats::default(),
         }
+    }
+
+    /// A sink that writes every chunk it is given, and points the index at the new copies.
+    pub fn relocating(store: &'a Store, codec: &'a ChunkCodec, index: &'a Index) -> Self {
+        let mut sink = Self::new(store, codec, index);
+        sink.relocate = true;
+        sink
     }
 
     /// Stores whichever of `chunks` the store lacks.
@@ -57,7 +67,7 @@ impl<'a> ChunkSink<'a> {
         self.stats.chunks += chunks.len() as u64;
         let mut fresh = Vec::new();
         for (id, data) in chunks {
-            if self.pending.contains(&id) || self.index.contains(&id)? {
+            if self.pending.contains(&id) || (!self.relocate && self.index.contains(&id)?) {
                 continue;
             }
             self.pending.insert(id);
