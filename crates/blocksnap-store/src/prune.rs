@@ -93,11 +93,14 @@ impl Store {
         let snapshots = self.referenced_snapshots()?;
         progress.start("prune: mark", snapshots.len() as u64);
         for doc in &snapshots {
-            if !codecs.contains_key(&doc.key) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = codecs.entry(doc.key) {
                 let codec = self.codec(access, doc.key).map_err(|e| {
-                    StoreError::Denied(format!("prune must read every snapshot, and snapshot {} is under a key it cannot use: {e}", doc.id))
+                    StoreError::Denied(format!(
+                        "prune must read every snapshot, and snapshot {} is under a key it cannot use: {e}",
+                        doc.id
+                    ))
                 })?;
-                codecs.insert(doc.key, codec);
+                slot.insert(codec);
             }
             let reader = ChunkReader::new(self, &codecs[&doc.key], &index);
             live.extend(doc.extents.chunks.iter().copied());
@@ -135,10 +138,10 @@ impl Store {
                     continue;
                 }
             };
-            if !codecs.contains_key(&key) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = codecs.entry(key) {
                 match self.codec(access, key) {
                     Ok(c) => {
-                        codecs.insert(key, c);
+                        slot.insert(c);
                     }
                     Err(e) => {
                         report.packs_unreadable.push(format!("pack {pack_id}: {e}"));
