@@ -128,18 +128,7 @@ impl Store {
 
     /// Every account, by name.
     pub fn list_accounts(&self) -> Result<Vec<AccountDoc>> {
-        let dir = self.root().join("accounts");
-        let mut out = Vec::new();
-        for e in fs::read_dir(&dir).map_err(StoreError::io("cannot list", &dir))? {
-            let path = e.map_err(StoreError::io("cannot list", &dir))?.path();
-            if path.extension().and_then(|x| x.to_str()) != Some("json") {
-                continue;
-            }
-            out.push(
-                AccountDoc::from_json(&fsutil::read(&path)?)
-                    .map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))?,
-            );
-        }
+        let mut out: Vec<AccountDoc> = crate::store::read_docs(&self.root().join("accounts"))?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
@@ -240,18 +229,7 @@ impl Store {
 
     /// Every key document.
     pub fn list_keys(&self) -> Result<Vec<KeyDoc>> {
-        let dir = self.root().join("keys");
-        let mut out = Vec::new();
-        for e in fs::read_dir(&dir).map_err(StoreError::io("cannot list", &dir))? {
-            let path = e.map_err(StoreError::io("cannot list", &dir))?.path();
-            if path.extension().and_then(|x| x.to_str()) != Some("json") {
-                continue;
-            }
-            out.push(
-                KeyDoc::from_json(&fsutil::read(&path)?)
-                    .map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))?,
-            );
-        }
+        let mut out: Vec<KeyDoc> = crate::store::read_docs(&self.root().join("keys"))?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::access::Access;
 use crate::error::{Result, StoreError};
-use crate::fsutil::{self, TMP_PREFIX};
+use crate::fsutil;
 use crate::store::Store;
 
 /// A trash entry as `trash list` prints it.
@@ -69,7 +69,7 @@ impl Store {
 
     /// Every registered volume, by name.
     pub fn list_volumes(&self) -> Result<Vec<VolumeDoc>> {
-        read_docs(&self.root().join("volumes"))
+        crate::store::read_docs(&self.root().join("volumes"))
     }
 
     /// A registered volume, if `name` is one.
@@ -114,7 +114,7 @@ impl Store {
 
     /// Every tombstone, oldest deletion first.
     pub fn list_trash(&self) -> Result<Vec<TrashDoc>> {
-        let mut v: Vec<TrashDoc> = read_docs(&self.root().join("trash"))?;
+        let mut v: Vec<TrashDoc> = crate::store::read_docs(&self.root().join("trash"))?;
         v.sort_by(|a, b| (&a.deleted, a.id).cmp(&(&b.deleted, b.id)));
         Ok(v)
     }
@@ -188,34 +188,4 @@ fn entry(t: &TrashDoc) -> TrashEntry {
         volume: t.snapshot.volume.clone(),
         size: t.snapshot.size,
     }
-}
-
-fn read_docs<D: Document>(dir: &Path) -> Result<Vec<D>> {
-    let mut out = Vec::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => {
-            return Err(StoreError::Io {
-                what: "cannot list",
-                path: dir.into(),
-                source: e,
-            });
-        }
-    };
-    for e in entries {
-        let path = e.map_err(StoreError::io("cannot list", dir))?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        if !name.ends_with(".json") || name.starts_with(TMP_PREFIX) {
-            continue;
-        }
-        out.push(
-            D::from_json(&fsutil::read(&path)?)
-                .map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))?,
-        );
-    }
-    Ok(out)
 }

@@ -11,7 +11,6 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 
-use blocksnap_index::Location;
 use blocksnap_manifest::{ChunkId, Extent, KeyId, PackId};
 use blocksnap_pack::{ChunkCodec, PackHeader, read_trailer};
 use serde::Serialize;
@@ -21,7 +20,7 @@ use crate::error::{Result, StoreError};
 use crate::fsutil::TMP_PREFIX;
 use crate::progress::Progress;
 use crate::restore::ChunkReader;
-use crate::sink::ChunkSink;
+use crate::sink::{ChunkSink, location};
 use crate::store::Store;
 
 /// Options of `prune`.
@@ -161,12 +160,7 @@ impl Store {
                 .len();
             let (mut keep, mut drop_ids, mut garbage) = (Vec::new(), Vec::new(), 0u64);
             for e in &entries {
-                let here = Location {
-                    pack: *pack_id,
-                    offset: e.offset,
-                    stored_len: e.stored_len,
-                    raw_len: e.raw_len,
-                };
+                let here = location(*pack_id, e);
                 let is_live = live.contains(&e.id)
                     && match index.get(&e.id)? {
                         Some(loc) => loc.pack == *pack_id,

@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 
-use blocksnap_index::Location;
 use blocksnap_manifest::KeyId;
 use blocksnap_pack::{ChunkCodec, read_trailer};
 use serde::Serialize;
@@ -11,6 +10,7 @@ use serde::Serialize;
 use crate::access::Access;
 use crate::error::{Result, StoreError};
 use crate::progress::Progress;
+use crate::sink::location;
 use crate::store::Store;
 
 /// What `repair index` did.
@@ -60,20 +60,7 @@ impl Store {
             });
             match trailer {
                 Ok((_, entries)) => {
-                    let locs: Vec<_> = entries
-                        .iter()
-                        .map(|e| {
-                            (
-                                e.id,
-                                Location {
-                                    pack: id,
-                                    offset: e.offset,
-                                    stored_len: e.stored_len,
-                                    raw_len: e.raw_len,
-                                },
-                            )
-                        })
-                        .collect();
+                    let locs: Vec<_> = entries.iter().map(|e| (e.id, location(id, e))).collect();
                     index.insert_batch(&locs)?;
                     report.packs += 1;
                     report.chunks += locs.len() as u64;

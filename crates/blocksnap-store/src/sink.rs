@@ -163,20 +163,7 @@ impl<'a> ChunkSink<'a> {
             fs::rename(&tmp, &path)
                 .map_err(StoreError::io("cannot rename pack into place", &path))?;
             fsutil::sync_dir(dir)?;
-            let locs: Vec<_> = entries
-                .iter()
-                .map(|e| {
-                    (
-                        e.id,
-                        Location {
-                            pack: id,
-                            offset: e.offset,
-                            stored_len: e.stored_len,
-                            raw_len: e.raw_len,
-                        },
-                    )
-                })
-                .collect();
+            let locs: Vec<_> = entries.iter().map(|e| (e.id, location(id, e))).collect();
             self.index.insert_batch(&locs)?;
             self.stats.bytes_stored += len;
             self.stats.packs += 1;
@@ -249,5 +236,15 @@ impl MetaWriter {
         after.chunks_new = before.chunks_new;
         after.bytes_new = before.bytes_new;
         Ok(())
+    }
+}
+
+/// Where a trailer entry of pack `pack` is, as the index records it.
+pub(crate) fn location(pack: blocksnap_manifest::PackId, e: &blocksnap_pack::Entry) -> Location {
+    Location {
+        pack,
+        offset: e.offset,
+        stored_len: e.stored_len,
+        raw_len: e.raw_len,
     }
 }

@@ -411,6 +411,37 @@ impl Store {
     }
 }
 
+/// Every document in `dir` (none if it does not exist); a damaged one is an error naming it.
+pub(crate) fn read_docs<D: Document>(dir: &Path) -> Result<Vec<D>> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => {
+            return Err(StoreError::Io {
+                what: "cannot list",
+                path: dir.into(),
+                source: e,
+            });
+        }
+    };
+    for e in entries {
+        let path = e.map_err(StoreError::io("cannot list", dir))?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if !name.ends_with(".json") || name.starts_with(TMP_PREFIX) {
+            continue;
+        }
+        out.push(
+            D::from_json(&fsutil::read(&path)?)
+                .map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))?,
+        );
+    }
+    Ok(out)
+}
+
 pub(crate) fn chunker_doc(p: ChunkerParams) -> ChunkerDoc {
     let kind = match p.kind {
         ChunkerKind::Cdc => ChunkerKindDoc::Cdc,
