@@ -86,3 +86,97 @@ fn snapshot_killed_at_twenty_moments_loses_nothing_committed() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(to);
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// A prune killed at twenty moments, each time on a fresh copy of the same store: afterwards
+/// `check` passes, the live snapshot restores byte-identical, and a new prune completes.
+#[test]
+fn prune_killed_at_twenty_moments_loses_nothing_live() {
+    let env = Env::new("crash_prune");
+    env.init(&[]);
+    // One pack mixes data that stays live with data that becomes garbage, so prune rewrites it;
+    // another disk's packs become garbage whole, so prune deletes them.
+    let live = random_bytes(8 << 20, 80);
+    let mixed = env.path("mixed.img");
+    write_at(&mixed, 96 << 20, 0, &live);
+    write_at(&mixed, 96 << 20, 32 << 20, &random_bytes(40 << 20, 81));
+    let keep_img = env.path("keep.img");
+    write_at(&keep_img, 96 << 20, 0, &live);
+    let gone_img = env.path("gone.img");
+    write_at(&gone_img, 96 << 20, 0, &random_bytes(48 << 20, 82));
+    let m = env.snapshot(&mixed, "mixed");
+    let keep = env.snapshot(&keep_img, "keep");
+    let g = env.snapshot(&gone_img, "gone");
+    for s in [&m, &g] {
+        env.json(&["snapshot", "delete", s["id"].as_str().unwrap()]);
+    }
+    env.json(&["trash", "empty"]);
+    let keep_id = keep["id"].as_str().unwrap().to_string();
+
+    let template = env.path("template");
+    copy_dir(&env.store, &template);
+    let started = Instant::now();
+    let full = env.json(&["prune"]);
+    let duration = started.elapsed().max(Duration::from_millis(100));
+    assert!(
+        full["packs_deleted"].as_u64().unwrap() >= 1
+            && full["packs_rewritten"].as_u64().unwrap() >= 1,
+        "{full}"
+    );
+
+    let mut killed_mid_run = 0;
+    for i in 0..20u64 {
+        copy_dir(&template, &env.store);
+        let delay = duration.mul_f64((i as f64 + 0.5) / 20.0);
+        let mut child = env
+            .cmd()
+            .args(["-q", "prune"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            killed_mid_run += 1;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let out = env.run(&["--json", "check"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "after kill {i}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        );
+        if i % 4 == 3 {
+            let r = env.path("r.img");
+            env.restore(&keep_id, &r);
+            assert_same(&keep_img, &r);
+            std::fs::remove_file(&r).unwrap();
+            // The next prune completes and leaves a sound store.
+            env.json(&["prune"]);
+            let out = env.run(&["--json", "check", "--read-data"]);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "after kill {i} and prune: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+    assert!(
+        killed_mid_run >= 10,
+        "only {killed_mid_run} kills landed mid-run"
+    );
+}
