@@ -159,3 +159,99 @@ fn prune_rewrites_mostly_garbage_packs() {
         String::from_utf8_lossy(&check.stdout)
     );
 }
+
+/// Ten simulated days of a daily policy with `keep 7` leave exactly the newest seven
+/// snapshots; a schedule missed for days is caught up once; untagged volumes are left alone.
+#[test]
+fn policy_keeps_the_newest_seven_and_catches_up_once() {
+    let env = Env::new("policy");
+    env.init(&[]);
+    let img = env.path("db.img");
+    write_at(&img, 8 << 20, 0, &random_bytes(1 << 20, 90));
+    let other = env.path("other.img");
+    write_at(&other, 8 << 20, 0, &random_bytes(1 << 20, 91));
+    env.json(&[
+        "volume",
+        "add",
+        "db",
+        img.to_str().unwrap(),
+        "--tag",
+        "backup=daily",
+    ]);
+    env.json(&[
+        "volume",
+        "add",
+        "scratch",
+        other.to_str().unwrap(),
+        "--tag",
+        "backup=never",
+    ]);
+    let bad = env.run(&[
+        "policy",
+        "create",
+        "p",
+        "--target-tag",
+        "backup=daily",
+        "--schedule",
+        "every day keep 7",
+    ]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    let p = env.json(&[
+        "policy",
+        "create",
+        "nightly",
+        "--target-tag",
+        "backup=daily",
+        "--schedule",
+        "daily: every 1d at 03:00 keep 7",
+    ]);
+    assert_eq!(p["schedules"].as_array().unwrap().len(), 1);
+
+    let mut taken = Vec::new();
+    for day in 1..=10 {
+        // Run twice a day: only the first run after 03:00 takes a snapshot.
+        for hour in ["04:00", "18:00"] {
+            let at = format!("2026-01-{day:02}T{hour}:00Z");
+            let r = env.json(&["policy", "run", "--at", &at]);
+            if hour == "04:00" {
+                assert_eq!(r["taken"].as_array().unwrap().len(), 1, "{at}: {r}");
+                taken.push(r["taken"][0]["snapshot"].as_str().unwrap().to_string());
+            } else {
+                assert!(r["taken"].as_array().unwrap().is_empty(), "{at}: {r}");
+            }
+        }
+        // Change the disk a little every day.
+        write_at(&img, 8 << 20, 2 << 20, &random_bytes(64 << 10, 100 + day));
+    }
+    let list = env.json(&["snapshot", "list", "--tag", "blocksnap:policy=nightly"]);
+    let ids: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, taken[3..].to_vec(), "exactly the newest seven remain");
+    assert_eq!(list[0]["tags"]["blocksnap:schedule"], "daily");
+    assert_eq!(env.json(&["trash", "list"]).as_array().unwrap().len(), 3);
+    assert!(
+        env.json(&["snapshot", "list", "--volume", "scratch"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // Off for five days: the next run takes one snapshot, not five.
+    let r = env.json(&["policy", "run", "--at", "2026-01-15T12:00:00Z"]);
+    assert_eq!(r["taken"].as_array().unwrap().len(), 1, "{r}");
+    let r = env.json(&["policy", "run", "--at", "2026-01-15T13:00:00Z"]);
+    assert!(r["taken"].as_array().unwrap().is_empty(), "{r}");
+    // A snapshot the policy did not take is never expired by it.
+    let manual = env.json(&["snapshot", "create", "db"]);
+    env.json(&["policy", "run", "--at", "2026-01-20T04:00:00Z"]);
+    let all = env
+        .json(&["snapshot", "list", "--volume", "db"])
+        .to_string();
+    assert!(all.contains(manual["id"].as_str().unwrap()));
+    assert_eq!(env.json(&["policy", "list"]).as_array().unwrap().len(), 1);
+    env.json(&["policy", "delete", "nightly"]);
+}

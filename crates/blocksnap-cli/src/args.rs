@@ -43,6 +43,9 @@ pub enum Command {
     /// Deleted snapshots, restorable until the trash retention ends (default 7 days).
     #[command(subcommand)]
     Trash(TrashCmd),
+    /// Lifecycle policies: scheduled snapshots of tagged volumes, with retention.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Take, list, show and restore snapshots of disk images.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
@@ -220,5 +223,41 @@ pub enum TrashCmd {
         /// Only those whose retention has ended.
         #[arg(long)]
         expired: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Create a policy: snapshot every volume carrying any target tag on each schedule.
+    ///
+    /// A schedule is `[NAME:] every N(h|d|w|mo|y) [at HH:MM] keep (N | N(d|w|mo|y))`, e.g.
+    /// "daily: every 1d at 03:00 keep 7" or "every 1mo keep 1y"; times are UTC.
+    Create {
+        /// The policy's name.
+        name: String,
+        /// A volume tag that selects volumes; repeat for more (any one matches).
+        #[arg(long = "target-tag", value_name = "K=V", value_parser = crate::parse::tag, required = true)]
+        target_tags: Vec<(String, String)>,
+        /// A schedule; give one to four.
+        #[arg(long = "schedule", value_name = "SPEC", required = true)]
+        schedules: Vec<String>,
+    },
+    /// List policies.
+    List,
+    /// Show one policy.
+    Show {
+        /// The policy's name.
+        name: String,
+    },
+    /// Delete a policy (the snapshots it took stay).
+    Delete {
+        /// The policy's name.
+        name: String,
+    },
+    /// Take the snapshots that are due and expire old ones (run it from cron or a timer).
+    Run {
+        /// Act as if the time were this (RFC 3339) [default: now].
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
     },
 }

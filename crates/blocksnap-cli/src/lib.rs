@@ -13,7 +13,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use args::{
-    AccountCmd, ChunkerArg, Cli, Command, KeyCmd, RepairCmd, SnapshotCmd, TrashCmd, VolumeCmd,
+    AccountCmd, ChunkerArg, Cli, Command, KeyCmd, PolicyCmd, RepairCmd, SnapshotCmd, TrashCmd,
+    VolumeCmd,
 };
 use blocksnap_store::{
     ChunkerKind, ErrorKind, InitOptions, SnapshotDoc, SnapshotOptions, Store, StoreError,
@@ -161,6 +162,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Account(cmd) => account(&ctx, cmd),
         Command::Volume(cmd) => volume(&ctx, cmd),
         Command::Trash(cmd) => trash(&ctx, cmd),
+        Command::Policy(cmd) => policy(&ctx, cmd),
         Command::Key(cmd) => key(&ctx, cmd),
         Command::Prune {
             dry_run,
@@ -294,6 +296,7 @@ fn snapshot(ctx: &Ctx<'_>, cmd: &SnapshotCmd) -> anyhow::Result<()> {
                 key: a.key.clone(),
                 tags: a.tags.iter().cloned().collect(),
                 description: a.description.clone(),
+                created: None,
             };
             let r = store
                 .snapshot(&access()?, &opts, &ctx.progress)
@@ -548,6 +551,82 @@ fn trash(ctx: &Ctx<'_>, cmd: &TrashCmd) -> anyhow::Result<()> {
         TrashCmd::Empty { expired } => {
             let removed = store.empty_trash(*expired)?;
             ctx.output(&removed, || format!("removed {} entries from the trash for good; `blocksnap prune` reclaims their space", removed.len()))
+        }
+    }
+}
+
+fn policy(ctx: &Ctx<'_>, cmd: &PolicyCmd) -> anyhow::Result<()> {
+    let cli = ctx.cli;
+    let store = ctx.open()?;
+    let describe = |p: &blocksnap_store::PolicyDoc| {
+        let tags: Vec<_> = p
+            .target_tags
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let mut t = format!("{} (targets {})", p.name, tags.join(" or "));
+        for s in &p.schedules {
+            t += &format!("\n  {s}");
+        }
+        t
+    };
+    match cmd {
+        PolicyCmd::Create {
+            name,
+            target_tags,
+            schedules,
+        } => {
+            let p = store.create_policy(name, target_tags.iter().cloned().collect(), schedules)?;
+            ctx.output(&p, || format!("created policy {}", describe(&p)))
+        }
+        PolicyCmd::List => {
+            let ps = store.list_policies()?;
+            ctx.output(&ps, || {
+                ps.iter().map(describe).collect::<Vec<_>>().join("\n")
+            })
+        }
+        PolicyCmd::Show { name } => {
+            let p = store.policy(name)?;
+            ctx.output(&p, || describe(&p))
+        }
+        PolicyCmd::Delete { name } => {
+            let p = store.delete_policy(name)?;
+            ctx.output(&p, || {
+                format!("deleted policy {} (its snapshots stay)", p.name)
+            })
+        }
+        PolicyCmd::Run { at } => {
+            let access = store.access(cli.account.as_deref(), cli.identity.as_deref())?;
+            let r = store.run_policies(&access, at.as_deref(), &ctx.progress)?;
+            for e in &r.errors {
+                ctx.note(&format!("error: {e}"));
+            }
+            ctx.output(&r, || {
+                let mut t = String::new();
+                for a in &r.taken {
+                    t += &format!(
+                        "took {} of {} ({}/{})\n",
+                        a.snapshot, a.volume, a.policy, a.schedule
+                    );
+                }
+                for a in &r.expired {
+                    t += &format!(
+                        "expired {} of {} to the trash ({}/{})\n",
+                        a.snapshot, a.volume, a.policy, a.schedule
+                    );
+                }
+                t + &format!(
+                    "policy run at {}: {} taken, {} expired",
+                    r.at,
+                    r.taken.len(),
+                    r.expired.len()
+                )
+            })?;
+            if r.errors.is_empty() {
+                Ok(())
+            } else {
+                anyhow::bail!("{} volumes could not be snapshotted", r.errors.len())
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ mod docs;
 mod error;
 mod extent;
 mod id;
+mod policy;
 
 pub use docs::{
     AccountDoc, ChunkerDoc, ChunkerKindDoc, ConfigDoc, Document, ExtentsDoc, GrantDoc, KeyDoc,
@@ -25,3 +26,4 @@ pub use docs::{
 pub use error::{DocError, ExtentError};
 pub use extent::{EXTENT_MAGIC, Extent, ExtentDecoder, ExtentEncoder, MAX_DATA_EXTENT};
 pub use id::{ChunkId, IdError, KeyId, PackId, SnapshotId, StoreId};
+pub use policy::{Keep, Period, PolicyDoc, Schedule, Unit};

@@ -30,6 +30,7 @@ mod check;
 mod error;
 mod fsutil;
 mod lifecycle;
+mod policy;
 mod progress;
 mod prune;
 mod repair;
@@ -43,6 +44,7 @@ pub use access::Access;
 pub use check::CheckReport;
 pub use error::{ErrorKind, Result, StoreError};
 pub use lifecycle::TrashEntry;
+pub use policy::{PolicyAction, PolicyRunReport, TAG_POLICY, TAG_SCHEDULE};
 pub use progress::{NoProgress, Progress};
 pub use prune::{PruneOptions, PruneReport};
 pub use repair::RepairReport;
@@ -54,4 +56,6 @@ pub use store::{
 };
 
 pub use blocksnap_chunker::ChunkerKind;
-pub use blocksnap_manifest::{AccountDoc, Document, KeyDoc, SnapshotDoc, SnapshotId, VolumeDoc};
+pub use blocksnap_manifest::{
+    AccountDoc, Document, KeyDoc, PolicyDoc, SnapshotDoc, SnapshotId, VolumeDoc,
+};

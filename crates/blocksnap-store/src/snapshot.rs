@@ -30,6 +30,9 @@ pub struct SnapshotOptions {
     pub tags: BTreeMap<String, String>,
     /// Free text.
     pub description: String,
+    /// The time to record as the snapshot's creation (RFC 3339); default: now. Policies that
+    /// run for a given `--at` time record that time.
+    pub created: Option<String>,
 }
 
 /// What `snapshot create` did (the `--json` output).
@@ -166,7 +169,7 @@ impl Store {
             id: SnapshotId(u64::from_le_bytes(fsutil::random_bytes())),
             volume: volume.clone(),
             size: source.size,
-            created: fsutil::now_rfc3339(),
+            created: opts.created.clone().unwrap_or_else(fsutil::now_rfc3339),
             parent,
             key: codec.key_id(),
             owner: access.account.clone(),
