@@ -14,8 +14,11 @@ fn snapshot_killed_at_twenty_moments_loses_nothing_committed() {
     // so the kills spread over the whole run.
     let probe = Env::new("crash_snapshot_probe");
     probe.init(&[]);
+    // A real ext4 image of about 110 MiB of files, mostly new to the store under test.
+    let big_tree = probe.path("big-tree");
+    make_tree(&big_tree, 150, 32);
     let big = probe.path("big.img");
-    write_at(&big, 160 << 20, 0, &random_bytes(120 << 20, 32));
+    make_ext4(&big, 256 << 20, &big_tree);
     let started = Instant::now();
     probe.snapshot(&big, "probe");
     let duration = started.elapsed().max(Duration::from_millis(200));
@@ -73,8 +76,39 @@ fn snapshot_killed_at_twenty_moments_loses_nothing_committed() {
         killed_mid_run >= 10,
         "only {killed_mid_run} kills landed mid-run"
     );
-    // The next snapshot completes and restores; every snapshot listed is complete.
+    // The next snapshot completes and restores; every snapshot listed is complete. Prune then
+    // reclaims what the killed runs left: the store ends the size of a clean one, give or take.
     let done = env2.snapshot(&big, "big");
+    env2.json(&["prune"]);
+    let store_size: u64 = env2
+        .packs()
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    let clean: u64 = probe
+        .packs()
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum::<u64>()
+        + committed2["bytes_stored"].as_u64().unwrap();
+    assert!(
+        store_size <= clean + clean / 5,
+        "after kills and prune the store holds {store_size}, a clean one {clean}"
+    );
+    let leftovers = std::fs::read_dir(env2.store.join("packs"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".tmp-")
+        });
+    assert_eq!(
+        leftovers.count(),
+        0,
+        "prune removes the temporary packs of killed runs"
+    );
     let r = env2.path("big-r.img");
     env2.restore(done["id"].as_str().unwrap(), &r);
     assert_same(&big, &r);
@@ -104,16 +138,22 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 fn prune_killed_at_twenty_moments_loses_nothing_live() {
     let env = Env::new("crash_prune");
     env.init(&[]);
-    // One pack mixes data that stays live with data that becomes garbage, so prune rewrites it;
-    // another disk's packs become garbage whole, so prune deletes them.
-    let live = random_bytes(8 << 20, 80);
-    let mixed = env.path("mixed.img");
-    write_at(&mixed, 96 << 20, 0, &live);
-    write_at(&mixed, 96 << 20, 32 << 20, &random_bytes(40 << 20, 81));
-    let keep_img = env.path("keep.img");
-    write_at(&keep_img, 96 << 20, 0, &live);
-    let gone_img = env.path("gone.img");
-    write_at(&gone_img, 96 << 20, 0, &random_bytes(48 << 20, 82));
+    // Real ext4 images: `mixed` holds files A and B, `keep` holds only A, `gone` holds C. After
+    // deleting mixed and gone, prune deletes C's packs and rewrites the packs mixing A and B.
+    let (tree_mixed, tree_keep, tree_gone) =
+        (env.path("t-mixed"), env.path("t-keep"), env.path("t-gone"));
+    make_tree(&tree_mixed.join("a"), 12, 80);
+    make_tree(&tree_mixed.join("b"), 60, 81);
+    make_tree(&tree_keep.join("a"), 12, 80);
+    make_tree(&tree_gone, 60, 82);
+    let (mixed, keep_img, gone_img) = (
+        env.path("mixed.img"),
+        env.path("keep.img"),
+        env.path("gone.img"),
+    );
+    make_ext4(&mixed, 128 << 20, &tree_mixed);
+    make_ext4(&keep_img, 64 << 20, &tree_keep);
+    make_ext4(&gone_img, 128 << 20, &tree_gone);
     let m = env.snapshot(&mixed, "mixed");
     let keep = env.snapshot(&keep_img, "keep");
     let g = env.snapshot(&gone_img, "gone");
