@@ -378,3 +378,99 @@ fn check_finds_missing_and_truncated_packs() {
         "{v}"
     );
 }
+
+/// Unmounts a test filesystem even when the test fails.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A full disk: the snapshot fails with a clear error, leaves no temporary pack, and everything
+/// committed before stays intact and restorable; the store keeps working.
+#[test]
+fn full_disk_fails_cleanly_and_loses_nothing() {
+    let env = Env::new("full_disk");
+    let mnt = env.path("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        mounted,
+        "this test mounts a 24 MiB tmpfs and needs root (CI runs as root)"
+    );
+    let _guard = Mount(mnt.clone());
+    let store = mnt.join("store");
+    let run = |args: &[&str]| env.cmd_at(&store).args(args).output().unwrap();
+    assert!(run(&["init", "--account", "alice"]).status.success());
+    let small = env.path("small.img");
+    write_at(&small, 4 << 20, 0, &random_bytes(2 << 20, 95));
+    let big = env.path("big.img");
+    write_at(&big, 64 << 20, 0, &random_bytes(64 << 20, 96));
+    let first = run(&["--json", "snapshot", "create", small.to_str().unwrap()]);
+    assert!(first.status.success());
+    let first: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+
+    let full = run(&["snapshot", "create", big.to_str().unwrap()]);
+    assert_eq!(full.status.code(), Some(1));
+    let err = stderr(&full);
+    assert!(
+        err.contains("No space left on device") && err.contains("hint:"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let tmp: Vec<_> = fs::read_dir(store.join("packs"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+        .collect();
+    assert!(
+        tmp.is_empty(),
+        "a failed snapshot must remove its temporary pack"
+    );
+
+    let check = run(&["--json", "check", "--read-data"]);
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let list = run(&["--json", "snapshot", "list"]);
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "the failed snapshot is not committed"
+    );
+    let out = env.path("out.img");
+    assert!(
+        run(&[
+            "snapshot",
+            "restore",
+            first["id"].as_str().unwrap(),
+            out.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    assert_same(&small, &out);
+    // The store still takes snapshots that fit.
+    assert!(
+        run(&[
+            "snapshot",
+            "create",
+            small.to_str().unwrap(),
+            "--volume",
+            "again"
+        ])
+        .status
+        .success()
+    );
+}

@@ -42,6 +42,12 @@ pub fn main() -> ExitCode {
                 }
             }
             eprintln!("blocksnap: error: {e:#}");
+            if format!("{e:#}").contains("(os error 28)") {
+                eprintln!(
+                    "hint: a filesystem is full. Nothing committed was lost and the store is consistent; \
+                     free space (`blocksnap prune` reclaims deleted snapshots) and run the command again"
+                );
+            }
             ExitCode::from(code)
         }
     }

@@ -35,6 +35,11 @@ impl Env {
 
     /// The command with this test's store and config directories.
     pub fn cmd(&self) -> Command {
+        self.cmd_at(&self.store)
+    }
+
+    /// The command with this test's config directories and another store.
+    pub fn cmd_at(&self, store: &Path) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_blocksnap-e2e"));
         c.env("XDG_CONFIG_HOME", self.dir.join("config"))
             .env("XDG_DATA_HOME", self.dir.join("data"))
@@ -42,7 +47,7 @@ impl Env {
             .env_remove("BLOCKSNAP_ACCOUNT")
             .env_remove("BLOCKSNAP_IDENTITY")
             .arg("--store")
-            .arg(&self.store);
+            .arg(store);
         c
     }
 
