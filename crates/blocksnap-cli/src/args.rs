@@ -119,7 +119,7 @@ pub enum SnapshotCmd {
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// The disk image or block device.
+    /// The disk image or block device, or the name of a volume registered with `volume add`.
     #[arg(value_name = "PATH|VOLUME")]
     pub source: PathBuf,
     /// The volume's name [default: the file name of PATH].
