@@ -8,6 +8,32 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// Starts `cmd`, sends SIGKILL after `delay`; true if it was still running then.
+fn kill_after(mut cmd: std::process::Command, delay: Duration) -> bool {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(delay);
+    let running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    running
+}
+
+/// `check` exits 0 on the store (unreferenced packs and temporary files are allowed).
+fn assert_check_passes(env: &Env, when: &str) {
+    let out = env.run(&["--json", "check"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{when}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+}
+
 #[test]
 fn snapshot_killed_at_twenty_moments_loses_nothing_committed() {
     // How long an uninterrupted snapshot of the big image takes, measured in a scratch store,
@@ -35,36 +61,19 @@ fn snapshot_killed_at_twenty_moments_loses_nothing_committed() {
     let mut killed_mid_run = 0;
     for i in 0..20u64 {
         let delay = duration.mul_f64((i as f64 + 0.5) / 20.0);
-        let mut child = env2
-            .cmd()
-            .args([
-                "-q",
-                "snapshot",
-                "create",
-                big.to_str().unwrap(),
-                "--volume",
-                "big",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(delay);
-        if child.try_wait().unwrap().is_none() {
-            killed_mid_run += 1;
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
+        let mut cmd = env2.cmd();
+        cmd.args([
+            "-q",
+            "snapshot",
+            "create",
+            big.to_str().unwrap(),
+            "--volume",
+            "big",
+        ]);
+        killed_mid_run += u32::from(kill_after(cmd, delay));
         // The store is valid: check passes (unreferenced packs are allowed), the committed
         // snapshot restores byte-identical.
-        let out = env2.run(&["--json", "check"]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "after kill {i}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            stderr(&out)
-        );
+        assert_check_passes(&env2, &format!("after kill {i}"));
         if i % 5 == 4 {
             let r = env2.path("r.img");
             env2.restore(&committed2_id, &r);
@@ -178,27 +187,10 @@ fn prune_killed_at_twenty_moments_loses_nothing_live() {
     for i in 0..20u64 {
         copy_dir(&template, &env.store);
         let delay = duration.mul_f64((i as f64 + 0.5) / 20.0);
-        let mut child = env
-            .cmd()
-            .args(["-q", "prune"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(delay);
-        if child.try_wait().unwrap().is_none() {
-            killed_mid_run += 1;
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let out = env.run(&["--json", "check"]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "after kill {i}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            stderr(&out)
-        );
+        let mut cmd = env.cmd();
+        cmd.args(["-q", "prune"]);
+        killed_mid_run += u32::from(kill_after(cmd, delay));
+        assert_check_passes(&env, &format!("after kill {i}"));
         if i % 4 == 3 {
             let r = env.path("r.img");
             env.restore(&keep_id, &r);

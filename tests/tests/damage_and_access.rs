@@ -57,9 +57,8 @@ fn restore_fails(f: &Fixture, expect: &[&str]) -> String {
     err
 }
 
-#[test]
-fn flipped_byte_in_a_pack_is_reported_with_pack_and_chunk() {
-    let f = fixture("flipped");
+/// Flips bits (`mask`) of the byte at 1/`part` of the largest pack; returns the pack's id.
+fn flip_byte_in_largest_pack(f: &Fixture, part: usize, mask: u8) -> String {
     let pack = f
         .env
         .packs()
@@ -67,10 +66,16 @@ fn flipped_byte_in_a_pack_is_reported_with_pack_and_chunk() {
         .max_by_key(|p| fs::metadata(p).unwrap().len())
         .unwrap();
     let mut bytes = fs::read(&pack).unwrap();
-    let at = bytes.len() / 3;
-    bytes[at] ^= 0x01;
+    let at = bytes.len() / part;
+    bytes[at] ^= mask;
     fs::write(&pack, bytes).unwrap();
-    let pack_id = pack.file_name().unwrap().to_str().unwrap().to_string();
+    pack.file_name().unwrap().to_str().unwrap().to_string()
+}
+
+#[test]
+fn flipped_byte_in_a_pack_is_reported_with_pack_and_chunk() {
+    let f = fixture("flipped");
+    let pack_id = flip_byte_in_largest_pack(&f, 3, 0x01);
     let err = restore_fails(&f, &[&pack_id, "chunk", "authentication failed"]);
     assert!(err.contains("damaged"), "{err}");
 }
@@ -328,17 +333,7 @@ fn check_passes_on_a_sound_store_and_verifies_every_chunk() {
 #[test]
 fn check_read_data_finds_a_flipped_byte_and_names_what_it_affects() {
     let f = fixture("check_flip");
-    let pack = f
-        .env
-        .packs()
-        .into_iter()
-        .max_by_key(|p| fs::metadata(p).unwrap().len())
-        .unwrap();
-    let mut bytes = fs::read(&pack).unwrap();
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0x40;
-    fs::write(&pack, bytes).unwrap();
-    let pack_id = pack.file_name().unwrap().to_str().unwrap().to_string();
+    let pack_id = flip_byte_in_largest_pack(&f, 2, 0x40);
     let (code, v) = check(&f, true);
     assert_eq!(code, Some(4), "{v}");
     let text = v["problems"].to_string();
