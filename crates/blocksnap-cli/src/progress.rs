@@ -31,7 +31,7 @@ impl Progress for Bar {
         let bar = ProgressBar::new(total);
         bar.set_style(
             ProgressStyle::with_template(
-                "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                "{msg} [{bar:24}] {bytes}/{total_bytes} {bytes_per_sec}",
             )
             .expect("valid template")
             .progress_chars("=> "),
