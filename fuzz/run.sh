@@ -6,8 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 secs=${1:-60}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+# The checked-in seeds stay as they are; the corpus grows in target/ (ignored by git).
 for t in documents extent_stream pack_trailer chunk_decode; do
-  mkdir -p "corpus/$t"
+  work="target/corpus/$t"
+  mkdir -p "$work"
+  cp -n corpus/"$t"/* "$work"/
   echo "== $t ($secs s)"
-  RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=65536
+  RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "$work" -- -max_total_time="$secs" -max_len=65536
 done
