@@ -469,3 +469,15 @@ fn full_disk_fails_cleanly_and_loses_nothing() {
         .success()
     );
 }
+
+#[test]
+fn check_covers_snapshots_in_the_trash() {
+    let f = fixture("check_trash");
+    f.env.json(&["snapshot", "delete", &f.snap]);
+    let (code, v) = check(&f, false);
+    assert_eq!(code, Some(0), "{v}");
+    fs::remove_file(&f.env.packs()[0]).unwrap();
+    let (code, v) = check(&f, false);
+    assert_eq!(code, Some(4), "{v}");
+    assert!(v["problems"].to_string().contains("in the trash"), "{v}");
+}

@@ -30,11 +30,9 @@ impl Progress for Bar {
         }
         let bar = ProgressBar::new(total);
         bar.set_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:24}] {bytes}/{total_bytes} {bytes_per_sec}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{msg} [{bar:24}] {bytes}/{total_bytes} {bytes_per_sec}")
+                .expect("valid template")
+                .progress_chars("=> "),
         );
         bar.set_message(phase.to_string());
         *self.bar.lock().expect("not poisoned") = Some(bar);

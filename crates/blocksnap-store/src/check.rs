@@ -5,7 +5,8 @@ use std::fs::{self, File};
 use std::path::Path;
 
 use blocksnap_manifest::{
-    AccountDoc, Document, Extent, KeyDoc, KeyId, PackId, SnapshotDoc, SnapshotId,
+    AccountDoc, Document, Extent, KeyDoc, KeyId, PackId, PolicyDoc, SnapshotDoc, SnapshotId,
+    TrashDoc, VolumeDoc,
 };
 use blocksnap_pack::{ChunkCodec, Entry, read_trailer};
 use rayon::prelude::*;
@@ -63,12 +64,18 @@ impl Store {
             ("accounts", "account"),
             ("keys", "key"),
             ("snapshots", "snapshot"),
+            ("trash", "trash"),
+            ("volumes", "volume"),
+            ("policies", "policy"),
         ] {
             for path in json_files(&self.root().join(dir))? {
                 let bytes = fsutil::read(&path)?;
                 let parsed = match kind {
                     "account" => AccountDoc::from_json(&bytes).map(|_| ()),
                     "key" => KeyDoc::from_json(&bytes).map(|_| ()),
+                    "trash" => TrashDoc::from_json(&bytes).map(|_| ()),
+                    "volume" => VolumeDoc::from_json(&bytes).map(|_| ()),
+                    "policy" => PolicyDoc::from_json(&bytes).map(|_| ()),
                     _ => SnapshotDoc::from_json(&bytes).map(|_| ()),
                 };
                 if let Err(e) = parsed {
@@ -136,10 +143,19 @@ impl Store {
 
         // Snapshots: every chunk they reference is indexed, in a pack that is there and sound.
         let pack_ids: BTreeSet<PackId> = packs.iter().map(|(id, _)| *id).collect();
+        // Snapshots in the trash are restorable, so their chunks must be sound too.
+        let mut docs: Vec<(SnapshotDoc, &str)> = Vec::new();
         for path in json_files(&self.root().join("snapshots"))? {
-            let Ok(doc) = SnapshotDoc::from_json(&fsutil::read(&path)?) else {
-                continue;
-            };
+            if let Ok(doc) = SnapshotDoc::from_json(&fsutil::read(&path)?) {
+                docs.push((doc, ""));
+            }
+        }
+        for path in json_files(&self.root().join("trash"))? {
+            if let Ok(t) = TrashDoc::from_json(&fsutil::read(&path)?) {
+                docs.push((t.snapshot, ", in the trash"));
+            }
+        }
+        for (doc, place) in docs {
             report.snapshots += 1;
             if !load_codec(self, access, &mut codecs, doc.key, &mut report) {
                 continue;
@@ -172,9 +188,10 @@ impl Store {
             if count > 0 {
                 report.damaged_snapshots.push(doc.id);
                 for f in found {
-                    report
-                        .problems
-                        .push(format!("snapshot {} (volume {}): {f}", doc.id, doc.volume));
+                    report.problems.push(format!(
+                        "snapshot {} (volume {}{place}): {f}",
+                        doc.id, doc.volume
+                    ));
                 }
                 if count > MAX_PER_SNAPSHOT {
                     report.problems.push(format!(
@@ -280,6 +297,9 @@ fn verify_records(
 
 fn json_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
     for e in fs::read_dir(dir).map_err(StoreError::io("cannot list", dir))? {
         let path = e.map_err(StoreError::io("cannot list", dir))?.path();
         let name = path
