@@ -96,7 +96,7 @@ pub struct Index {
 
 impl Index {
     /// Opens (creating if needed) the index at `path`. When another process holds it, calls
-    /// `on_wait(elapsed)` about once a second and retries until `max_wait` has passed.
+    /// `on_wait(elapsed)` at once and then every 30 seconds, and retries until `max_wait` has passed.
     pub fn open(
         path: &Path,
         max_wait: Duration,
@@ -125,7 +125,7 @@ impl Index {
                             waited,
                         });
                     }
-                    if last_note.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    if last_note.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
                         on_wait(waited);
                         last_note = Some(Instant::now());
                     }
