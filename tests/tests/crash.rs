@@ -57,9 +57,14 @@ fn snapshot_killed_at_twenty_moments_loses_nothing_committed() {
     make_ext4(&base, 96 << 20, &tree);
     let committed2 = env2.snapshot(&base, "disk");
     let committed2_id = committed2["id"].as_str().unwrap().to_string();
+    // Every kill starts from this state, so the kill points spread over a whole run (a run after
+    // a killed one is shorter: it reuses what the killed run stored).
+    let template = env2.path("template");
+    copy_dir(&env2.store, &template);
 
     let mut killed_mid_run = 0;
     for i in 0..20u64 {
+        copy_dir(&template, &env2.store);
         let delay = duration.mul_f64((i as f64 + 0.5) / 20.0);
         let mut cmd = env2.cmd();
         cmd.args([

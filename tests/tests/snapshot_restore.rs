@@ -438,3 +438,54 @@ fn concurrent_snapshot_and_restore_both_complete() {
     let list = env.json(&["snapshot", "list"]);
     assert_eq!(list.as_array().unwrap().len(), 2);
 }
+
+/// A restore does not wait for a process that holds the index (a running snapshot): it reads
+/// the chunk locations from the pack trailers instead.
+#[test]
+fn restore_runs_beside_a_process_holding_the_index() {
+    let env = Env::new("beside");
+    env.init(&[]);
+    let img = env.path("d.img");
+    write_at(&img, 48 << 20, 1 << 20, &random_bytes(20 << 20, 120));
+    let s = env.snapshot(&img, "d");
+    let held = blocksnap_index::Index::open(
+        &env.store.join("index"),
+        std::time::Duration::from_secs(5),
+        |_| {},
+    )
+    .unwrap();
+    let out = env.path("o.img");
+    let r = env.run(&["snapshot", "restore", &id(&s), out.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(stderr(&r).contains("pack trailers"), "{}", stderr(&r));
+    assert_same(&img, &out);
+    drop(held);
+}
+
+/// Prune needs the store alone: it waits while another command holds the store lock shared.
+#[test]
+fn prune_waits_for_running_commands() {
+    let env = Env::new("prune_waits");
+    env.init(&[]);
+    let img = env.path("d.img");
+    write_at(&img, 8 << 20, 0, &random_bytes(1 << 20, 121));
+    env.snapshot(&img, "d");
+    let lock = fs::File::open(env.store.join("locks/store.lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockShared).unwrap();
+    let mut prune = env
+        .cmd()
+        .args(["--json", "prune"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        prune.try_wait().unwrap().is_none(),
+        "prune must wait while the store is locked"
+    );
+    drop(lock);
+    let out = prune.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("waiting for other blocksnap commands"));
+}

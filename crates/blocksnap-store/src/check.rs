@@ -57,6 +57,7 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<CheckReport> {
         let mut report = CheckReport::default();
+        let _lock = self.lock_shared(progress)?;
         let index = self.open_index(progress)?;
         let mut codecs: HashMap<Option<KeyId>, Option<ChunkCodec>> = HashMap::new();
         // Documents.

@@ -30,6 +30,7 @@ mod check;
 mod error;
 mod fsutil;
 mod lifecycle;
+mod lock;
 mod policy;
 mod progress;
 mod prune;

@@ -1,14 +1,14 @@
 //! `snapshot restore`: extents are read in batches, chunks fetched and decoded in parallel,
 //! verified against their ids and written with positioned writes. Holes stay holes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use blocksnap_index::Index;
+use blocksnap_index::{Index, IndexError, Location};
 use blocksnap_manifest::{
     ChunkId, Extent, ExtentDecoder, ExtentError, PackId, SnapshotDoc, SnapshotId,
 };
@@ -51,20 +51,40 @@ struct OpenPack {
     cipher: Option<PackCipher>,
 }
 
+/// Where chunk locations come from: the index, or (when another process holds the index) a
+/// map read from the pack trailers.
+pub(crate) enum Locator<'a> {
+    Index(&'a Index),
+    Map(HashMap<ChunkId, Location>),
+}
+
+impl Locator<'_> {
+    fn get(&self, id: &ChunkId) -> Result<Option<Location>> {
+        match self {
+            Locator::Index(index) => Ok(index.get(id)?),
+            Locator::Map(map) => Ok(map.get(id).copied()),
+        }
+    }
+}
+
 /// Reads chunks of one key from packs, through the index; shared by restore and check.
 pub(crate) struct ChunkReader<'a> {
     store: &'a Store,
     codec: &'a ChunkCodec,
-    index: &'a Index,
+    locator: Locator<'a>,
     packs: Mutex<HashMap<PackId, Arc<OpenPack>>>,
 }
 
 impl<'a> ChunkReader<'a> {
     pub fn new(store: &'a Store, codec: &'a ChunkCodec, index: &'a Index) -> Self {
+        Self::with_locator(store, codec, Locator::Index(index))
+    }
+
+    pub fn with_locator(store: &'a Store, codec: &'a ChunkCodec, locator: Locator<'a>) -> Self {
         ChunkReader {
             store,
             codec,
-            index,
+            locator,
             packs: Mutex::new(HashMap::new()),
         }
     }
@@ -118,7 +138,7 @@ impl<'a> ChunkReader<'a> {
 
     /// Reads, decrypts, decompresses and verifies one chunk.
     pub fn read(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let loc = self.index.get(id)?.ok_or_else(|| {
+        let loc = self.locator.get(id)?.ok_or_else(|| {
             StoreError::Damaged(format!(
                 "chunk {id} is not in the index; run `blocksnap repair index`, then `blocksnap check` if it stays missing"
             ))
@@ -173,8 +193,21 @@ impl Store {
         let started = Instant::now();
         let doc = self.resolve_snapshot(snapshot)?;
         let codec = self.codec(access, doc.key)?;
-        let index = self.open_index(progress)?;
-        let reader = ChunkReader::new(self, &codec, &index);
+        let _lock = self.lock_shared(progress)?;
+        // The index if it is free; else (a snapshot is running) locations from the pack trailers.
+        let index = match Index::open(&self.index_path(), Duration::ZERO, |_| {}) {
+            Ok(index) => Some(index),
+            Err(IndexError::Busy { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let locator = match &index {
+            Some(index) => Locator::Index(index),
+            None => {
+                progress.message("the index is in use by another blocksnap process: reading chunk locations from the pack trailers");
+                Locator::Map(self.locations_for(&doc, &codec)?)
+            }
+        };
+        let reader = ChunkReader::with_locator(self, &codec, locator);
 
         let device = fs::metadata(output)
             .map(|m| m.file_type().is_block_device())
@@ -280,5 +313,51 @@ impl Store {
             seconds: started.elapsed().as_secs_f64(),
             output: output.to_path_buf(),
         })
+    }
+}
+
+impl Store {
+    /// The locations of every chunk `doc` needs, read from the pack trailers alone: first those
+    /// of its extent list, then, from the extent list, those of its data. Memory is one entry per
+    /// chunk of the snapshot.
+    fn locations_for(
+        &self,
+        doc: &SnapshotDoc,
+        codec: &ChunkCodec,
+    ) -> Result<HashMap<ChunkId, Location>> {
+        let meta: HashSet<ChunkId> = doc.extents.chunks.iter().copied().collect();
+        let meta_locs = self.locations_from_trailers(codec, &meta)?;
+        let mut needed = meta;
+        ChunkReader::with_locator(self, codec, Locator::Map(meta_locs)).for_each_extent(
+            doc,
+            |_, e| {
+                if let Extent::Data { id, .. } = e {
+                    needed.insert(id);
+                }
+                Ok(())
+            },
+        )?;
+        self.locations_from_trailers(codec, &needed)
+    }
+
+    fn locations_from_trailers(
+        &self,
+        codec: &ChunkCodec,
+        wanted: &HashSet<ChunkId>,
+    ) -> Result<HashMap<ChunkId, Location>> {
+        let mut out = HashMap::new();
+        for (id, path) in self.list_packs()? {
+            let Ok(file) = File::open(&path) else {
+                continue;
+            };
+            // Packs under other keys, or damaged ones, hold nothing this restore can use.
+            let Ok((_, entries)) = blocksnap_pack::read_trailer(&file, |_| Some(codec)) else {
+                continue;
+            };
+            for e in entries.iter().filter(|e| wanted.contains(&e.id)) {
+                out.insert(e.id, crate::sink::location(id, e));
+            }
+        }
+        Ok(out)
     }
 }
