@@ -70,6 +70,18 @@ fi
 [ -n "$BLOCKSNAP" ] && [ -x "$BLOCKSNAP" ] \
     || die "blocksnap binary not found (cargo build --release -p blocksnap-cli, or set BLOCKSNAP)"
 
+# The binary's version string names no commit: report its mtime and whether
+# the sources changed after it was built (then it is not HEAD's code).
+bs_build="$BLOCKSNAP built $(date -u -r "$BLOCKSNAP" '+%Y-%m-%d %H:%M UTC')"
+if head=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null); then
+    if [ -n "$(find "$repo/crates" -name '*.rs' -newer "$BLOCKSNAP" -print -quit)" ]; then
+        bs_build+="; older than sources of HEAD $head"
+        log "warning: $BLOCKSNAP is older than the sources in $repo/crates"
+    else
+        bs_build+="; newer than every source file, HEAD $head"
+    fi
+fi
+
 # ---------------------------------------------------------------- work dir
 if [ $# -ge 1 ]; then
     work=$1
@@ -245,9 +257,13 @@ make_change
 # parent / files cache). The copies are made outside the timed commands.
 mkdir stg
 stage_image() { rm -f stg/disk.img; cp --sparse=always "$1" stg/disk.img; }
-base_alloc=$(du -B1 base.img | cut -f1)
-changed_alloc=$(du -B1 changed.img | cut -f1)
+# Data size = allocated bytes (du -B1) of the file the tools read: the sparse
+# copy, without the all-zero blocks mkfs leaves allocated in base.img.
 apparent=$(stat -c %s base.img)
+stage_image base.img
+base_alloc=$(du -B1 stg/disk.img | cut -f1)
+stage_image changed.img
+changed_alloc=$(du -B1 stg/disk.img | cut -f1)
 
 # ---------------------------------------------------------------- 3. cache policy
 # One policy for every timed command: drop the page cache when we may (cold
@@ -355,8 +371,8 @@ rm -rf restore/borg
 # ---------------------------------------------------------------- table
 cat <<EOF
 - machine: $(nproc) CPUs ($(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM, kernel $(uname -r); $(date -u '+%Y-%m-%d %H:%M UTC')
-- tools: $("$BLOCKSNAP" --version) ($(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')), $(restic version | cut -d' ' -f1-2) (repository v$restic_repo_version), $(borg --version)
-- image: $apparent bytes apparent; allocated (du -B1): base $base_alloc, changed $changed_alloc bytes; source tree $src_bytes bytes, $src_files files (${used[*]})
+- tools: $("$BLOCKSNAP" --version) ($bs_build), $(restic version | cut -d' ' -f1-2) (repository v$restic_repo_version), $(borg --version)
+- image: $apparent bytes apparent; allocated (du -B1 of the sparse copy the tools read): base $base_alloc, changed $changed_alloc bytes; source tree $src_bytes bytes, $src_files files (${used[*]})
 - change: $n_rm files removed ($b_rm bytes), $n_add added ($b_add bytes), $n_rep replaced ($b_rep_old -> $b_rep_new bytes)
 - cache policy: $policy ($( [ "$policy" = drop ] && echo 'sync; echo 3 > /proc/sys/vm/drop_caches before every timed command' || echo 'input read once with cat before every timed command'))
 - MB/s = allocated bytes of the image (base for the initial row, changed for the others) / wall seconds; MB = 10^6 bytes; repo MB = du -sb of the repository after the command
@@ -389,6 +405,10 @@ for phase in ["initial", "incremental", "restore"]:
         p = v[t]
         cells += [f"{p[0] / max(b[0], 0.01):.2f}x", f"{b[1] / p[1]:.2f}", f"{b[2] / p[2]:.2f}"]
     print("| " + " | ".join(cells) + " |")
+growth = ", ".join(
+    f"{t} {(int(rows[(t, 'incremental')]['repo_bytes']) - int(rows[(t, 'initial')]['repo_bytes'])) / 1e6:.1f} MB"
+    for t in tools)
+print(f"\nrepository growth from the incremental snapshot: {growth}")
 PY
 echo
 echo "speed vs X = X's wall time / blocksnap's (>1: blocksnap faster); RSS and repo vs X = blocksnap / X (<1: blocksnap smaller)."
