@@ -11,8 +11,10 @@ pub struct Cli {
     /// The store [default: $XDG_DATA_HOME/blocksnap/store, created on first use].
     #[arg(long, global = true, env = "BLOCKSNAP_STORE", value_name = "PATH")]
     pub store: Option<PathBuf>,
-    /// The account that acts [default: the account created with the store].
-    #[arg(long, global = true, env = "BLOCKSNAP_ACCOUNT", value_name = "NAME")]
+    /// The account that acts [default: the account created with the store]. Give it before the
+    /// command (`blocksnap --account bob image rebuild …`): after `image share` and `unshare`,
+    /// `--account` names the account being shared with.
+    #[arg(long, env = "BLOCKSNAP_ACCOUNT", value_name = "NAME")]
     pub account: Option<String>,
     /// The account's secret identity file [default: $XDG_CONFIG_HOME/blocksnap/<store id>/<account>.key].
     #[arg(long, global = true, env = "BLOCKSNAP_IDENTITY", value_name = "FILE")]
@@ -49,6 +51,9 @@ pub enum Command {
     /// Take, list, show and restore snapshots of disk images.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Machine images: named sets of snapshots by device, with launch permissions and a key.
+    #[command(subcommand)]
+    Image(ImageCmd),
     /// Rebuild derived state from the packs.
     #[command(subcommand)]
     Repair(RepairCmd),
@@ -90,6 +95,9 @@ pub struct InitArgs {
     /// Average chunk size for cdc (a power of two), exact size for fixed: 4KiB to 4MiB.
     #[arg(long, value_name = "SIZE", value_parser = crate::parse::size_u32, default_value = "32KiB")]
     pub chunk_size: u32,
+    /// The first account's name [default: $USER].
+    #[arg(long = "account", value_name = "NAME")]
+    pub account: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -260,4 +268,115 @@ pub enum PolicyCmd {
         #[arg(long, value_name = "TIME")]
         at: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Snapshot each volume (several at once) and record them as a new image you own.
+    Create {
+        /// The image's name, unique in the store.
+        name: String,
+        /// A device and the disk image, block device or registered volume it is made from;
+        /// repeat for each device (`--volume /dev/sda=root.img --volume /dev/sdb=data.img`).
+        #[arg(long = "volume", value_name = "DEVICE=PATH", value_parser = crate::parse::mapping, required = true)]
+        volumes: Vec<(String, String)>,
+        /// The boot device [default: the first --volume's].
+        #[arg(long, value_name = "DEVICE")]
+        root_device: Option<String>,
+        /// The key to encrypt with, by name or id [default: `default`].
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
+        /// A tag for the image and its snapshots; repeat for more.
+        #[arg(long = "tag", value_name = "K=V", value_parser = crate::parse::tag)]
+        tags: Vec<(String, String)>,
+        /// Free text describing the image.
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        description: String,
+    },
+    /// Record existing snapshots (all under one key) as a new image you own.
+    Register {
+        /// The image's name, unique in the store.
+        name: String,
+        /// A device and its snapshot (id or unique prefix); repeat for each device.
+        #[arg(long = "volume", value_name = "DEVICE=SNAPSHOT", value_parser = crate::parse::mapping, required = true)]
+        volumes: Vec<(String, String)>,
+        /// The boot device [default: the first --volume's].
+        #[arg(long, value_name = "DEVICE")]
+        root_device: Option<String>,
+    },
+    /// List the images you may launch: your own, those shared with you, public ones.
+    List {
+        /// Every image of the store, whoever may launch it.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one image.
+    Show {
+        /// Image name, id or unique id prefix.
+        image: String,
+    },
+    /// Write every device of an image into OUTDIR/<device's last path part>.img, each
+    /// byte-identical and sparse. Needs the launch permission and a grant on the image's key.
+    Rebuild {
+        /// Image name, id or unique id prefix.
+        image: String,
+        /// The directory to write the devices into (created if missing).
+        outdir: PathBuf,
+    },
+    /// Let an account (or every account of the store) launch the image. Owner only. An
+    /// encrypted image also needs a grant on its key: `blocksnap key grant KEY ACCOUNT`.
+    Share {
+        /// Image name, id or unique id prefix.
+        image: String,
+        #[command(flatten)]
+        audience: AudienceArgs,
+    },
+    /// Take launch permission away. Owner only. To stop an account from reading data it may
+    /// already have a grant for, revoke the key too (`key revoke`), and see `key revoke --help`.
+    Unshare {
+        /// Image name, id or unique id prefix.
+        image: String,
+        #[command(flatten)]
+        audience: AudienceArgs,
+    },
+    /// Copy an image into another store, re-encrypting under the target's key. Only chunks the
+    /// target lacks are written; snapshots already copied there are reused.
+    Copy {
+        /// Image name, id or unique id prefix.
+        image: String,
+        /// The target store (it may be this store: then the copy is re-encrypted under --key).
+        #[arg(long, value_name = "STORE")]
+        to: PathBuf,
+        /// The target's key, by name or id [default: the target's `default`].
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
+        /// The copy's name [default: the image's name].
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// The account that owns the copy in the target [default: the target's first account].
+        #[arg(long, value_name = "NAME", env = "BLOCKSNAP_TO_ACCOUNT")]
+        to_account: Option<String>,
+        /// That account's identity file [default: its default path for the target store].
+        #[arg(long, value_name = "FILE", env = "BLOCKSNAP_TO_IDENTITY")]
+        to_identity: Option<PathBuf>,
+    },
+    /// Remove an image (to the trash: `trash restore` brings it back until it expires). Owner only.
+    Deregister {
+        /// Image name, id or unique id prefix.
+        image: String,
+        /// Also move its snapshots to the trash, except those another image still uses.
+        #[arg(long)]
+        delete_snapshots: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct AudienceArgs {
+    /// The account to share with (or unshare from).
+    #[arg(long, value_name = "ACCOUNT")]
+    pub account: Option<String>,
+    /// Every account of the store.
+    #[arg(long)]
+    pub public: bool,
 }

@@ -3,6 +3,7 @@
 //! function and renders the report; nothing worth testing lives here.
 
 mod args;
+mod image;
 mod parse;
 mod progress;
 
@@ -65,16 +66,21 @@ impl std::fmt::Display for DamageFound {
 
 impl std::error::Error for DamageFound {}
 
-struct Ctx<'a> {
-    cli: &'a Cli,
-    progress: Bar,
+pub(crate) struct Ctx<'a> {
+    pub(crate) cli: &'a Cli,
+    pub(crate) progress: Bar,
 }
 
 impl Ctx<'_> {
-    fn note(&self, text: &str) {
+    pub(crate) fn note(&self, text: &str) {
         if !self.cli.quiet {
             eprintln!("{text}");
         }
+    }
+
+    /// The acting account's access to `store`.
+    pub(crate) fn access(&self, store: &Store) -> anyhow::Result<blocksnap_store::Access> {
+        Ok(store.access(self.cli.account.as_deref(), self.cli.identity.as_deref())?)
     }
 
     fn store_path(&self) -> (PathBuf, bool) {
@@ -85,7 +91,7 @@ impl Ctx<'_> {
     }
 
     /// Opens the store; the default store is created on first use.
-    fn open(&self) -> anyhow::Result<Store> {
+    pub(crate) fn open(&self) -> anyhow::Result<Store> {
         let (path, default) = self.store_path();
         if default && !Store::exists(&path) {
             let opts = InitOptions {
@@ -109,7 +115,7 @@ impl Ctx<'_> {
         Ok(Store::open(&path)?)
     }
 
-    fn output<T: Serialize>(
+    pub(crate) fn output<T: Serialize>(
         &self,
         value: &T,
         human: impl FnOnce() -> String,
@@ -143,9 +149,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                     ChunkerArg::Fixed => ChunkerKind::Fixed,
                 },
                 chunk_size: a.chunk_size,
-                account: cli
+                account: a
                     .account
                     .clone()
+                    .or_else(|| cli.account.clone())
                     .unwrap_or_else(blocksnap_store::default_account_name),
                 identity: cli.identity.clone(),
             };
@@ -165,6 +172,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             })
         }
         Command::Snapshot(cmd) => snapshot(&ctx, cmd),
+        Command::Image(cmd) => image::run(&ctx, cmd),
         Command::Account(cmd) => account(&ctx, cmd),
         Command::Volume(cmd) => volume(&ctx, cmd),
         Command::Trash(cmd) => trash(&ctx, cmd),

@@ -37,6 +37,16 @@ pub fn tag(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Parses `DEVICE=SOURCE` (a device of an image and what it is made from).
+pub fn mapping(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((d, v)) if !d.is_empty() && !v.is_empty() => Ok((d.to_string(), v.to_string())),
+        _ => Err(format!(
+            "'{text}' is not a mapping; write DEVICE=PATH or DEVICE=SNAPSHOT (/dev/sda=disk.img)"
+        )),
+    }
+}
+
 /// Formats bytes for people: `1.5 GiB`.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

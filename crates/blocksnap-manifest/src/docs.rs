@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::DocError;
 use crate::id::{ChunkId, KeyId, SnapshotId, StoreId};
+use crate::image::ImageDoc;
 
 /// Longest name (volume, account, key) accepted.
 pub const MAX_NAME_LEN: usize = 128;
@@ -130,7 +131,7 @@ pub fn validate_tags(doc: &'static str, tags: &BTreeMap<String, String>) -> Resu
     Ok(())
 }
 
-fn validate_text(doc: &'static str, field: &str, text: &str) -> Result<(), DocError> {
+pub(crate) fn validate_text(doc: &'static str, field: &str, text: &str) -> Result<(), DocError> {
     if text.len() > MAX_TAG_VALUE_LEN {
         return Err(DocError::invalid(
             doc,
@@ -141,7 +142,7 @@ fn validate_text(doc: &'static str, field: &str, text: &str) -> Result<(), DocEr
     Ok(())
 }
 
-fn validate_time(doc: &'static str, field: &str, text: &str) -> Result<(), DocError> {
+pub(crate) fn validate_time(doc: &'static str, field: &str, text: &str) -> Result<(), DocError> {
     // RFC 3339 in UTC as written by blocksnap: 2026-11-23T19:30:24Z (fraction optional).
     let b = text.as_bytes();
     let shape = b.len() >= 20
@@ -502,15 +503,15 @@ impl Document for VolumeDoc {
     }
 }
 
-/// `trash/ID.json`: a deleted snapshot, restorable until `expires`.
+/// `trash/ID.json`: a deleted snapshot or image, restorable until `expires`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrashDoc {
     /// `blocksnap.trash/v1`.
     pub format: String,
-    /// The deleted object's id.
-    pub id: SnapshotId,
-    /// What it is (`snapshot`).
+    /// The deleted object's id (`snap-…` or `img-…`).
+    pub id: String,
+    /// What it is: `snapshot` or `image`.
     pub kind: String,
     /// When it was deleted.
     pub deleted: String,
@@ -518,8 +519,12 @@ pub struct TrashDoc {
     pub expires: String,
     /// The account that deleted it.
     pub deleted_by: String,
-    /// The deleted document, whole.
-    pub snapshot: SnapshotDoc,
+    /// The deleted snapshot document, whole (kind `snapshot`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotDoc>,
+    /// The deleted image document, whole (kind `image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageDoc>,
 }
 
 impl Document for TrashDoc {
@@ -529,24 +534,41 @@ impl Document for TrashDoc {
         validate_time(Self::KIND, "deleted", &self.deleted)?;
         validate_time(Self::KIND, "expires", &self.expires)?;
         validate_name(Self::KIND, "deleted_by", &self.deleted_by)?;
-        if self.kind != "snapshot" {
-            return Err(DocError::invalid(
-                Self::KIND,
-                "kind",
-                format!(
-                    "'{}' is not known",
-                    self.kind.chars().take(20).collect::<String>()
-                ),
-            ));
-        }
-        if self.snapshot.id != self.id {
+        let id = match (self.kind.as_str(), &self.snapshot, &self.image) {
+            ("snapshot", Some(s), None) => {
+                s.validate()?;
+                s.id.to_string()
+            }
+            ("image", None, Some(i)) => {
+                i.validate()?;
+                i.id.to_string()
+            }
+            ("snapshot" | "image", _, _) => {
+                return Err(DocError::invalid(
+                    Self::KIND,
+                    &self.kind,
+                    "must hold exactly the deleted document of its kind",
+                ));
+            }
+            (other, _, _) => {
+                return Err(DocError::invalid(
+                    Self::KIND,
+                    "kind",
+                    format!(
+                        "'{}' is not known",
+                        other.chars().take(20).collect::<String>()
+                    ),
+                ));
+            }
+        };
+        if self.id != id {
             return Err(DocError::invalid(
                 Self::KIND,
                 "id",
-                "differs from the snapshot's id",
+                format!("differs from the {}'s id", self.kind),
             ));
         }
-        self.snapshot.validate()
+        Ok(())
     }
 }
 

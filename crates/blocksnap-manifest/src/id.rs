@@ -145,6 +145,12 @@ name_id!(
     "key"
 );
 name_id!(
+    /// An image's id, `img-` and 16 hex digits.
+    ImageId,
+    "img-",
+    "image"
+);
+name_id!(
     /// A store's id, `store-` and 16 hex digits.
     StoreId,
     "store-",

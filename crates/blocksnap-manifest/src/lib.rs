@@ -1,10 +1,11 @@
 //! blocksnap's documents and ids.
 //!
 //! Everything a store records about its data, apart from the chunks themselves, is a document
-//! defined here: the store's `config`, `accounts/`, `keys/` and `snapshots/`, and the binary
-//! extent list of a snapshot. Every document carries a versioned format name
-//! (`blocksnap.snapshot/v1`) and is validated on read: this crate parses untrusted bytes and
-//! returns an error naming the document and the field, never a panic. It does no I/O.
+//! defined here: the store's `config`, `accounts/`, `keys/`, `snapshots/`, `images/`,
+//! `volumes/`, `policies/` and `trash/`, and the binary extent list of a snapshot. Every document
+//! carries a versioned format name (`blocksnap.snapshot/v1`) and is validated on read: this crate
+//! parses untrusted bytes and returns an error naming the document and the field, never a panic.
+//! It does no I/O.
 //!
 //! ```
 //! use blocksnap_manifest::{Document, SnapshotDoc};
@@ -16,6 +17,7 @@ mod docs;
 mod error;
 mod extent;
 mod id;
+mod image;
 mod policy;
 
 pub use docs::{
@@ -25,5 +27,8 @@ pub use docs::{
 };
 pub use error::{DocError, ExtentError};
 pub use extent::{EXTENT_MAGIC, Extent, ExtentDecoder, ExtentEncoder, MAX_DATA_EXTENT};
-pub use id::{ChunkId, IdError, KeyId, PackId, SnapshotId, StoreId};
+pub use id::{ChunkId, IdError, ImageId, KeyId, PackId, SnapshotId, StoreId};
+pub use image::{
+    ImageDoc, ImageVolume, LaunchPermissions, MAX_IMAGE_VOLUMES, device_file_name, validate_device,
+};
 pub use policy::{Keep, Period, PolicyDoc, Schedule, Unit};

@@ -60,6 +60,21 @@ impl Access {
             .map_err(|_| self.bad_identity("its key line is not an age X25519 identity"))
     }
 
+    /// Proves that the identity file belongs to the account: its public key must be the one
+    /// the store records for the account.
+    pub fn prove(&self, store: &Store) -> Result<()> {
+        let identity = self.load_identity()?;
+        let account = store.account(&self.account)?;
+        if identity.to_public().to_string() != account.recipient {
+            return Err(StoreError::Denied(format!(
+                "identity {} is not the identity of account '{}'; pass the right --identity or --account",
+                self.identity.display(),
+                self.account
+            )));
+        }
+        Ok(())
+    }
+
     fn bad_identity(&self, why: &str) -> StoreError {
         StoreError::Usage(format!(
             "identity file {} for account '{}' is unusable: {why}",
@@ -255,7 +270,7 @@ impl Store {
         }
     }
 
-    fn key_by_id(&self, id: KeyId) -> Result<KeyDoc> {
+    pub(crate) fn key_by_id(&self, id: KeyId) -> Result<KeyDoc> {
         let path = self.key_path(id);
         if !path.is_file() {
             return Err(StoreError::Damaged(format!(

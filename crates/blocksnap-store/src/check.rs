@@ -5,8 +5,8 @@ use std::fs::{self, File};
 use std::path::Path;
 
 use blocksnap_manifest::{
-    AccountDoc, Document, Extent, KeyDoc, KeyId, PackId, PolicyDoc, SnapshotDoc, SnapshotId,
-    TrashDoc, VolumeDoc,
+    AccountDoc, Document, Extent, ImageDoc, ImageId, KeyDoc, KeyId, PackId, PolicyDoc, SnapshotDoc,
+    SnapshotId, TrashDoc, VolumeDoc,
 };
 use blocksnap_pack::{ChunkCodec, Entry, read_trailer};
 use rayon::prelude::*;
@@ -45,6 +45,10 @@ pub struct CheckReport {
     pub damaged_snapshots: Vec<SnapshotId>,
     /// Packs that are damaged or missing.
     pub damaged_packs: Vec<PackId>,
+    /// Images checked.
+    pub images: u64,
+    /// Images with a device that cannot be rebuilt.
+    pub damaged_images: Vec<ImageId>,
 }
 
 impl Store {
@@ -68,6 +72,7 @@ impl Store {
             ("trash", "trash"),
             ("volumes", "volume"),
             ("policies", "policy"),
+            ("images", "image"),
         ] {
             for path in json_files(&self.root().join(dir))? {
                 let bytes = fsutil::read(&path)?;
@@ -77,6 +82,7 @@ impl Store {
                     "trash" => TrashDoc::from_json(&bytes).map(|_| ()),
                     "volume" => VolumeDoc::from_json(&bytes).map(|_| ()),
                     "policy" => PolicyDoc::from_json(&bytes).map(|_| ()),
+                    "image" => ImageDoc::from_json(&bytes).map(|_| ()),
                     _ => SnapshotDoc::from_json(&bytes).map(|_| ()),
                 };
                 if let Err(e) = parsed {
@@ -151,11 +157,24 @@ impl Store {
                 docs.push((doc, ""));
             }
         }
-        for path in json_files(&self.root().join("trash"))? {
-            if let Ok(t) = TrashDoc::from_json(&fsutil::read(&path)?) {
-                docs.push((t.snapshot, ", in the trash"));
+        let mut images: Vec<(ImageDoc, &str)> = Vec::new();
+        for path in json_files(&self.root().join("images"))? {
+            if let Ok(doc) = ImageDoc::from_json(&fsutil::read(&path)?) {
+                images.push((doc, ""));
             }
         }
+        for path in json_files(&self.root().join("trash"))? {
+            if let Ok(t) = TrashDoc::from_json(&fsutil::read(&path)?) {
+                if let Some(s) = t.snapshot {
+                    docs.push((s, ", in the trash"));
+                }
+                if let Some(i) = t.image {
+                    images.push((i, ", in the trash"));
+                }
+            }
+        }
+        let known: HashMap<SnapshotId, (u64, Option<KeyId>)> =
+            docs.iter().map(|(d, _)| (d.id, (d.size, d.key))).collect();
         for (doc, place) in docs {
             report.snapshots += 1;
             if !load_codec(self, access, &mut codecs, doc.key, &mut report) {
@@ -201,6 +220,35 @@ impl Store {
                         count - MAX_PER_SNAPSHOT
                     ));
                 }
+            }
+        }
+        // Images: every device's snapshot is there, of the recorded size, under the image's key,
+        // and restorable.
+        for (image, place) in &images {
+            report.images += 1;
+            let mut damaged = false;
+            for v in &image.volumes {
+                let problem = match known.get(&v.snapshot) {
+                    None => Some(format!("snapshot {} is missing", v.snapshot)),
+                    Some((size, key)) if *size != v.size || *key != image.key => Some(format!(
+                        "snapshot {} has size {size} and key {key:?}, the image says {} and {:?}",
+                        v.snapshot, v.size, image.key
+                    )),
+                    Some(_) if report.damaged_snapshots.contains(&v.snapshot) => {
+                        Some(format!("snapshot {} is damaged (see above)", v.snapshot))
+                    }
+                    Some(_) => None,
+                };
+                if let Some(p) = problem {
+                    damaged = true;
+                    report.problems.push(format!(
+                        "image '{}' ({}{place}) device {}: {p}",
+                        image.name, image.id, v.device
+                    ));
+                }
+            }
+            if damaged {
+                report.damaged_images.push(image.id);
             }
         }
         report.damaged_packs = bad_packs.into_iter().collect();

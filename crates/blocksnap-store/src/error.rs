@@ -54,6 +54,17 @@ impl StoreError {
         }
     }
 
+    /// The same error, its message prefixed with `what` (`device /dev/sdb: …`); the kind stays.
+    pub fn context(self, what: &str) -> StoreError {
+        match self {
+            StoreError::Usage(m) => StoreError::Usage(format!("{what}: {m}")),
+            StoreError::Denied(m) => StoreError::Denied(format!("{what}: {m}")),
+            StoreError::Damaged(m) => StoreError::Damaged(format!("{what}: {m}")),
+            StoreError::Other(m) => StoreError::Other(format!("{what}: {m}")),
+            e @ StoreError::Io { .. } => StoreError::Other(format!("{what}: {e}")),
+        }
+    }
+
     pub(crate) fn io(
         what: &'static str,
         path: impl Into<PathBuf>,

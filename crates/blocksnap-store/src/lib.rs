@@ -27,8 +27,10 @@
 
 mod access;
 mod check;
+mod copy;
 mod error;
 mod fsutil;
+mod image;
 mod lifecycle;
 mod lock;
 mod policy;
@@ -43,7 +45,11 @@ mod store;
 
 pub use access::Access;
 pub use check::CheckReport;
+pub use copy::{CopyOptions, TAG_COPIED_FROM};
 pub use error::{ErrorKind, Result, StoreError};
+pub use image::{
+    Audience, DeregisterReport, ImageOptions, ImageReport, RebuildReport, RebuiltVolume,
+};
 pub use lifecycle::TrashEntry;
 pub use policy::{PolicyAction, PolicyRunReport, TAG_POLICY, TAG_SCHEDULE};
 pub use progress::{NoProgress, Progress};
@@ -58,5 +64,5 @@ pub use store::{
 
 pub use blocksnap_chunker::ChunkerKind;
 pub use blocksnap_manifest::{
-    AccountDoc, Document, KeyDoc, PolicyDoc, SnapshotDoc, SnapshotId, VolumeDoc,
+    AccountDoc, Document, ImageDoc, ImageId, KeyDoc, PolicyDoc, SnapshotDoc, SnapshotId, VolumeDoc,
 };

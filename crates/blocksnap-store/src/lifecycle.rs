@@ -1,14 +1,15 @@
 //! Volumes, snapshot deletion and the trash.
 //!
-//! Deleting a snapshot moves its document into a tombstone in `trash/` (written first, then the
-//! snapshot document removed), where it stays restorable until the store's trash retention ends.
-//! Nothing a tombstone references is reclaimed before then: prune counts tombstones as live.
+//! Deleting a snapshot (or deregistering an image) moves its document into a tombstone in
+//! `trash/` (written first, then the live document removed), where it stays restorable until the
+//! store's trash retention ends. Nothing a tombstone references is reclaimed before then: prune
+//! counts tombstones as live. A snapshot that a live image maps cannot be deleted.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use blocksnap_manifest::{Document, SnapshotDoc, TrashDoc, VolumeDoc};
+use blocksnap_manifest::{Document, ImageDoc, SnapshotDoc, TrashDoc, VolumeDoc};
 use serde::Serialize;
 
 use crate::access::Access;
@@ -21,15 +22,17 @@ use crate::store::Store;
 pub struct TrashEntry {
     /// The deleted object's id.
     pub id: String,
-    /// `snapshot`.
+    /// `snapshot` or `image`.
     pub kind: String,
+    /// The snapshot's volume or the image's name.
+    pub name: String,
     /// When it was deleted.
     pub deleted: String,
     /// When it may be removed for good.
     pub expires: String,
-    /// Its volume.
+    /// The snapshot's volume (empty for an image).
     pub volume: String,
-    /// Its size.
+    /// The snapshot's size, or the sum of the image's volumes.
     pub size: u64,
 }
 
@@ -38,8 +41,40 @@ impl Store {
         self.root().join("volumes").join(format!("{name}.json"))
     }
 
-    fn trash_path(&self, id: blocksnap_manifest::SnapshotId) -> PathBuf {
+    pub(crate) fn trash_path(&self, id: &str) -> PathBuf {
         self.root().join("trash").join(format!("{id}.json"))
+    }
+
+    /// Writes a tombstone for `id` holding `snapshot` or `image`, expiring after the store's
+    /// trash retention.
+    pub(crate) fn tombstone(
+        &self,
+        access: &Access,
+        snapshot: Option<SnapshotDoc>,
+        image: Option<ImageDoc>,
+    ) -> Result<TrashDoc> {
+        let now = jiff::Timestamp::now();
+        let days = i64::from(self.config().trash_retention_days);
+        let expires = now
+            .checked_add(jiff::SignedDuration::from_hours(24 * days))
+            .map_err(|e| StoreError::Other(format!("trash expiry: {e}")))?;
+        let (id, kind) = match (&snapshot, &image) {
+            (Some(s), _) => (s.id.to_string(), "snapshot"),
+            (None, Some(i)) => (i.id.to_string(), "image"),
+            (None, None) => return Err(StoreError::Other("an empty tombstone".into())),
+        };
+        let tomb = TrashDoc {
+            format: TrashDoc::FORMAT.into(),
+            id,
+            kind: kind.into(),
+            deleted: fsutil::rfc3339(now),
+            expires: fsutil::rfc3339(expires),
+            deleted_by: access.account.clone(),
+            snapshot,
+            image,
+        };
+        fsutil::write_atomic(&self.trash_path(&tomb.id), &tomb.to_json(), 0o644)?;
+        Ok(tomb)
     }
 
     /// Registers a volume: a name for an image file or block device, with tags.
@@ -86,27 +121,34 @@ impl Store {
             .map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))
     }
 
-    /// Moves a snapshot to the trash, restorable for the store's trash retention.
+    /// Moves a snapshot to the trash, restorable for the store's trash retention. A snapshot
+    /// that a live image maps is refused: deregister the image first.
     pub fn delete_snapshot(&self, access: &Access, snapshot: &str) -> Result<TrashEntry> {
         let doc = self.resolve_snapshot(snapshot)?;
-        let now = jiff::Timestamp::now();
-        let days = i64::from(self.config().trash_retention_days);
-        let expires = now
-            .checked_add(jiff::SignedDuration::from_hours(24 * days))
-            .map_err(|e| StoreError::Other(format!("trash expiry: {e}")))?;
-        let tomb = TrashDoc {
-            format: TrashDoc::FORMAT.into(),
-            id: doc.id,
-            kind: "snapshot".into(),
-            deleted: fsutil::rfc3339(now),
-            expires: fsutil::rfc3339(expires),
-            deleted_by: access.account.clone(),
-            snapshot: doc,
-        };
-        // Tombstone first: a crash in between leaves the snapshot both live and in the trash,
-        // never in neither.
-        fsutil::write_atomic(&self.trash_path(tomb.id), &tomb.to_json(), 0o644)?;
-        let live = self.snapshot_path(tomb.id);
+        if let Some(image) = self.images_using(doc.id)?.first() {
+            return Err(StoreError::Usage(format!(
+                "snapshot {} is device {} of image '{}' ({}); deregister the image first \
+                 (`blocksnap image deregister {} --delete-snapshots` deletes its snapshots too)",
+                doc.id,
+                image
+                    .volumes
+                    .iter()
+                    .find(|v| v.snapshot == doc.id)
+                    .map_or("?", |v| v.device.as_str()),
+                image.name,
+                image.id,
+                image.name
+            )));
+        }
+        self.trash_snapshot(access, doc)
+    }
+
+    /// Moves a snapshot document to the trash. Tombstone first: a crash in between leaves the
+    /// snapshot both live and in the trash, never in neither.
+    pub(crate) fn trash_snapshot(&self, access: &Access, doc: SnapshotDoc) -> Result<TrashEntry> {
+        let id = doc.id;
+        let tomb = self.tombstone(access, Some(doc), None)?;
+        let live = self.snapshot_path(id);
         fs::remove_file(&live).map_err(StoreError::io("cannot remove", &live))?;
         fsutil::sync_dir(live.parent().expect("snapshots/"))?;
         Ok(entry(&tomb))
@@ -115,7 +157,7 @@ impl Store {
     /// Every tombstone, oldest deletion first.
     pub fn list_trash(&self) -> Result<Vec<TrashDoc>> {
         let mut v: Vec<TrashDoc> = crate::store::read_docs(&self.root().join("trash"))?;
-        v.sort_by(|a, b| (&a.deleted, a.id).cmp(&(&b.deleted, b.id)));
+        v.sort_by(|a, b| (&a.deleted, &a.id).cmp(&(&b.deleted, &b.id)));
         Ok(v)
     }
 
@@ -124,20 +166,21 @@ impl Store {
         Ok(self.list_trash()?.iter().map(entry).collect())
     }
 
-    /// Brings a snapshot back from the trash.
+    /// Brings a snapshot or an image back from the trash. An image brings back those of its
+    /// snapshots that are in the trash too.
     pub fn restore_trash(&self, id: &str) -> Result<TrashEntry> {
-        let want = if id.starts_with("snap-") {
-            id.to_string()
-        } else {
-            format!("snap-{id}")
-        };
-        let matches: Vec<TrashDoc> = self
-            .list_trash()?
-            .into_iter()
-            .filter(|t| t.id.to_string().starts_with(&want))
+        let trash = self.list_trash()?;
+        let matches: Vec<&TrashDoc> = trash
+            .iter()
+            .filter(|t| {
+                t.id.starts_with(id)
+                    || t.id
+                        .split_once('-')
+                        .is_some_and(|(_, hex)| !id.is_empty() && hex.starts_with(id))
+            })
             .collect();
         let tomb = match matches.len() {
-            1 => matches.into_iter().next().expect("one"),
+            1 => matches[0],
             0 => {
                 return Err(StoreError::Usage(format!(
                     "nothing in the trash matches '{id}'; see `blocksnap trash list`"
@@ -149,10 +192,40 @@ impl Store {
                 )));
             }
         };
-        self.write_snapshot(&tomb.snapshot)?;
-        let path = self.trash_path(tomb.id);
-        fs::remove_file(&path).map_err(StoreError::io("cannot remove", &path))?;
-        Ok(entry(&tomb))
+        if let Some(snapshot) = &tomb.snapshot {
+            self.write_snapshot(snapshot)?;
+        }
+        if let Some(image) = &tomb.image {
+            if self.list_images()?.iter().any(|i| i.name == image.name) {
+                return Err(StoreError::Usage(format!(
+                    "an image named '{}' exists; deregister or rename it before restoring {}",
+                    image.name, image.id
+                )));
+            }
+            for v in &image.volumes {
+                if self.snapshot_path(v.snapshot).is_file() {
+                    continue;
+                }
+                let Some(t) = trash.iter().find(|t| t.id == v.snapshot.to_string()) else {
+                    return Err(StoreError::Usage(format!(
+                        "image {} cannot come back: the snapshot {} of its device {} was removed for good",
+                        image.id, v.snapshot, v.device
+                    )));
+                };
+                if let Some(s) = &t.snapshot {
+                    self.write_snapshot(s)?;
+                }
+                self.remove_tombstone(&t.id)?;
+            }
+            self.write_image(image)?;
+        }
+        self.remove_tombstone(&tomb.id)?;
+        Ok(entry(tomb))
+    }
+
+    fn remove_tombstone(&self, id: &str) -> Result<()> {
+        let path = self.trash_path(id);
+        fs::remove_file(&path).map_err(StoreError::io("cannot remove", &path))
     }
 
     /// Removes tombstones for good: all of them, or only those past their expiry. Their data is
@@ -164,8 +237,7 @@ impl Store {
             if expired_only && tomb.expires.as_str() > now.as_str() {
                 continue;
             }
-            let path = self.trash_path(tomb.id);
-            fs::remove_file(&path).map_err(StoreError::io("cannot remove", &path))?;
+            self.remove_tombstone(&tomb.id)?;
             removed.push(entry(&tomb));
         }
         Ok(removed)
@@ -174,18 +246,28 @@ impl Store {
     /// Every snapshot document that keeps data alive: live ones and those in the trash.
     pub fn referenced_snapshots(&self) -> Result<Vec<SnapshotDoc>> {
         let mut v = self.list_snapshots()?;
-        v.extend(self.list_trash()?.into_iter().map(|t| t.snapshot));
+        v.extend(self.list_trash()?.into_iter().filter_map(|t| t.snapshot));
         Ok(v)
     }
 }
 
-fn entry(t: &TrashDoc) -> TrashEntry {
+pub(crate) fn entry(t: &TrashDoc) -> TrashEntry {
+    let (name, volume, size) = match (&t.snapshot, &t.image) {
+        (Some(s), _) => (s.volume.clone(), s.volume.clone(), s.size),
+        (None, Some(i)) => (
+            i.name.clone(),
+            String::new(),
+            i.volumes.iter().map(|v| v.size).sum(),
+        ),
+        (None, None) => (String::new(), String::new(), 0),
+    };
     TrashEntry {
-        id: t.id.to_string(),
+        id: t.id.clone(),
         kind: t.kind.clone(),
+        name,
         deleted: t.deleted.clone(),
         expires: t.expires.clone(),
-        volume: t.snapshot.volume.clone(),
-        size: t.snapshot.size,
+        volume,
+        size,
     }
 }

@@ -183,6 +183,13 @@ impl Store {
                 for volume in &targets {
                     let taken = self.taken_by(&policy.name, &schedule.name, &volume.name)?;
                     for old in expired(&taken, schedule.keep, at)? {
+                        if let Some(image) = self.images_using(old.id)?.first() {
+                            progress.message(&format!(
+                                "kept {} of {} past its retention: image '{}' maps it",
+                                old.id, volume.name, image.name
+                            ));
+                            continue;
+                        }
                         self.delete_snapshot(access, &old.id.to_string())?;
                         report.expired.push(action(
                             &policy,

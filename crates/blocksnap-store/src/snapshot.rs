@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use blocksnap_chunker::Chunker;
+use blocksnap_index::Index;
 use blocksnap_manifest::{Document, ExtentEncoder, ExtentsDoc, KeyId, SnapshotDoc, SnapshotId};
+use blocksnap_pack::ChunkCodec;
+use crossbeam_channel::Sender;
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -13,8 +16,8 @@ use crate::access::Access;
 use crate::error::{Result, StoreError};
 use crate::fsutil;
 use crate::progress::Progress;
-use crate::sink::{ChunkSink, MetaWriter};
-use crate::source::{Piece, Source};
+use crate::sink::{ChunkSink, MetaWriter, SinkStats};
+use crate::source::{Piece, ReadBatch, Source};
 use crate::store::{Store, chunker_doc};
 
 /// Options of `snapshot create`.
@@ -66,6 +69,28 @@ pub struct SnapshotReport {
     pub packs: u64,
 }
 
+/// What storing a stream of pieces produced: the parts of a snapshot document and counters.
+pub(crate) struct Stored {
+    pub extents: ExtentsDoc,
+    pub size: u64,
+    pub data_bytes: u64,
+    pub bytes_read: u64,
+    pub bytes_hole: u64,
+    pub stats: SinkStats,
+}
+
+/// Progress of one of several operations that share a bar: phases are the caller's.
+pub(crate) struct Within<'a>(pub &'a dyn Progress);
+
+impl Progress for Within<'_> {
+    fn advance(&self, bytes: u64) {
+        self.0.advance(bytes);
+    }
+    fn message(&self, text: &str) {
+        self.0.message(text);
+    }
+}
+
 impl Store {
     /// Takes a snapshot of a disk image or block device.
     pub fn snapshot(
@@ -74,13 +99,27 @@ impl Store {
         opts: &SnapshotOptions,
         progress: &dyn Progress,
     ) -> Result<SnapshotReport> {
-        let started = Instant::now();
-        // SOURCE is a path, or the name of a registered volume.
+        let _lock = self.lock_shared(progress)?;
+        let index = self.open_index(progress)?;
+        let source = self.open_source(opts)?;
+        progress.start("snapshot", source.size);
+        let r = self.snapshot_with(access, opts, source, &index, progress)?;
+        progress.finish();
+        Ok(r)
+    }
+
+    /// Opens the source of a snapshot: a path, or the name of a registered volume.
+    pub(crate) fn open_source(&self, opts: &SnapshotOptions) -> Result<Source> {
+        Source::open(&self.source_of(opts)?.0)
+    }
+
+    /// The path and volume name of a snapshot's source.
+    fn source_of(&self, opts: &SnapshotOptions) -> Result<(PathBuf, String)> {
         let registered = match opts.source.to_str() {
             Some(name) if !opts.source.exists() => self.volume(name)?,
             _ => None,
         };
-        let source_path = registered
+        let path = registered
             .as_ref()
             .map_or_else(|| opts.source.clone(), |v| PathBuf::from(&v.path));
         let volume = match (&opts.volume, &registered) {
@@ -90,26 +129,97 @@ impl Store {
         };
         blocksnap_manifest::validate_name("snapshot", "volume", &volume)
             .map_err(|e| StoreError::Usage(format!("volume name: {e}")))?;
+        Ok((path, volume))
+    }
+
+    /// Takes a snapshot of an opened source with the store lock held and the index open.
+    pub(crate) fn snapshot_with(
+        &self,
+        access: &Access,
+        opts: &SnapshotOptions,
+        source: Source,
+        index: &Index,
+        progress: &dyn Progress,
+    ) -> Result<SnapshotReport> {
+        let started = Instant::now();
+        let (source_path, volume) = self.source_of(opts)?;
         blocksnap_manifest::validate_tags("snapshot", &opts.tags)
             .map_err(|e| StoreError::Usage(e.to_string()))?;
         let codec = self.codec_for_new(access, opts.key.as_deref())?;
-        let source = Source::open(&source_path)?;
         let parent = self.latest_snapshot(&volume)?.map(|s| s.id);
         let chunker = Chunker::new(self.chunker_params())
             .map_err(|e| StoreError::Damaged(format!("store config: {e}")))?;
-        let _lock = self.lock_shared(progress)?;
-        let index = self.open_index(progress)?;
-        let mut sink = ChunkSink::new(self, &codec, &index);
+        let stored =
+            self.store_pieces(&codec, index, |tx| source.read_into(&chunker, tx), progress)?;
+        if stored.size != source.size {
+            return Err(StoreError::Other(format!(
+                "{} changed size while being read ({} bytes, then {}); snapshot a quiet image",
+                source_path.display(),
+                source.size,
+                stored.size
+            )));
+        }
+        let doc = SnapshotDoc {
+            format: SnapshotDoc::FORMAT.into(),
+            id: SnapshotId(u64::from_le_bytes(fsutil::random_bytes())),
+            volume,
+            size: source.size,
+            created: opts.created.clone().unwrap_or_else(fsutil::now_rfc3339),
+            parent,
+            key: codec.key_id(),
+            owner: access.account.clone(),
+            chunker: chunker_doc(self.chunker_params()),
+            tags: opts.tags.clone(),
+            description: opts.description.clone(),
+            data_bytes: stored.data_bytes,
+            extents: stored.extents.clone(),
+        };
+        self.commit_snapshot(doc, &stored, started)
+    }
+
+    /// Writes the document of a snapshot whose data is stored, durable and indexed: the commit.
+    pub(crate) fn commit_snapshot(
+        &self,
+        doc: SnapshotDoc,
+        stored: &Stored,
+        started: Instant,
+    ) -> Result<SnapshotReport> {
+        let doc_bytes = self.write_snapshot(&doc)?;
+        Ok(SnapshotReport {
+            id: doc.id,
+            volume: doc.volume,
+            size: doc.size,
+            bytes_read: stored.bytes_read,
+            bytes_hole: stored.bytes_hole,
+            chunks: stored.stats.chunks,
+            chunks_new: stored.stats.chunks_new,
+            bytes_new: stored.stats.bytes_new,
+            bytes_stored: stored.stats.bytes_stored + doc_bytes,
+            seconds: started.elapsed().as_secs_f64(),
+            parent: doc.parent,
+            key: doc.key,
+            packs: stored.stats.packs,
+        })
+    }
+
+    /// Stores the pieces `produce` sends (on its own thread, in volume order): ids in parallel,
+    /// the extent list built and itself stored as chunks, new chunks encoded and packed. When it
+    /// returns, everything is durable and indexed; the caller commits the document.
+    pub(crate) fn store_pieces(
+        &self,
+        codec: &ChunkCodec,
+        index: &Index,
+        produce: impl FnOnce(&Sender<Result<ReadBatch>>) + Send,
+        progress: &dyn Progress,
+    ) -> Result<Stored> {
+        let mut sink = ChunkSink::new(self, codec, index);
         let mut meta = MetaWriter::new();
         let mut extents = ExtentEncoder::new();
         let mut meta_buf = Vec::new();
         let (mut bytes_read, mut bytes_hole, mut data_bytes) = (0u64, 0u64, 0u64);
-
-        progress.start("snapshot", source.size);
         let (tx, rx) = crossbeam_channel::bounded(2);
         std::thread::scope(|scope| -> Result<()> {
-            let (src, ch) = (&source, &chunker);
-            let reader = scope.spawn(move || src.read_into(ch, &tx));
+            let reader = scope.spawn(move || produce(&tx));
             let result = (|| {
                 for batch in rx.iter() {
                     let batch = batch?;
@@ -150,55 +260,21 @@ impl Store {
                 .map_err(|_| StoreError::Other("the reader thread panicked".into()))?;
             result
         })?;
-        progress.finish();
-
-        let (tail, count, total) = extents.finish();
-        if total != source.size {
-            return Err(StoreError::Other(format!(
-                "{} changed size while being read ({} bytes, then {total}); snapshot a quiet image",
-                source_path.display(),
-                source.size
-            )));
-        }
+        let (tail, count, size) = extents.finish();
         meta_buf.extend(tail);
         meta.write(&mut meta_buf, true, &mut sink)?;
         let stats = sink.finish()?;
-
-        // Every pack the snapshot needs is durable and indexed: commit it.
-        let doc = SnapshotDoc {
-            format: SnapshotDoc::FORMAT.into(),
-            id: SnapshotId(u64::from_le_bytes(fsutil::random_bytes())),
-            volume: volume.clone(),
-            size: source.size,
-            created: opts.created.clone().unwrap_or_else(fsutil::now_rfc3339),
-            parent,
-            key: codec.key_id(),
-            owner: access.account.clone(),
-            chunker: chunker_doc(self.chunker_params()),
-            tags: opts.tags.clone(),
-            description: opts.description.clone(),
-            data_bytes,
+        Ok(Stored {
             extents: ExtentsDoc {
                 count,
                 bytes: meta.bytes,
                 chunks: meta.chunks,
             },
-        };
-        let doc_bytes = self.write_snapshot(&doc)?;
-        Ok(SnapshotReport {
-            id: doc.id,
-            volume,
-            size: source.size,
+            size,
+            data_bytes,
             bytes_read,
             bytes_hole,
-            chunks: stats.chunks,
-            chunks_new: stats.chunks_new,
-            bytes_new: stats.bytes_new,
-            bytes_stored: stats.bytes_stored + doc_bytes,
-            seconds: started.elapsed().as_secs_f64(),
-            parent,
-            key: doc.key,
-            packs: stats.packs,
+            stats,
         })
     }
 }

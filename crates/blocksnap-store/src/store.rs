@@ -95,7 +95,8 @@ impl std::fmt::Debug for Store {
 }
 
 /// The directories of a store.
-pub(crate) const DIRS: [&str; 8] = [
+pub(crate) const DIRS: [&str; 9] = [
+    "images",
     "policies",
     "accounts",
     "keys",
