@@ -1,7 +1,7 @@
 //! Every document parser: never panics; what parses re-encodes to the same value.
 #![no_main]
 
-use blocksnap_manifest::{AccountDoc, ConfigDoc, Document, KeyDoc, SnapshotDoc};
+use blocksnap_manifest::{AccountDoc, ConfigDoc, Document, KeyDoc, LockDoc, SnapshotDoc};
 use libfuzzer_sys::fuzz_target;
 
 fn round_trip<D: Document + PartialEq + std::fmt::Debug>(data: &[u8]) {
@@ -16,4 +16,5 @@ fuzz_target!(|data: &[u8]| {
     round_trip::<KeyDoc>(data);
     round_trip::<AccountDoc>(data);
     round_trip::<ConfigDoc>(data);
+    round_trip::<LockDoc>(data);
 });

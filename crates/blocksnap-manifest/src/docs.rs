@@ -141,7 +141,7 @@ fn validate_text(doc: &'static str, field: &str, text: &str) -> Result<(), DocEr
     Ok(())
 }
 
-fn validate_time(doc: &'static str, field: &str, text: &str) -> Result<(), DocError> {
+pub(crate) fn validate_time(doc: &'static str, field: &str, text: &str) -> Result<(), DocError> {
     // RFC 3339 in UTC as written by blocksnap: 2026-11-23T19:30:24Z (fraction optional).
     let b = text.as_bytes();
     let shape = b.len() >= 20

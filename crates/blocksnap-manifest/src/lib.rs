@@ -1,7 +1,7 @@
 //! blocksnap's documents and ids.
 //!
 //! Everything a store records about its data, apart from the chunks themselves, is a document
-//! defined here: the store's `config`, `accounts/`, `keys/` and `snapshots/`, and the binary
+//! defined here: the store's `config`, `accounts/`, `keys/`, `snapshots/` and `locks/`, and the binary
 //! extent list of a snapshot. Every document carries a versioned format name
 //! (`blocksnap.snapshot/v1`) and is validated on read: this crate parses untrusted bytes and
 //! returns an error naming the document and the field, never a panic. It does no I/O.
@@ -16,6 +16,7 @@ mod docs;
 mod error;
 mod extent;
 mod id;
+mod lock;
 mod policy;
 
 pub use docs::{
@@ -26,4 +27,5 @@ pub use docs::{
 pub use error::{DocError, ExtentError};
 pub use extent::{EXTENT_MAGIC, Extent, ExtentDecoder, ExtentEncoder, MAX_DATA_EXTENT};
 pub use id::{ChunkId, IdError, KeyId, PackId, SnapshotId, StoreId};
+pub use lock::{LockDoc, LockKind, MAX_HOST_LEN, validate_host};
 pub use policy::{Keep, Period, PolicyDoc, Schedule, Unit};
