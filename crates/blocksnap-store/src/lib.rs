@@ -45,6 +45,7 @@ pub use access::Access;
 pub use check::CheckReport;
 pub use error::{ErrorKind, Result, StoreError};
 pub use lifecycle::TrashEntry;
+pub use lock::{LockEntry, LockStatus, UnlockReport};
 pub use policy::{PolicyAction, PolicyRunReport, TAG_POLICY, TAG_SCHEDULE};
 pub use progress::{NoProgress, Progress};
 pub use prune::{PruneOptions, PruneReport};
@@ -58,5 +59,5 @@ pub use store::{
 
 pub use blocksnap_chunker::ChunkerKind;
 pub use blocksnap_manifest::{
-    AccountDoc, Document, KeyDoc, PolicyDoc, SnapshotDoc, SnapshotId, VolumeDoc,
+    AccountDoc, Document, KeyDoc, LockDoc, LockKind, PolicyDoc, SnapshotDoc, SnapshotId, VolumeDoc,
 };

@@ -97,7 +97,7 @@ impl Store {
         let parent = self.latest_snapshot(&volume)?.map(|s| s.id);
         let chunker = Chunker::new(self.chunker_params())
             .map_err(|e| StoreError::Damaged(format!("store config: {e}")))?;
-        let _lock = self.lock_shared(progress)?;
+        let _lock = self.lock_shared("snapshot", progress)?;
         let index = self.open_index(progress)?;
         let mut sink = ChunkSink::new(self, &codec, &index);
         let mut meta = MetaWriter::new();
