@@ -2,7 +2,8 @@
 #![no_main]
 
 use blocksnap_manifest::{
-    AccountDoc, ConfigDoc, Document, ImageDoc, KeyDoc, PolicyDoc, SnapshotDoc, TrashDoc, VolumeDoc,
+    AccountDoc, ConfigDoc, Document, ImageDoc, KeyDoc, LockDoc, PolicyDoc, SnapshotDoc, TrashDoc,
+    VolumeDoc,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -22,4 +23,5 @@ fuzz_target!(|data: &[u8]| {
     round_trip::<TrashDoc>(data);
     round_trip::<PolicyDoc>(data);
     round_trip::<VolumeDoc>(data);
+    round_trip::<LockDoc>(data);
 });

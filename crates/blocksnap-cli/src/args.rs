@@ -74,6 +74,16 @@ pub enum Command {
         #[arg(long)]
         read_data: bool,
     },
+    /// Remove lock objects that no running command holds: those of this host whose process is
+    /// gone, and damaged ones. (Locks left by killed commands of this host are also removed
+    /// automatically by the next command.)
+    Unlock {
+        /// Also remove the locks of other hosts sharing the store. Use it only when sure that
+        /// those blocksnap processes are gone (their host crashed or was switched off): a
+        /// prune running there could otherwise delete data a snapshot here still needs.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -263,6 +263,27 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 )
             })
         }
+        Command::Unlock { all } => {
+            let r = ctx.open()?.unlock(*all)?;
+            ctx.output(&r, || {
+                let mut t = String::new();
+                for e in &r.removed {
+                    t += &format!("removed {}\n", e.describe());
+                }
+                for e in &r.kept {
+                    t += &format!(
+                        "kept {}{}\n",
+                        e.describe(),
+                        match e.status {
+                            blocksnap_store::LockStatus::Running => " (running on this host)",
+                            _ => " (another host's: `blocksnap unlock --all` removes it)",
+                        }
+                    );
+                }
+                t += &format!("{} lock(s) removed, {} kept", r.removed.len(), r.kept.len());
+                t
+            })
+        }
     }
 }
 

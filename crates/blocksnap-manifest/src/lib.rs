@@ -2,7 +2,7 @@
 //!
 //! Everything a store records about its data, apart from the chunks themselves, is a document
 //! defined here: the store's `config`, `accounts/`, `keys/`, `snapshots/`, `images/`,
-//! `volumes/`, `policies/` and `trash/`, and the binary extent list of a snapshot. Every document
+//! `volumes/`, `policies/`, `trash/` and `locks/`, and the binary extent list of a snapshot. Every document
 //! carries a versioned format name (`blocksnap.snapshot/v1`) and is validated on read: this crate
 //! parses untrusted bytes and returns an error naming the document and the field, never a panic.
 //! It does no I/O.
@@ -18,6 +18,7 @@ mod error;
 mod extent;
 mod id;
 mod image;
+mod lock;
 mod policy;
 
 pub use docs::{
@@ -31,4 +32,5 @@ pub use id::{ChunkId, IdError, ImageId, KeyId, PackId, SnapshotId, StoreId};
 pub use image::{
     ImageDoc, ImageVolume, LaunchPermissions, MAX_IMAGE_VOLUMES, device_file_name, validate_device,
 };
+pub use lock::{LockDoc, LockKind, MAX_HOST_LEN, validate_host};
 pub use policy::{Keep, Period, PolicyDoc, Schedule, Unit};

@@ -61,7 +61,7 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<CheckReport> {
         let mut report = CheckReport::default();
-        let _lock = self.lock_shared(progress)?;
+        let _lock = self.lock_shared("check", progress)?;
         let index = self.open_index(progress)?;
         let mut codecs: HashMap<Option<KeyId>, Option<ChunkCodec>> = HashMap::new();
         // Documents.
@@ -88,6 +88,18 @@ impl Store {
                 if let Err(e) = parsed {
                     report.problems.push(format!("{}: {e}", path.display()));
                 }
+            }
+        }
+
+        // Lock objects: those of running commands come and go; only damaged ones are problems
+        // (taking the lock above already removed stale ones of this host).
+        for e in self.locks()? {
+            if e.status == crate::LockStatus::Damaged {
+                report.problems.push(format!(
+                    "damaged lock file {}: {}; `blocksnap unlock` removes it",
+                    e.file.display(),
+                    e.detail
+                ));
             }
         }
 

@@ -65,11 +65,11 @@ impl Store {
         let target_codec = target.codec_for_new(target_access, opts.key.as_deref())?;
         let same_store = self.config().id == target.config().id;
 
-        let _lock = self.lock_shared(progress)?;
+        let _lock = self.lock_shared("image copy", progress)?;
         let _target_lock = if same_store {
             None
         } else {
-            Some(target.lock_shared(progress)?)
+            Some(target.lock_shared("image copy", progress)?)
         };
         let target_index = target.open_index(progress)?;
         let source_index = if same_store {

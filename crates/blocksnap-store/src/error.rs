@@ -12,6 +12,8 @@ pub enum ErrorKind {
     Denied,
     /// Stored data is damaged (exit 1 from restore; `check` reports it as 4).
     Damaged,
+    /// Another command, on another host, holds the store in a conflicting way (exit 1).
+    Locked,
     /// Anything else (exit 1).
     Other,
 }
@@ -28,6 +30,10 @@ pub enum StoreError {
     /// Stored data is damaged: the message names the pack, chunk or document.
     #[error("{0}")]
     Damaged(String),
+    /// A lock of another host (or one this blocksnap cannot read) conflicts with the command:
+    /// the message names the holder, its age and the command that clears it.
+    #[error("{0}")]
+    Locked(String),
     /// An I/O error on a named path.
     #[error("{what} {path}: {source}")]
     Io {
@@ -50,6 +56,7 @@ impl StoreError {
             StoreError::Usage(_) => ErrorKind::Usage,
             StoreError::Denied(_) => ErrorKind::Denied,
             StoreError::Damaged(_) => ErrorKind::Damaged,
+            StoreError::Locked(_) => ErrorKind::Locked,
             StoreError::Io { .. } | StoreError::Other(_) => ErrorKind::Other,
         }
     }
@@ -61,6 +68,7 @@ impl StoreError {
             StoreError::Denied(m) => StoreError::Denied(format!("{what}: {m}")),
             StoreError::Damaged(m) => StoreError::Damaged(format!("{what}: {m}")),
             StoreError::Other(m) => StoreError::Other(format!("{what}: {m}")),
+            StoreError::Locked(m) => StoreError::Locked(format!("{what}: {m}")),
             e @ StoreError::Io { .. } => StoreError::Other(format!("{what}: {e}")),
         }
     }

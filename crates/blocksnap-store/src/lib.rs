@@ -51,6 +51,7 @@ pub use image::{
     Audience, DeregisterReport, ImageOptions, ImageReport, RebuildReport, RebuiltVolume,
 };
 pub use lifecycle::TrashEntry;
+pub use lock::{LockEntry, LockStatus, UnlockReport};
 pub use policy::{PolicyAction, PolicyRunReport, TAG_POLICY, TAG_SCHEDULE};
 pub use progress::{NoProgress, Progress};
 pub use prune::{PruneOptions, PruneReport};
@@ -64,5 +65,6 @@ pub use store::{
 
 pub use blocksnap_chunker::ChunkerKind;
 pub use blocksnap_manifest::{
-    AccountDoc, Document, ImageDoc, ImageId, KeyDoc, PolicyDoc, SnapshotDoc, SnapshotId, VolumeDoc,
+    AccountDoc, Document, ImageDoc, ImageId, KeyDoc, LockDoc, LockKind, PolicyDoc, SnapshotDoc,
+    SnapshotId, VolumeDoc,
 };

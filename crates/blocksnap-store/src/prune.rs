@@ -81,7 +81,7 @@ impl Store {
             dry_run: opts.dry_run,
             ..PruneReport::default()
         };
-        let _lock = self.lock_exclusive(progress)?;
+        let _lock = self.lock_exclusive("prune", progress)?;
         let index = self.open_index(progress)?;
         if !opts.dry_run {
             report.trash_expired = self.empty_trash(true)?.len() as u64;

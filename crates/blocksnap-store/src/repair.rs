@@ -27,7 +27,7 @@ pub struct RepairReport {
 impl Store {
     /// Clears the index and fills it again from every pack's trailer.
     pub fn repair_index(&self, access: &Access, progress: &dyn Progress) -> Result<RepairReport> {
-        let _lock = self.lock_exclusive(progress)?;
+        let _lock = self.lock_exclusive("repair", progress)?;
         let index = match self.open_index(progress) {
             Ok(index) => index,
             // An index sled cannot open is rebuilt from nothing: it holds only what the packs say.

@@ -193,7 +193,7 @@ impl Store {
         let started = Instant::now();
         let doc = self.resolve_snapshot(snapshot)?;
         let codec = self.codec(access, doc.key)?;
-        let _lock = self.lock_shared(progress)?;
+        let _lock = self.lock_shared("restore", progress)?;
         // The index if it is free; else (a snapshot is running) locations from the pack trailers.
         let index = match Index::open(&self.index_path(), Duration::ZERO, |_| {}) {
             Ok(index) => Some(index),

@@ -99,7 +99,7 @@ impl Store {
         opts: &SnapshotOptions,
         progress: &dyn Progress,
     ) -> Result<SnapshotReport> {
-        let _lock = self.lock_shared(progress)?;
+        let _lock = self.lock_shared("snapshot", progress)?;
         let index = self.open_index(progress)?;
         let source = self.open_source(opts)?;
         progress.start("snapshot", source.size);
