@@ -640,4 +640,71 @@ mod tests {
         assert!(SnapshotDoc::from_json(b"[]").is_err());
         assert!(SnapshotDoc::from_json(b"{\"format\":\"blocksnap.snapshot/v1\"}").is_err());
     }
+
+    fn arb_snapshot() -> impl proptest::strategy::Strategy<Value = SnapshotDoc> {
+        use proptest::prelude::*;
+        (
+            any::<u64>(),
+            "[a-zA-Z0-9][a-zA-Z0-9_.:@+-]{0,40}",
+            0u64..MAX_VOLUME_SIZE,
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+            proptest::collection::btree_map("[a-z:]{1,12}", "[ -~]{0,30}", 0..6),
+            proptest::collection::vec(any::<[u8; 32]>(), 0..5),
+            any::<bool>(),
+        )
+            .prop_map(|(id, volume, size, parent, key, tags, chunks, fixed)| {
+                let count = size.min(chunks.len() as u64 * 1000);
+                SnapshotDoc {
+                    format: SnapshotDoc::FORMAT.into(),
+                    id: SnapshotId(id),
+                    volume,
+                    size,
+                    created: "2026-11-24T08:00:00.5Z".into(),
+                    parent: parent.map(SnapshotId),
+                    key: key.map(KeyId),
+                    owner: "alice".into(),
+                    chunker: ChunkerDoc {
+                        kind: if fixed {
+                            ChunkerKindDoc::Fixed
+                        } else {
+                            ChunkerKindDoc::Cdc
+                        },
+                        min: 4096,
+                        avg: 32768,
+                        max: 131072,
+                    },
+                    tags,
+                    description: "a snapshot".into(),
+                    data_bytes: size / 2,
+                    extents: ExtentsDoc {
+                        count,
+                        bytes: if chunks.is_empty() {
+                            0
+                        } else {
+                            count.max(1) * 9
+                        },
+                        chunks: chunks.into_iter().map(ChunkId).collect(),
+                    },
+                }
+            })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_valid_snapshot_round_trips(s in arb_snapshot()) {
+            proptest::prop_assume!(s.validate().is_ok());
+            proptest::prop_assert_eq!(SnapshotDoc::from_json(&s.to_json()).unwrap(), s);
+        }
+
+        #[test]
+        fn no_document_parser_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let _ = SnapshotDoc::from_json(&bytes);
+            let _ = KeyDoc::from_json(&bytes);
+            let _ = AccountDoc::from_json(&bytes);
+            let _ = ConfigDoc::from_json(&bytes);
+            let _ = VolumeDoc::from_json(&bytes);
+            let _ = TrashDoc::from_json(&bytes);
+        }
+    }
 }
