@@ -11,7 +11,8 @@
 # same way as benches/chunk-sizes.sh. Then, for each tool in turn, with default
 # settings and encryption on: an initial backup of the image, an incremental
 # backup of the changed image under the same path, and a restore of the second
-# backup, each timed with /usr/bin/time (wall seconds, peak RSS). Every restore
+# backup, each timed with /usr/bin/time (wall seconds until the result is synced
+# to disk, peak RSS). Every restore
 # is compared with changed.img by cmp. Prints a Markdown table on stdout;
 # progress goes to stderr. Installs restic, borgbackup, e2fsprogs (and jq,
 # time) with apt-get when missing.
@@ -293,7 +294,10 @@ timed() {
     prepare_cache "$input"
     log "$tool $phase: $*"
     local l="$work/logs/$tool-$phase"
-    if ! /usr/bin/time -f '%e %M' -o "$l.time" "$@" >"$l.out" 2>"$l.err"; then
+    # The time runs until the result is on disk (`sync` inside the timed command): blocksnap
+    # fsyncs its packs and restored images, borg its segments, restic neither; timing each
+    # tool up to durability compares the same work. Peak RSS is the largest process's.
+    if ! /usr/bin/time -f '%e %M' -o "$l.time" sh -c '"$@" && sync' sh "$@" >"$l.out" 2>"$l.err"; then
         cat "$l.err" "$l.time" >&2
         die "$tool $phase failed"
     fi
@@ -375,6 +379,7 @@ cat <<EOF
 - image: $apparent bytes apparent; allocated (du -B1 of the sparse copy the tools read): base $base_alloc, changed $changed_alloc bytes; source tree $src_bytes bytes, $src_files files (${used[*]})
 - change: $n_rm files removed ($b_rm bytes), $n_add added ($b_add bytes), $n_rep replaced ($b_rep_old -> $b_rep_new bytes)
 - cache policy: $policy ($( [ "$policy" = drop ] && echo 'sync; echo 3 > /proc/sys/vm/drop_caches before every timed command' || echo 'input read once with cat before every timed command'))
+- every time runs until the command's output is on disk: each timed command is \`CMD && sync\`
 - MB/s = allocated bytes of the image (base for the initial row, changed for the others) / wall seconds; MB = 10^6 bytes; repo MB = du -sb of the repository after the command
 
 EOF

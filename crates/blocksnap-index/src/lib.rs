@@ -89,6 +89,7 @@ pub enum IndexError {
 }
 
 /// The dedup index of one store.
+#[derive(Clone)]
 pub struct Index {
     db: sled::Db,
     path: PathBuf,
@@ -107,7 +108,7 @@ impl Index {
         loop {
             match sled::Config::new()
                 .path(path)
-                .cache_capacity(64 << 20)
+                .cache_capacity(32 << 20)
                 .mode(sled::Mode::HighThroughput)
                 .open()
             {

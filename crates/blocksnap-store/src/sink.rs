@@ -1,10 +1,17 @@
 //! Storing chunks: dedup against the index, compress in parallel, seal in parallel, append to
 //! the open pack, and make each full pack durable before its chunks enter the index.
+//!
+//! Closing a pack (fsync, rename, directory fsync, index insert) runs on a closer thread while
+//! the next pack fills, so the pipeline does not stall on the disk. A chunk stays in the sink's
+//! `pending` set until the closer has indexed its pack; `finish` waits for every pack.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::BufWriter;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
 
 use blocksnap_index::{Index, Location};
 use blocksnap_manifest::ChunkId;
@@ -36,10 +43,97 @@ pub(crate) struct ChunkSink<'a> {
     codec: &'a ChunkCodec,
     index: &'a Index,
     pack: Option<OpenPack>,
+    /// Chunks written to a pack that is not yet indexed.
     pending: HashSet<ChunkId>,
     /// Store chunks even when the index knows them (prune moving live chunks to new packs).
     relocate: bool,
+    closer: Closer,
     pub stats: SinkStats,
+}
+
+/// A full pack to make durable and index.
+struct CloseJob {
+    pack: OpenPack,
+}
+
+/// What the closer did with one pack: its chunk ids, and its size or the error.
+struct Closed {
+    ids: Vec<ChunkId>,
+    result: Result<u64>,
+}
+
+/// The closer thread, and the channels to it.
+struct Closer {
+    jobs: Option<Sender<CloseJob>>,
+    done: Receiver<Closed>,
+    thread: Option<JoinHandle<()>>,
+    in_flight: usize,
+}
+
+impl Closer {
+    fn start(root: PathBuf, index: Index) -> Closer {
+        // One pack queued while another is being synced: bounded memory, the disk kept busy.
+        let (jobs, job_rx) = crossbeam_channel::bounded::<CloseJob>(1);
+        let (done_tx, done) = crossbeam_channel::unbounded();
+        let thread = std::thread::spawn(move || {
+            for job in job_rx {
+                let closed = close(&root, &index, job.pack);
+                if done_tx.send(closed).is_err() {
+                    break;
+                }
+            }
+        });
+        Closer {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+            in_flight: 0,
+        }
+    }
+
+    /// Stops taking jobs and waits for the thread; every queued pack is closed first.
+    fn stop(&mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Makes a full pack durable (finish, fsync, rename, directory fsync), then indexes it. On
+/// failure the temporary file is removed and nothing is indexed.
+fn close(root: &Path, index: &Index, pack: OpenPack) -> Closed {
+    let OpenPack { writer, tmp } = pack;
+    let mut ids = Vec::new();
+    let result = (|| {
+        let (out, id, entries, len) = writer
+            .finish()
+            .map_err(|e| StoreError::Other(format!("cannot write pack {}: {e}", tmp.display())))?;
+        ids = entries.iter().map(|e| e.id).collect();
+        let file = out.into_inner().map_err(|e| StoreError::Io {
+            what: "cannot write",
+            path: tmp.clone(),
+            source: e.into_error(),
+        })?;
+        file.sync_all()
+            .map_err(StoreError::io("cannot sync", &tmp))?;
+        drop(file);
+        let path = crate::store::pack_path(root, &id);
+        let dir = path.parent().expect("packs/xx");
+        if !dir.is_dir() {
+            fs::create_dir_all(dir).map_err(StoreError::io("cannot create", dir))?;
+            fsutil::sync_dir(&root.join("packs"))?;
+        }
+        fs::rename(&tmp, &path).map_err(StoreError::io("cannot rename pack into place", &path))?;
+        fsutil::sync_dir(dir)?;
+        let locs: Vec<_> = entries.iter().map(|e| (e.id, location(id, e))).collect();
+        index.insert_batch(&locs)?;
+        Ok(len)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    Closed { ids, result }
 }
 
 impl<'a> ChunkSink<'a> {
@@ -51,6 +145,7 @@ impl<'a> ChunkSink<'a> {
             pack: None,
             pending: HashSet::new(),
             relocate: false,
+            closer: Closer::start(store.root().to_path_buf(), index.clone()),
             stats: SinkStats::default(),
         }
     }
@@ -64,6 +159,7 @@ impl<'a> ChunkSink<'a> {
 
     /// Stores whichever of `chunks` the store lacks.
     pub fn put(&mut self, chunks: Vec<(ChunkId, Vec<u8>)>) -> Result<()> {
+        self.collect(false)?;
         self.stats.chunks += chunks.len() as u64;
         let mut fresh = Vec::new();
         for (id, data) in chunks {
@@ -137,48 +233,62 @@ impl<'a> ChunkSink<'a> {
         Ok(())
     }
 
-    /// Makes the open pack durable (fsync, rename, fsync the directory), then indexes it.
+    /// Hands the open pack to the closer, which makes it durable and then indexes it.
     fn close_pack(&mut self) -> Result<()> {
-        let Some(OpenPack { writer, tmp }) = self.pack.take() else {
+        let Some(pack) = self.pack.take() else {
             return Ok(());
         };
-        let result = (|| {
-            let (out, id, entries, len) = writer.finish().map_err(|e| {
-                StoreError::Other(format!("cannot write pack {}: {e}", tmp.display()))
-            })?;
-            let file = out.into_inner().map_err(|e| StoreError::Io {
-                what: "cannot write",
-                path: tmp.clone(),
-                source: e.into_error(),
-            })?;
-            file.sync_all()
-                .map_err(StoreError::io("cannot sync", &tmp))?;
-            drop(file);
-            let path = self.store.pack_path(&id);
-            let dir = path.parent().expect("packs/xx");
-            if !dir.is_dir() {
-                fs::create_dir_all(dir).map_err(StoreError::io("cannot create", dir))?;
-                fsutil::sync_dir(&self.store.root().join("packs"))?;
-            }
-            fs::rename(&tmp, &path)
-                .map_err(StoreError::io("cannot rename pack into place", &path))?;
-            fsutil::sync_dir(dir)?;
-            let locs: Vec<_> = entries.iter().map(|e| (e.id, location(id, e))).collect();
-            self.index.insert_batch(&locs)?;
-            self.stats.bytes_stored += len;
-            self.stats.packs += 1;
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+        let jobs = self
+            .closer
+            .jobs
+            .as_ref()
+            .expect("the closer runs until finish");
+        if let Err(job) = jobs.send(CloseJob { pack }) {
+            // The closer is gone (it can only stop by panicking): close here.
+            let closed = close(self.store.root(), self.index, job.into_inner().pack);
+            return self.account(closed);
         }
-        self.pending.clear();
-        result
+        self.closer.in_flight += 1;
+        Ok(())
     }
 
-    /// Closes the open pack and makes the index durable. Everything put so far is then stored.
+    /// Takes in what the closer has finished; with `all`, waits for every pack in flight.
+    fn collect(&mut self, all: bool) -> Result<()> {
+        while self.closer.in_flight > 0 {
+            let closed = if all {
+                match self.closer.done.recv() {
+                    Ok(c) => c,
+                    Err(_) => return Err(StoreError::Other("the pack closer thread died".into())),
+                }
+            } else {
+                match self.closer.done.try_recv() {
+                    Ok(c) => c,
+                    Err(_) => return Ok(()),
+                }
+            };
+            self.closer.in_flight -= 1;
+            self.account(closed)?;
+        }
+        Ok(())
+    }
+
+    fn account(&mut self, closed: Closed) -> Result<()> {
+        let len = closed.result?;
+        for id in &closed.ids {
+            self.pending.remove(id);
+        }
+        self.stats.bytes_stored += len;
+        self.stats.packs += 1;
+        Ok(())
+    }
+
+    /// Closes the open pack, waits for every pack to be durable and indexed, and makes the
+    /// index durable. Everything put so far is then stored.
     pub fn finish(mut self) -> Result<SinkStats> {
         self.close_pack()?;
+        self.closer.jobs = None;
+        self.collect(true)?;
+        self.closer.stop();
         self.index.flush()?;
         Ok(self.stats)
     }
@@ -186,11 +296,13 @@ impl<'a> ChunkSink<'a> {
 
 impl Drop for ChunkSink<'_> {
     fn drop(&mut self) {
-        // An abandoned pack (an error elsewhere) is not part of the store: remove it.
+        // An abandoned pack (an error elsewhere) is not part of the store: remove it. Full packs
+        // already handed to the closer are finished (durable and indexed, merely unreferenced).
         if let Some(p) = self.pack.take() {
             drop(p.writer);
             let _ = fs::remove_file(&p.tmp);
         }
+        self.closer.stop();
     }
 }
 

@@ -132,7 +132,7 @@ impl Source {
 
     fn read_all(&self, chunker: &Chunker, tx: &Sender<Result<ReadBatch>>) -> Result<()> {
         let window = (chunker.min_window() + (1 << 20))
-            .max(16 << 20)
+            .max(8 << 20)
             .next_multiple_of(ZERO_BLOCK);
         let mut split = Splitter::new(chunker);
         let mut buf = vec![0u8; window];

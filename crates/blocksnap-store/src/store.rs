@@ -273,8 +273,7 @@ impl Store {
 
     /// The path of a pack.
     pub fn pack_path(&self, id: &PackId) -> PathBuf {
-        let hex = id.to_string();
-        self.root.join("packs").join(&hex[..2]).join(hex)
+        pack_path(&self.root, id)
     }
 
     pub(crate) fn index_path(&self) -> PathBuf {
@@ -411,6 +410,12 @@ impl Store {
             .filter(|s| tags.iter().all(|(k, v)| s.tags.get(k) == Some(v)))
             .collect())
     }
+}
+
+/// The path of pack `id` in the store at `root`: `packs/XX/ID`.
+pub(crate) fn pack_path(root: &Path, id: &PackId) -> PathBuf {
+    let hex = id.to_string();
+    root.join("packs").join(&hex[..2]).join(hex)
 }
 
 /// Every document in `dir` (none if it does not exist); a damaged one is an error naming it.
