@@ -444,10 +444,12 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new(parent: &Path) -> Result<Self> {
         let path = parent.join(format!("blocksnap-bench-{}", fsutil::random_hex(6)));
-        fs::create_dir(&path).map_err(|e| StoreError::Io {
-            what: "cannot create the benchmark's temporary directory (set TMPDIR to a writable directory)",
-            path: path.clone(),
-            source: e,
+        fs::create_dir(&path).map_err(|e| {
+            StoreError::Other(format!(
+                "cannot create the benchmark's temporary directory {}: {e}; set TMPDIR to a \
+                 writable directory",
+                path.display()
+            ))
         })?;
         Ok(TempDir(path))
     }
@@ -698,7 +700,7 @@ fn check_options(opts: &BenchOptions, parent: &Path) -> Result<()> {
     }
     if !(opts.stage_seconds.is_finite() && opts.stage_seconds > 0.0 && opts.stage_seconds <= 60.0) {
         return Err(StoreError::Usage(format!(
-            "bench: stage time {} s is out of range (0 to 60 s)",
+            "bench --stage-seconds {}: give a number of seconds above 0 and at most 60",
             opts.stage_seconds
         )));
     }
@@ -735,6 +737,7 @@ pub fn run(opts: &BenchOptions, progress: &dyn Progress) -> Result<BenchReport> 
         version: env!("CARGO_PKG_VERSION").into(),
     };
     let mix = ContentMix::REALISTIC;
+    let tmp = TempDir::new(&parent)?;
 
     // Stages: the data part of the image's mix, at most 32 MiB of it, at least 4 MiB.
     let sample_len = opts.size.clamp(4 << 20, 32 << 20) as usize;
@@ -756,7 +759,6 @@ pub fn run(opts: &BenchOptions, progress: &dyn Progress) -> Result<BenchReport> 
     drop(sample);
     let limit = stage_limit(&stages, cores);
 
-    let tmp = TempDir::new(&parent)?;
     let image = tmp.0.join("disk.img");
     progress.message(&format!(
         "bench: writing a {} MiB test image in {}",
