@@ -741,9 +741,11 @@ pub fn run(opts: &BenchOptions, progress: &dyn Progress) -> Result<BenchReport> 
 
     // Stages: the data part of the image's mix, at most 32 MiB of it, at least 4 MiB.
     let sample_len = opts.size.clamp(4 << 20, 32 << 20) as usize;
+    // The data blocks of the image in their proportions: 45:30 text to random is 60:40.
+    let text = (u32::from(mix.text) * 100 / (u32::from(mix.text) + u32::from(mix.random))) as u8;
     let data_mix = ContentMix {
-        text: mix.text,
-        random: 100 - mix.text,
+        text,
+        random: 100 - text,
         zeros: 0,
         holes: 0,
     };
