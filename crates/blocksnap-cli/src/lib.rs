@@ -284,6 +284,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 t
             })
         }
+        Command::Bench(a) => bench(&ctx, a),
     }
 }
 
@@ -664,4 +665,106 @@ fn policy(ctx: &Ctx<'_>, cmd: &PolicyCmd) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// Bytes per second for people: `123.4 MiB/s`.
+fn rate(bytes_per_sec: f64) -> String {
+    if bytes_per_sec >= f64::from(1u32 << 30) {
+        format!("{:.2} GiB/s", bytes_per_sec / f64::from(1u32 << 30))
+    } else {
+        format!("{:.1} MiB/s", bytes_per_sec / f64::from(1u32 << 20))
+    }
+}
+
+fn bench(ctx: &Ctx<'_>, a: &args::BenchArgs) -> anyhow::Result<()> {
+    use blocksnap_store::bench::{self, BenchOptions};
+    let opts = BenchOptions {
+        size: a.size,
+        stage_seconds: a.stage_seconds,
+        ..BenchOptions::default()
+    };
+    let r = bench::run(&opts, &ctx.progress)?;
+    ctx.output(&r, || {
+        let m = &r.machine;
+        let cores = format!("{} cores", m.cores);
+        let load = m.load_average.map_or(String::new(), |l| {
+            format!(", load average {:.2} {:.2} {:.2}", l[0], l[1], l[2])
+        });
+        let mut t = format!(
+            "blocksnap {} bench on {} ({}), {}{load}\n\n",
+            m.version,
+            m.cpu.as_deref().unwrap_or("unknown CPU"),
+            cores,
+            m.date
+        );
+        t += &format!(
+            "{:<19} {:>13} {:>13} {:>8}  {}\n",
+            "STAGE", "ONE CORE", cores.to_uppercase(), "SPEEDUP", "WHAT"
+        );
+        for s in &r.stages {
+            t += &format!(
+                "{:<19} {:>13} {:>13} {:>7.2}x  {}\n",
+                s.name,
+                rate(s.one_core_bytes_per_sec),
+                rate(s.all_cores_bytes_per_sec),
+                s.speedup,
+                s.description
+            );
+        }
+        let l = &r.stage_limit;
+        t += &format!(
+            "\nstage limit, snapshot: {} of data on {} (1/(1/chunk + 1/hash + 1/encode); \
+             slowest stage: {}; {} if one core's work scaled perfectly)\n\
+             stage limit, restore:  {} of data (decode-verify on {})\n",
+            rate(l.snapshot_bytes_per_sec),
+            cores,
+            l.snapshot_slowest_stage,
+            rate(l.snapshot_ideal_bytes_per_sec),
+            rate(l.restore_bytes_per_sec),
+            cores,
+        );
+        let i = &r.image;
+        t += &format!(
+            "\nend to end: a {} image in {}: {} text-like, {} random, {} written zeros, {} unallocated\n",
+            human(r.size),
+            r.temp_dir.display(),
+            human(i.text),
+            human(i.random),
+            human(i.zeros),
+            human(i.holes)
+        );
+        t += &format!(
+            "{:<30} {:>8} {:>13} {:>13} {:>10} {:>10}\n",
+            "RUN", "SECONDS", "IMAGE", "DATA", "NEW", "STORED"
+        );
+        let changed = format!("incremental ({} changed)", human(r.changed_bytes));
+        for (name, e) in [
+            ("snapshot, fresh store", &r.snapshot),
+            (changed.as_str(), &r.incremental),
+            ("restore of the incremental", &r.restore),
+        ] {
+            t += &format!(
+                "{:<30} {:>8.2} {:>13} {:>13} {:>10} {:>10}\n",
+                name,
+                e.seconds,
+                rate(e.bytes_per_sec),
+                rate(e.data_bytes_per_sec),
+                human(e.bytes_new),
+                if std::ptr::eq(e, &r.restore) {
+                    "-".to_string()
+                } else {
+                    human(e.bytes_stored)
+                }
+            );
+        }
+        t += &format!(
+            "\nthe snapshot reached {:.0}% of the snapshot stage limit and the restore {:.0}% of \
+             the restore limit (data bytes per second);\nthe restore was compared byte for byte \
+             with the image: {}",
+            r.snapshot_vs_limit * 100.0,
+            r.restore_vs_limit * 100.0,
+            if r.verified { "identical" } else { "DIFFERENT" }
+        );
+        t
+    })
 }

@@ -26,6 +26,7 @@
 //! ```
 
 mod access;
+pub mod bench;
 mod check;
 mod copy;
 mod error;
