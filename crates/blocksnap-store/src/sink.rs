@@ -163,11 +163,9 @@ impl<'a> ChunkSink<'a> {
         self.stats.chunks += chunks.len() as u64;
         let mut fresh = Vec::new();
         for (id, data) in chunks {
-            if self.pending.contains(&id) || (!self.relocate && self.index.contains(&id)?) {
-                continue;
+            if self.claim(&id)? {
+                fresh.push((id, data));
             }
-            self.pending.insert(id);
-            fresh.push((id, data));
         }
         if fresh.is_empty() {
             return Ok(());
@@ -175,10 +173,44 @@ impl<'a> ChunkSink<'a> {
         self.stats.chunks_new += fresh.len() as u64;
         self.stats.bytes_new += fresh.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
         let codec = self.codec;
-        let mut records: Vec<(ChunkId, u32, Vec<u8>)> = fresh
+        let records: Vec<(ChunkId, u32, Vec<u8>)> = fresh
             .into_par_iter()
             .map(|(id, data)| (id, data.len() as u32, codec.compress(&data)))
             .collect();
+        self.write_records(records)
+    }
+
+    /// Stores chunks already compressed by the caller (`(id, raw length, compressed record)`),
+    /// those the store lacks; `chunks` more data chunks were seen in all (for the counters).
+    pub fn put_compressed(
+        &mut self,
+        chunks: u64,
+        records: Vec<(ChunkId, u32, Vec<u8>)>,
+    ) -> Result<()> {
+        self.collect(false)?;
+        self.stats.chunks += chunks;
+        let mut fresh = Vec::with_capacity(records.len());
+        for r in records {
+            if self.claim(&r.0)? {
+                self.stats.chunks_new += 1;
+                self.stats.bytes_new += u64::from(r.1);
+                fresh.push(r);
+            }
+        }
+        self.write_records(fresh)
+    }
+
+    /// True if the sink should store `id` (it is neither stored nor pending); marks it pending.
+    fn claim(&mut self, id: &ChunkId) -> Result<bool> {
+        if self.pending.contains(id) || (!self.relocate && self.index.contains(id)?) {
+            return Ok(false);
+        }
+        self.pending.insert(*id);
+        Ok(true)
+    }
+
+    /// Seals compressed records (in parallel) and appends them to packs, in order.
+    fn write_records(&mut self, mut records: Vec<(ChunkId, u32, Vec<u8>)>) -> Result<()> {
         let target = self.store.config().pack_size;
         let mut i = 0;
         while i < records.len() {

@@ -8,7 +8,10 @@ use blocksnap_chunker::Chunker;
 use blocksnap_index::Index;
 use blocksnap_manifest::{Document, ExtentEncoder, ExtentsDoc, KeyId, SnapshotDoc, SnapshotId};
 use blocksnap_pack::ChunkCodec;
-use crossbeam_channel::Sender;
+use std::collections::HashSet;
+
+use blocksnap_manifest::ChunkId;
+use crossbeam_channel::{Receiver, Sender};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -77,6 +80,77 @@ pub(crate) struct Stored {
     pub bytes_read: u64,
     pub bytes_hole: u64,
     pub stats: SinkStats,
+}
+
+/// One piece of the volume after encoding: a hole, or a data chunk's length and id.
+enum Item {
+    Hole(u64),
+    Data(u32, ChunkId),
+}
+
+/// A batch of pieces, hashed, with the chunks the index lacks compressed.
+struct Encoded {
+    items: Vec<Item>,
+    /// `(id, raw length, compressed record)` of chunks the index lacked (each id once).
+    records: Vec<(ChunkId, u32, Vec<u8>)>,
+    data_chunks: u64,
+    bytes_read: u64,
+    bytes_hole: u64,
+    volume_bytes: u64,
+}
+
+/// The encoder stage: ids for every data piece and compression of those the index lacks, in
+/// parallel. The sink decides for good what to store (a chunk may be pending in a pack that
+/// is not indexed yet; then its compression here was wasted, nothing worse).
+fn encode(
+    rx: &Receiver<Result<ReadBatch>>,
+    tx: &Sender<Result<Encoded>>,
+    codec: &ChunkCodec,
+    index: &Index,
+) {
+    for batch in rx {
+        let encoded = batch.and_then(|batch| {
+            let coded: Vec<(Option<ChunkId>, Option<Vec<u8>>)> = batch
+                .pieces
+                .par_iter()
+                .map(|p| match p {
+                    Piece::Hole(_) => Ok((None, None)),
+                    Piece::Data(d) => {
+                        let id = codec.chunk_id(d);
+                        let known = index.contains(&id)?;
+                        Ok((Some(id), (!known).then(|| codec.compress(d))))
+                    }
+                })
+                .collect::<Result<_>>()?;
+            let mut out = Encoded {
+                items: Vec::with_capacity(batch.pieces.len()),
+                records: Vec::new(),
+                data_chunks: 0,
+                bytes_read: batch.bytes_read,
+                bytes_hole: batch.bytes_hole,
+                volume_bytes: batch.volume_bytes,
+            };
+            let mut seen = HashSet::new();
+            for (piece, (id, record)) in batch.pieces.iter().zip(coded) {
+                match (piece, id) {
+                    (Piece::Hole(len), _) => out.items.push(Item::Hole(*len)),
+                    (Piece::Data(d), Some(id)) => {
+                        let len = d.len() as u32;
+                        out.items.push(Item::Data(len, id));
+                        out.data_chunks += 1;
+                        if let Some(r) = record.filter(|_| seen.insert(id)) {
+                            out.records.push((id, len, r));
+                        }
+                    }
+                    (Piece::Data(_), None) => unreachable!("ids are computed for every data piece"),
+                }
+            }
+            Ok(out)
+        });
+        if tx.send(encoded).is_err() {
+            return;
+        }
+    }
 }
 
 /// Progress of one of several operations that share a bar: phases are the caller's.
@@ -217,47 +291,41 @@ impl Store {
         let mut extents = ExtentEncoder::new();
         let mut meta_buf = Vec::new();
         let (mut bytes_read, mut bytes_hole, mut data_bytes) = (0u64, 0u64, 0u64);
+        // Three stages overlap: the producer reads and cuts (its own thread); the encoder hashes
+        // and compresses what the index lacks, in parallel (its own thread and the rayon pool);
+        // this thread builds the extent list and seals and writes packs.
         let (tx, rx) = crossbeam_channel::bounded(2);
+        let (etx, erx) = crossbeam_channel::bounded(1);
         std::thread::scope(|scope| -> Result<()> {
             let reader = scope.spawn(move || produce(&tx));
+            let encoder = scope.spawn(move || encode(&rx, &etx, codec, index));
             let result = (|| {
-                for batch in rx.iter() {
-                    let batch = batch?;
+                for batch in erx.iter() {
+                    let batch: Encoded = batch?;
                     bytes_read += batch.bytes_read;
                     bytes_hole += batch.bytes_hole;
-                    let ids: Vec<_> = batch
-                        .pieces
-                        .par_iter()
-                        .map(|p| match p {
-                            Piece::Data(d) => Some(codec.chunk_id(d)),
-                            Piece::Hole(_) => None,
-                        })
-                        .collect();
-                    let mut chunks = Vec::new();
-                    for (piece, id) in batch.pieces.into_iter().zip(ids) {
-                        match (piece, id) {
-                            (Piece::Hole(len), _) => extents.hole(len),
-                            (Piece::Data(d), Some(id)) => {
-                                extents.data(d.len() as u32, id);
-                                data_bytes += d.len() as u64;
-                                chunks.push((id, d));
-                            }
-                            (Piece::Data(_), None) => {
-                                unreachable!("ids are computed for every data piece")
+                    for item in batch.items {
+                        match item {
+                            Item::Hole(len) => extents.hole(len),
+                            Item::Data(len, id) => {
+                                extents.data(len, id);
+                                data_bytes += u64::from(len);
                             }
                         }
                     }
-                    sink.put(chunks)?;
+                    sink.put_compressed(batch.data_chunks, batch.records)?;
                     meta_buf.extend(extents.take());
                     meta.write(&mut meta_buf, false, &mut sink)?;
                     progress.advance(batch.volume_bytes);
                 }
                 Ok(())
             })();
-            drop(rx);
-            reader
-                .join()
-                .map_err(|_| StoreError::Other("the reader thread panicked".into()))?;
+            drop(erx);
+            for (name, handle) in [("reader", reader), ("encoder", encoder)] {
+                handle
+                    .join()
+                    .map_err(|_| StoreError::Other(format!("the {name} thread panicked")))?;
+            }
             result
         })?;
         let (tail, count, size) = extents.finish();
