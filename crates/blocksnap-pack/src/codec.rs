@@ -49,8 +49,18 @@ impl std::fmt::Debug for ChunkCodec {
     }
 }
 
+/// A record's plaintext holding `data` uncompressed.
+fn raw_record(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + data.len() + TAG_LEN);
+    out.push(CODEC_RAW);
+    out.extend_from_slice(data);
+    out
+}
+
 thread_local! {
-    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    /// This thread's zstd context (for the level it was made for) and output scratch buffer.
+    static COMPRESSOR: RefCell<(Option<i32>, Option<zstd::bulk::Compressor<'static>>, Vec<u8>)> =
+        const { RefCell::new((None, None, Vec::new())) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
@@ -92,29 +102,32 @@ impl ChunkCodec {
     /// Compresses a chunk into a record's plaintext: a codec byte, then the zstd frame, or the
     /// raw bytes when compression does not shrink them. Room for the tag is reserved.
     pub fn compress(&self, data: &[u8]) -> Vec<u8> {
+        // Compress into this thread's scratch buffer, then copy out exactly what was written:
+        // the record holds no slack (it waits in queues), and no buffer is zeroed per chunk.
         let bound = zstd::zstd_safe::compress_bound(data.len());
-        let mut out = Vec::with_capacity(1 + bound + TAG_LEN);
-        out.push(CODEC_ZSTD);
-        out.resize(1 + bound, 0);
-        let written = COMPRESSOR.with(|cell| {
+        COMPRESSOR.with(|cell| {
             let mut cell = cell.borrow_mut();
-            if cell.as_ref().map(|(l, _)| *l) != Some(self.level) {
-                *cell = zstd::bulk::Compressor::new(self.level)
-                    .ok()
-                    .map(|c| (self.level, c));
+            let (level, compressor, scratch) = &mut *cell;
+            if *level != Some(self.level) {
+                *compressor = zstd::bulk::Compressor::new(self.level).ok();
+                *level = Some(self.level);
             }
-            cell.as_mut()
-                .and_then(|(_, c)| c.compress_to_buffer(data, &mut out[1..]).ok())
-        });
-        match written {
-            Some(n) if n < data.len() => out.truncate(1 + n),
-            _ => {
-                out.clear();
-                out.push(CODEC_RAW);
-                out.extend_from_slice(data);
+            if scratch.len() < bound {
+                scratch.resize(bound, 0);
             }
-        }
-        out
+            let written = compressor
+                .as_mut()
+                .and_then(|c| c.compress_to_buffer(data, &mut scratch[..bound]).ok());
+            match written {
+                Some(n) if n < data.len() => {
+                    let mut out = Vec::with_capacity(1 + n + TAG_LEN);
+                    out.push(CODEC_ZSTD);
+                    out.extend_from_slice(&scratch[..n]);
+                    out
+                }
+                _ => raw_record(data),
+            }
+        })
     }
 
     /// The cipher of a pack with `salt`; none for a plain store.

@@ -294,7 +294,7 @@ impl Store {
         // Three stages overlap: the producer reads and cuts (its own thread); the encoder hashes
         // and compresses what the index lacks, in parallel (its own thread and the rayon pool);
         // this thread builds the extent list and seals and writes packs.
-        let (tx, rx) = crossbeam_channel::bounded(2);
+        let (tx, rx) = crossbeam_channel::bounded(1);
         let (etx, erx) = crossbeam_channel::bounded(1);
         std::thread::scope(|scope| -> Result<()> {
             let reader = scope.spawn(move || produce(&tx));

@@ -134,8 +134,11 @@ impl Source {
         let window = (chunker.min_window() + (1 << 20))
             .max(8 << 20)
             .next_multiple_of(ZERO_BLOCK);
+        // Reads of a quarter window, a batch sent once it covers a window: batches stay close to
+        // the window's size, which bounds what waits in the channels.
+        let read_size = (window / 4).next_multiple_of(ZERO_BLOCK);
         let mut split = Splitter::new(chunker);
-        let mut buf = vec![0u8; window];
+        let mut buf = vec![0u8; read_size];
         let mut pos = 0u64;
         while pos < self.size {
             let Some((start, end)) = self.next_data(pos)? else {
@@ -149,7 +152,7 @@ impl Source {
             split.zeros(start - pos);
             let mut cur = start;
             while cur < end {
-                let n = (end - cur).min(window as u64) as usize;
+                let n = (end - cur).min(read_size as u64) as usize;
                 self.file
                     .read_exact_at(&mut buf[..n], cur)
                     .map_err(|e| StoreError::Io {
