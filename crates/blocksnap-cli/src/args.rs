@@ -125,6 +125,17 @@ pub enum SnapshotCmd {
         /// Snapshot id or unique prefix.
         snapshot: String,
     },
+    /// The byte ranges whose content differs between two snapshots (of the same disk, or of
+    /// any two disks), merged and sorted. Equal chunk ids are not read; the rest is compared
+    /// byte for byte, so the ranges are exact (also across keys).
+    Diff {
+        /// The older snapshot (id or unique prefix).
+        #[arg(value_name = "SNAPSHOT_A")]
+        a: String,
+        /// The newer snapshot (id or unique prefix).
+        #[arg(value_name = "SNAPSHOT_B")]
+        b: String,
+    },
     /// Move a snapshot to the trash (restorable with `trash restore` until it expires).
     Delete {
         /// Snapshot id or unique prefix.

@@ -396,6 +396,25 @@ fn snapshot(ctx: &Ctx<'_>, cmd: &SnapshotCmd) -> anyhow::Result<()> {
                 t.trim_end().to_string()
             })
         }
+        SnapshotCmd::Diff { a, b } => {
+            let r = store.diff(&access()?, a, b, &ctx.progress)?;
+            ctx.output(&r, || {
+                let total: u64 = r.changed.iter().map(|c| c[1]).sum();
+                let mut t = String::new();
+                for [off, len] in &r.changed {
+                    t += &format!("{off:>16} {len:>12}  ({})\n", human(*len));
+                }
+                t + &format!(
+                    "{} ranges, {} of {} changed from {} to {} ({} read to compare)",
+                    r.changed.len(),
+                    human(total),
+                    human(r.size),
+                    r.a,
+                    r.b,
+                    human(r.bytes_read)
+                )
+            })
+        }
         SnapshotCmd::Delete { snapshot } => {
             let e = store.delete_snapshot(&access()?, snapshot)?;
             ctx.output(&e, || {

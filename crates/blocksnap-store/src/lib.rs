@@ -29,6 +29,7 @@ mod access;
 pub mod bench;
 mod check;
 mod copy;
+mod diff;
 mod error;
 mod fsutil;
 mod image;
@@ -47,6 +48,7 @@ mod store;
 pub use access::Access;
 pub use check::CheckReport;
 pub use copy::{CopyOptions, TAG_COPIED_FROM};
+pub use diff::DiffReport;
 pub use error::{ErrorKind, Result, StoreError};
 pub use image::{
     Audience, DeregisterReport, ImageOptions, ImageReport, RebuildReport, RebuiltVolume,
