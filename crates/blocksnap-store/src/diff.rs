@@ -9,9 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
 
-use blocksnap_index::{Index, IndexError};
 use blocksnap_manifest::{ChunkId, Extent, ExtentDecoder, SnapshotDoc, SnapshotId};
 use blocksnap_pack::ChunkCodec;
 use serde::Serialize;
@@ -19,7 +17,7 @@ use serde::Serialize;
 use crate::access::Access;
 use crate::error::{Result, StoreError};
 use crate::progress::Progress;
-use crate::restore::{ChunkReader, Locator};
+use crate::restore::ChunkReader;
 use crate::store::Store;
 
 /// What `snapshot diff` found (the `--json` output of CLI.md).
@@ -197,19 +195,11 @@ impl Store {
         );
         let same_key = doc_a.key == doc_b.key;
         let _lock = self.lock_shared("diff", progress)?;
-        let index = match Index::open(&self.index_path(), Duration::ZERO, |_| {}) {
-            Ok(index) => Some(index),
-            Err(IndexError::Busy { .. }) => None,
-            Err(e) => return Err(e.into()),
-        };
-        let locator = |doc: &SnapshotDoc, codec: &ChunkCodec| -> Result<Locator<'_>> {
-            Ok(match &index {
-                Some(index) => Locator::Index(index),
-                None => Locator::Map(self.locations_for(doc, codec)?),
-            })
-        };
-        let reader_a = ChunkReader::with_locator(self, &codec_a, locator(&doc_a, &codec_a)?);
-        let reader_b = ChunkReader::with_locator(self, &codec_b, locator(&doc_b, &codec_b)?);
+        let index = self.index_if_free()?;
+        let locator_a = self.locator(index.as_ref(), &doc_a, &codec_a, progress)?;
+        let locator_b = self.locator(index.as_ref(), &doc_b, &codec_b, progress)?;
+        let reader_a = ChunkReader::with_locator(self, &codec_a, locator_a);
+        let reader_b = ChunkReader::with_locator(self, &codec_b, locator_b);
         let (mut ca, mut cb) = (
             Cursor::new(&reader_a, &doc_a),
             Cursor::new(&reader_b, &doc_b),

@@ -194,19 +194,8 @@ impl Store {
         let doc = self.resolve_snapshot(snapshot)?;
         let codec = self.codec(access, doc.key)?;
         let _lock = self.lock_shared("restore", progress)?;
-        // The index if it is free; else (a snapshot is running) locations from the pack trailers.
-        let index = match Index::open(&self.index_path(), Duration::ZERO, |_| {}) {
-            Ok(index) => Some(index),
-            Err(IndexError::Busy { .. }) => None,
-            Err(e) => return Err(e.into()),
-        };
-        let locator = match &index {
-            Some(index) => Locator::Index(index),
-            None => {
-                progress.message("the index is in use by another blocksnap process: reading chunk locations from the pack trailers");
-                Locator::Map(self.locations_for(&doc, &codec)?)
-            }
-        };
+        let index = self.index_if_free()?;
+        let locator = self.locator(index.as_ref(), &doc, &codec, progress)?;
         let reader = ChunkReader::with_locator(self, &codec, locator);
 
         let device = fs::metadata(output)
@@ -317,10 +306,40 @@ impl Store {
 }
 
 impl Store {
+    /// The index, if no other process holds it (a snapshot may be running: readers need not wait).
+    pub(crate) fn index_if_free(&self) -> Result<Option<Index>> {
+        match Index::open(&self.index_path(), Duration::ZERO, |_| {}) {
+            Ok(index) => Ok(Some(index)),
+            Err(IndexError::Busy { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Where a reader of `doc` finds chunks: the index if it is free, else locations read from
+    /// the pack trailers (with a note).
+    pub(crate) fn locator<'i>(
+        &self,
+        index: Option<&'i Index>,
+        doc: &SnapshotDoc,
+        codec: &ChunkCodec,
+        progress: &dyn Progress,
+    ) -> Result<Locator<'i>> {
+        Ok(match index {
+            Some(index) => Locator::Index(index),
+            None => {
+                progress.message(&format!(
+                    "the index is in use by another blocksnap process: reading the locations of {}'s chunks from the pack trailers",
+                    doc.id
+                ));
+                Locator::Map(self.locations_for(doc, codec)?)
+            }
+        })
+    }
+
     /// The locations of every chunk `doc` needs, read from the pack trailers alone: first those
     /// of its extent list, then, from the extent list, those of its data. Memory is one entry per
     /// chunk of the snapshot.
-    pub(crate) fn locations_for(
+    fn locations_for(
         &self,
         doc: &SnapshotDoc,
         codec: &ChunkCodec,
