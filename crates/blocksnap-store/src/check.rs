@@ -62,7 +62,7 @@ impl Store {
     ) -> Result<CheckReport> {
         let mut report = CheckReport::default();
         let _lock = self.lock_shared("check", progress)?;
-        let index = self.open_index(progress)?;
+        let index = self.open_index(access, progress)?;
         let mut codecs: HashMap<Option<KeyId>, Option<ChunkCodec>> = HashMap::new();
         // Documents.
         for (dir, kind) in [

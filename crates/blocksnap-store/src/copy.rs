@@ -71,11 +71,11 @@ impl Store {
         } else {
             Some(target.lock_shared("image copy", progress)?)
         };
-        let target_index = target.open_index(progress)?;
+        let target_index = target.open_index(target_access, progress)?;
         let source_index = if same_store {
             None
         } else {
-            Some(self.open_index(progress)?)
+            Some(self.open_index(access, progress)?)
         };
         let source_index = source_index.as_ref().unwrap_or(&target_index);
 

@@ -234,7 +234,7 @@ impl Store {
             .map_err(|e| StoreError::Usage(e.to_string()))?;
         let codec = self.codec_for_new(access, opts.key.as_deref())?;
         let _lock = self.lock_shared("image create", progress)?;
-        let index = self.open_index(progress)?;
+        let index = self.open_index(access, progress)?;
         let mut jobs = Vec::new();
         for (device, path) in &opts.volumes {
             let snap = SnapshotOptions {

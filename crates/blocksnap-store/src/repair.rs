@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 
+use blocksnap_index::Index;
 use blocksnap_manifest::KeyId;
 use blocksnap_pack::{ChunkCodec, read_trailer};
 use serde::Serialize;
@@ -28,19 +29,31 @@ impl Store {
     /// Clears the index and fills it again from every pack's trailer.
     pub fn repair_index(&self, access: &Access, progress: &dyn Progress) -> Result<RepairReport> {
         let _lock = self.lock_exclusive("repair", progress)?;
-        let index = match self.open_index(progress) {
+        let wait = std::time::Duration::from_secs(3600);
+        let index = match self.open_index_raw(wait, progress) {
             Ok(index) => index,
             // An index sled cannot open is rebuilt from nothing: it holds only what the packs say.
-            Err(e) if self.index_path().exists() && !e.to_string().contains("in use") => {
+            Err(blocksnap_index::IndexError::Damaged { detail, .. }) => {
                 progress.message(&format!(
-                    "the index cannot be opened ({e}); starting a new one"
+                    "the index cannot be opened ({detail}); starting a new one"
                 ));
                 std::fs::remove_dir_all(self.index_path())
                     .map_err(StoreError::io("cannot remove", self.index_path()))?;
-                self.open_index(progress)?
+                self.open_index_raw(wait, progress)?
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
+        index.clear()?;
+        self.fill_index(&index, access, progress)
+    }
+
+    /// Adds every chunk of every pack whose trailer `access` can read to `index`, and flushes.
+    pub(crate) fn fill_index(
+        &self,
+        index: &Index,
+        access: &Access,
+        progress: &dyn Progress,
+    ) -> Result<RepairReport> {
         let packs = self.list_packs()?;
         let mut codecs: HashMap<Option<KeyId>, Result<ChunkCodec>> = HashMap::new();
         let mut report = RepairReport {
@@ -48,8 +61,7 @@ impl Store {
             chunks: 0,
             problems: Vec::new(),
         };
-        index.clear()?;
-        progress.start("repair index", packs.len() as u64);
+        progress.start("rebuild index", packs.len() as u64);
         for (id, path) in packs {
             progress.advance(1);
             let file = File::open(&path).map_err(StoreError::io("cannot open pack", &path))?;

@@ -194,7 +194,7 @@ impl Store {
         let doc = self.resolve_snapshot(snapshot)?;
         let codec = self.codec(access, doc.key)?;
         let _lock = self.lock_shared("restore", progress)?;
-        let index = self.index_if_free()?;
+        let index = self.index_if_free(access, progress)?;
         let locator = self.locator(index.as_ref(), &doc, &codec, progress)?;
         let reader = ChunkReader::with_locator(self, &codec, locator);
 
@@ -306,12 +306,24 @@ impl Store {
 }
 
 impl Store {
-    /// The index, if no other process holds it (a snapshot may be running: readers need not wait).
-    pub(crate) fn index_if_free(&self) -> Result<Option<Index>> {
-        match Index::open(&self.index_path(), Duration::ZERO, |_| {}) {
+    /// The index, if no other process holds it (a snapshot may be running: readers need not
+    /// wait); a damaged one is rebuilt like [`Store::open_index`] does.
+    pub(crate) fn index_if_free(
+        &self,
+        access: &Access,
+        progress: &dyn Progress,
+    ) -> Result<Option<Index>> {
+        if !self.index_path().exists() {
+            return self
+                .open_index_healing(access, Duration::ZERO, progress)
+                .map(Some);
+        }
+        match self.open_index_raw(Duration::ZERO, progress) {
             Ok(index) => Ok(Some(index)),
             Err(IndexError::Busy { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
+            Err(IndexError::Damaged { .. }) => self
+                .open_index_healing(access, Duration::ZERO, progress)
+                .map(Some),
         }
     }
 

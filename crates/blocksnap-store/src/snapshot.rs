@@ -174,7 +174,7 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<SnapshotReport> {
         let _lock = self.lock_shared("snapshot", progress)?;
-        let index = self.open_index(progress)?;
+        let index = self.open_index(access, progress)?;
         let source = self.open_source(opts)?;
         progress.start("snapshot", source.size);
         let r = self.snapshot_with(access, opts, source, &index, progress)?;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use blocksnap_chunker::{ChunkerKind, ChunkerParams};
-use blocksnap_index::Index;
+use blocksnap_index::{Index, IndexError};
 use blocksnap_manifest::{
     ChunkerDoc, ChunkerKindDoc, ConfigDoc, Document, PackId, SnapshotDoc, SnapshotId, StoreId,
 };
@@ -281,18 +281,84 @@ impl Store {
     }
 
     /// Opens the dedup index, waiting (with a note to `progress`) while another process holds it.
-    pub(crate) fn open_index(&self, progress: &dyn Progress) -> Result<Index> {
+    /// An index sled cannot read (a process killed at the wrong moment can leave one: see
+    /// docs/DESIGN-NOTES.md) is rebuilt from the pack trailers, with a note: it is a cache.
+    pub(crate) fn open_index(&self, access: &Access, progress: &dyn Progress) -> Result<Index> {
         let wait = std::env::var("BLOCKSNAP_LOCK_WAIT")
             .ok()
             .and_then(|s| s.parse::<u64>().ok())
             .map_or(Duration::from_secs(3600), Duration::from_secs);
-        Ok(Index::open(&self.index_path(), wait, |waited| {
+        self.open_index_healing(access, wait, progress)
+    }
+
+    /// [`Store::open_index`] waiting at most `wait` for another process.
+    pub(crate) fn open_index_healing(
+        &self,
+        access: &Access,
+        wait: Duration,
+        progress: &dyn Progress,
+    ) -> Result<Index> {
+        let missing = !self.index_path().exists();
+        match self.open_index_raw(wait, progress) {
+            Ok(index) if missing && !self.list_packs()?.is_empty() => {
+                let r = self.fill_index(&index, access, progress)?;
+                progress.message(&format!(
+                    "the index of {} was missing; rebuilt it from the pack trailers: {} chunks from {} packs",
+                    self.root.display(),
+                    r.chunks,
+                    r.packs
+                ));
+                Ok(index)
+            }
+            Err(IndexError::Damaged { detail, .. }) => {
+                // Move it aside (atomically, so that a second process finding it damaged at the
+                // same moment cannot remove a fresh one), start a new one, fill it.
+                let aside = self.root.join(format!(
+                    "{}index-damaged-{}",
+                    TMP_PREFIX,
+                    fsutil::random_hex(8)
+                ));
+                if fs::rename(self.index_path(), &aside).is_err() {
+                    // Another process moved it first and is rebuilding: wait for its index.
+                    return Ok(self.open_index_raw(wait, progress)?);
+                }
+                let index = self.open_index_raw(wait, progress)?;
+                let r = self.fill_index(&index, access, progress)?;
+                progress.message(&format!(
+                    "the index of {} could not be read ({detail}), as a killed process can leave \
+                     it; rebuilt it from the pack trailers: {} chunks from {} packs{}",
+                    self.root.display(),
+                    r.chunks,
+                    r.packs,
+                    if r.problems.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; {} packs left out (an account holding their keys can run `blocksnap repair index`)",
+                            r.problems.len()
+                        )
+                    }
+                ));
+                let _ = fs::remove_dir_all(&aside);
+                Ok(index)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// Opens the dedup index as it is.
+    pub(crate) fn open_index_raw(
+        &self,
+        wait: Duration,
+        progress: &dyn Progress,
+    ) -> std::result::Result<Index, IndexError> {
+        Index::open(&self.index_path(), wait, |waited| {
             progress.message(&format!(
                 "waiting for the index of {}: another blocksnap process is using it ({}s so far)",
                 self.root.display(),
                 waited.as_secs()
             ));
-        })?)
+        })
     }
 
     /// Every pack in the store, by id.
