@@ -54,6 +54,9 @@ pub enum Command {
     /// Machine images: named sets of snapshots by device, with launch permissions and a key.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Serve a snapshot to other programs without restoring it first.
+    #[command(subcommand)]
+    Serve(ServeCmd),
     /// Rebuild derived state from the packs.
     #[command(subcommand)]
     Repair(RepairCmd),
@@ -435,4 +438,19 @@ pub struct BenchArgs {
     /// Minimum time of each stage measurement, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 0.5)]
     pub stage_seconds: f64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServeCmd {
+    /// Export a snapshot read-only over NBD: usable at once, its chunks fetched, verified and
+    /// decoded as they are read (`qemu-img convert nbd://127.0.0.1:10809 disk.img`, `nbd-client`,
+    /// or a VM booting from it). Serves one client at a time until stopped (Ctrl-C).
+    Nbd {
+        /// A snapshot (id or unique prefix), or IMAGE:DEVICE of an image you may launch.
+        #[arg(value_name = "SNAPSHOT|IMAGE:DEVICE")]
+        what: String,
+        /// The address to listen on (port 0 picks a free one).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10809")]
+        listen: String,
+    },
 }

@@ -173,6 +173,23 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::Snapshot(cmd) => snapshot(&ctx, cmd),
         Command::Image(cmd) => image::run(&ctx, cmd),
+        Command::Serve(args::ServeCmd::Nbd { what, listen }) => {
+            let store = ctx.open()?;
+            let access = ctx.access(&store)?;
+            store.serve_nbd(&access, what, listen, &ctx.progress, |info| {
+                // Printed once listening; the command then serves until stopped.
+                let _ = ctx.output(info, String::new);
+                ctx.note(&format!(
+                    "serving {} ({}) read-only over NBD on {}: e.g. `qemu-img convert -O raw nbd://{}/{} disk.img`; Ctrl-C stops",
+                    info.export,
+                    human(info.size),
+                    info.listen,
+                    info.listen,
+                    info.export
+                ));
+            })?;
+            Ok(())
+        }
         Command::Account(cmd) => account(&ctx, cmd),
         Command::Volume(cmd) => volume(&ctx, cmd),
         Command::Trash(cmd) => trash(&ctx, cmd),

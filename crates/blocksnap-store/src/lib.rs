@@ -35,6 +35,7 @@ mod fsutil;
 mod image;
 mod lifecycle;
 mod lock;
+mod nbd;
 mod policy;
 mod progress;
 mod prune;
@@ -55,6 +56,7 @@ pub use image::{
 };
 pub use lifecycle::TrashEntry;
 pub use lock::{LockEntry, LockStatus, UnlockReport};
+pub use nbd::ServeInfo;
 pub use policy::{PolicyAction, PolicyRunReport, TAG_POLICY, TAG_SCHEDULE};
 pub use progress::{NoProgress, Progress};
 pub use prune::{PruneOptions, PruneReport};

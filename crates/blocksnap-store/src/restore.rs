@@ -351,7 +351,7 @@ impl Store {
     /// The locations of every chunk `doc` needs, read from the pack trailers alone: first those
     /// of its extent list, then, from the extent list, those of its data. Memory is one entry per
     /// chunk of the snapshot.
-    fn locations_for(
+    pub(crate) fn locations_for(
         &self,
         doc: &SnapshotDoc,
         codec: &ChunkCodec,
