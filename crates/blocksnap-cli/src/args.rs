@@ -42,13 +42,13 @@ pub enum Command {
     /// Register disk images and block devices by name, with tags.
     #[command(subcommand)]
     Volume(VolumeCmd),
-    /// Deleted snapshots, restorable until the trash retention ends (default 7 days).
+    /// Deleted snapshots and images, restorable until the trash retention ends (default 7 days).
     #[command(subcommand)]
     Trash(TrashCmd),
     /// Lifecycle policies: scheduled snapshots of tagged volumes, with retention.
     #[command(subcommand)]
     Policy(PolicyCmd),
-    /// Take, list, show and restore snapshots of disk images.
+    /// Take, list, show, restore, diff and delete snapshots of disk images.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
     /// Machine images: named sets of snapshots by device, with launch permissions and a key.
@@ -71,7 +71,7 @@ pub enum Command {
         repack_threshold: f64,
     },
     /// Verify the store: documents, pack trailers, the index, every snapshot's chunks.
-    /// Exits 4 when it finds damage, and lists the packs, chunks and snapshots affected.
+    /// Exits 4 when it finds damage, and lists the packs, chunks, snapshots and images affected.
     Check {
         /// Also decrypt every chunk of every pack and verify it against its id.
         #[arg(long)]
@@ -247,11 +247,11 @@ pub enum VolumeCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum TrashCmd {
-    /// List deleted snapshots and when they expire.
+    /// List deleted snapshots and images, and when they expire.
     List,
-    /// Bring a deleted snapshot back.
+    /// Bring a deleted snapshot (or image, with its trashed snapshots) back.
     Restore {
-        /// Snapshot id or unique prefix.
+        /// The id (snap-… or img-…) or a unique prefix of it.
         id: String,
     },
     /// Remove deleted snapshots for good (their data is reclaimed by prune).

@@ -601,12 +601,12 @@ fn trash(ctx: &Ctx<'_>, cmd: &TrashCmd) -> anyhow::Result<()> {
     let table = |entries: &[blocksnap_store::TrashEntry]| {
         let mut t = format!(
             "{:<22} {:<9} {:<20} {:<25} {}",
-            "ID", "KIND", "VOLUME", "DELETED", "EXPIRES"
+            "ID", "KIND", "NAME", "DELETED", "EXPIRES"
         );
         for e in entries {
             t += &format!(
                 "\n{:<22} {:<9} {:<20} {:<25} {}",
-                e.id, e.kind, e.volume, e.deleted, e.expires
+                e.id, e.kind, e.name, e.deleted, e.expires
             );
         }
         t
