@@ -254,21 +254,33 @@ impl Store {
         progress.start("image", total);
         let within = Within(progress);
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let mut reports: Vec<SnapshotReport> = Vec::new();
+        // The volumes share one set of pending chunks, so that content common to two volumes
+        // is stored once; a snapshot may then reference chunks another volume's pipeline wrote,
+        // so the snapshot documents are written only after every pipeline has finished (every
+        // pack durable and indexed).
+        let pending = crate::sink::Pending::default();
+        let mut stored = Vec::new();
         let mut queue = jobs.into_iter();
         loop {
             let group: Vec<_> = queue.by_ref().take(cores).collect();
             if group.is_empty() {
                 break;
             }
-            let results: Vec<Result<SnapshotReport>> = std::thread::scope(|scope| {
+            let results: Vec<Result<_>> = std::thread::scope(|scope| {
                 let handles: Vec<_> = group
                     .into_iter()
                     .map(|(device, snap, source)| {
-                        let (index, within) = (&index, &within);
+                        let (index, within, pending) = (&index, &within, pending.clone());
                         scope.spawn(move || {
-                            self.snapshot_with(access, &snap, source, index, within)
-                                .map_err(|e| e.context(&format!("device {device}")))
+                            self.snapshot_uncommitted(
+                                access,
+                                &snap,
+                                source,
+                                index,
+                                Some(pending),
+                                within,
+                            )
+                            .map_err(|e| e.context(&format!("device {device}")))
                         })
                     })
                     .collect();
@@ -282,8 +294,12 @@ impl Store {
                     .collect()
             });
             for r in results {
-                reports.push(r?);
+                stored.push(r?);
             }
+        }
+        let mut reports: Vec<SnapshotReport> = Vec::new();
+        for (doc, s, started) in stored {
+            reports.push(self.commit_snapshot(doc, &s, started)?);
         }
         progress.finish();
         let doc = ImageDoc {

@@ -43,13 +43,17 @@ pub(crate) struct ChunkSink<'a> {
     codec: &'a ChunkCodec,
     index: &'a Index,
     pack: Option<OpenPack>,
-    /// Chunks written to a pack that is not yet indexed.
-    pending: HashSet<ChunkId>,
+    /// Chunks written to a pack that is not yet indexed: this sink's own, or shared by sinks
+    /// that run at once (the volumes of an image), so that none stores what another already is.
+    pending: Pending,
     /// Store chunks even when the index knows them (prune moving live chunks to new packs).
     relocate: bool,
     closer: Closer,
     pub stats: SinkStats,
 }
+
+/// Chunk ids written to packs not yet indexed, shareable between sinks.
+pub(crate) type Pending = std::sync::Arc<std::sync::Mutex<HashSet<ChunkId>>>;
 
 /// A full pack to make durable and index.
 struct CloseJob {
@@ -143,11 +147,25 @@ impl<'a> ChunkSink<'a> {
             codec,
             index,
             pack: None,
-            pending: HashSet::new(),
+            pending: Pending::default(),
             relocate: false,
             closer: Closer::start(store.root().to_path_buf(), index.clone()),
             stats: SinkStats::default(),
         }
+    }
+
+    /// A sink whose pending chunks are shared with other sinks running at once. A snapshot
+    /// stored through it may reference chunks another sink is still writing: commit it only
+    /// after every sink sharing `pending` has finished.
+    pub fn sharing(
+        store: &'a Store,
+        codec: &'a ChunkCodec,
+        index: &'a Index,
+        pending: Pending,
+    ) -> Self {
+        let mut sink = Self::new(store, codec, index);
+        sink.pending = pending;
+        sink
     }
 
     /// A sink that writes every chunk it is given, and points the index at the new copies.
@@ -202,10 +220,11 @@ impl<'a> ChunkSink<'a> {
 
     /// True if the sink should store `id` (it is neither stored nor pending); marks it pending.
     fn claim(&mut self, id: &ChunkId) -> Result<bool> {
-        if self.pending.contains(id) || (!self.relocate && self.index.contains(id)?) {
+        let mut pending = self.pending.lock().expect("not poisoned");
+        if pending.contains(id) || (!self.relocate && self.index.contains(id)?) {
             return Ok(false);
         }
-        self.pending.insert(*id);
+        pending.insert(*id);
         Ok(true)
     }
 
@@ -307,7 +326,7 @@ impl<'a> ChunkSink<'a> {
     fn account(&mut self, closed: Closed) -> Result<()> {
         let len = closed.result?;
         for id in &closed.ids {
-            self.pending.remove(id);
+            self.pending.lock().expect("not poisoned").remove(id);
         }
         self.stats.bytes_stored += len;
         self.stats.packs += 1;

@@ -19,7 +19,7 @@ use crate::access::Access;
 use crate::error::{Result, StoreError};
 use crate::fsutil;
 use crate::progress::Progress;
-use crate::sink::{ChunkSink, MetaWriter, SinkStats};
+use crate::sink::{ChunkSink, MetaWriter, Pending, SinkStats};
 use crate::source::{Piece, ReadBatch, Source};
 use crate::store::{Store, chunker_doc};
 
@@ -215,6 +215,23 @@ impl Store {
         index: &Index,
         progress: &dyn Progress,
     ) -> Result<SnapshotReport> {
+        let (doc, stored, started) =
+            self.snapshot_uncommitted(access, opts, source, index, None, progress)?;
+        self.commit_snapshot(doc, &stored, started)
+    }
+
+    /// Stores a snapshot's data and returns its document, not yet written. With `pending`
+    /// shared between snapshots running at once, the document may be written only after every
+    /// one of them has returned (one may reference chunks another was writing).
+    pub(crate) fn snapshot_uncommitted(
+        &self,
+        access: &Access,
+        opts: &SnapshotOptions,
+        source: Source,
+        index: &Index,
+        pending: Option<Pending>,
+        progress: &dyn Progress,
+    ) -> Result<(SnapshotDoc, Stored, Instant)> {
         let started = Instant::now();
         let (source_path, volume) = self.source_of(opts)?;
         blocksnap_manifest::validate_tags("snapshot", &opts.tags)
@@ -223,8 +240,13 @@ impl Store {
         let parent = self.latest_snapshot(&volume)?.map(|s| s.id);
         let chunker = Chunker::new(self.chunker_params())
             .map_err(|e| StoreError::Damaged(format!("store config: {e}")))?;
-        let stored =
-            self.store_pieces(&codec, index, |tx| source.read_into(&chunker, tx), progress)?;
+        let stored = self.store_pieces_with(
+            &codec,
+            index,
+            pending,
+            |tx| source.read_into(&chunker, tx),
+            progress,
+        )?;
         if stored.size != source.size {
             return Err(StoreError::Other(format!(
                 "{} changed size while being read ({} bytes, then {}); snapshot a quiet image",
@@ -248,7 +270,7 @@ impl Store {
             data_bytes: stored.data_bytes,
             extents: stored.extents.clone(),
         };
-        self.commit_snapshot(doc, &stored, started)
+        Ok((doc, stored, started))
     }
 
     /// Writes the document of a snapshot whose data is stored, durable and indexed: the commit.
@@ -286,7 +308,22 @@ impl Store {
         produce: impl FnOnce(&Sender<Result<ReadBatch>>) + Send,
         progress: &dyn Progress,
     ) -> Result<Stored> {
-        let mut sink = ChunkSink::new(self, codec, index);
+        self.store_pieces_with(codec, index, None, produce, progress)
+    }
+
+    /// [`Store::store_pieces`], with the pending chunks shared with other sinks when given.
+    pub(crate) fn store_pieces_with(
+        &self,
+        codec: &ChunkCodec,
+        index: &Index,
+        pending: Option<Pending>,
+        produce: impl FnOnce(&Sender<Result<ReadBatch>>) + Send,
+        progress: &dyn Progress,
+    ) -> Result<Stored> {
+        let mut sink = match pending {
+            Some(p) => ChunkSink::sharing(self, codec, index, p),
+            None => ChunkSink::new(self, codec, index),
+        };
         let mut meta = MetaWriter::new();
         let mut extents = ExtentEncoder::new();
         let mut meta_buf = Vec::new();
