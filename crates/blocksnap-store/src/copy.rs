@@ -10,9 +10,7 @@
 use std::time::Instant;
 
 use blocksnap_index::Index;
-use blocksnap_manifest::{
-    Document, Extent, ImageDoc, ImageId, ImageVolume, LaunchPermissions, SnapshotDoc, SnapshotId,
-};
+use blocksnap_manifest::{Document, Extent, ImageVolume, SnapshotDoc, SnapshotId};
 use blocksnap_pack::ChunkCodec;
 use crossbeam_channel::Sender;
 use rayon::prelude::*;
@@ -20,7 +18,7 @@ use rayon::prelude::*;
 use crate::access::Access;
 use crate::error::{Result, StoreError};
 use crate::fsutil;
-use crate::image::ImageReport;
+use crate::image::{ImageReport, new_image};
 use crate::progress::Progress;
 use crate::restore::ChunkReader;
 use crate::snapshot::{SnapshotReport, Within};
@@ -82,15 +80,24 @@ impl Store {
         progress.start("copy", snaps.iter().map(|s| s.size).sum());
         let within = Within(progress);
         let mut reports = Vec::new();
+        // Copies made before, newest first (read once), and those this loop makes (an image
+        // may map one snapshot to two devices).
+        let copied: Vec<SnapshotDoc> = target.list_snapshots()?.into_iter().rev().collect();
+        let mut made: Vec<(SnapshotId, SnapshotReport)> = Vec::new();
         for snap in &snaps {
+            if let Some((_, r)) = made.iter().find(|(id, _)| *id == snap.id) {
+                progress.advance(snap.size);
+                reports.push(reused_report(r));
+                continue;
+            }
             let from = format!("{}/{}", self.config().id, snap.id);
-            let existing = target.list_snapshots()?.into_iter().rev().find(|s| {
+            let existing = copied.iter().find(|s| {
                 s.tags.get(TAG_COPIED_FROM) == Some(&from) && s.key == target_codec.key_id()
             });
             let report = match existing {
                 Some(s) => {
                     progress.advance(s.size);
-                    reused(&s)
+                    reused(s)
                 }
                 None => self
                     .copy_snapshot(
@@ -104,32 +111,30 @@ impl Store {
                     )
                     .map_err(|e| e.context(&format!("snapshot {}", snap.id)))?,
             };
+            made.push((snap.id, report.clone()));
             reports.push(report);
         }
         progress.finish();
 
-        let copy = ImageDoc {
-            format: ImageDoc::FORMAT.into(),
-            id: ImageId(u64::from_le_bytes(fsutil::random_bytes())),
-            name,
-            owner: target_access.account.clone(),
-            created: fsutil::now_rfc3339(),
-            description: doc.description.clone(),
-            tags: doc.tags.clone(),
-            root_device: doc.root_device.clone(),
-            volumes: doc
-                .volumes
-                .iter()
-                .zip(&reports)
-                .map(|(v, r)| ImageVolume {
-                    device: v.device.clone(),
-                    snapshot: r.id,
-                    size: v.size,
-                })
-                .collect(),
-            launch_permissions: LaunchPermissions::default(),
-            key: target_codec.key_id(),
-        };
+        let volumes = doc
+            .volumes
+            .iter()
+            .zip(&reports)
+            .map(|(v, r)| ImageVolume {
+                device: v.device.clone(),
+                snapshot: r.id,
+                size: v.size,
+            })
+            .collect();
+        let mut copy = new_image(
+            &name,
+            &target_access.account,
+            &doc.root_device,
+            volumes,
+            target_codec.key_id(),
+        );
+        copy.description.clone_from(&doc.description);
+        copy.tags.clone_from(&doc.tags);
         target.write_image(&copy)?;
         Ok(ImageReport {
             image: copy,
@@ -236,6 +241,21 @@ fn read_snapshot(reader: &ChunkReader<'_>, snap: &SnapshotDoc, tx: &Sender<Resul
         .and_then(|()| send(&mut extents));
     if let Err(e) = result {
         let _ = tx.send(Err(e));
+    }
+}
+
+/// The report of a snapshot this copy already made for another device.
+fn reused_report(r: &SnapshotReport) -> SnapshotReport {
+    SnapshotReport {
+        bytes_read: 0,
+        bytes_hole: 0,
+        chunks: 0,
+        chunks_new: 0,
+        bytes_new: 0,
+        bytes_stored: 0,
+        seconds: 0.0,
+        packs: 0,
+        ..r.clone()
     }
 }
 

@@ -106,6 +106,29 @@ pub enum Audience {
     Account(String),
 }
 
+/// A new, private image document: a fresh id, created now, no description or tags.
+pub(crate) fn new_image(
+    name: &str,
+    owner: &str,
+    root_device: &str,
+    volumes: Vec<ImageVolume>,
+    key: Option<blocksnap_manifest::KeyId>,
+) -> ImageDoc {
+    ImageDoc {
+        format: ImageDoc::FORMAT.into(),
+        id: ImageId(u64::from_le_bytes(fsutil::random_bytes())),
+        name: name.into(),
+        owner: owner.into(),
+        created: fsutil::now_rfc3339(),
+        description: String::new(),
+        tags: BTreeMap::new(),
+        root_device: root_device.into(),
+        volumes,
+        launch_permissions: LaunchPermissions::default(),
+        key,
+    }
+}
+
 impl Store {
     pub(crate) fn image_path(&self, id: ImageId) -> PathBuf {
         self.root().join("images").join(format!("{id}.json"))
@@ -187,16 +210,11 @@ impl Store {
             ));
         }
         // Validate the mapping as the document will be, with placeholder snapshots.
-        let draft = ImageDoc {
-            format: ImageDoc::FORMAT.into(),
-            id: ImageId(0),
-            name: name.into(),
-            owner: "owner".into(),
-            created: fsutil::now_rfc3339(),
-            description: String::new(),
-            tags: BTreeMap::new(),
-            root_device: root.unwrap_or(devices[0]).into(),
-            volumes: devices
+        let draft = new_image(
+            name,
+            "owner",
+            root.unwrap_or(devices[0]),
+            devices
                 .iter()
                 .map(|d| ImageVolume {
                     device: (*d).into(),
@@ -204,9 +222,8 @@ impl Store {
                     size: 0,
                 })
                 .collect(),
-            launch_permissions: LaunchPermissions::default(),
-            key: None,
-        };
+            None,
+        );
         for d in devices {
             validate_device("image", "device", d).map_err(|e| match e {
                 blocksnap_manifest::DocError::Invalid { problem, .. } => {
@@ -302,30 +319,19 @@ impl Store {
             reports.push(self.commit_snapshot(doc, &s, started)?);
         }
         progress.finish();
-        let doc = ImageDoc {
-            format: ImageDoc::FORMAT.into(),
-            id: ImageId(u64::from_le_bytes(fsutil::random_bytes())),
-            name: opts.name.clone(),
-            owner: access.account.clone(),
-            created: fsutil::now_rfc3339(),
-            description: opts.description.clone(),
-            tags: opts.tags.clone(),
-            root_device: opts
-                .root_device
-                .clone()
-                .unwrap_or_else(|| devices[0].to_string()),
-            volumes: devices
-                .iter()
-                .zip(&reports)
-                .map(|(d, r)| ImageVolume {
-                    device: (*d).to_string(),
-                    snapshot: r.id,
-                    size: r.size,
-                })
-                .collect(),
-            launch_permissions: LaunchPermissions::default(),
-            key: codec.key_id(),
-        };
+        let volumes = devices
+            .iter()
+            .zip(&reports)
+            .map(|(d, r)| ImageVolume {
+                device: (*d).to_string(),
+                snapshot: r.id,
+                size: r.size,
+            })
+            .collect();
+        let root = opts.root_device.as_deref().unwrap_or(devices[0]);
+        let mut doc = new_image(&opts.name, &access.account, root, volumes, codec.key_id());
+        doc.description.clone_from(&opts.description);
+        doc.tags.clone_from(&opts.tags);
         self.write_image(&doc)?;
         Ok(ImageReport {
             image: doc,
@@ -359,27 +365,17 @@ impl Store {
         }
         // The registering account must be able to read what it registers.
         self.codec(access, key)?;
-        let doc = ImageDoc {
-            format: ImageDoc::FORMAT.into(),
-            id: ImageId(u64::from_le_bytes(fsutil::random_bytes())),
-            name: name.into(),
-            owner: access.account.clone(),
-            created: fsutil::now_rfc3339(),
-            description: String::new(),
-            tags: BTreeMap::new(),
-            root_device: root_device.unwrap_or(devices[0]).into(),
-            volumes: devices
-                .iter()
-                .zip(&snaps)
-                .map(|(d, s)| ImageVolume {
-                    device: (*d).to_string(),
-                    snapshot: s.id,
-                    size: s.size,
-                })
-                .collect(),
-            launch_permissions: LaunchPermissions::default(),
-            key,
-        };
+        let volumes = devices
+            .iter()
+            .zip(&snaps)
+            .map(|(d, s)| ImageVolume {
+                device: (*d).to_string(),
+                snapshot: s.id,
+                size: s.size,
+            })
+            .collect();
+        let root = root_device.unwrap_or(devices[0]);
+        let doc = new_image(name, &access.account, root, volumes, key);
         self.write_image(&doc)?;
         Ok(ImageReport {
             image: doc,
