@@ -770,8 +770,8 @@ fn bench(ctx: &Ctx<'_>, a: &args::BenchArgs) -> anyhow::Result<()> {
             human(i.holes)
         );
         t += &format!(
-            "{:<30} {:>8} {:>13} {:>13} {:>10} {:>10}\n",
-            "RUN", "SECONDS", "IMAGE", "DATA", "NEW", "STORED"
+            "{:<30} {:>8} {:>6} {:>13} {:>13} {:>10} {:>10}\n",
+            "RUN", "SECONDS", "CORES", "IMAGE", "DATA", "NEW", "STORED"
         );
         let changed = format!("incremental ({} changed)", human(r.changed_bytes));
         for (name, e) in [
@@ -780,9 +780,10 @@ fn bench(ctx: &Ctx<'_>, a: &args::BenchArgs) -> anyhow::Result<()> {
             ("restore of the incremental", &r.restore),
         ] {
             t += &format!(
-                "{:<30} {:>8.2} {:>13} {:>13} {:>10} {:>10}\n",
+                "{:<30} {:>8.2} {:>6.2} {:>13} {:>13} {:>10} {:>10}\n",
                 name,
                 e.seconds,
+                e.cores_busy,
                 rate(e.bytes_per_sec),
                 rate(e.data_bytes_per_sec),
                 human(e.bytes_new),

@@ -134,6 +134,10 @@ pub struct EndToEnd {
     pub bytes_new: u64,
     /// Bytes added to the store on disk (snapshots; 0 for restore).
     pub bytes_stored: u64,
+    /// CPU time of the whole process (all threads, user and system) during the run.
+    pub cpu_seconds: f64,
+    /// `cpu_seconds / seconds`: how many cores the run kept busy on average.
+    pub cores_busy: f64,
 }
 
 /// What `blocksnap bench` measured (the `--json` output).
@@ -667,9 +671,23 @@ fn cpu_model() -> Option<String> {
         .map(|(_, v)| v.trim().to_string())
 }
 
-fn end_to_end(size: u64, data_bytes: u64, seconds: f64, new: u64, stored: u64) -> EndToEnd {
+/// CPU time this process has used so far, all threads, user and system, in seconds.
+fn cpu_seconds() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+fn end_to_end(
+    size: u64,
+    data_bytes: u64,
+    (seconds, cpu_seconds): (f64, f64),
+    new: u64,
+    stored: u64,
+) -> EndToEnd {
     let seconds = seconds.max(1e-9);
     EndToEnd {
+        cpu_seconds,
+        cores_busy: cpu_seconds / seconds,
         size,
         data_bytes,
         seconds,
@@ -680,11 +698,11 @@ fn end_to_end(size: u64, data_bytes: u64, seconds: f64, new: u64, stored: u64) -
     }
 }
 
-fn from_snapshot(r: &SnapshotReport) -> EndToEnd {
+fn from_snapshot(r: &SnapshotReport, cpu: f64) -> EndToEnd {
     end_to_end(
         r.size,
         r.size - r.bytes_hole,
-        r.seconds,
+        (r.seconds, cpu),
         r.bytes_new,
         r.bytes_stored,
     )
@@ -784,7 +802,9 @@ pub fn run(opts: &BenchOptions, progress: &dyn Progress) -> Result<BenchReport> 
         volume: Some("bench".into()),
         ..SnapshotOptions::default()
     };
+    let cpu = cpu_seconds();
     let first = store.snapshot(&access, &snap_opts, progress)?;
+    let first_cpu = cpu_seconds() - cpu;
 
     // Change about 2% of the image: new random data in 64 KiB pieces spread over it.
     let piece = 64 << 10;
@@ -807,10 +827,14 @@ pub fn run(opts: &BenchOptions, progress: &dyn Progress) -> Result<BenchReport> 
         f.sync_all()
             .map_err(StoreError::io("cannot sync", &image))?;
     }
+    let cpu = cpu_seconds();
     let second = store.snapshot(&access, &snap_opts, progress)?;
+    let second_cpu = cpu_seconds() - cpu;
 
     let out = tmp.0.join("restored.img");
+    let cpu = cpu_seconds();
     let restored = store.restore(&access, &second.id.to_string(), &out, progress)?;
+    let restore_cpu = cpu_seconds() - cpu;
     progress.message("bench: comparing the restored image with the test image");
     compare_files(&image, &out).map_err(|e| {
         StoreError::Damaged(format!(
@@ -818,12 +842,12 @@ pub fn run(opts: &BenchOptions, progress: &dyn Progress) -> Result<BenchReport> 
         ))
     })?;
 
-    let snapshot = from_snapshot(&first);
-    let incremental = from_snapshot(&second);
+    let snapshot = from_snapshot(&first, first_cpu);
+    let incremental = from_snapshot(&second, second_cpu);
     let restore = end_to_end(
         restored.size,
         second.size - second.bytes_hole,
-        restored.seconds,
+        (restored.seconds, restore_cpu),
         restored.bytes_written,
         0,
     );
