@@ -22,7 +22,7 @@ use crate::image::{ImageReport, new_image};
 use crate::progress::Progress;
 use crate::restore::ChunkReader;
 use crate::snapshot::{SnapshotReport, Within};
-use crate::source::{Piece, ReadBatch};
+use crate::source::ReadBatch;
 use crate::store::Store;
 
 /// The tag naming the snapshot a copy was made from: `STORE-ID/SNAPSHOT-ID`.
@@ -197,10 +197,15 @@ fn read_snapshot(reader: &ChunkReader<'_>, snap: &SnapshotDoc, tx: &Sender<Resul
     let mut extents = Vec::new();
     let mut bytes = 0u64;
     let send = |extents: &mut Vec<Extent>| -> Result<()> {
-        let pieces: Vec<Piece> = extents
+        /// An extent, with its chunk's bytes read.
+        enum Part {
+            Hole(u64),
+            Data(Vec<u8>),
+        }
+        let parts: Vec<Part> = extents
             .par_iter()
             .map(|e| match *e {
-                Extent::Hole { len } => Ok(Piece::Hole(len)),
+                Extent::Hole { len } => Ok(Part::Hole(len)),
                 Extent::Data { len, id } => {
                     let data = reader.read(&id)?;
                     if data.len() != len as usize {
@@ -209,20 +214,18 @@ fn read_snapshot(reader: &ChunkReader<'_>, snap: &SnapshotDoc, tx: &Sender<Resul
                             data.len()
                         )));
                     }
-                    Ok(Piece::Data(data))
+                    Ok(Part::Data(data))
                 }
             })
             .collect::<Result<_>>()?;
-        extents.clear();
         let mut batch = ReadBatch::default();
-        for p in &pieces {
-            match p {
-                Piece::Hole(len) => batch.bytes_hole += len,
-                Piece::Data(d) => batch.bytes_read += d.len() as u64,
+        for part in parts {
+            match part {
+                Part::Hole(len) => batch.push_hole(len),
+                Part::Data(data) => batch.push_data(&data),
             }
         }
-        batch.volume_bytes = batch.bytes_hole + batch.bytes_read;
-        batch.pieces = pieces;
+        extents.clear();
         tx.send(Ok(batch))
             .map_err(|_| StoreError::Other("the copy was stopped".into()))
     };

@@ -115,7 +115,8 @@ fn encode(
                 .par_iter()
                 .map(|p| match p {
                     Piece::Hole(_) => Ok((None, None)),
-                    Piece::Data(d) => {
+                    Piece::Data(r) => {
+                        let d = batch.bytes(r);
                         let id = codec.chunk_id(d);
                         let known = index.contains(&id)?;
                         Ok((Some(id), (!known).then(|| codec.compress(d))))
@@ -134,8 +135,8 @@ fn encode(
             for (piece, (id, record)) in batch.pieces.iter().zip(coded) {
                 match (piece, id) {
                     (Piece::Hole(len), _) => out.items.push(Item::Hole(*len)),
-                    (Piece::Data(d), Some(id)) => {
-                        let len = d.len() as u32;
+                    (Piece::Data(r), Some(id)) => {
+                        let len = r.len() as u32;
                         out.items.push(Item::Data(len, id));
                         out.data_chunks += 1;
                         if let Some(r) = record.filter(|_| seen.insert(id)) {
