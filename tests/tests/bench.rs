@@ -39,10 +39,13 @@ fn bench_json_reports_every_stage_and_a_verified_restore() {
     assert_eq!(
         names,
         [
+            "read",
             "chunk-fastcdc",
             "chunk-fixed",
             "hash-blake3-keyed",
+            "index",
             "encode",
+            "pack-write",
             "decode-verify"
         ]
     );
@@ -51,11 +54,21 @@ fn bench_json_reports_every_stage_and_a_verified_restore() {
         positive(s, "all_cores_bytes_per_sec");
     }
     positive(&r["stage_limit"], "snapshot_bytes_per_sec");
+    positive(&r["stage_limit"], "snapshot_compute_bytes_per_sec");
     positive(&r["stage_limit"], "restore_bytes_per_sec");
+    // Every stage of the snapshot limit is in the compute limit's sum or adds to it.
+    assert!(
+        r["stage_limit"]["snapshot_bytes_per_sec"].as_f64().unwrap()
+            < r["stage_limit"]["snapshot_compute_bytes_per_sec"]
+                .as_f64()
+                .unwrap()
+    );
     for run in ["snapshot", "incremental", "restore"] {
         positive(&r[run], "seconds");
         positive(&r[run], "bytes_per_sec");
         positive(&r[run], "data_bytes_per_sec");
+        positive(&r[run], "cpu_seconds");
+        positive(&r[run], "cores_busy");
         assert_eq!(r[run]["size"], 16 << 20, "{run}");
     }
     positive(&r, "snapshot_vs_limit");

@@ -413,8 +413,10 @@ const BENCH_ABOUT: &str = "\
 Measure this machine: each stage's throughput on one core and on all cores, then an end-to-end \
 snapshot, incremental snapshot and restore of a generated image. Needs no store.
 
-Stages run in memory on a sample of generated data with a default store's settings: FastCDC and \
-fixed-size chunking (32 KiB), keyed BLAKE3 chunk ids, encode (zstd level 3 + AES-256-GCM), and \
+Stages run on a sample of generated data with a default store's settings: read (1 MiB \
+positioned reads of a file in the page cache), FastCDC and fixed-size chunking (32 KiB), keyed \
+BLAKE3 chunk ids, index (a sled lookup and a batched insert per chunk), encode (zstd level 3 + \
+AES-256-GCM), pack-write (records appended to a pack file with its BLAKE3 id, no fsync), and \
 decode + verify.
 
 End to end: a SIZE-byte image (45% text-like, 30% random, 10% written zeros, 15% unallocated) is \
@@ -422,12 +424,13 @@ written to a temporary directory under TMPDIR, snapshotted into a fresh encrypte
 in about 2% of its bytes and snapshotted again, and that snapshot is restored and compared byte \
 for byte with the image. The directory is removed afterwards; it needs about 3 x SIZE of space. \
 The image is read from the page cache (it was just written), so disk reads are not measured; \
-pack and restore fsyncs are.
+pack and restore fsyncs are. CORES is the CPU time a run used over its wall time.
 
-Stage limit: the snapshot throughput the CPU work alone allows, 1 / (1/chunk + 1/hash + \
-1/encode) with each stage measured on all cores: the per-byte costs summed, as if the stages \
-shared the cores perfectly with no I/O, fsync, index or waiting. It counts data bytes (holes and \
-zero runs cost no stage work), and so does the ratio of the measured snapshot to it. The restore \
+Stage limit: the snapshot throughput the work of its stages allows, 1 / (1/read + 1/chunk + \
+1/hash + 1/index + 1/encode + 1/pack-write) with each stage measured on all cores: the per-byte \
+costs summed, as if the stages shared the cores perfectly with no fsync or waiting. The compute \
+limit is the same sum over chunk, hash and encode alone. Both count data bytes (holes and zero \
+runs cost no stage work), and so do the ratios of the measured snapshot to them. The restore \
 limit is decode + verify on all cores.";
 
 #[derive(Debug, Args)]

@@ -749,13 +749,15 @@ fn bench(ctx: &Ctx<'_>, a: &args::BenchArgs) -> anyhow::Result<()> {
         }
         let l = &r.stage_limit;
         t += &format!(
-            "\nstage limit, snapshot: {} of data on {} (1/(1/chunk + 1/hash + 1/encode); \
-             slowest stage: {}; {} if one core's work scaled perfectly)\n\
+            "\nstage limit, snapshot: {} of data on {} (1/(1/read + 1/chunk + 1/hash + 1/index + \
+             1/encode + 1/pack-write); slowest stage: {}; {} if one core's work scaled perfectly)\n\
+             compute limit:         {} (chunk, hash and encode alone)\n\
              stage limit, restore:  {} of data (decode-verify on {})\n",
             rate(l.snapshot_bytes_per_sec),
             cores,
             l.snapshot_slowest_stage,
             rate(l.snapshot_ideal_bytes_per_sec),
+            rate(l.snapshot_compute_bytes_per_sec),
             rate(l.restore_bytes_per_sec),
             cores,
         );
@@ -795,10 +797,11 @@ fn bench(ctx: &Ctx<'_>, a: &args::BenchArgs) -> anyhow::Result<()> {
             );
         }
         t += &format!(
-            "\nthe snapshot reached {:.0}% of the snapshot stage limit and the restore {:.0}% of \
-             the restore limit (data bytes per second);\nthe restore was compared byte for byte \
-             with the image: {}",
+            "\nthe snapshot reached {:.0}% of the snapshot stage limit ({:.0}% of the compute \
+             limit) and the restore {:.0}% of the restore limit (data bytes per second);\nthe \
+             restore was compared byte for byte with the image: {}",
             r.snapshot_vs_limit * 100.0,
+            r.snapshot.data_bytes_per_sec / l.snapshot_compute_bytes_per_sec * 100.0,
             r.restore_vs_limit * 100.0,
             if r.verified { "identical" } else { "DIFFERENT" }
         );

@@ -2,24 +2,30 @@
 //!
 //! Two kinds of figures, the way `kopia benchmark` and `borg benchmark crud` give them:
 //!
-//! - **Stages**, in memory, on a sample of generated data (text-like and random, in the
-//!   proportions of the test image's data): FastCDC chunking, fixed-size chunking, keyed BLAKE3
-//!   chunk ids, zstd + AES-256-GCM encode, and decode + verify. Each is timed on one core (the
-//!   calling thread) and on all cores (rayon's pool, the one the pipelines use), with the same
-//!   functions and settings a default store uses (32 KiB average chunks, zstd level 3).
+//! - **Stages**, on a sample of generated data (text-like and random, in the proportions of the
+//!   test image's data): reading it back from the page cache in the reader's positioned reads,
+//!   FastCDC chunking, fixed-size chunking, keyed BLAKE3 chunk ids, index lookup and insert
+//!   (sled, a store's settings), zstd + AES-256-GCM encode, pack writing (records appended
+//!   through the page cache, the pack's BLAKE3 id, the trailer; no fsync), and decode + verify.
+//!   Each is timed on one core (the calling thread) and on all cores (rayon's pool, the one the
+//!   pipelines use), with the same functions and settings a default store uses (32 KiB average
+//!   chunks, zstd level 3).
 //! - **End to end**, through the library, on a generated image of `size` bytes in a temporary
 //!   directory (under `TMPDIR`, removed afterwards): a snapshot into a fresh store, an
 //!   incremental snapshot after a few percent of the image changed, and a restore of that
 //!   snapshot, compared byte for byte with the image. These include what the stages leave out:
-//!   reading (from the page cache: the image was just written), the index, pack writes and fsync.
+//!   the threads handing batches to each other, fsync, and the documents; and each reports the
+//!   CPU time it used, so that the cores it kept busy can be read off.
 //!
-//! The **stage limit** is the end-to-end snapshot throughput the CPU work alone allows: the
-//! per-byte costs of chunking, hashing and encoding, each measured with all cores busy, summed —
-//! `limit = 1 / (1/chunk + 1/hash + 1/encode)` in data bytes per second. It assumes the three
-//! stages share the cores perfectly, with no I/O, no fsync, no index and no stage waiting for
-//! another; the ratio of the measured snapshot (per data byte: holes and zero runs cost no CPU
-//! work and are left out) to it says how much of that ceiling the pipeline reaches. The restore
-//! limit is likewise the decode + verify throughput on all cores.
+//! The **stage limit** is the end-to-end snapshot throughput the work of the stages allows: the
+//! per-byte cost of every stage a snapshot runs over its data (read, chunk, hash, index,
+//! encode, pack write), each measured with all cores busy, summed —
+//! `limit = 1 / Σ 1/stage` in data bytes per second. It assumes the stages share the cores
+//! perfectly, with no fsync and no stage waiting for another; the ratio of the measured
+//! snapshot (per data byte: holes and zero runs cost no stage work and are left out) to it
+//! says how much of that ceiling the pipeline reaches. The **compute limit** is the same sum
+//! over chunking, hashing and encoding alone, a ceiling no pipeline that reads and writes
+//! reaches. The restore limit is the decode + verify throughput on all cores.
 
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
@@ -27,8 +33,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use blocksnap_chunker::{Chunker, ChunkerParams};
-use blocksnap_manifest::KeyId;
-use blocksnap_pack::{ChunkCodec, DataKey, nonce_for};
+use blocksnap_index::{Index, Location};
+use blocksnap_manifest::{ChunkId, KeyId, PackId};
+use blocksnap_pack::{ChunkCodec, DataKey, PackWriter, nonce_for};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -87,7 +94,8 @@ pub struct Machine {
 /// The throughput of one stage.
 #[derive(Clone, Debug, Serialize)]
 pub struct StageResult {
-    /// Short name: `chunk-fastcdc`, `chunk-fixed`, `hash-blake3-keyed`, `encode`, `decode-verify`.
+    /// Short name: `read`, `chunk-fastcdc`, `chunk-fixed`, `hash-blake3-keyed`, `index`,
+    /// `encode`, `pack-write`, `decode-verify`.
     pub name: String,
     /// What was measured, for people.
     pub description: String,
@@ -101,13 +109,17 @@ pub struct StageResult {
     pub speedup: f64,
 }
 
-/// The throughput the CPU work of the stages allows (see the module documentation).
+/// The throughput the work of the stages allows (see the module documentation).
 #[derive(Clone, Debug, Serialize)]
 pub struct StageLimit {
-    /// Snapshot: `1 / (1/chunk + 1/hash + 1/encode)`, all-cores figures, data bytes per second.
+    /// Snapshot: `1 / Σ 1/stage` over [`SNAPSHOT_STAGES`], all-cores figures, data bytes per
+    /// second.
     pub snapshot_bytes_per_sec: f64,
-    /// The same sum from the one-core figures, divided among the cores
-    /// (`cores / (1/chunk + 1/hash + 1/encode)`): what perfect scaling would give.
+    /// The same over [`COMPUTE_STAGES`] alone (chunk, hash, encode): the ceiling if reading,
+    /// the index and pack writes cost nothing.
+    pub snapshot_compute_bytes_per_sec: f64,
+    /// The snapshot sum from the one-core figures, times the cores: what perfect scaling would
+    /// give.
     pub snapshot_ideal_bytes_per_sec: f64,
     /// The slowest of the snapshot stages on all cores.
     pub snapshot_slowest_stage: String,
@@ -467,16 +479,16 @@ impl Drop for TempDir {
 
 /// Times `f` (one pass over `bytes` bytes) until at least `min_seconds` have passed and it ran
 /// at least twice, after one untimed pass; returns bytes per second.
-fn throughput(bytes: u64, min_seconds: f64, mut f: impl FnMut()) -> f64 {
-    f();
+fn throughput(bytes: u64, min_seconds: f64, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
     let start = Instant::now();
     let mut reps = 0u64;
     loop {
-        f();
+        f()?;
         reps += 1;
         let t = start.elapsed().as_secs_f64();
         if reps >= 2 && t >= min_seconds {
-            return (bytes * reps) as f64 / t;
+            return Ok((bytes * reps) as f64 / t);
         }
     }
 }
@@ -486,23 +498,24 @@ fn stage(
     description: &str,
     bytes: u64,
     min_seconds: f64,
-    one: impl FnMut(),
-    all: impl FnMut(),
-) -> StageResult {
-    let one_core = throughput(bytes, min_seconds, one);
-    let all_cores = throughput(bytes, min_seconds, all);
-    StageResult {
+    one: impl FnMut() -> Result<()>,
+    all: impl FnMut() -> Result<()>,
+) -> Result<StageResult> {
+    let one_core = throughput(bytes, min_seconds, one)?;
+    let all_cores = throughput(bytes, min_seconds, all)?;
+    Ok(StageResult {
         name: name.into(),
         description: description.into(),
         sample_bytes: bytes,
         one_core_bytes_per_sec: one_core,
         all_cores_bytes_per_sec: all_cores,
         speedup: all_cores / one_core,
-    }
+    })
 }
 
-/// Measures every stage on `sample` with the settings of a default store.
-pub fn measure_stages(sample: &[u8], min_seconds: f64) -> Vec<StageResult> {
+/// Measures every stage on `sample` with the settings of a default store; the I/O and index
+/// stages use files in `dir`.
+pub fn measure_stages(sample: &[u8], min_seconds: f64, dir: &Path) -> Result<Vec<StageResult>> {
     let bytes = sample.len() as u64;
     let cores = rayon::current_num_threads().max(1);
     let segment = sample.len().div_ceil(cores).max(1);
@@ -517,6 +530,40 @@ pub fn measure_stages(sample: &[u8], min_seconds: f64) -> Vec<StageResult> {
         .pack_cipher(&fsutil::random_bytes())
         .expect("an encrypted codec has a cipher");
     let mut stages = Vec::new();
+
+    // Reading: the sample as a file (in the page cache: just written), read back the way the
+    // snapshot reader does, in 1 MiB positioned reads.
+    let sample_path = dir.join("stage-sample");
+    fs::write(&sample_path, sample).map_err(StoreError::io("cannot write", &sample_path))?;
+    let sample_file =
+        File::open(&sample_path).map_err(StoreError::io("cannot open", &sample_path))?;
+    let read_size = crate::source::read_sizes(&cdc).1;
+    let read_range = |range: std::ops::Range<u64>| -> Result<()> {
+        let mut buf = vec![0u8; read_size.min((range.end - range.start) as usize)];
+        let mut off = range.start;
+        while off < range.end {
+            let n = (range.end - off).min(read_size as u64) as usize;
+            sample_file
+                .read_exact_at(&mut buf[..n], off)
+                .map_err(StoreError::io("cannot read", &sample_path))?;
+            off += n as u64;
+        }
+        std::hint::black_box(&buf);
+        Ok(())
+    };
+    stages.push(stage(
+        "read",
+        "1 MiB positioned reads of a file in the page cache (the kernel's copy)",
+        bytes,
+        min_seconds,
+        || read_range(0..bytes),
+        || {
+            (0..cores as u64).into_par_iter().try_for_each(|i| {
+                read_range(i * segment as u64..((i + 1) * segment as u64).min(bytes))
+            })
+        },
+    )?);
+
     for (name, description, chunker) in [
         (
             "chunk-fastcdc",
@@ -537,13 +584,15 @@ pub fn measure_stages(sample: &[u8], min_seconds: f64) -> Vec<StageResult> {
             min_seconds,
             || {
                 std::hint::black_box(chunker.cut(sample, 0, true));
+                Ok(())
             },
             || {
                 sample.par_chunks(segment).for_each(|s| {
                     std::hint::black_box(chunker.cut(s, 0, true));
                 });
+                Ok(())
             },
-        ));
+        )?);
     }
     let mut chunks = Vec::new();
     let mut p = 0;
@@ -559,15 +608,61 @@ pub fn measure_stages(sample: &[u8], min_seconds: f64) -> Vec<StageResult> {
         || {
             chunks.iter().for_each(|c| {
                 std::hint::black_box(codec.chunk_id(c));
-            })
+            });
+            Ok(())
         },
         || {
             chunks.par_iter().for_each(|c| {
                 std::hint::black_box(codec.chunk_id(c));
+            });
+            Ok(())
+        },
+    )?);
+    let ids: Vec<_> = chunks.iter().map(|c| codec.chunk_id(c)).collect();
+
+    // The index: a lookup of every chunk (a miss, as in a first snapshot) and an insert of
+    // each, in one batch per pack's worth, into a sled index like a store's. Every pass uses
+    // new ids (the pass number mixed into the first bytes).
+    let index_path = dir.join("stage-index");
+    let index = Index::open(&index_path, std::time::Duration::ZERO, |_| {})?;
+    let pass = std::sync::atomic::AtomicU64::new(0);
+    let index_pass = |range: std::ops::Range<usize>, n: u64| -> Result<()> {
+        let mut batch = Vec::with_capacity(range.len());
+        for (i, id) in ids[range.clone()].iter().enumerate() {
+            let mut bytes = id.0;
+            bytes[..8].copy_from_slice(&n.to_le_bytes());
+            let id = ChunkId(bytes);
+            if !index.contains(&id)? {
+                let loc = Location {
+                    pack: PackId(bytes),
+                    offset: (range.start + i) as u64 * DEFAULT_CHUNK_SIZE as u64,
+                    stored_len: chunks[range.start + i].len() as u32,
+                    raw_len: chunks[range.start + i].len() as u32,
+                };
+                batch.push((id, loc));
+            }
+        }
+        index.insert_batch(&batch)?;
+        Ok(())
+    };
+    let next_pass = || pass.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let per_core = ids.len().div_ceil(cores).max(1);
+    stages.push(stage(
+        "index",
+        "sled index: a lookup of every chunk id (a miss) and a batched insert of each",
+        bytes,
+        min_seconds,
+        || index_pass(0..ids.len(), next_pass()),
+        || {
+            let n = next_pass();
+            (0..cores).into_par_iter().try_for_each(|c| {
+                let start = (c * per_core).min(ids.len());
+                index_pass(start..((c + 1) * per_core).min(ids.len()), n)
             })
         },
-    ));
-    let ids: Vec<_> = chunks.iter().map(|c| codec.chunk_id(c)).collect();
+    )?);
+    drop(index);
+
     let encode = |i: usize| {
         let mut rec = codec.compress(chunks[i]);
         cipher.seal(&nonce_for(i as u64), ids[i].as_bytes(), &mut rec);
@@ -581,15 +676,57 @@ pub fn measure_stages(sample: &[u8], min_seconds: f64) -> Vec<StageResult> {
         || {
             (0..chunks.len()).for_each(|i| {
                 std::hint::black_box(encode(i));
-            })
+            });
+            Ok(())
         },
         || {
             (0..chunks.len()).into_par_iter().for_each(|i| {
                 std::hint::black_box(encode(i));
+            });
+            Ok(())
+        },
+    )?);
+    let records: Vec<Vec<u8>> = (0..chunks.len()).map(encode).collect();
+
+    // Writing packs: the encoded records appended to a pack file (through the page cache, with
+    // the pack's BLAKE3 id), trailer and all; no fsync, which waits for the disk on the
+    // closer's thread, not for the CPU.
+    let write_pack = |core: usize, range: std::ops::Range<usize>| -> Result<()> {
+        let path = dir.join(format!("stage-pack-{core}"));
+        let file = File::create(&path).map_err(StoreError::io("cannot create", &path))?;
+        let pack_error = |e: blocksnap_pack::PackError| {
+            StoreError::Other(format!("cannot write pack {}: {e}", path.display()))
+        };
+        let mut w = PackWriter::new(
+            std::io::BufWriter::with_capacity(1 << 20, file),
+            &codec,
+            [0u8; 32],
+        )
+        .map_err(pack_error)?;
+        for i in range {
+            let offset = w.offset();
+            w.write_sealed(offset, ids[i], chunks[i].len() as u32, &records[i])
+                .map_err(pack_error)?;
+        }
+        let (out, ..) = w.finish().map_err(pack_error)?;
+        out.into_inner()
+            .map_err(|e| StoreError::io("cannot write", &path)(e.into_error()))?;
+        Ok(())
+    };
+    stages.push(stage(
+        "pack-write",
+        "encoded records appended to a pack file with its BLAKE3 id (page cache, no fsync)",
+        bytes,
+        min_seconds,
+        || write_pack(0, 0..chunks.len()),
+        || {
+            (0..cores).into_par_iter().try_for_each(|c| {
+                let start = (c * per_core).min(chunks.len());
+                write_pack(c, start..((c + 1) * per_core).min(chunks.len()))
             })
         },
-    ));
-    let records: Vec<Vec<u8>> = (0..chunks.len()).map(encode).collect();
+    )?);
+
     let decode = |i: usize| {
         codec
             .decode(
@@ -609,32 +746,41 @@ pub fn measure_stages(sample: &[u8], min_seconds: f64) -> Vec<StageResult> {
         || {
             (0..chunks.len()).for_each(|i| {
                 std::hint::black_box(decode(i));
-            })
+            });
+            Ok(())
         },
         || {
             (0..chunks.len()).into_par_iter().for_each(|i| {
                 std::hint::black_box(decode(i));
-            })
+            });
+            Ok(())
         },
-    ));
-    stages
+    )?);
+    Ok(stages)
 }
+
+/// The stages a snapshot runs over every data byte, in pipeline order.
+pub const SNAPSHOT_STAGES: [&str; 6] = [
+    "read",
+    "chunk-fastcdc",
+    "hash-blake3-keyed",
+    "index",
+    "encode",
+    "pack-write",
+];
+/// Those of them that are computation alone (no kernel, no index).
+pub const COMPUTE_STAGES: [&str; 3] = ["chunk-fastcdc", "hash-blake3-keyed", "encode"];
 
 /// The stage limit of `stages` (as [`measure_stages`] returns them) on `cores` cores.
 pub fn stage_limit(stages: &[StageResult], cores: usize) -> StageLimit {
     let get = |name: &str| stages.iter().find(|s| s.name == name);
-    let snapshot: Vec<&StageResult> = ["chunk-fastcdc", "hash-blake3-keyed", "encode"]
-        .iter()
-        .filter_map(|n| get(n))
-        .collect();
-    let cost_all: f64 = snapshot
-        .iter()
-        .map(|s| 1.0 / s.all_cores_bytes_per_sec)
-        .sum();
-    let cost_one: f64 = snapshot
-        .iter()
-        .map(|s| 1.0 / s.one_core_bytes_per_sec)
-        .sum();
+    let pick =
+        |names: &[&str]| -> Vec<&StageResult> { names.iter().filter_map(|n| get(n)).collect() };
+    let snapshot = pick(&SNAPSHOT_STAGES);
+    let compute = pick(&COMPUTE_STAGES);
+    let limit = |set: &[&StageResult], rate: fn(&StageResult) -> f64| {
+        1.0 / set.iter().map(|s| 1.0 / rate(s)).sum::<f64>()
+    };
     let slowest = snapshot
         .iter()
         .min_by(|a, b| {
@@ -644,15 +790,17 @@ pub fn stage_limit(stages: &[StageResult], cores: usize) -> StageLimit {
         .map(|s| s.name.clone())
         .unwrap_or_default();
     StageLimit {
-        snapshot_bytes_per_sec: 1.0 / cost_all,
-        snapshot_ideal_bytes_per_sec: cores as f64 / cost_one,
+        snapshot_bytes_per_sec: limit(&snapshot, |s| s.all_cores_bytes_per_sec),
+        snapshot_compute_bytes_per_sec: limit(&compute, |s| s.all_cores_bytes_per_sec),
+        snapshot_ideal_bytes_per_sec: cores as f64 * limit(&snapshot, |s| s.one_core_bytes_per_sec),
         snapshot_slowest_stage: slowest,
         restore_bytes_per_sec: get("decode-verify").map_or(0.0, |s| s.all_cores_bytes_per_sec),
-        model: "snapshot limit = 1 / (1/chunk-fastcdc + 1/hash-blake3-keyed + 1/encode), each \
-                measured on all cores: the per-byte CPU costs summed, as if the stages shared \
-                the cores perfectly with no I/O, fsync, index or waiting; restore limit = \
-                decode-verify on all cores; both per data byte (holes and zero runs cost no \
-                stage work)"
+        model: "snapshot limit = 1 / (1/read + 1/chunk-fastcdc + 1/hash-blake3-keyed + 1/index + \
+                1/encode + 1/pack-write), each measured on all cores: the per-byte costs of every \
+                stage a snapshot runs, summed, as if the stages shared the cores perfectly with \
+                no fsync and no waiting; compute limit = the same over chunk, hash and encode \
+                alone; restore limit = decode-verify on all cores; all per data byte (holes and \
+                zero runs cost no stage work)"
             .into(),
     }
 }
@@ -775,7 +923,10 @@ pub fn run(opts: &BenchOptions, progress: &dyn Progress) -> Result<BenchReport> 
         "bench: timing each stage on a {} MiB sample, on one core and on {cores} cores",
         sample_len >> 20
     ));
-    let stages = measure_stages(&sample, opts.stage_seconds);
+    let stage_dir = tmp.0.join("stages");
+    fs::create_dir(&stage_dir).map_err(StoreError::io("cannot create", &stage_dir))?;
+    let stages = measure_stages(&sample, opts.stage_seconds, &stage_dir)?;
+    let _ = fs::remove_dir_all(&stage_dir);
     drop(sample);
     let limit = stage_limit(&stages, cores);
 
@@ -915,7 +1066,10 @@ mod tests {
         };
         let r = run(&opts, &NoProgress).unwrap();
         assert!(r.verified);
-        assert_eq!(r.stages.len(), 5);
+        assert_eq!(r.stages.len(), 8);
+        for name in SNAPSHOT_STAGES {
+            assert!(r.stages.iter().any(|s| s.name == name), "{name}");
+        }
         assert!(r.stages.iter().all(|s| s.all_cores_bytes_per_sec > 0.0));
         assert!(r.stage_limit.snapshot_bytes_per_sec > 0.0);
         assert!(r.incremental.bytes_new > 0);
