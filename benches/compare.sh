@@ -5,6 +5,10 @@
 #   BLOCKSNAP=path  the blocksnap binary (default: target/release/blocksnap of
 #                   this repository, else blocksnap on PATH)
 #   KEEP=1          keep the work directory (images, repositories, logs, results.tsv)
+#   ROUNDS=N        run every tool's three phases N times (default 3), fresh
+#                   repositories each round, tools in turn within a round; the
+#                   table gives the median of each figure, and the ratios of
+#                   every round follow it (this VM's speed drifts by ±30%)
 #
 # Builds base.img (1 GiB sparse ext4 holding ~300-400 MB of this machine's
 # files) and changed.img (files removed, added and replaced with debugfs), the
@@ -20,6 +24,8 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 KEEP=${KEEP:-0}
+ROUNDS=${ROUNDS:-3}
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: ROUNDS must be a positive number" >&2; exit 2; }
 MARKER=.blocksnap-compare-bench
 
 log() { echo "== $*" >&2; }
@@ -287,7 +293,7 @@ prepare_cache() {
 
 # timed TOOL PHASE INPUT REPO -- CMD...: run CMD under /usr/bin/time, stdout to
 # logs/TOOL-PHASE.out, record seconds, peak RSS and repository size.
-printf 'tool\tphase\tseconds\trss_kib\trepo_bytes\n' >results.tsv
+printf 'round\ttool\tphase\tseconds\trss_kib\trepo_bytes\n' >results.tsv
 timed() {
     local tool=$1 phase=$2 input=$3 repodir=$4
     shift 5
@@ -304,7 +310,7 @@ timed() {
     local secs rss
     read -r secs rss < <(tail -n 1 "$l.time")
     sync
-    printf '%s\t%s\t%s\t%s\t%s\n' "$tool" "$phase" "$secs" "$rss" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$tool" "$phase" "$secs" "$rss" \
         "$(du -sb "$repodir" | cut -f1)" >>"$work/results.tsv"
 }
 
@@ -319,58 +325,62 @@ verify() { # TOOL FILE
     rm -f "$2"
 }
 
-mkdir repos cache restore
+for round in $(seq "$ROUNDS"); do
+    log "round $round of $ROUNDS"
+    rm -rf repos cache restore
+    mkdir repos cache restore
 
-# ---------------------------------------------------------------- blocksnap
-export XDG_CONFIG_HOME="$work/config" XDG_DATA_HOME="$work/data"
-bs_store=$work/repos/blocksnap
-bs() { "$BLOCKSNAP" --store "$bs_store" --quiet "$@"; }
-bs init >logs/blocksnap-init.out
-stage_image base.img
-timed blocksnap initial stg "$bs_store" -- \
-    "$BLOCKSNAP" --store "$bs_store" --quiet --json snapshot create stg/disk.img --volume disk
-stage_image changed.img
-timed blocksnap incremental stg "$bs_store" -- \
-    "$BLOCKSNAP" --store "$bs_store" --quiet --json snapshot create stg/disk.img --volume disk
-bs_id=$(jq -r .id logs/blocksnap-incremental.out)
-timed blocksnap restore "$bs_store" "$bs_store" -- \
-    "$BLOCKSNAP" --store "$bs_store" --quiet --json snapshot restore "$bs_id" restore/blocksnap.img
-verify blocksnap restore/blocksnap.img
+    # ---------------------------------------------------------------- blocksnap
+    export XDG_CONFIG_HOME="$work/config/$round" XDG_DATA_HOME="$work/data/$round"
+    bs_store=$work/repos/blocksnap
+    bs() { "$BLOCKSNAP" --store "$bs_store" --quiet "$@"; }
+    bs init >logs/blocksnap-init.out
+    stage_image base.img
+    timed blocksnap initial stg "$bs_store" -- \
+        "$BLOCKSNAP" --store "$bs_store" --quiet --json snapshot create stg/disk.img --volume disk
+    stage_image changed.img
+    timed blocksnap incremental stg "$bs_store" -- \
+        "$BLOCKSNAP" --store "$bs_store" --quiet --json snapshot create stg/disk.img --volume disk
+    bs_id=$(jq -r .id logs/blocksnap-incremental.out)
+    timed blocksnap restore "$bs_store" "$bs_store" -- \
+        "$BLOCKSNAP" --store "$bs_store" --quiet --json snapshot restore "$bs_id" restore/blocksnap.img
+    verify blocksnap restore/blocksnap.img
 
-# ---------------------------------------------------------------- restic
-export RESTIC_REPOSITORY=$work/repos/restic RESTIC_PASSWORD=x RESTIC_CACHE_DIR=$work/cache/restic
-restic init >logs/restic-init.out 2>&1
-restic_repo_version=$(restic cat config 2>/dev/null | jq -r .version)
-stage_image base.img
-timed restic initial stg "$RESTIC_REPOSITORY" -- restic backup --host bench "$work/stg/disk.img"
-stage_image changed.img
-timed restic incremental stg "$RESTIC_REPOSITORY" -- restic backup --host bench "$work/stg/disk.img"
-grep -q 'using parent snapshot' logs/restic-incremental.out \
-    || log "warning: restic did not report a parent snapshot"
-timed restic restore "$RESTIC_REPOSITORY" "$RESTIC_REPOSITORY" -- \
-    restic restore latest --target "$work/restore/restic"
-verify restic "$work/restore/restic$work/stg/disk.img"
-rm -rf restore/restic
+    # ---------------------------------------------------------------- restic
+    export RESTIC_REPOSITORY=$work/repos/restic RESTIC_PASSWORD=x RESTIC_CACHE_DIR=$work/cache/restic
+    restic init >logs/restic-init.out 2>&1
+    restic_repo_version=$(restic cat config 2>/dev/null | jq -r .version)
+    stage_image base.img
+    timed restic initial stg "$RESTIC_REPOSITORY" -- restic backup --host bench "$work/stg/disk.img"
+    stage_image changed.img
+    timed restic incremental stg "$RESTIC_REPOSITORY" -- restic backup --host bench "$work/stg/disk.img"
+    grep -q 'using parent snapshot' logs/restic-incremental.out \
+        || log "warning: restic did not report a parent snapshot"
+    timed restic restore "$RESTIC_REPOSITORY" "$RESTIC_REPOSITORY" -- \
+        restic restore latest --target "$work/restore/restic"
+    verify restic "$work/restore/restic$work/stg/disk.img"
+    rm -rf restore/restic
 
-# ---------------------------------------------------------------- borg
-export BORG_REPO=$work/repos/borg BORG_PASSPHRASE=x BORG_BASE_DIR=$work/borghome \
-    BORG_DISPLAY_PASSPHRASE=no
-borg init -e repokey >logs/borg-init.out 2>&1
-# borg stores the path as given: run from stg so the archive holds "disk.img".
-stage_image base.img
-cd stg
-timed borg initial . "$BORG_REPO" -- borg create ::a disk.img
-cd "$work"
-stage_image changed.img
-cd stg
-timed borg incremental . "$BORG_REPO" -- borg create ::b disk.img
-cd "$work"
-mkdir restore/borg
-cd restore/borg
-timed borg restore "$BORG_REPO" "$BORG_REPO" -- borg extract --sparse ::b disk.img
-cd "$work"
-verify borg restore/borg/disk.img
-rm -rf restore/borg
+    # ---------------------------------------------------------------- borg
+    export BORG_REPO=$work/repos/borg BORG_PASSPHRASE=x BORG_BASE_DIR=$work/borghome \
+        BORG_DISPLAY_PASSPHRASE=no
+    borg init -e repokey >logs/borg-init.out 2>&1
+    # borg stores the path as given: run from stg so the archive holds "disk.img".
+    stage_image base.img
+    cd stg
+    timed borg initial . "$BORG_REPO" -- borg create ::a disk.img
+    cd "$work"
+    stage_image changed.img
+    cd stg
+    timed borg incremental . "$BORG_REPO" -- borg create ::b disk.img
+    cd "$work"
+    mkdir restore/borg
+    cd restore/borg
+    timed borg restore "$BORG_REPO" "$BORG_REPO" -- borg extract --sparse ::b disk.img
+    cd "$work"
+    verify borg restore/borg/disk.img
+    rm -rf restore/borg
+done
 
 # ---------------------------------------------------------------- table
 cat <<EOF
@@ -384,24 +394,30 @@ cat <<EOF
 
 EOF
 python3 - results.tsv "$base_alloc" "$changed_alloc" <<'PY'
-import csv, sys
-rows = {(r["tool"], r["phase"]): r for r in csv.DictReader(open(sys.argv[1]), delimiter="\t")}
+import csv, statistics, sys
+runs = {}
+for r in csv.DictReader(open(sys.argv[1]), delimiter="\t"):
+    runs.setdefault((r["tool"], r["phase"]), []).append(r)
 data = {"initial": int(sys.argv[2]), "incremental": int(sys.argv[3]), "restore": int(sys.argv[3])}
 tools = ["blocksnap", "restic", "borg"]
+phases = ["initial", "incremental", "restore"]
 names = {"initial": "initial snapshot", "incremental": "incremental snapshot", "restore": "restore"}
+rounds = len(runs[("blocksnap", "initial")])
+def med(t, phase, field, conv=float):
+    return statistics.median(conv(r[field]) for r in runs[(t, phase)])
 head = ["phase", "data MB"]
 for t in tools:
     head += [f"{t} s", f"{t} MB/s", f"{t} RSS MiB", f"{t} repo MB"]
 for t in tools[1:]:
     head += [f"speed vs {t}", f"RSS vs {t}", f"repo vs {t}"]
+print(f"Medians of {rounds} round(s):\n")
 print("| " + " | ".join(head) + " |")
 print("|---|" + "--:|" * (len(head) - 1))
-for phase in ["initial", "incremental", "restore"]:
+for phase in phases:
     cells = [names[phase], f"{data[phase] / 1e6:.0f}"]
     v = {}
     for t in tools:
-        r = rows[(t, phase)]
-        s, rss, repo = float(r["seconds"]), int(r["rss_kib"]), int(r["repo_bytes"])
+        s, rss, repo = med(t, phase, "seconds"), med(t, phase, "rss_kib", int), med(t, phase, "repo_bytes", int)
         v[t] = (s, rss, repo)
         cells += [f"{s:.2f}", f"{data[phase] / 1e6 / max(s, 0.01):.0f}",
                   f"{rss / 1024:.0f}", f"{repo / 1e6:.1f}"]
@@ -411,9 +427,18 @@ for phase in ["initial", "incremental", "restore"]:
         cells += [f"{p[0] / max(b[0], 0.01):.2f}x", f"{b[1] / p[1]:.2f}", f"{b[2] / p[2]:.2f}"]
     print("| " + " | ".join(cells) + " |")
 growth = ", ".join(
-    f"{t} {(int(rows[(t, 'incremental')]['repo_bytes']) - int(rows[(t, 'initial')]['repo_bytes'])) / 1e6:.1f} MB"
+    f"{t} {(med(t, 'incremental', 'repo_bytes', int) - med(t, 'initial', 'repo_bytes', int)) / 1e6:.1f} MB"
     for t in tools)
-print(f"\nrepository growth from the incremental snapshot: {growth}")
+print(f"\nrepository growth from the incremental snapshot (medians): {growth}")
+print("\nEvery round (seconds; speed vs restic and borg = their seconds / blocksnap's):\n")
+print("| phase | round | blocksnap s | restic s | borg s | speed vs restic | speed vs borg |")
+print("|---|--:|--:|--:|--:|--:|--:|")
+for phase in phases:
+    for i in range(rounds):
+        s = {t: float(runs[(t, phase)][i]["seconds"]) for t in tools}
+        b = max(s["blocksnap"], 0.01)
+        print(f"| {names[phase]} | {i + 1} | {s['blocksnap']:.2f} | {s['restic']:.2f} | "
+              f"{s['borg']:.2f} | {s['restic'] / b:.2f}x | {s['borg'] / b:.2f}x |")
 PY
 echo
 echo "speed vs X = X's wall time / blocksnap's (>1: blocksnap faster); RSS and repo vs X = blocksnap / X (<1: blocksnap smaller)."

@@ -229,63 +229,83 @@ impl Store {
         };
 
         progress.start("restore", doc.size);
-        let mut batch: Vec<(u64, u32, ChunkId)> = Vec::new();
-        let mut batch_bytes = 0u64;
-        let mut written = 0u64;
-        let flush = |batch: &mut Vec<(u64, u32, ChunkId)>, written: &mut u64| -> Result<()> {
-            batch
-                .par_iter()
-                .try_for_each(|(off, len, id)| -> Result<()> {
-                    let data = reader.read(id)?;
-                    if data.len() != *len as usize {
-                        return Err(StoreError::Damaged(format!(
-                            "chunk {id} has {} bytes, the extent list says {len}",
-                            data.len()
-                        )));
-                    }
-                    file.write_all_at(&data, *off)
-                        .map_err(StoreError::io("cannot write", &target))
-                })?;
-            let n: u64 = batch.iter().map(|b| u64::from(b.1)).sum();
-            *written += n;
-            progress.advance(n);
-            batch.clear();
-            Ok(())
-        };
-        let zeros = vec![0u8; 1 << 20];
-        reader
-            .for_each_extent(&doc, |off, extent| {
-                match extent {
-                    Extent::Data { len, id } => {
-                        batch.push((off, len, id));
-                        batch_bytes += u64::from(len);
-                        if batch_bytes >= BATCH_BYTES {
-                            flush(&mut batch, &mut written)?;
-                            batch_bytes = 0;
-                        }
-                    }
-                    Extent::Hole { len } => {
-                        if device {
-                            // A device keeps old bytes: holes must be written as zeros.
-                            let mut p = 0;
-                            while p < len {
-                                let n = (len - p).min(zeros.len() as u64);
-                                file.write_all_at(&zeros[..n as usize], off + p)
-                                    .map_err(StoreError::io("cannot write", &target))?;
-                                p += n;
-                            }
-                        }
-                        progress.advance(len);
-                    }
+        // Writeback starts while the next batch is decoded: a syncer thread runs fdatasync after
+        // each batch (at most one waiting), so the final fsync waits for the last batch alone,
+        // not for the whole image. Its errors fail the restore like the final fsync's.
+        let (sync_tx, sync_rx) = crossbeam_channel::bounded::<()>(1);
+        let written = std::thread::scope(|scope| -> Result<u64> {
+            let syncer = scope.spawn(|| -> Result<()> {
+                for () in sync_rx {
+                    file.sync_data()
+                        .map_err(StoreError::io("cannot sync", &target))?;
                 }
                 Ok(())
-            })
-            .and_then(|()| flush(&mut batch, &mut written))
-            .and_then(|()| {
-                file.sync_all()
-                    .map_err(StoreError::io("cannot sync", &target))
-            })
-            .map_err(cleanup)?;
+            });
+            let mut batch: Vec<(u64, u32, ChunkId)> = Vec::new();
+            let mut batch_bytes = 0u64;
+            let mut written = 0u64;
+            let flush = |batch: &mut Vec<(u64, u32, ChunkId)>, written: &mut u64| -> Result<()> {
+                batch
+                    .par_iter()
+                    .try_for_each(|(off, len, id)| -> Result<()> {
+                        let data = reader.read(id)?;
+                        if data.len() != *len as usize {
+                            return Err(StoreError::Damaged(format!(
+                                "chunk {id} has {} bytes, the extent list says {len}",
+                                data.len()
+                            )));
+                        }
+                        file.write_all_at(&data, *off)
+                            .map_err(StoreError::io("cannot write", &target))
+                    })?;
+                let n: u64 = batch.iter().map(|b| u64::from(b.1)).sum();
+                *written += n;
+                progress.advance(n);
+                batch.clear();
+                // A sync already waiting covers this batch too.
+                let _ = sync_tx.try_send(());
+                Ok(())
+            };
+            let zeros = vec![0u8; 1 << 20];
+            let result = reader
+                .for_each_extent(&doc, |off, extent| {
+                    match extent {
+                        Extent::Data { len, id } => {
+                            batch.push((off, len, id));
+                            batch_bytes += u64::from(len);
+                            if batch_bytes >= BATCH_BYTES {
+                                flush(&mut batch, &mut written)?;
+                                batch_bytes = 0;
+                            }
+                        }
+                        Extent::Hole { len } => {
+                            if device {
+                                // A device keeps old bytes: holes must be written as zeros.
+                                let mut p = 0;
+                                while p < len {
+                                    let n = (len - p).min(zeros.len() as u64);
+                                    file.write_all_at(&zeros[..n as usize], off + p)
+                                        .map_err(StoreError::io("cannot write", &target))?;
+                                    p += n;
+                                }
+                            }
+                            progress.advance(len);
+                        }
+                    }
+                    Ok(())
+                })
+                .and_then(|()| flush(&mut batch, &mut written));
+            drop(sync_tx);
+            let synced = syncer
+                .join()
+                .map_err(|_| StoreError::Other("the restore's sync thread panicked".into()))?;
+            result?;
+            synced?;
+            file.sync_all()
+                .map_err(StoreError::io("cannot sync", &target))?;
+            Ok(written)
+        })
+        .map_err(cleanup)?;
         progress.finish();
         if !device {
             fs::rename(&target, output)
