@@ -532,20 +532,36 @@ pub fn measure_stages(sample: &[u8], min_seconds: f64, dir: &Path) -> Result<Vec
     let mut stages = Vec::new();
 
     // Reading: the sample as a file (in the page cache: just written), read back the way the
-    // snapshot reader does, in 1 MiB positioned reads.
+    // snapshot reader does, in positioned reads of its read size into successive slots of a
+    // buffer of its window's size. The file holds the sample four times, so that it is larger
+    // than the CPU's caches are likely to be, as an image is.
     let sample_path = dir.join("stage-sample");
-    fs::write(&sample_path, sample).map_err(StoreError::io("cannot write", &sample_path))?;
+    {
+        let mut f =
+            File::create(&sample_path).map_err(StoreError::io("cannot create", &sample_path))?;
+        for _ in 0..4 {
+            std::io::Write::write_all(&mut f, sample)
+                .map_err(StoreError::io("cannot write", &sample_path))?;
+        }
+    }
+    let file_len = bytes * 4;
+    let file_segment = file_len.div_ceil(cores as u64).max(1);
     let sample_file =
         File::open(&sample_path).map_err(StoreError::io("cannot open", &sample_path))?;
-    let read_size = crate::source::read_sizes(&cdc).1;
+    let (window, read_size) = crate::source::read_sizes(&cdc);
     let read_range = |range: std::ops::Range<u64>| -> Result<()> {
-        let mut buf = vec![0u8; read_size.min((range.end - range.start) as usize)];
+        let mut buf = vec![0u8; window];
+        let mut slot = 0usize;
         let mut off = range.start;
         while off < range.end {
             let n = (range.end - off).min(read_size as u64) as usize;
+            if slot + n > buf.len() {
+                slot = 0;
+            }
             sample_file
-                .read_exact_at(&mut buf[..n], off)
+                .read_exact_at(&mut buf[slot..slot + n], off)
                 .map_err(StoreError::io("cannot read", &sample_path))?;
+            slot += n;
             off += n as u64;
         }
         std::hint::black_box(&buf);
@@ -554,15 +570,17 @@ pub fn measure_stages(sample: &[u8], min_seconds: f64, dir: &Path) -> Result<Vec
     stages.push(stage(
         "read",
         "1 MiB positioned reads of a file in the page cache (the kernel's copy)",
-        bytes,
+        file_len,
         min_seconds,
-        || read_range(0..bytes),
+        || read_range(0..file_len),
         || {
             (0..cores as u64).into_par_iter().try_for_each(|i| {
-                read_range(i * segment as u64..((i + 1) * segment as u64).min(bytes))
+                read_range(i * file_segment..((i + 1) * file_segment).min(file_len))
             })
         },
     )?);
+    drop(sample_file);
+    let _ = fs::remove_file(&sample_path);
 
     for (name, description, chunker) in [
         (
