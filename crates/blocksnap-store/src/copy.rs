@@ -219,6 +219,16 @@ fn read_snapshot(reader: &ChunkReader<'_>, snap: &SnapshotDoc, tx: &Sender<Resul
             })
             .collect::<Result<_>>()?;
         let mut batch = ReadBatch::default();
+        batch.reserve(
+            parts
+                .iter()
+                .map(|p| match p {
+                    Part::Data(d) => d.len(),
+                    Part::Hole(_) => 0,
+                })
+                .sum(),
+        );
+        // Each chunk's own buffer is freed once copied into the batch's.
         for part in parts {
             match part {
                 Part::Hole(len) => batch.push_hole(len),

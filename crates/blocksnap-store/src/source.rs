@@ -70,6 +70,11 @@ impl ReadBatch {
         self.hole(len);
     }
 
+    /// Makes room for `bytes` more bytes of chunks in the batch's buffer.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.buf.data.reserve(bytes);
+    }
+
     /// Appends a chunk, copying its bytes into the batch's buffer (for producers other than
     /// the reader).
     pub fn push_data(&mut self, data: &[u8]) {
