@@ -46,14 +46,15 @@ impl Drop for BatchBuf {
 pub(crate) struct ReadBatch {
     pub pieces: Vec<Piece>,
     /// The chunks' bytes.
-    pub buf: BatchBuf,
+    buf: BatchBuf,
     pub bytes_read: u64,
     pub bytes_hole: u64,
     pub volume_bytes: u64,
 }
 
 impl ReadBatch {
-    fn hole(&mut self, len: u64) {
+    /// Appends a hole, merged with a hole just before it.
+    pub fn push_hole(&mut self, len: u64) {
         if len == 0 {
             return;
         }
@@ -63,11 +64,6 @@ impl ReadBatch {
             Some(Piece::Hole(l)) => *l += len,
             _ => self.pieces.push(Piece::Hole(len)),
         }
-    }
-
-    /// Appends a hole piece (for producers other than the reader).
-    pub fn push_hole(&mut self, len: u64) {
-        self.hole(len);
     }
 
     /// Makes room for `bytes` more bytes of chunks in the batch's buffer.
@@ -292,12 +288,7 @@ impl<'a> Splitter<'a> {
     /// moves to a fresh buffer.
     fn take_batch(&mut self) -> ReadBatch {
         let capacity = self.buf.len();
-        let mut next = self
-            .pool
-            .try_recv()
-            .ok()
-            .filter(|b| b.len() == capacity)
-            .unwrap_or_else(|| vec![0u8; capacity]);
+        let mut next = self.pool.try_recv().unwrap_or_else(|_| vec![0u8; capacity]);
         let rest = self.len - self.start;
         next[..rest].copy_from_slice(&self.buf[self.start..self.len]);
         let full = std::mem::replace(&mut self.buf, next);
@@ -355,7 +346,7 @@ impl<'a> Splitter<'a> {
             } else if self.in_hole {
                 // Data after a hole: a new region starts at this block.
                 let hole = std::mem::take(&mut self.pending_zero);
-                self.batch.hole(hole);
+                self.batch.push_hole(hole);
                 self.in_hole = false;
                 self.start = base + p;
                 self.start_off = off + p as u64;
@@ -402,7 +393,7 @@ impl<'a> Splitter<'a> {
         let mut p = self.start;
         for len in cuts {
             if is_zero(&self.buf[p..p + len]) {
-                self.batch.hole(len as u64);
+                self.batch.push_hole(len as u64);
             } else {
                 self.batch.volume_bytes += len as u64;
                 self.batch.pieces.push(Piece::Data(p..p + len));
@@ -417,14 +408,14 @@ impl<'a> Splitter<'a> {
     fn finish(mut self) -> ReadBatch {
         if self.in_hole {
             let hole = std::mem::take(&mut self.pending_zero);
-            self.batch.hole(hole);
+            self.batch.push_hole(hole);
         } else {
             self.pending_zero = 0;
             self.cut(self.len, true);
         }
-        let mut batch = std::mem::take(&mut self.batch);
+        let mut batch = self.batch;
         batch.buf = BatchBuf {
-            data: std::mem::take(&mut self.buf),
+            data: self.buf,
             home: None,
         };
         batch
