@@ -104,7 +104,7 @@ struct Encoded {
 /// with more they go on with the next. Each holds a read buffer (about 2 MiB) and its records
 /// until the sink takes it. Measured on a first snapshot (2 cores): one batch of 4 MiB kept
 /// 1.70 cores busy; four of 2 MiB 1.78, at the same peak RSS; six 1.81, at 10 MiB more.
-const ENCODING: usize = 4;
+pub(crate) const ENCODING: usize = 4;
 
 /// The encoder stage: hands each batch the reader produces to the rayon pool, at most
 /// [`ENCODING`] at once (a slot is taken from `slots` per batch; the sink gives it back), and

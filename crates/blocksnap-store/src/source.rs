@@ -11,6 +11,7 @@ use blocksnap_chunker::{Chunker, ZERO_BLOCK, is_zero};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{Result, StoreError};
+use crate::snapshot::ENCODING;
 
 /// Zero runs at least this long (whole aligned 4 KiB blocks) are holes even inside allocated
 /// data, before chunking.
@@ -264,8 +265,8 @@ struct Splitter<'a> {
 
 impl<'a> Splitter<'a> {
     fn new(chunker: &'a Chunker, capacity: usize) -> Self {
-        // The reader's buffer, one in the channel, one being encoded, one on its way back.
-        let (home, pool) = crossbeam_channel::bounded(4);
+        // The reader's buffer, one in the channel, those being encoded.
+        let (home, pool) = crossbeam_channel::bounded(ENCODING + 2);
         Splitter {
             chunker,
             buf: vec![0u8; capacity],
