@@ -569,7 +569,10 @@ pub fn measure_stages(sample: &[u8], min_seconds: f64, dir: &Path) -> Result<Vec
     };
     stages.push(stage(
         "read",
-        "1 MiB positioned reads of a file in the page cache (the kernel's copy)",
+        &format!(
+            "{} KiB positioned reads of a file in the page cache (the kernel's copy)",
+            read_size >> 10
+        ),
         file_len,
         min_seconds,
         || read_range(0..file_len),
@@ -639,7 +642,7 @@ pub fn measure_stages(sample: &[u8], min_seconds: f64, dir: &Path) -> Result<Vec
     let ids: Vec<_> = chunks.iter().map(|c| codec.chunk_id(c)).collect();
 
     // The index: a lookup of every chunk (a miss, as in a first snapshot) and an insert of
-    // each, in one batch per pack's worth, into a sled index like a store's. Every pass uses
+    // each, a pack's worth at a time, into a sled index like a store's. Every pass uses
     // new ids (the pass number mixed into the first bytes).
     let index_path = dir.join("stage-index");
     let index = Index::open(&index_path, std::time::Duration::ZERO, |_| {})?;
@@ -667,7 +670,7 @@ pub fn measure_stages(sample: &[u8], min_seconds: f64, dir: &Path) -> Result<Vec
     let per_core = ids.len().div_ceil(cores).max(1);
     stages.push(stage(
         "index",
-        "sled index: a lookup of every chunk id (a miss) and a batched insert of each",
+        "sled index: a lookup of every chunk id (a miss) and an insert of each",
         bytes,
         min_seconds,
         || index_pass(0..ids.len(), next_pass()),
