@@ -175,6 +175,12 @@ impl<'a> ChunkSink<'a> {
         sink
     }
 
+    /// The chunks taken on by this sink (and those sharing its set) but not indexed yet. An
+    /// encoder need not compress those: the sink would drop the records.
+    pub fn pending(&self) -> Pending {
+        self.pending.clone()
+    }
+
     /// Stores whichever of `chunks` the store lacks.
     pub fn put(&mut self, chunks: Vec<(ChunkId, Vec<u8>)>) -> Result<()> {
         self.collect(false)?;
