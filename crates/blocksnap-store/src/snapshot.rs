@@ -465,3 +465,155 @@ fn volume_name_of(path: &Path) -> Result<String> {
         .take(blocksnap_manifest::MAX_NAME_LEN)
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::restore::ChunkReader;
+    use crate::store::InitOptions;
+    use crate::{NoProgress, StoreError};
+    use blocksnap_manifest::{Extent, ExtentDecoder};
+
+    fn new_store(dir: &Path) -> (Store, Access) {
+        let opts = InitOptions {
+            account: "alice".into(),
+            identity: Some(dir.join("alice.key")),
+            ..InitOptions::default()
+        };
+        let (store, _) = Store::init(&dir.join("store"), &opts).unwrap();
+        let access = store
+            .access(Some("alice"), Some(&dir.join("alice.key")))
+            .unwrap();
+        (store, access)
+    }
+
+    /// Chunk `i` of batch `b`: distinct, compressible bytes of `len`.
+    fn chunk(b: usize, i: usize, len: usize) -> Vec<u8> {
+        let tag = format!("batch {b} chunk {i} ");
+        tag.bytes().cycle().take(len).collect()
+    }
+
+    #[test]
+    fn batches_finishing_out_of_order_are_stored_in_volume_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, access) = new_store(dir.path());
+        let codec = store.codec_for_new(&access, None).unwrap();
+        let index = store.open_index(&access, &NoProgress).unwrap();
+        // Ten times as many batches as encode at once; even batches carry many large chunks
+        // and odd ones a single small one, so later batches often finish first. Batch 7 repeats
+        // a chunk of batch 2 (pending or indexed by then, not stored twice).
+        let batches = 10 * ENCODING;
+        let layout = |b: usize| -> Vec<(usize, usize)> {
+            let mut v: Vec<(usize, usize)> = if b % 2 == 0 {
+                (0..24).map(|i| (b, i)).collect()
+            } else {
+                vec![(b, 0)]
+            };
+            if b == 7 {
+                v.push((2, 5));
+            }
+            v
+        };
+        let len_of = |b: usize, i: usize| {
+            if b % 2 == 0 {
+                40_000 + i * 97
+            } else {
+                1_000 + b
+            }
+        };
+        let stored = store
+            .store_pieces(
+                &codec,
+                &index,
+                |tx| {
+                    for b in 0..batches {
+                        let mut batch = ReadBatch::default();
+                        for (cb, i) in layout(b) {
+                            batch.push_data(&chunk(cb, i, len_of(cb, i)));
+                        }
+                        batch.push_hole(4096 * (b as u64 + 1));
+                        if tx.send(Ok(batch)).is_err() {
+                            return;
+                        }
+                    }
+                },
+                &NoProgress,
+            )
+            .unwrap();
+        let mut expected = Vec::new();
+        for b in 0..batches {
+            for (cb, i) in layout(b) {
+                expected.extend(chunk(cb, i, len_of(cb, i)));
+            }
+            expected.extend(std::iter::repeat_n(0u8, 4096 * (b + 1)));
+        }
+        assert_eq!(stored.size, expected.len() as u64);
+        let unique: usize = (0..batches).map(|b| layout(b).len()).sum::<usize>() - 1;
+        assert_eq!(stored.stats.chunks_new, unique as u64);
+
+        // Read the volume back through the extent list: every byte in its place.
+        let reader = ChunkReader::new(&store, &codec, &index);
+        let mut decoder = ExtentDecoder::new(stored.size);
+        let mut volume = Vec::new();
+        for id in &stored.extents.chunks {
+            let bytes = reader.read(id).unwrap();
+            decoder
+                .feed::<StoreError>(&bytes, &mut |_, extent| {
+                    match extent {
+                        Extent::Data { id, .. } => volume.extend(reader.read(&id)?),
+                        Extent::Hole { len } => {
+                            volume.extend(std::iter::repeat_n(0u8, len as usize))
+                        }
+                    }
+                    Ok(())
+                })
+                .unwrap();
+        }
+        decoder.finish().unwrap();
+        assert!(
+            volume == expected,
+            "the stored volume differs from what was given"
+        );
+    }
+
+    #[test]
+    fn a_producer_error_fails_the_store_without_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, access) = new_store(dir.path());
+        let codec = store.codec_for_new(&access, None).unwrap();
+        let index = store.open_index(&access, &NoProgress).unwrap();
+        let sent = std::sync::atomic::AtomicUsize::new(0);
+        let err = store
+            .store_pieces(
+                &codec,
+                &index,
+                |tx| {
+                    // A few good batches, an error, then a producer that would go on forever
+                    // if nobody stopped it: it must be stopped by its channel closing.
+                    for b in 0.. {
+                        let batch = if b == 3 * ENCODING {
+                            Err(StoreError::Other("the disk went away".into()))
+                        } else {
+                            let mut batch = ReadBatch::default();
+                            batch.push_data(&chunk(b, 0, 50_000));
+                            Ok(batch)
+                        };
+                        sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if tx.send(batch).is_err() {
+                            return;
+                        }
+                    }
+                },
+                &NoProgress,
+            )
+            .err()
+            .expect("the producer's error fails the store");
+        assert!(err.to_string().contains("the disk went away"), "{err}");
+        // The producer stopped soon after the error: what was in flight, no more.
+        let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            sent <= 3 * ENCODING + 2 * ENCODING + 4,
+            "{sent} batches sent"
+        );
+    }
+}
