@@ -292,8 +292,9 @@ prepare_cache() {
 }
 
 # timed TOOL PHASE INPUT REPO -- CMD...: run CMD under /usr/bin/time, stdout to
-# logs/TOOL-PHASE.out, record seconds, peak RSS and repository size.
-printf 'round\ttool\tphase\tseconds\trss_kib\trepo_bytes\n' >results.tsv
+# logs/TOOL-PHASE.out, record seconds, peak RSS, CPU seconds (user + system) and repository
+# size.
+printf 'round\ttool\tphase\tseconds\trss_kib\trepo_bytes\tcpu_s\n' >results.tsv
 timed() {
     local tool=$1 phase=$2 input=$3 repodir=$4
     shift 5
@@ -303,15 +304,16 @@ timed() {
     # The time runs until the result is on disk (`sync` inside the timed command): blocksnap
     # fsyncs its packs and restored images, borg its segments, restic neither; timing each
     # tool up to durability compares the same work. Peak RSS is the largest process's.
-    if ! /usr/bin/time -f '%e %M' -o "$l.time" sh -c '"$@" && sync' sh "$@" >"$l.out" 2>"$l.err"; then
+    if ! /usr/bin/time -f '%e %M %U %S' -o "$l.time" sh -c '"$@" && sync' sh "$@" >"$l.out" 2>"$l.err"; then
         cat "$l.err" "$l.time" >&2
         die "$tool $phase failed"
     fi
-    local secs rss
-    read -r secs rss < <(tail -n 1 "$l.time")
+    local secs rss usr sys
+    read -r secs rss usr sys < <(tail -n 1 "$l.time")
     sync
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$tool" "$phase" "$secs" "$rss" \
-        "$(du -sb "$repodir" | cut -f1)" >>"$work/results.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$tool" "$phase" "$secs" "$rss" \
+        "$(du -sb "$repodir" | cut -f1)" "$(awk -v u="$usr" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')" \
+        >>"$work/results.tsv"
 }
 
 failed=()
@@ -430,15 +432,19 @@ growth = ", ".join(
     f"{t} {(med(t, 'incremental', 'repo_bytes', int) - med(t, 'initial', 'repo_bytes', int)) / 1e6:.1f} MB"
     for t in tools)
 print(f"\nrepository growth from the incremental snapshot (medians): {growth}")
-print("\nEvery round (seconds; speed vs restic and borg = their seconds / blocksnap's):\n")
-print("| phase | round | blocksnap s | restic s | borg s | speed vs restic | speed vs borg |")
-print("|---|--:|--:|--:|--:|--:|--:|")
+print("\nEvery round (seconds; speed vs restic and borg = their seconds / blocksnap's; CPU s = user +")
+print("system seconds of the command, which show how fast the machine was in that minute):\n")
+print("| phase | round | blocksnap s | restic s | borg s | blocksnap CPU s | restic CPU s | borg CPU s "
+      "| speed vs restic | speed vs borg |")
+print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 for phase in phases:
     for i in range(rounds):
         s = {t: float(runs[(t, phase)][i]["seconds"]) for t in tools}
+        c = {t: float(runs[(t, phase)][i]["cpu_s"]) for t in tools}
         b = max(s["blocksnap"], 0.01)
         print(f"| {names[phase]} | {i + 1} | {s['blocksnap']:.2f} | {s['restic']:.2f} | "
-              f"{s['borg']:.2f} | {s['restic'] / b:.2f}x | {s['borg'] / b:.2f}x |")
+              f"{s['borg']:.2f} | {c['blocksnap']:.2f} | {c['restic']:.2f} | {c['borg']:.2f} | "
+              f"{s['restic'] / b:.2f}x | {s['borg'] / b:.2f}x |")
 PY
 echo
 echo "speed vs X = X's wall time / blocksnap's (>1: blocksnap faster); RSS and repo vs X = blocksnap / X (<1: blocksnap smaller)."
