@@ -16,7 +16,7 @@
 # settings and encryption on: an initial backup of the image, an incremental
 # backup of the changed image under the same path, and a restore of the second
 # backup, each timed with /usr/bin/time (wall seconds until the result is synced
-# to disk, peak RSS). Every restore
+# to disk, peak RSS, CPU seconds). Every restore
 # is compared with changed.img by cmp. Prints a Markdown table on stdout;
 # progress goes to stderr. Installs restic, borgbackup, e2fsprogs (and jq,
 # time) with apt-get when missing.
