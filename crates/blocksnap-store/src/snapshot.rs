@@ -474,7 +474,8 @@ mod tests {
     use crate::{NoProgress, StoreError};
     use blocksnap_manifest::{Extent, ExtentDecoder};
 
-    fn new_store(dir: &Path) -> (Store, Access) {
+    /// A new encrypted store in `dir`, its default key's codec and its index.
+    fn new_store(dir: &Path) -> (Store, ChunkCodec, Index) {
         let opts = InitOptions {
             account: "alice".into(),
             identity: Some(dir.join("alice.key")),
@@ -484,7 +485,9 @@ mod tests {
         let access = store
             .access(Some("alice"), Some(&dir.join("alice.key")))
             .unwrap();
-        (store, access)
+        let codec = store.codec_for_new(&access, None).unwrap();
+        let index = store.open_index(&access, &NoProgress).unwrap();
+        (store, codec, index)
     }
 
     /// Chunk `i` of batch `b`: distinct, compressible bytes of `len`.
@@ -496,9 +499,7 @@ mod tests {
     #[test]
     fn batches_finishing_out_of_order_are_stored_in_volume_order() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, access) = new_store(dir.path());
-        let codec = store.codec_for_new(&access, None).unwrap();
-        let index = store.open_index(&access, &NoProgress).unwrap();
+        let (store, codec, index) = new_store(dir.path());
         // Ten times as many batches as encode at once; even batches carry many large chunks
         // and odd ones a single small one, so later batches often finish first. Batch 7 repeats
         // a chunk of batch 2 (pending or indexed by then, not stored twice).
@@ -579,9 +580,7 @@ mod tests {
     #[test]
     fn a_producer_error_fails_the_store_without_hanging() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, access) = new_store(dir.path());
-        let codec = store.codec_for_new(&access, None).unwrap();
-        let index = store.open_index(&access, &NoProgress).unwrap();
+        let (store, codec, index) = new_store(dir.path());
         let sent = std::sync::atomic::AtomicUsize::new(0);
         let err = store
             .store_pieces(
