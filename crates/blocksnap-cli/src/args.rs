@@ -413,9 +413,10 @@ const BENCH_ABOUT: &str = "\
 Measure this machine: each stage's throughput on one core and on all cores, then an end-to-end \
 snapshot, incremental snapshot and restore of a generated image. Needs no store.
 
-Stages run on a sample of generated data with a default store's settings: read (1 MiB \
-positioned reads of a file in the page cache), FastCDC and fixed-size chunking (32 KiB), keyed \
-BLAKE3 chunk ids, index (a sled lookup and a batched insert per chunk), encode (zstd level 3 + \
+Stages run on a sample of generated data with a default store's settings: read (the \
+snapshot reader's positioned reads of a file in the page cache), FastCDC and fixed-size chunking \
+(32 KiB), keyed BLAKE3 chunk ids, index (a sled lookup and an insert per chunk), encode (zstd \
+level 3 + \
 AES-256-GCM), pack-write (records appended to a pack file with its BLAKE3 id, no fsync), and \
 decode + verify.
 

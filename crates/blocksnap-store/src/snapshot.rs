@@ -363,8 +363,8 @@ impl Store {
         let mut meta_buf = Vec::new();
         let (mut bytes_read, mut bytes_hole, mut data_bytes) = (0u64, 0u64, 0u64);
         // Three stages overlap: the producer reads and cuts (its own thread); the encoder hashes
-        // and compresses what the index lacks, in parallel (the rayon pool, fed by its own
-        // thread); this thread puts the batches back in order, builds the extent list and seals
+        // and compresses what neither the index nor the sink has, in parallel (the rayon pool,
+        // fed by its own thread); this thread puts the batches back in order, builds the extent list and seals
         // and writes packs.
         let (tx, rx) = crossbeam_channel::bounded(1);
         let (etx, erx) = crossbeam_channel::unbounded();
