@@ -145,11 +145,19 @@ pub enum SnapshotCmd {
         snapshot: String,
     },
     /// Rebuild a snapshot's image as a sparse file (or onto a block device), verifying every chunk.
+    ///
+    /// OUTPUT is a new file; an existing regular file is replaced, and a block device written
+    /// over, only with --force. A block device is opened exclusively (a mounted one is refused)
+    /// and must be at least the snapshot's size. Directories, character devices (/dev/null),
+    /// FIFOs, sockets and new names under /dev are refused. A symbolic link is followed.
     Restore {
         /// Snapshot id or unique prefix.
         snapshot: String,
         /// The file (or block device) to write.
         output: PathBuf,
+        /// Replace OUTPUT if it is an existing file, or write over it if it is a block device.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -170,6 +178,10 @@ pub struct CreateArgs {
     /// Free text describing the snapshot.
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub description: String,
+    /// PATH is the volume's disk, moved, renamed or now on another host: accept it although
+    /// it is not where the volume's snapshots were taken from, and record the new place.
+    #[arg(long)]
+    pub source_moved: bool,
 }
 
 #[derive(Debug, Args)]
@@ -320,6 +332,10 @@ pub enum ImageCmd {
         /// Free text describing the image.
         #[arg(long, value_name = "TEXT", default_value = "")]
         description: String,
+        /// Each PATH is its volume's disk, moved, renamed or now on another host (see
+        /// `snapshot create --help`).
+        #[arg(long)]
+        source_moved: bool,
     },
     /// Record existing snapshots (all under one key) as a new image you own.
     Register {
@@ -350,6 +366,10 @@ pub enum ImageCmd {
         image: String,
         /// The directory to write the devices into (created if missing).
         outdir: PathBuf,
+        /// Replace existing files in OUTDIR (or write over the block devices they link to).
+        /// Every output is checked before the first is written.
+        #[arg(long)]
+        force: bool,
     },
     /// Let an account (or every account of the store) launch the image. Owner only. An
     /// encrypted image also needs a grant on its key: `blocksnap key grant KEY ACCOUNT`.

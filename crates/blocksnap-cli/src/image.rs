@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use blocksnap_store::{Audience, CopyOptions, ImageDoc, ImageOptions, ImageReport, Store};
+use blocksnap_store::{
+    Audience, CopyOptions, ImageDoc, ImageOptions, ImageReport, RestoreOptions, Store,
+};
 
 use crate::Ctx;
 use crate::args::{AudienceArgs, ImageCmd};
@@ -65,6 +67,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ImageCmd) -> anyhow::Result<()> {
             key,
             tags,
             description,
+            source_moved,
         } => {
             let opts = ImageOptions {
                 name: name.clone(),
@@ -76,6 +79,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ImageCmd) -> anyhow::Result<()> {
                 key: key.clone(),
                 tags: tags.iter().cloned().collect(),
                 description: description.clone(),
+                source_moved: *source_moved,
             };
             let r = store.create_image(&ctx.access(&store)?, &opts, &ctx.progress)?;
             ctx.output(&r, || made(&r, "created"))
@@ -127,8 +131,14 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ImageCmd) -> anyhow::Result<()> {
             let i = store.resolve_image(image)?;
             ctx.output(&i, || describe(&i))
         }
-        ImageCmd::Rebuild { image, outdir } => {
-            let r = store.rebuild_image(&ctx.access(&store)?, image, outdir, &ctx.progress)?;
+        ImageCmd::Rebuild {
+            image,
+            outdir,
+            force,
+        } => {
+            let opts = RestoreOptions { force: *force };
+            let r =
+                store.rebuild_image(&ctx.access(&store)?, image, outdir, &opts, &ctx.progress)?;
             ctx.output(&r, || {
                 let mut t = format!(
                     "rebuilt image '{}' ({}) in {:.1} s",
@@ -136,10 +146,24 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ImageCmd) -> anyhow::Result<()> {
                 );
                 for v in &r.volumes {
                     t += &format!(
-                        "\n  {:<16} -> {} ({}, verified)",
+                        "\n  {:<16} -> {}{} ({}, verified{}{})",
                         v.device,
                         v.output.display(),
-                        human(v.size)
+                        if v.written_to != v.output {
+                            format!(" -> {}", v.written_to.display())
+                        } else {
+                            String::new()
+                        },
+                        human(v.size),
+                        if v.replaced { ", replaced" } else { "" },
+                        if v.tail_left > 0 {
+                            format!(
+                                ", the device's last {} left as they were",
+                                human(v.tail_left)
+                            )
+                        } else {
+                            String::new()
+                        }
                     );
                 }
                 t

@@ -319,6 +319,12 @@ struct SnapshotView<'a> {
     description: &'a str,
     data_bytes: u64,
     chunker: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_path: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_host: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    source_changed: bool,
 }
 
 fn view(s: &SnapshotDoc) -> SnapshotView<'_> {
@@ -334,6 +340,9 @@ fn view(s: &SnapshotDoc) -> SnapshotView<'_> {
         description: &s.description,
         data_bytes: s.data_bytes,
         chunker: format!("{:?} {}", s.chunker.kind, human(s.chunker.avg.into())).to_lowercase(),
+        source_path: s.source_path.as_deref(),
+        source_host: s.source_host.as_deref(),
+        source_changed: s.source_changed,
     }
 }
 
@@ -350,6 +359,7 @@ fn snapshot(ctx: &Ctx<'_>, cmd: &SnapshotCmd) -> anyhow::Result<()> {
                 tags: a.tags.iter().cloned().collect(),
                 description: a.description.clone(),
                 created: None,
+                source_moved: a.source_moved,
             };
             let r = store
                 .snapshot(&access()?, &opts, &ctx.progress)
@@ -441,20 +451,48 @@ fn snapshot(ctx: &Ctx<'_>, cmd: &SnapshotCmd) -> anyhow::Result<()> {
                 )
             })
         }
-        SnapshotCmd::Restore { snapshot, output } => {
-            let r = store.restore(&access()?, snapshot, output, &ctx.progress)?;
-            ctx.output(&r, || {
-                format!(
-                    "restored {} to {} ({}, {} of data written, verified) in {:.1} s",
-                    r.id,
-                    r.output.display(),
-                    human(r.size),
-                    human(r.bytes_written),
-                    r.seconds
-                )
-            })
+        SnapshotCmd::Restore {
+            snapshot,
+            output,
+            force,
+        } => {
+            let opts = blocksnap_store::RestoreOptions { force: *force };
+            let r = store.restore_with(&access()?, snapshot, output, &opts, &ctx.progress)?;
+            ctx.output(&r, || restored(&r))
         }
     }
+}
+
+/// What a restore wrote where, in a sentence.
+fn restored(r: &blocksnap_store::RestoreReport) -> String {
+    let place = if r.written_to != r.output {
+        format!(
+            "{} (a link to {})",
+            r.output.display(),
+            r.written_to.display()
+        )
+    } else {
+        r.output.display().to_string()
+    };
+    let what = match (r.kind, r.replaced) {
+        (blocksnap_store::TargetKind::BlockDevice, _) => format!("onto block device {place}"),
+        (_, true) => format!("to {place}, replacing the file that was there"),
+        (_, false) => format!("to {place}, a new sparse file"),
+    };
+    let mut t = format!(
+        "restored {} {what}: {}, {} of data written, verified, in {:.1} s",
+        r.id,
+        human(r.size),
+        human(r.bytes_written),
+        r.seconds
+    );
+    if r.tail_left > 0 {
+        t += &format!(
+            "; the device's last {} (past the snapshot's size) are left as they were",
+            human(r.tail_left)
+        );
+    }
+    t
 }
 
 fn account(ctx: &Ctx<'_>, cmd: &AccountCmd) -> anyhow::Result<()> {

@@ -414,6 +414,19 @@ pub struct SnapshotDoc {
     pub data_bytes: u64,
     /// The extent list.
     pub extents: ExtentsDoc,
+    /// The source read, as an absolute path (a regular file's canonical path; a block device's
+    /// path as given, made absolute, since `/dev/dm-N` and `/dev/sdX` names change across
+    /// boots while `/dev/vg/lv` and `/dev/disk/by-id/…` do not). Absent in snapshots taken
+    /// before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_path: Option<String>,
+    /// The host the source was read on. Absent in snapshots taken before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_host: Option<String>,
+    /// The source was written while it was being read (its modification or change time
+    /// moved): the snapshot may not be consistent, like a disk pulled from a running machine.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub source_changed: bool,
 }
 
 impl Document for SnapshotDoc {
@@ -464,8 +477,34 @@ impl Document for SnapshotDoc {
                 "bytes and chunks do not agree",
             ));
         }
+        if let Some(p) = &self.source_path {
+            validate_abs_path(Self::KIND, "source_path", p)?;
+        }
+        if let Some(h) = &self.source_host {
+            validate_host(Self::KIND, "source_host", h)?;
+        }
         Ok(())
     }
+}
+
+/// Checks a recorded path: absolute, at most 4096 bytes, no NUL.
+fn validate_abs_path(doc: &'static str, field: &str, path: &str) -> Result<(), DocError> {
+    if !path.starts_with('/') || path.len() > 4096 || path.contains('\0') {
+        return Err(DocError::invalid(doc, field, "must be an absolute path"));
+    }
+    Ok(())
+}
+
+/// Checks a recorded host name: 1 to 255 bytes, no control characters.
+fn validate_host(doc: &'static str, field: &str, host: &str) -> Result<(), DocError> {
+    if host.is_empty() || host.len() > 255 || host.chars().any(char::is_control) {
+        return Err(DocError::invalid(
+            doc,
+            field,
+            "must be 1 to 255 bytes without control characters",
+        ));
+    }
+    Ok(())
 }
 
 /// `volumes/NAME.json`: a named disk image or block device with tags.
@@ -483,6 +522,10 @@ pub struct VolumeDoc {
     pub tags: BTreeMap<String, String>,
     /// When it was added.
     pub created: String,
+    /// The host it was registered on (the path is that host's). Absent in volumes registered
+    /// before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl Document for VolumeDoc {
@@ -492,12 +535,9 @@ impl Document for VolumeDoc {
         validate_name(Self::KIND, "name", &self.name)?;
         validate_tags(Self::KIND, &self.tags)?;
         validate_time(Self::KIND, "created", &self.created)?;
-        if !self.path.starts_with('/') || self.path.len() > 4096 || self.path.contains('\0') {
-            return Err(DocError::invalid(
-                Self::KIND,
-                "path",
-                "must be an absolute path",
-            ));
+        validate_abs_path(Self::KIND, "path", &self.path)?;
+        if let Some(h) = &self.host {
+            validate_host(Self::KIND, "host", h)?;
         }
         Ok(())
     }
@@ -600,7 +640,27 @@ mod tests {
                 bytes: 60,
                 chunks: vec![ChunkId([3; 32])],
             },
+            source_path: None,
+            source_host: None,
+            source_changed: false,
         }
+    }
+
+    #[test]
+    fn the_recorded_source_round_trips_and_older_documents_read() {
+        let mut s = sample_snapshot();
+        let old = String::from_utf8(s.to_json()).unwrap();
+        assert!(!old.contains("source"), "{old}");
+        s.source_path = Some("/vmA/disk.img".into());
+        s.source_host = Some("hv1".into());
+        s.source_changed = true;
+        assert_eq!(SnapshotDoc::from_json(&s.to_json()).unwrap(), s);
+        let read = SnapshotDoc::from_json(old.as_bytes()).unwrap();
+        assert_eq!(read.source_path, None);
+        assert!(!read.source_changed);
+        s.source_path = Some("relative/disk.img".into());
+        let err = SnapshotDoc::from_json(&s.to_json()).unwrap_err();
+        assert!(err.to_string().contains("source_path"), "{err}");
     }
 
     #[test]
@@ -686,6 +746,9 @@ mod tests {
                         },
                         chunks: chunks.into_iter().map(ChunkId).collect(),
                     },
+                    source_path: fixed.then(|| "/vm/disk.img".into()),
+                    source_host: fixed.then(|| "host-1".into()),
+                    source_changed: fixed,
                 }
             })
     }

@@ -186,6 +186,9 @@ impl Store {
             description: snap.description.clone(),
             data_bytes: stored.data_bytes,
             extents: stored.extents.clone(),
+            source_path: snap.source_path.clone(),
+            source_host: snap.source_host.clone(),
+            source_changed: snap.source_changed,
         };
         target.commit_snapshot(doc, &stored, started)
     }
@@ -288,5 +291,7 @@ fn reused(s: &SnapshotDoc) -> SnapshotReport {
         parent: s.parent,
         key: s.key,
         packs: 0,
+        source: s.source_path.clone(),
+        source_changed: s.source_changed,
     }
 }

@@ -22,7 +22,7 @@ use crate::error::{Result, StoreError};
 use crate::fsutil;
 use crate::lifecycle::TrashEntry;
 use crate::progress::Progress;
-use crate::restore::RestoreReport;
+use crate::restore::{RestoreOptions, RestoreReport, TargetKind};
 use crate::snapshot::{SnapshotOptions, SnapshotReport, Within};
 use crate::store::Store;
 
@@ -41,6 +41,8 @@ pub struct ImageOptions {
     pub tags: BTreeMap<String, String>,
     /// Free text.
     pub description: String,
+    /// Each source is its volume's disk, moved (see [`SnapshotOptions::source_moved`]).
+    pub source_moved: bool,
 }
 
 /// An image as `image create`, `show` and `list` print it: the document, and for `create` and
@@ -82,8 +84,18 @@ pub struct RebuiltVolume {
     pub size: u64,
     /// Data bytes written.
     pub bytes_written: u64,
-    /// The file written.
+    /// The file written (OUTDIR/<device's last path part>.img).
     pub output: PathBuf,
+    /// A file or a block device (when `output` is a symbolic link to one).
+    pub kind: TargetKind,
+    /// What was written: `output`, or what its symbolic link points to.
+    pub written_to: PathBuf,
+    /// An existing file was replaced (`--force`).
+    pub replaced: bool,
+    /// Bytes of a block device past the snapshot's size, left as they were.
+    pub tail_left: u64,
+    /// The snapshot's source was written while it was being read.
+    pub source_changed: bool,
 }
 
 /// What `image deregister` did.
@@ -250,8 +262,7 @@ impl Store {
         blocksnap_manifest::validate_tags("image", &opts.tags)
             .map_err(|e| StoreError::Usage(e.to_string()))?;
         let codec = self.codec_for_new(access, opts.key.as_deref())?;
-        let _lock = self.lock_shared("image create", progress)?;
-        let index = self.open_index(access, progress)?;
+        // Every source is checked before the lock is taken (see `Store::snapshot`).
         let mut jobs = Vec::new();
         for (device, path) in &opts.volumes {
             let snap = SnapshotOptions {
@@ -261,12 +272,25 @@ impl Store {
                 tags: opts.tags.clone(),
                 description: format!("image {} device {device}", opts.name),
                 created: None,
+                source_moved: opts.source_moved,
             };
             let source = self
-                .open_source(&snap)
+                .open_source(&snap, progress)
                 .map_err(|e| e.context(&format!("device {device}")))?;
+            if let Some((other, _, _)) = jobs.iter().find(
+                |(_, _, s): &&(String, SnapshotOptions, crate::source::Source)| {
+                    s.volume == source.volume
+                },
+            ) {
+                return Err(StoreError::Usage(format!(
+                    "devices {other} and {device} would both be snapshots of volume '{}'; register each disk under its own name (`blocksnap volume add NAME PATH`) and give --volume DEVICE=NAME",
+                    source.volume
+                )));
+            }
             jobs.push((device.clone(), snap, source));
         }
+        let _lock = self.lock_shared("image create", progress)?;
+        let index = self.open_index(access, progress)?;
         let total = jobs.iter().map(|(_, _, s)| s.size).sum();
         progress.start("image", total);
         let within = Within(progress);
@@ -432,37 +456,67 @@ impl Store {
     }
 
     /// Rebuilds every device of an image into `outdir/<device's last path part>.img`, each
-    /// byte-identical and sparse, verified chunk by chunk.
+    /// byte-identical and sparse, verified chunk by chunk. Each output follows the rules of
+    /// `snapshot restore` ([`Store::plan_target`]), and every one is checked before the
+    /// first is written.
     pub fn rebuild_image(
         &self,
         access: &Access,
         image: &str,
         outdir: &Path,
+        opts: &RestoreOptions,
         progress: &dyn Progress,
     ) -> Result<RebuildReport> {
         let started = Instant::now();
         let doc = self.resolve_image(image)?;
         self.check_launch(access, &doc)?;
         let snaps = self.image_snapshots(&doc)?;
-        if outdir.exists() && !outdir.is_dir() {
-            return Err(StoreError::Usage(format!(
-                "{} is not a directory; give a directory for the image's devices",
-                outdir.display()
-            )));
+        for s in &snaps {
+            self.codec(access, s.key)?;
+        }
+        match fs::metadata(outdir) {
+            Ok(m) if !m.is_dir() => {
+                return Err(StoreError::Usage(format!(
+                    "{} is not a directory; give a directory for the image's devices",
+                    outdir.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(_) => {
+                let abs = std::path::absolute(outdir).unwrap_or_else(|_| outdir.to_path_buf());
+                if abs.starts_with("/dev") && !abs.starts_with("/dev/shm") {
+                    return Err(StoreError::Usage(format!(
+                        "{} does not exist, and blocksnap does not create directories under /dev (a mistyped name would become files in memory); give a directory outside /dev",
+                        outdir.display()
+                    )));
+                }
+            }
         }
         fs::create_dir_all(outdir).map_err(StoreError::io("cannot create", outdir))?;
-        let mut volumes = Vec::new();
+        let mut targets = Vec::new();
         for (v, snap) in doc.volumes.iter().zip(&snaps) {
             let output = outdir.join(device_file_name(&v.device));
+            let target = self
+                .plan_target(&output, snap, opts)
+                .map_err(|e| e.context(&format!("image {} device {}", doc.name, v.device)))?;
+            targets.push(target);
+        }
+        let mut volumes = Vec::new();
+        for ((v, snap), target) in doc.volumes.iter().zip(&snaps).zip(targets) {
             let r: RestoreReport = self
-                .restore(access, &snap.id.to_string(), &output, progress)
+                .restore_into(access, snap, target, progress)
                 .map_err(|e| e.context(&format!("image {} device {}", doc.name, v.device)))?;
             volumes.push(RebuiltVolume {
                 device: v.device.clone(),
                 snapshot: v.snapshot,
                 size: r.size,
                 bytes_written: r.bytes_written,
-                output,
+                output: r.output,
+                kind: r.kind,
+                written_to: r.written_to,
+                replaced: r.replaced,
+                tail_left: r.tail_left,
+                source_changed: r.source_changed,
             });
         }
         Ok(RebuildReport {

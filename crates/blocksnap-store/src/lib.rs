@@ -61,7 +61,7 @@ pub use policy::{PolicyAction, PolicyRunReport, TAG_POLICY, TAG_SCHEDULE};
 pub use progress::{NoProgress, Progress};
 pub use prune::{PruneOptions, PruneReport};
 pub use repair::RepairReport;
-pub use restore::RestoreReport;
+pub use restore::{RestoreOptions, RestoreReport, TargetKind};
 pub use snapshot::{SnapshotOptions, SnapshotReport};
 pub use store::{
     DEFAULT_CHUNK_SIZE, InitOptions, InitReport, Store, config_home, data_home,

@@ -84,14 +84,18 @@ impl Store {
         path: &Path,
         tags: BTreeMap<String, String>,
     ) -> Result<VolumeDoc> {
-        let abs = fs::canonicalize(path)
-            .map_err(|e| StoreError::Usage(format!("volume path {}: {e}", path.display())))?;
+        // The path a snapshot would record (a block device keeps its stable name), checked
+        // like a snapshot's source.
+        let id = crate::source::Source::open(path)
+            .map_err(|e| e.context(&format!("volume '{name}'")))?
+            .id;
         let doc = VolumeDoc {
             format: VolumeDoc::FORMAT.into(),
             name: name.into(),
-            path: abs.to_string_lossy().into_owned(),
+            path: id.path,
             tags,
             created: fsutil::now_rfc3339(),
+            host: Some(id.host),
         };
         doc.validate()
             .map_err(|e| StoreError::Usage(e.to_string()))?;
@@ -100,6 +104,11 @@ impl Store {
         }
         fsutil::write_atomic(&self.volume_path(name), &doc.to_json(), 0o644)?;
         Ok(doc)
+    }
+
+    /// Replaces a registered volume's document (its source moved).
+    pub(crate) fn rewrite_volume(&self, doc: &VolumeDoc) -> Result<()> {
+        fsutil::write_atomic(&self.volume_path(&doc.name), &doc.to_json(), 0o644)
     }
 
     /// Every registered volume, by name.

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +22,24 @@ use crate::fsutil;
 use crate::progress::Progress;
 use crate::store::Store;
 
+/// Options of `snapshot restore`, and of each device of `image rebuild`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RestoreOptions {
+    /// Replace an existing regular file, or write over a block device's content. Without it
+    /// only a new file is written.
+    pub force: bool,
+}
+
+/// What a restore writes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetKind {
+    /// A regular file: written beside its place and renamed into it.
+    File,
+    /// A block device, written in place.
+    BlockDevice,
+}
+
 /// What `snapshot restore` did (the `--json` output).
 #[derive(Clone, Debug, Serialize)]
 pub struct RestoreReport {
@@ -33,8 +51,157 @@ pub struct RestoreReport {
     pub bytes_written: u64,
     /// Wall time.
     pub seconds: f64,
-    /// Where it went.
+    /// Where it went: the path as given.
     pub output: PathBuf,
+    /// A file or a block device.
+    pub kind: TargetKind,
+    /// What was written: `output`, or the file or device its symbolic link points to.
+    pub written_to: PathBuf,
+    /// An existing file was replaced (`--force`).
+    pub replaced: bool,
+    /// The block device's size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_size: Option<u64>,
+    /// Bytes of the block device past the snapshot's size, left as they were (0 for a file).
+    pub tail_left: u64,
+    /// The snapshot's source was written while it was being read: the image may not be
+    /// consistent.
+    pub source_changed: bool,
+}
+
+/// A restore's target, checked before the first byte is written: the path as given, what it
+/// is, and for a block device the device opened exclusively.
+pub(crate) struct Target {
+    /// The path the user gave: every message names it.
+    output: PathBuf,
+    /// What is written: `output`, or the file or device its symbolic link points to.
+    path: PathBuf,
+    kind: TargetKind,
+    /// An existing regular file is replaced.
+    replaces: bool,
+    /// The block device (opened with `O_EXCL`) and its size.
+    device: Option<(File, u64)>,
+    /// The snapshot's size and data bytes (for the full-filesystem message).
+    size: u64,
+    data_bytes: u64,
+    /// The device of the store's filesystem.
+    store_dev: Option<u64>,
+}
+
+/// How a file type is named in messages.
+fn kind_name(ft: fs::FileType) -> &'static str {
+    if ft.is_file() {
+        "a regular file"
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else {
+        "a special file"
+    }
+}
+
+/// A size in words: `64.0 MiB`.
+pub(crate) fn human(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Whether an I/O error is a full filesystem (ENOSPC).
+fn is_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28)
+}
+
+/// The mount point of the filesystem holding directory `dir`: the highest ancestor on the same
+/// device.
+fn mount_point(dir: &Path) -> PathBuf {
+    let Ok(mut cur) = fs::canonicalize(dir) else {
+        return dir.to_path_buf();
+    };
+    let Ok(dev) = fs::metadata(&cur).map(|m| m.dev()) else {
+        return cur;
+    };
+    while let Some(up) = cur.parent() {
+        if fs::metadata(up).map(|m| m.dev()).ok() != Some(dev) {
+            break;
+        }
+        cur = up.to_path_buf();
+    }
+    cur
+}
+
+/// Whether `path` (absolute) is in `/dev` (but not `/dev/shm`, a place for files).
+fn in_dev(path: &Path) -> bool {
+    path.starts_with("/dev") && !path.starts_with("/dev/shm")
+}
+
+impl Target {
+    /// An I/O error on the target, naming the user's path (never the temporary file's); a full
+    /// filesystem names that filesystem and what frees space on it.
+    fn fail(&self, what: &'static str, e: std::io::Error) -> StoreError {
+        if is_full(&e) && self.kind == TargetKind::File {
+            let dir = parent_dir(&self.path);
+            let mnt = mount_point(dir);
+            let mnt = mnt.display();
+            let same_fs = self.store_dev.is_some()
+                && fs::metadata(dir).map(|m| m.dev()).ok() == self.store_dev;
+            return StoreError::Other(format!(
+                "cannot restore to {}: the filesystem mounted at {mnt} is full (the image needs room for {} of data, in a sparse file of {}); the partial image was removed. Free space on {mnt} or restore to another filesystem; {}",
+                self.output.display(),
+                human(self.data_bytes),
+                human(self.size),
+                if same_fs {
+                    "the store is on that filesystem too: `blocksnap prune` reclaims what deleted snapshots held"
+                } else {
+                    "`blocksnap prune` frees nothing there (the store is on another filesystem)"
+                }
+            ));
+        }
+        StoreError::Io {
+            what,
+            path: self.output.clone(),
+            source: e,
+        }
+    }
+
+    /// How it is described in sentences: `/dev/loop3` or `out.img (a symbolic link to …)`.
+    fn shown(&self) -> String {
+        if self.path == self.output {
+            self.output.display().to_string()
+        } else {
+            format!(
+                "{} (a symbolic link to {})",
+                self.output.display(),
+                self.path.display()
+            )
+        }
+    }
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
 }
 
 /// Data bytes decoded per batch: bounds restore's memory.
@@ -187,7 +354,8 @@ impl<'a> ChunkReader<'a> {
 }
 
 impl Store {
-    /// Rebuilds a snapshot's volume into `output` (a new or existing file, or a block device).
+    /// Rebuilds a snapshot's volume into `output`: a new file, or with `force` an existing
+    /// regular file (replaced) or a block device (written over). See [`Store::plan_target`].
     pub fn restore(
         &self,
         access: &Access,
@@ -195,40 +363,245 @@ impl Store {
         output: &Path,
         progress: &dyn Progress,
     ) -> Result<RestoreReport> {
-        let started = Instant::now();
+        self.restore_with(
+            access,
+            snapshot,
+            output,
+            &RestoreOptions::default(),
+            progress,
+        )
+    }
+
+    /// [`Store::restore`] with options.
+    pub fn restore_with(
+        &self,
+        access: &Access,
+        snapshot: &str,
+        output: &Path,
+        opts: &RestoreOptions,
+        progress: &dyn Progress,
+    ) -> Result<RestoreReport> {
         let doc = self.resolve_snapshot(snapshot)?;
+        self.codec(access, doc.key)?;
+        let target = self.plan_target(output, &doc, opts)?;
+        self.restore_into(access, &doc, target, progress)
+    }
+
+    /// Checks where a snapshot of `doc`'s size may be restored, before anything is written or
+    /// locked. The rules:
+    ///
+    /// - A path that does not exist becomes a new regular file, except under `/dev` (but
+    ///   `/dev/shm`): a mistyped device name must not become a file in memory.
+    /// - An existing regular file is replaced only with `force`.
+    /// - A block device is written only with `force` (it overwrites the device's content); it
+    ///   is opened exclusively (a mounted or otherwise claimed device is refused), and must be
+    ///   at least the snapshot's size (a larger one keeps its tail as it was).
+    /// - Anything else (directory, character device, FIFO, socket) is refused, whatever `force`.
+    /// - A symbolic link is followed: the rules apply to what it points to (a link to a regular
+    ///   file replaces that file and keeps the link); a dangling link is refused.
+    /// - Nothing inside the store is written.
+    pub(crate) fn plan_target(
+        &self,
+        output: &Path,
+        doc: &SnapshotDoc,
+        opts: &RestoreOptions,
+    ) -> Result<Target> {
+        let shown = output.display();
+        let mut target = Target {
+            output: output.to_path_buf(),
+            path: output.to_path_buf(),
+            kind: TargetKind::File,
+            replaces: false,
+            device: None,
+            size: doc.size,
+            data_bytes: doc.data_bytes,
+            store_dev: fs::metadata(self.root()).map(|m| m.dev()).ok(),
+        };
+        if output.as_os_str().is_empty() || output.as_os_str().as_encoded_bytes().ends_with(b"/") {
+            return Err(StoreError::Usage(format!(
+                "'{shown}' is not a file name; give the file (or block device) to restore into"
+            )));
+        }
+        let meta = match fs::symlink_metadata(output) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(StoreError::io("cannot inspect", output)(e)),
+            Ok(m) if m.file_type().is_symlink() => {
+                let to = fs::read_link(output).unwrap_or_default();
+                match fs::metadata(output) {
+                    Ok(m) => {
+                        target.path = fs::canonicalize(output)
+                            .map_err(StoreError::io("cannot resolve", output))?;
+                        Some(m)
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(StoreError::Usage(format!(
+                            "{shown} is a symbolic link to {}, which does not exist; blocksnap does not write through a dangling link: give the path itself",
+                            to.display()
+                        )));
+                    }
+                    Err(e) => return Err(StoreError::io("cannot inspect", output)(e)),
+                }
+            }
+            Ok(m) => Some(m),
+        };
+        let Some(meta) = meta else {
+            // A new file.
+            let abs = std::path::absolute(output).unwrap_or_else(|_| output.to_path_buf());
+            let dir = parent_dir(output);
+            let real_dir = fs::canonicalize(dir);
+            if in_dev(&abs) || real_dir.as_deref().is_ok_and(in_dev) {
+                return Err(StoreError::Usage(format!(
+                    "{shown} does not exist, and blocksnap does not create files under /dev (a mistyped device name would become a file in memory); check the device's name (`lsblk`), or give a path outside /dev"
+                )));
+            }
+            match real_dir {
+                Ok(d) if d.is_dir() => {}
+                Ok(_) => {
+                    return Err(StoreError::Usage(format!(
+                        "cannot restore to {shown}: {} is not a directory",
+                        dir.display()
+                    )));
+                }
+                Err(_) => {
+                    return Err(StoreError::Usage(format!(
+                        "cannot restore to {shown}: the directory {} does not exist; create it first",
+                        dir.display()
+                    )));
+                }
+            }
+            self.refuse_inside_store(&target)?;
+            return Ok(target);
+        };
+        let ft = meta.file_type();
+        if ft.is_file() {
+            if !opts.force {
+                return Err(StoreError::Usage(format!(
+                    "{} exists ({}, {}); restoring would replace it: pass --force to replace it, or give a new file name",
+                    target.shown(),
+                    kind_name(ft),
+                    human(meta.len())
+                )));
+            }
+            target.replaces = true;
+            self.refuse_inside_store(&target)?;
+            return Ok(target);
+        }
+        if !ft.is_block_device() {
+            return Err(StoreError::Usage(format!(
+                "{} is {}: blocksnap restores only into a regular file (a new one, or an existing one with --force) or onto a block device; nothing was written",
+                target.shown(),
+                kind_name(ft)
+            )));
+        }
+        target.kind = TargetKind::BlockDevice;
+        if !opts.force {
+            return Err(StoreError::Usage(format!(
+                "{} is a block device: restoring overwrites its content. Pass --force to write the snapshot onto it",
+                target.shown()
+            )));
+        }
+        // O_EXCL on a block device: the kernel refuses (EBUSY) a device that is mounted, or
+        // claimed by LVM, md, swap or another exclusive opener.
+        let file = OpenOptions::new()
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
+            .open(&target.path)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) {
+                    StoreError::Other(format!(
+                        "{} is in use: it (or one of its partitions) is mounted, or held by LVM, md RAID, swap or another program; nothing was written. Unmount or release it first (`findmnt`, `lsblk {}`)",
+                        target.shown(),
+                        target.path.display()
+                    ))
+                } else {
+                    StoreError::io("cannot open", output)(e)
+                }
+            })?;
+        use std::io::Seek;
+        let dev_size = (&file)
+            .seek(std::io::SeekFrom::End(0))
+            .map_err(StoreError::io("cannot size block device", output))?;
+        if dev_size < doc.size {
+            return Err(StoreError::Usage(format!(
+                "{} is too small: {} ({dev_size} bytes), the snapshot {} is {} ({} bytes); nothing was written. Restore onto a device of at least that size, or into a file",
+                target.shown(),
+                human(dev_size),
+                doc.id,
+                human(doc.size),
+                doc.size
+            )));
+        }
+        target.device = Some((file, dev_size));
+        Ok(target)
+    }
+
+    /// Refuses a target inside the store's directory.
+    fn refuse_inside_store(&self, target: &Target) -> Result<()> {
+        let dir = fs::canonicalize(parent_dir(&target.path));
+        let root = fs::canonicalize(self.root());
+        if let (Ok(dir), Ok(root)) = (dir, root) {
+            if dir.starts_with(&root) {
+                return Err(StoreError::Usage(format!(
+                    "{} is inside the store ({}); restore outside it",
+                    target.output.display(),
+                    root.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes snapshot `doc` into a planned target.
+    pub(crate) fn restore_into(
+        &self,
+        access: &Access,
+        doc: &SnapshotDoc,
+        target: Target,
+        progress: &dyn Progress,
+    ) -> Result<RestoreReport> {
+        let started = Instant::now();
         let codec = self.codec(access, doc.key)?;
         let _lock = self.lock_shared("restore", progress)?;
         let index = self.index_if_free(access, progress)?;
-        let locator = self.locator(index.as_ref(), &doc, &codec, progress)?;
+        let locator = self.locator(index.as_ref(), doc, &codec, progress)?;
         let reader = ChunkReader::with_locator(self, &codec, locator);
-
-        let device = fs::metadata(output)
-            .map(|m| m.file_type().is_block_device())
-            .unwrap_or(false);
-        let (target, file) = if device {
-            let f = OpenOptions::new()
-                .write(true)
-                .open(output)
-                .map_err(StoreError::io("cannot open", output))?;
-            (output.to_path_buf(), f)
-        } else {
-            if output.is_dir() {
-                return Err(StoreError::Usage(format!(
-                    "{} is a directory; give a file name for the restored image",
-                    output.display()
-                )));
+        if doc.source_changed {
+            progress.message(&format!(
+                "note: snapshot {} was taken while its source was being written: the image may not be consistent (like a disk pulled from a running machine)",
+                doc.id
+            ));
+        }
+        let device = target.kind == TargetKind::BlockDevice;
+        let tail_left = target.device.as_ref().map_or(0, |(_, n)| n - doc.size);
+        if tail_left > 0 {
+            progress.message(&format!(
+                "note: {} is {}, the snapshot {}: its last {} (from byte {}) are left as they were",
+                target.shown(),
+                human(doc.size + tail_left),
+                human(doc.size),
+                human(tail_left),
+                doc.size
+            ));
+        }
+        // A file is written beside its place and renamed at the end: a failed restore leaves
+        // no half image, and an existing file stays as it was until then.
+        let tmp = fsutil::tmp_path_for(&target.path);
+        let file = match &target.device {
+            Some((f, _)) => f.try_clone().map_err(|e| target.fail("cannot open", e))?,
+            None => {
+                let mut o = OpenOptions::new();
+                o.write(true).create_new(true).mode(0o600);
+                let f = o.open(&tmp).map_err(|e| target.fail("cannot create", e))?;
+                if let Err(e) = f.set_len(doc.size) {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(target.fail("cannot size", e));
+                }
+                f
             }
-            // Write beside the output and rename at the end: a failed restore leaves no half image.
-            let tmp = fsutil::tmp_path_for(output);
-            let f = fsutil::create_new(&tmp, 0o600)?;
-            f.set_len(doc.size)
-                .map_err(StoreError::io("cannot size", &tmp))?;
-            (tmp, f)
         };
         let cleanup = |e: StoreError| {
             if !device {
-                let _ = fs::remove_file(&target);
+                let _ = fs::remove_file(&tmp);
             }
             e
         };
@@ -238,11 +611,12 @@ impl Store {
         // each batch (at most one waiting), so the final fsync waits for the last batch alone,
         // not for the whole image. Its errors fail the restore like the final fsync's.
         let (sync_tx, sync_rx) = crossbeam_channel::bounded::<()>(1);
+        let target = &target;
         let written = std::thread::scope(|scope| -> Result<u64> {
             let syncer = scope.spawn(|| -> Result<()> {
                 for () in sync_rx {
                     file.sync_data()
-                        .map_err(StoreError::io("cannot sync", &target))?;
+                        .map_err(|e| target.fail("cannot sync", e))?;
                 }
                 Ok(())
             });
@@ -258,7 +632,7 @@ impl Store {
                         let mut start = 0u64;
                         let write = |run: &[u8], start: u64| {
                             file.write_all_at(run, start)
-                                .map_err(StoreError::io("cannot write", &target))
+                                .map_err(|e| target.fail("cannot write", e))
                         };
                         for (off, len, id) in group {
                             let data = reader.read(id)?;
@@ -292,7 +666,7 @@ impl Store {
             };
             let zeros = vec![0u8; 1 << 20];
             let result = reader
-                .for_each_extent(&doc, |off, extent| {
+                .for_each_extent(doc, |off, extent| {
                     match extent {
                         Extent::Data { len, id } => {
                             batch.push((off, len, id));
@@ -309,7 +683,7 @@ impl Store {
                                 while p < len {
                                     let n = (len - p).min(zeros.len() as u64);
                                     file.write_all_at(&zeros[..n as usize], off + p)
-                                        .map_err(StoreError::io("cannot write", &target))?;
+                                        .map_err(|e| target.fail("cannot write", e))?;
                                     p += n;
                                 }
                             }
@@ -325,27 +699,58 @@ impl Store {
                 .map_err(|_| StoreError::Other("the restore's sync thread panicked".into()))?;
             result?;
             synced?;
-            file.sync_all()
-                .map_err(StoreError::io("cannot sync", &target))?;
+            file.sync_all().map_err(|e| target.fail("cannot sync", e))?;
             Ok(written)
         })
         .map_err(cleanup)?;
         progress.finish();
         if !device {
-            fs::rename(&target, output)
-                .map_err(StoreError::io("cannot rename into place", output))
+            let placed = if target.replaces {
+                fs::rename(&tmp, &target.path)
+            } else {
+                rename_new(&tmp, &target.path)
+            };
+            placed
+                .map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::AlreadyExists {
+                        StoreError::Other(format!(
+                            "{} was created by another program during the restore; it was left as it is. Run again with --force to replace it, or give another name",
+                            target.output.display()
+                        ))
+                    } else {
+                        target.fail("cannot rename into place", e)
+                    }
+                })
                 .map_err(cleanup)?;
-            if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
-                fsutil::sync_dir(dir)?;
-            }
+            fsutil::sync_dir(parent_dir(&target.path))?;
         }
         Ok(RestoreReport {
             id: doc.id,
             size: doc.size,
             bytes_written: written,
             seconds: started.elapsed().as_secs_f64(),
-            output: output.to_path_buf(),
+            output: target.output.clone(),
+            kind: target.kind,
+            written_to: target.path.clone(),
+            replaced: target.replaces,
+            device_size: target.device.as_ref().map(|(_, n)| *n),
+            tail_left,
+            source_changed: doc.source_changed,
         })
+    }
+}
+
+/// Renames `from` to `to` unless `to` exists (`RENAME_NOREPLACE`; where the filesystem lacks
+/// it, a hard link and an unlink, which fail the same way).
+fn rename_new(from: &Path, to: &Path) -> std::io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+            fs::hard_link(from, to)?;
+            fs::remove_file(from)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use blocksnap_chunker::Chunker;
 use blocksnap_index::Index;
-use blocksnap_manifest::{Document, ExtentEncoder, ExtentsDoc, KeyId, SnapshotDoc, SnapshotId};
+use blocksnap_manifest::{
+    Document, ExtentEncoder, ExtentsDoc, KeyId, SnapshotDoc, SnapshotId, VolumeDoc,
+};
 use blocksnap_pack::ChunkCodec;
 use std::collections::HashSet;
 
@@ -20,7 +22,7 @@ use crate::error::{Result, StoreError};
 use crate::fsutil;
 use crate::progress::Progress;
 use crate::sink::{ChunkSink, MetaWriter, Pending, SinkStats};
-use crate::source::{Piece, ReadBatch, Source};
+use crate::source::{Piece, ReadBatch, Source, SourceId};
 use crate::store::{Store, chunker_doc};
 
 /// Options of `snapshot create`.
@@ -39,6 +41,10 @@ pub struct SnapshotOptions {
     /// The time to record as the snapshot's creation (RFC 3339); default: now. Policies that
     /// run for a given `--at` time record that time.
     pub created: Option<String>,
+    /// The source is the disk the volume's snapshots were taken of, moved, renamed or now on
+    /// another host: accept it although its path or host differs from the recorded one, and
+    /// record the new place (in the snapshot, and in the registered volume if there is one).
+    pub source_moved: bool,
 }
 
 /// What `snapshot create` did (the `--json` output).
@@ -70,6 +76,11 @@ pub struct SnapshotReport {
     pub key: Option<KeyId>,
     /// Packs written.
     pub packs: u64,
+    /// The source read (absolute path), as the snapshot records it.
+    pub source: Option<String>,
+    /// The source was written while it was being read: the snapshot is committed, but may not
+    /// be consistent (like a disk pulled from a running machine).
+    pub source_changed: bool,
 }
 
 /// What storing a stream of pieces produced: the parts of a snapshot document and counters.
@@ -207,22 +218,39 @@ impl Store {
         opts: &SnapshotOptions,
         progress: &dyn Progress,
     ) -> Result<SnapshotReport> {
+        // The source is checked before any lock is taken: a FIFO, a directory or another
+        // disk under the volume's name is refused at once.
+        let source = self.open_source(opts, progress)?;
         let _lock = self.lock_shared("snapshot", progress)?;
         let index = self.open_index(access, progress)?;
-        let source = self.open_source(opts)?;
         progress.start("snapshot", source.size);
         let r = self.snapshot_with(access, opts, source, &index, progress)?;
         progress.finish();
         Ok(r)
     }
 
-    /// Opens the source of a snapshot: a path, or the name of a registered volume.
-    pub(crate) fn open_source(&self, opts: &SnapshotOptions) -> Result<Source> {
-        Source::open(&self.source_of(opts)?.0)
+    /// Opens the source of a snapshot (a path, or the name of a registered volume) and checks
+    /// that it is the disk its volume's chain was taken of.
+    pub(crate) fn open_source(
+        &self,
+        opts: &SnapshotOptions,
+        progress: &dyn Progress,
+    ) -> Result<Source> {
+        let (path, registered) = self.source_path(opts)?;
+        let mut source = Source::open(&path)?;
+        source.volume = volume_of(opts, registered.as_ref())?;
+        self.check_chain(&source, opts.source_moved)?;
+        if source.size == 0 {
+            progress.message(&format!(
+                "note: {} is empty (0 bytes): the snapshot records an empty volume",
+                path.display()
+            ));
+        }
+        Ok(source)
     }
 
-    /// The path and volume name of a snapshot's source.
-    fn source_of(&self, opts: &SnapshotOptions) -> Result<(PathBuf, String)> {
+    /// The path of a snapshot's source, and the registered volume it names if it is one.
+    fn source_path(&self, opts: &SnapshotOptions) -> Result<(PathBuf, Option<VolumeDoc>)> {
         let registered = match opts.source.to_str() {
             Some(name) if !opts.source.exists() => self.volume(name)?,
             _ => None,
@@ -230,14 +258,62 @@ impl Store {
         let path = registered
             .as_ref()
             .map_or_else(|| opts.source.clone(), |v| PathBuf::from(&v.path));
-        let volume = match (&opts.volume, &registered) {
-            (Some(v), _) => v.clone(),
-            (None, Some(r)) => r.name.clone(),
-            (None, None) => volume_name_of(&opts.source)?,
+        Ok((path, registered))
+    }
+
+    /// Refuses a source that is not the disk its volume is: not the registered volume's path
+    /// (or host), or not the source the volume's latest snapshot recorded. Snapshots that
+    /// recorded no source (taken before blocksnap recorded it) and volumes without a recorded
+    /// host are not held against it. With `moved` the difference is accepted, and a
+    /// registered volume is updated to the new place.
+    fn check_chain(&self, source: &Source, moved: bool) -> Result<()> {
+        let volume = &source.volume;
+        let here = &source.id;
+        // Hosts are named only when they differ.
+        let recorded = |path: &str, host: Option<&str>| match host {
+            Some(h) if h != here.host => format!("{path} on host {h}"),
+            _ => path.to_string(),
         };
-        blocksnap_manifest::validate_name("snapshot", "volume", &volume)
-            .map_err(|e| StoreError::Usage(format!("volume name: {e}")))?;
-        Ok((path, volume))
+        let current = |host: Option<&str>| match host {
+            Some(h) if h != here.host => format!("{} on host {}", here.path, here.host),
+            _ => here.path.clone(),
+        };
+        let remedy = format!(
+            "If it is another disk, give it a volume of its own: `blocksnap snapshot create {p} --volume NEW-NAME`, or `blocksnap volume add NEW-NAME {p}` and use that name (also in `image create --volume DEVICE=NEW-NAME`). If it is the same disk, moved, renamed or now on another host, pass --source-moved: the snapshot then records its new place",
+            p = here.path
+        );
+        if let Some(mut reg) = self.volume(volume)? {
+            if differs(&reg.path, reg.host.as_deref(), here) {
+                if !moved {
+                    return Err(StoreError::Usage(format!(
+                        "{} is not the disk registered as volume '{volume}' ({}). Two different disks must never share one volume's snapshots. {remedy}",
+                        current(reg.host.as_deref()),
+                        recorded(&reg.path, reg.host.as_deref())
+                    )));
+                }
+                reg.path.clone_from(&here.path);
+                reg.host = Some(here.host.clone());
+                self.rewrite_volume(&reg)?;
+            }
+        }
+        if moved {
+            return Ok(());
+        }
+        let Some(latest) = self.latest_snapshot(volume)? else {
+            return Ok(());
+        };
+        let Some(path) = &latest.source_path else {
+            return Ok(());
+        };
+        if differs(path, latest.source_host.as_deref(), here) {
+            return Err(StoreError::Usage(format!(
+                "{} is not the disk volume '{volume}' was snapshotted from: its latest snapshot {} read {}. Two different disks must never share one volume's snapshots (the next one would be stored as a change of the other disk, and restoring the volume would give back the wrong one). {remedy}",
+                current(latest.source_host.as_deref()),
+                latest.id,
+                recorded(path, latest.source_host.as_deref())
+            )));
+        }
+        Ok(())
     }
 
     /// Takes a snapshot of an opened source with the store lock held and the index open.
@@ -267,7 +343,7 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<(SnapshotDoc, Stored, Instant)> {
         let started = Instant::now();
-        let (source_path, volume) = self.source_of(opts)?;
+        let volume = source.volume.clone();
         blocksnap_manifest::validate_tags("snapshot", &opts.tags)
             .map_err(|e| StoreError::Usage(e.to_string()))?;
         let codec = self.codec_for_new(access, opts.key.as_deref())?;
@@ -283,11 +359,16 @@ impl Store {
         )?;
         if stored.size != source.size {
             return Err(StoreError::Other(format!(
-                "{} changed size while being read ({} bytes, then {}); snapshot a quiet image",
-                source_path.display(),
-                source.size,
-                stored.size
+                "{} changed size while being read ({} bytes, then {}); nothing was committed. Snapshot it when it is not being resized",
+                source.id.path, source.size, stored.size
             )));
+        }
+        let changed = source.changed_while_read()?;
+        if changed {
+            progress.message(&format!(
+                "warning: {} was written while it was being read: the snapshot is committed, but may not be consistent (like a disk pulled from a running machine). For a consistent one, snapshot it quiet: the VM paused or shut down, or an LVM or filesystem snapshot of it",
+                source.id.path
+            ));
         }
         let doc = SnapshotDoc {
             format: SnapshotDoc::FORMAT.into(),
@@ -303,6 +384,9 @@ impl Store {
             description: opts.description.clone(),
             data_bytes: stored.data_bytes,
             extents: stored.extents.clone(),
+            source_path: Some(source.id.path.clone()),
+            source_host: Some(source.id.host.clone()),
+            source_changed: changed,
         };
         Ok((doc, stored, started))
     }
@@ -329,6 +413,8 @@ impl Store {
             parent: doc.parent,
             key: doc.key,
             packs: stored.stats.packs,
+            source: doc.source_path,
+            source_changed: doc.source_changed,
         })
     }
 
@@ -435,6 +521,40 @@ impl Store {
             stats,
         })
     }
+}
+
+/// Whether a recorded source (`path` on `host`) is another disk than `here`: another host, or
+/// another path that does not now name the same file (an older record may hold a resolved
+/// device name, or a hard link).
+fn differs(path: &str, host: Option<&str>, here: &SourceId) -> bool {
+    if host.is_some_and(|h| h != here.host) {
+        return true;
+    }
+    if path == here.path {
+        return false;
+    }
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    match (std::fs::metadata(path), std::fs::metadata(&here.path)) {
+        (Ok(a), Ok(b)) => {
+            let block = a.file_type().is_block_device() && b.file_type().is_block_device();
+            !((block && a.rdev() == b.rdev())
+                || (!block && a.dev() == b.dev() && a.ino() == b.ino()))
+        }
+        _ => true,
+    }
+}
+
+/// The volume name of a snapshot: `--volume`, else the registered volume's, else the source's
+/// file name.
+fn volume_of(opts: &SnapshotOptions, registered: Option<&VolumeDoc>) -> Result<String> {
+    let volume = match (&opts.volume, registered) {
+        (Some(v), _) => v.clone(),
+        (None, Some(r)) => r.name.clone(),
+        (None, None) => volume_name_of(&opts.source)?,
+    };
+    blocksnap_manifest::validate_name("snapshot", "volume", &volume)
+        .map_err(|e| StoreError::Usage(format!("volume name: {e}")))?;
+    Ok(volume)
 }
 
 /// The default volume name of a source path: its file name, made into a valid name.

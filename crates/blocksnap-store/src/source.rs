@@ -107,43 +107,211 @@ pub(crate) struct Source {
     /// The volume's size.
     pub size: u64,
     sparse_aware: bool,
+    /// The volume's name (set by the store when it resolves the source).
+    pub volume: String,
+    /// Where the source is, as a snapshot records it.
+    pub id: SourceId,
+    /// Size and times when opened, to tell whether it changed while being read.
+    before: Stamp,
+}
+
+/// Where a source is: what a snapshot records, and what a volume's next snapshot is compared
+/// with (two different disks must never share one volume's chain).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SourceId {
+    /// The absolute path: a regular file's canonical path; a block device's path as given,
+    /// made absolute with its directory resolved (`/dev/vg0/web`, `/dev/disk/by-id/…`: the
+    /// names that stay when `/dev/dm-N` and `/dev/sdX` change at the next boot).
+    pub path: String,
+    /// This host's name.
+    pub host: String,
+}
+
+/// What may change while a source is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+/// What the source is, in a message: `a FIFO (named pipe)`.
+fn kind_of(ft: std::fs::FileType) -> &'static str {
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+/// Filesystems whose files are kernel interfaces, not disks (`f_type` magic numbers): proc,
+/// sysfs, debugfs, tracefs, securityfs, cgroup, cgroup2, configfs, efivarfs, pstore, bpf.
+const PSEUDO_FS: [(u64, &str); 11] = [
+    (0x9fa0, "/proc"),
+    (0x6265_6572, "/sys"),
+    (0x6462_6720, "debugfs"),
+    (0x7472_6163, "tracefs"),
+    (0x7363_6673, "securityfs"),
+    (0x0027_e0eb, "cgroup"),
+    (0x6367_7270, "cgroup2"),
+    (0x6265_6570, "configfs"),
+    (0xde5e_81e4, "efivarfs"),
+    (0x6165_676c, "pstore"),
+    (0xcafe_4a11, "bpf"),
+];
+
+/// Refuses what is not a disk: anything but a regular file or a block device, and files of
+/// kernel pseudo-filesystems. Never opens `path` (opening a FIFO blocks).
+fn refuse_non_disk(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    let ft = meta.file_type();
+    let shown = path.display();
+    if !ft.is_file() && !ft.is_block_device() {
+        let hint = if ft.is_dir() {
+            "give the disk image file inside it, or the block device the filesystem is on"
+        } else if ft.is_fifo() || ft.is_socket() {
+            "a snapshot reads a disk at any offset, and a stream cannot be: write it to a file first, then snapshot that"
+        } else {
+            "a snapshot reads disk image files and block devices"
+        };
+        return Err(StoreError::Usage(format!(
+            "{shown} is {}, not a disk image or block device; {hint}",
+            kind_of(ft)
+        )));
+    }
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let pseudo = if real.starts_with("/proc") {
+        Some("/proc")
+    } else if real.starts_with("/sys") {
+        Some("/sys")
+    } else {
+        let magic = rustix::fs::statfs(path).map(|st| st.f_type as u64 & 0xffff_ffff);
+        PSEUDO_FS
+            .iter()
+            .find(|(m, _)| magic.as_ref().is_ok_and(|x| x == m))
+            .map(|(_, name)| *name)
+    };
+    if let Some(fs_name) = pseudo {
+        return Err(StoreError::Usage(format!(
+            "{shown} is a file of {fs_name}, a kernel interface, not a disk; snapshot a disk image file or a block device"
+        )));
+    }
+    Ok(())
 }
 
 impl Source {
+    /// Opens a disk image or block device, refusing (before opening it) anything that is not
+    /// one.
     pub fn open(path: &Path) -> Result<Source> {
-        let file = File::open(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                StoreError::Usage(format!("no such disk image or volume: {}", path.display()))
-            }
+        let not_found =
+            || StoreError::Usage(format!("no such disk image or volume: {}", path.display()));
+        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => not_found(),
             _ => StoreError::Io {
-                what: "cannot open",
+                what: "cannot inspect",
                 path: path.into(),
                 source: e,
             },
         })?;
-        let meta = file
+        refuse_non_disk(path, &meta)?;
+        // O_NONBLOCK: should a FIFO take the file's place after the check, the open still
+        // returns (and the check below refuses it). Reads of files and devices ignore it.
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => not_found(),
+                _ => StoreError::Io {
+                    what: "cannot open",
+                    path: path.into(),
+                    source: e,
+                },
+            })?;
+        let opened = file
             .metadata()
             .map_err(StoreError::io("cannot stat", path))?;
-        let ft = meta.file_type();
-        let size = if ft.is_block_device() {
-            use std::io::Seek;
-            (&file)
-                .seek(std::io::SeekFrom::End(0))
-                .map_err(StoreError::io("cannot size block device", path))?
-        } else if ft.is_file() {
-            meta.len()
+        refuse_non_disk(path, &opened)?;
+        let ft = opened.file_type();
+        let id_path = if ft.is_block_device() {
+            // Keep the device's name (a stable symlink stays itself); resolve its directory.
+            let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+            match (abs.parent(), abs.file_name()) {
+                (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+                    .map(|d| d.join(name))
+                    .unwrap_or(abs),
+                _ => abs,
+            }
         } else {
-            return Err(StoreError::Usage(format!(
-                "{} is not a regular file or a block device",
-                path.display()
-            )));
+            std::fs::canonicalize(path).map_err(StoreError::io("cannot resolve", path))?
         };
-        Ok(Source {
+        let mut source = Source {
             file,
             path: path.into(),
-            size,
+            size: 0,
             sparse_aware: ft.is_file(),
+            volume: String::new(),
+            id: SourceId {
+                path: id_path.to_string_lossy().into_owned(),
+                host: crate::lock::host_name(),
+            },
+            before: Stamp {
+                size: 0,
+                mtime: (0, 0),
+                ctime: (0, 0),
+            },
+        };
+        source.before = source.stamp()?;
+        source.size = source.before.size;
+        Ok(source)
+    }
+
+    /// The size and times now. A block device's times say nothing of its content: only its
+    /// size counts.
+    fn stamp(&self) -> Result<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = self
+            .file
+            .metadata()
+            .map_err(StoreError::io("cannot stat", &self.path))?;
+        if meta.file_type().is_block_device() {
+            use std::io::Seek;
+            let size = (&self.file)
+                .seek(std::io::SeekFrom::End(0))
+                .map_err(StoreError::io("cannot size block device", &self.path))?;
+            return Ok(Stamp {
+                size,
+                mtime: (0, 0),
+                ctime: (0, 0),
+            });
+        }
+        Ok(Stamp {
+            size: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
         })
+    }
+
+    /// After reading: fails if the size changed (the image was resized while being read: what
+    /// was read is neither the old disk nor the new one); returns whether it was written (its
+    /// modification or change time moved).
+    pub fn changed_while_read(&self) -> Result<bool> {
+        let now = self.stamp()?;
+        if now.size != self.before.size {
+            return Err(StoreError::Other(format!(
+                "{} changed size while being read ({} bytes, then {}); nothing was committed. Snapshot it when it is not being resized",
+                self.path.display(),
+                self.before.size,
+                now.size
+            )));
+        }
+        Ok(now != self.before)
     }
 
     /// The next allocated range at or after `pos`, or none.
