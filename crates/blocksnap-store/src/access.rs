@@ -136,6 +136,7 @@ impl Store {
         name: &str,
         identity: Option<&Path>,
     ) -> Result<(AccountDoc, PathBuf)> {
+        self.require_writable("account create")?;
         let path = identity.map_or_else(|| self.default_identity_path(name), Path::to_path_buf);
         let doc = self.create_account_inner(name, &path)?;
         Ok((doc, path))
@@ -143,13 +144,14 @@ impl Store {
 
     /// Every account, by name.
     pub fn list_accounts(&self) -> Result<Vec<AccountDoc>> {
-        let mut out: Vec<AccountDoc> = crate::store::read_docs(&self.root().join("accounts"))?;
+        let mut out: Vec<AccountDoc> = self.read_docs(&self.root().join("accounts"))?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
     /// Creates a data key named `name`, granted to the acting account.
     pub fn create_key(&self, access: &Access, name: &str) -> Result<KeyDoc> {
+        self.require_writable("key create")?;
         if !self.config().encryption {
             return Err(StoreError::Usage(
                 "this store was made with --no-encryption: it has no keys".into(),
@@ -162,6 +164,7 @@ impl Store {
     /// Grants `key` to `grantee`: the acting account unwraps the data key with its own identity
     /// and wraps it to the grantee's public key. Only an account holding the key can grant it.
     pub fn grant_key(&self, access: &Access, key: &str, grantee: &str) -> Result<KeyDoc> {
+        self.require_writable("key grant")?;
         let mut doc = self.resolve_key(key)?;
         let target = self.account(grantee)?;
         if doc.grants.iter().any(|g| g.account == grantee) {
@@ -183,6 +186,7 @@ impl Store {
     /// Removes `grantee`'s wrapped copy of `key`. The acting account must hold the key; the
     /// last grant cannot be removed (the key, and all data under it, would be lost).
     pub fn revoke_key(&self, access: &Access, key: &str, grantee: &str) -> Result<KeyDoc> {
+        self.require_writable("key revoke")?;
         let mut doc = self.resolve_key(key)?;
         if !doc.grants.iter().any(|g| g.account == grantee) {
             return Err(StoreError::Usage(format!(
@@ -244,7 +248,7 @@ impl Store {
 
     /// Every key document.
     pub fn list_keys(&self) -> Result<Vec<KeyDoc>> {
-        let mut out: Vec<KeyDoc> = crate::store::read_docs(&self.root().join("keys"))?;
+        let mut out: Vec<KeyDoc> = self.read_docs(&self.root().join("keys"))?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }

@@ -30,6 +30,7 @@ pub mod bench;
 mod check;
 mod copy;
 mod diff;
+mod documents;
 mod error;
 mod fsutil;
 mod image;
@@ -39,6 +40,7 @@ mod nbd;
 mod policy;
 mod progress;
 mod prune;
+mod readonly;
 mod repair;
 mod restore;
 mod sink;
@@ -50,6 +52,7 @@ pub use access::Access;
 pub use check::CheckReport;
 pub use copy::{CopyOptions, TAG_COPIED_FROM};
 pub use diff::DiffReport;
+pub use documents::{QUARANTINE, QuarantinedDoc, RepairDocumentsReport};
 pub use error::{ErrorKind, Result, StoreError};
 pub use image::{
     Audience, DeregisterReport, ImageOptions, ImageReport, RebuildReport, RebuiltVolume,
@@ -64,8 +67,8 @@ pub use repair::RepairReport;
 pub use restore::RestoreReport;
 pub use snapshot::{SnapshotOptions, SnapshotReport};
 pub use store::{
-    DEFAULT_CHUNK_SIZE, InitOptions, InitReport, Store, config_home, data_home,
-    default_account_name, default_store_path,
+    DEFAULT_CHUNK_SIZE, DamageWarnings, DamagedDoc, InitOptions, InitReport, Store, config_home,
+    data_home, default_account_name, default_store_path,
 };
 
 pub use blocksnap_chunker::ChunkerKind;
