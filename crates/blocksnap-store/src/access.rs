@@ -259,15 +259,39 @@ impl Store {
         if let Some(k) = keys.iter().find(|k| k.name == text) {
             return Ok(k.clone());
         }
+        let no_keys = keys.is_empty();
         let m: Vec<_> = keys
             .into_iter()
             .filter(|k| text.len() > 4 && k.id.to_string().starts_with(text))
             .collect();
         match m.len() {
             1 => Ok(m.into_iter().next().expect("one")),
-            0 => Err(StoreError::Usage(format!(
-                "no key '{text}'; see `blocksnap key list`"
-            ))),
+            0 => {
+                // A key that should be there: the store's documents are damaged or gone.
+                let damaged = self.skipped_in(&self.root().join("keys"));
+                if damaged.is_empty() && !(self.config().encryption && no_keys) {
+                    return Err(StoreError::Usage(format!(
+                        "no key '{text}'; see `blocksnap key list`"
+                    )));
+                }
+                Err(StoreError::Damaged(format!(
+                    "no key '{text}' in the store {}: {}. {}",
+                    self.root().display(),
+                    if damaged.is_empty() {
+                        "it holds no key document at all".to_string()
+                    } else {
+                        format!(
+                            "unreadable key documents: {}",
+                            damaged
+                                .iter()
+                                .map(|d| d.path.display().to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    },
+                    crate::store::recovery_hint(self.root())
+                )))
+            }
             n => Err(StoreError::Usage(format!(
                 "'{text}' matches {n} keys; give more of the id"
             ))),
@@ -278,12 +302,19 @@ impl Store {
         let path = self.key_path(id);
         if !path.is_file() {
             return Err(StoreError::Damaged(format!(
-                "key {id} is missing from the store ({})",
-                path.display()
+                "key {id} is missing from the store ({}): the data under it cannot be read, \
+                 even with an identity. {}",
+                path.display(),
+                crate::store::recovery_hint(self.root())
             )));
         }
-        KeyDoc::from_json(&fsutil::read(&path)?)
-            .map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))
+        KeyDoc::from_json(&fsutil::read(&path)?).map_err(|e| {
+            StoreError::Damaged(format!(
+                "{}: {e}; the data under key {id} cannot be read until it is put back. {}",
+                path.display(),
+                crate::store::recovery_hint(self.root())
+            ))
+        })
     }
 
     /// The data key of `doc` as `access` holds it: its grant, unwrapped with its identity.

@@ -31,7 +31,7 @@ impl Store {
         match self.read_only() {
             None => Ok(()),
             Some(why) => Err(StoreError::Other(format!(
-                "the store {} is read-only ({why}): `{command}` must write to it; nothing was \
+                "the store {} is read-only ({why}): {command} must write to it; nothing was \
                  changed. Run it where the store is writable (mounted read-write, or as a user \
                  who may write to it). Reading commands (snapshot list|show|restore|diff, image \
                  list|show|rebuild, serve nbd, check, and the other lists) work on it as it is.",

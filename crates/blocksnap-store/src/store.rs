@@ -378,6 +378,13 @@ impl Store {
         blocksnap_manifest::validate_name("account", "name", &account)
             .map_err(|e| StoreError::Usage(e.to_string()))?;
         if !self.account_path(&account).is_file() {
+            if account == self.config.default_account {
+                return Err(StoreError::Damaged(format!(
+                    "the document of the store's first account '{account}' is missing ({}). {}",
+                    self.account_path(&account).display(),
+                    recovery_hint(&self.root)
+                )));
+            }
             return Err(StoreError::Usage(format!(
                 "no account '{account}' in store {}; see `blocksnap account list`",
                 self.root.display()
