@@ -57,9 +57,13 @@ pub enum Command {
     /// Serve a snapshot to other programs without restoring it first.
     #[command(subcommand)]
     Serve(ServeCmd),
-    /// Rebuild derived state from the packs.
+    /// Rebuild derived state from the packs; quarantine damaged documents.
     #[command(subcommand)]
     Repair(RepairCmd),
+    /// Export and import what a store needs besides the identities to be read: its config,
+    /// account and key documents.
+    #[command(subcommand)]
+    Recovery(RecoveryCmd),
     /// Delete what no snapshot (live or in the trash) references, and rewrite packs that are
     /// mostly garbage. Removes expired trash entries first.
     Prune {
@@ -198,6 +202,32 @@ pub struct ListArgs {
 pub enum RepairCmd {
     /// Rebuild the dedup index from the pack trailers alone.
     Index,
+    /// Move every damaged document (one that is not valid JSON or not a valid document) into
+    /// quarantine/ in the store, keeping it. Until then prune refuses to run. Documents of a
+    /// newer format stay: a newer blocksnap reads them.
+    Documents {
+        /// Say what would be moved; move nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecoveryCmd {
+    /// Write the store's config, account documents and key documents into FILE (mode 0600).
+    /// Keep it with the identities: without these documents the data cannot be read, even with
+    /// an identity. Export again after `account create` and `key create|grant|revoke`.
+    Export {
+        /// The file to write (it must not exist).
+        file: PathBuf,
+    },
+    /// Put back, from an exported FILE, the config, account and key documents that are
+    /// missing or damaged in the store (damaged ones are moved to quarantine/ first). One that
+    /// reads is never replaced. Works on a store that lost its config.
+    Import {
+        /// The file `recovery export` wrote.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -14,8 +14,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use args::{
-    AccountCmd, ChunkerArg, Cli, Command, KeyCmd, PolicyCmd, RepairCmd, SnapshotCmd, TrashCmd,
-    VolumeCmd,
+    AccountCmd, ChunkerArg, Cli, Command, KeyCmd, PolicyCmd, RecoveryCmd, RepairCmd, SnapshotCmd,
+    TrashCmd, VolumeCmd,
 };
 use blocksnap_store::{
     ChunkerKind, ErrorKind, InitOptions, SnapshotDoc, SnapshotOptions, Store, StoreError,
@@ -69,6 +69,17 @@ impl std::error::Error for DamageFound {}
 pub(crate) struct Ctx<'a> {
     pub(crate) cli: &'a Cli,
     pub(crate) progress: Bar,
+    /// The damaged documents of the stores opened, reported when the command ends.
+    damage: std::cell::RefCell<Vec<blocksnap_store::DamageWarnings>>,
+}
+
+impl Drop for Ctx<'_> {
+    /// Names the damaged documents skipped along the way, each once, whatever the result.
+    fn drop(&mut self) {
+        for d in self.damage.borrow().iter() {
+            d.warn(&self.progress);
+        }
+    }
 }
 
 impl Ctx<'_> {
@@ -112,7 +123,9 @@ impl Ctx<'_> {
             ));
             return Ok(store);
         }
-        Ok(Store::open(&path)?)
+        let store = Store::open(&path)?;
+        self.damage.borrow_mut().push(store.damage_warnings());
+        Ok(store)
     }
 
     pub(crate) fn output<T: Serialize>(
@@ -138,6 +151,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let ctx = Ctx {
         cli,
         progress: Bar::new(cli.quiet),
+        damage: std::cell::RefCell::default(),
     };
     match &cli.command {
         Command::Init(a) => {
@@ -263,6 +277,73 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             } else {
                 Err(DamageFound.into())
             }
+        }
+        Command::Repair(RepairCmd::Documents { dry_run }) => {
+            let r = ctx.open()?.repair_documents(*dry_run, &ctx.progress)?;
+            for d in &r.left {
+                ctx.note(&format!(
+                    "left {}: {} (a newer blocksnap reads it)",
+                    d.path.display(),
+                    d.problem
+                ));
+            }
+            ctx.output(&r, || {
+                let mut t = String::new();
+                for m in &r.moved {
+                    t += &format!(
+                        "{} {} to {} ({})\n",
+                        if r.dry_run { "would move" } else { "moved" },
+                        m.from.display(),
+                        m.to.display(),
+                        m.problem
+                    );
+                }
+                t + &format!(
+                    "{}{} damaged documents {}",
+                    if r.dry_run { "dry run: " } else { "" },
+                    r.moved.len(),
+                    if r.dry_run {
+                        "would be moved to quarantine/"
+                    } else {
+                        "moved to quarantine/ (kept there; nothing was deleted)"
+                    }
+                )
+            })
+        }
+        Command::Recovery(RecoveryCmd::Export { file }) => {
+            let r = ctx.open()?.export_recovery(file, &ctx.progress)?;
+            ctx.output(&r, || {
+                format!(
+                    "wrote {} (store {}: its config, {} accounts, {} keys); keep it with the \
+                     identities, apart from the store",
+                    r.file.display(),
+                    r.store,
+                    r.accounts.len(),
+                    r.keys.len()
+                )
+            })
+        }
+        Command::Recovery(RecoveryCmd::Import { file }) => {
+            let (path, _) = ctx.store_path();
+            let r = Store::import_recovery(&path, file, &ctx.progress)?;
+            ctx.output(&r, || {
+                let mut t = String::new();
+                for q in &r.quarantined {
+                    t += &format!(
+                        "moved the damaged {} to {}\n",
+                        q.from.display(),
+                        q.to.display()
+                    );
+                }
+                for p in &r.restored {
+                    t += &format!("put back {}\n", p.display());
+                }
+                t + &format!(
+                    "{} documents put back, {} kept as they were",
+                    r.restored.len(),
+                    r.kept.len()
+                )
+            })
         }
         Command::Repair(RepairCmd::Index) => {
             let store = ctx.open()?;

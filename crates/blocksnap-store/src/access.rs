@@ -136,6 +136,7 @@ impl Store {
         name: &str,
         identity: Option<&Path>,
     ) -> Result<(AccountDoc, PathBuf)> {
+        self.require_writable("account create")?;
         let path = identity.map_or_else(|| self.default_identity_path(name), Path::to_path_buf);
         let doc = self.create_account_inner(name, &path)?;
         Ok((doc, path))
@@ -143,13 +144,14 @@ impl Store {
 
     /// Every account, by name.
     pub fn list_accounts(&self) -> Result<Vec<AccountDoc>> {
-        let mut out: Vec<AccountDoc> = crate::store::read_docs(&self.root().join("accounts"))?;
+        let mut out: Vec<AccountDoc> = self.read_docs(&self.root().join("accounts"))?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
     /// Creates a data key named `name`, granted to the acting account.
     pub fn create_key(&self, access: &Access, name: &str) -> Result<KeyDoc> {
+        self.require_writable("key create")?;
         if !self.config().encryption {
             return Err(StoreError::Usage(
                 "this store was made with --no-encryption: it has no keys".into(),
@@ -162,6 +164,7 @@ impl Store {
     /// Grants `key` to `grantee`: the acting account unwraps the data key with its own identity
     /// and wraps it to the grantee's public key. Only an account holding the key can grant it.
     pub fn grant_key(&self, access: &Access, key: &str, grantee: &str) -> Result<KeyDoc> {
+        self.require_writable("key grant")?;
         let mut doc = self.resolve_key(key)?;
         let target = self.account(grantee)?;
         if doc.grants.iter().any(|g| g.account == grantee) {
@@ -183,6 +186,7 @@ impl Store {
     /// Removes `grantee`'s wrapped copy of `key`. The acting account must hold the key; the
     /// last grant cannot be removed (the key, and all data under it, would be lost).
     pub fn revoke_key(&self, access: &Access, key: &str, grantee: &str) -> Result<KeyDoc> {
+        self.require_writable("key revoke")?;
         let mut doc = self.resolve_key(key)?;
         if !doc.grants.iter().any(|g| g.account == grantee) {
             return Err(StoreError::Usage(format!(
@@ -244,7 +248,7 @@ impl Store {
 
     /// Every key document.
     pub fn list_keys(&self) -> Result<Vec<KeyDoc>> {
-        let mut out: Vec<KeyDoc> = crate::store::read_docs(&self.root().join("keys"))?;
+        let mut out: Vec<KeyDoc> = self.read_docs(&self.root().join("keys"))?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
@@ -255,15 +259,39 @@ impl Store {
         if let Some(k) = keys.iter().find(|k| k.name == text) {
             return Ok(k.clone());
         }
+        let no_keys = keys.is_empty();
         let m: Vec<_> = keys
             .into_iter()
             .filter(|k| text.len() > 4 && k.id.to_string().starts_with(text))
             .collect();
         match m.len() {
             1 => Ok(m.into_iter().next().expect("one")),
-            0 => Err(StoreError::Usage(format!(
-                "no key '{text}'; see `blocksnap key list`"
-            ))),
+            0 => {
+                // A key that should be there: the store's documents are damaged or gone.
+                let damaged = self.skipped_in(&self.root().join("keys"));
+                if damaged.is_empty() && !(self.config().encryption && no_keys) {
+                    return Err(StoreError::Usage(format!(
+                        "no key '{text}'; see `blocksnap key list`"
+                    )));
+                }
+                Err(StoreError::Damaged(format!(
+                    "no key '{text}' in the store {}: {}. {}",
+                    self.root().display(),
+                    if damaged.is_empty() {
+                        "it holds no key document at all".to_string()
+                    } else {
+                        format!(
+                            "unreadable key documents: {}",
+                            damaged
+                                .iter()
+                                .map(|d| d.path.display().to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    },
+                    crate::store::recovery_hint(self.root())
+                )))
+            }
             n => Err(StoreError::Usage(format!(
                 "'{text}' matches {n} keys; give more of the id"
             ))),
@@ -274,12 +302,19 @@ impl Store {
         let path = self.key_path(id);
         if !path.is_file() {
             return Err(StoreError::Damaged(format!(
-                "key {id} is missing from the store ({})",
-                path.display()
+                "key {id} is missing from the store ({}): the data under it cannot be read, \
+                 even with an identity. {}",
+                path.display(),
+                crate::store::recovery_hint(self.root())
             )));
         }
-        KeyDoc::from_json(&fsutil::read(&path)?)
-            .map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))
+        KeyDoc::from_json(&fsutil::read(&path)?).map_err(|e| {
+            StoreError::Damaged(format!(
+                "{}: {e}; the data under key {id} cannot be read until it is put back. {}",
+                path.display(),
+                crate::store::recovery_hint(self.root())
+            ))
+        })
     }
 
     /// The data key of `doc` as `access` holds it: its grant, unwrapped with its identity.

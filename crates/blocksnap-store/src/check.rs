@@ -16,7 +16,7 @@ use crate::access::Access;
 use crate::error::{Result, StoreError};
 use crate::fsutil::{self, TMP_PREFIX};
 use crate::progress::Progress;
-use crate::restore::ChunkReader;
+use crate::restore::{ChunkReader, Locator};
 use crate::store::Store;
 
 /// At most this many problems are listed per snapshot; the rest are counted.
@@ -61,8 +61,14 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<CheckReport> {
         let mut report = CheckReport::default();
-        let _lock = self.lock_shared("check", progress)?;
-        let index = self.open_index(access, progress)?;
+        let _lock = self.lock_reading("check", progress)?;
+        // sled cannot open the index of a read-only store: chunk locations then come from the
+        // trailers read below.
+        let index = match self.read_only() {
+            Some(_) => None,
+            None => Some(self.open_index(access, progress)?),
+        };
+        let mut trailer_locations = HashMap::new();
         let mut codecs: HashMap<Option<KeyId>, Option<ChunkCodec>> = HashMap::new();
         // Documents.
         for (dir, kind) in [
@@ -141,8 +147,14 @@ impl Store {
                     for e in &entries {
                         // Harmless on its own (a crash between a pack and its index entries
                         // leaves this): only snapshots' chunks must be indexed, checked below.
-                        if index.get(&e.id)?.is_none() {
-                            report.unindexed_chunks += 1;
+                        match &index {
+                            Some(index) if index.get(&e.id)?.is_none() => {
+                                report.unindexed_chunks += 1;
+                            }
+                            Some(_) => {}
+                            None => {
+                                trailer_locations.insert(e.id, crate::sink::location(*id, e));
+                            }
                         }
                     }
                     if read_data {
@@ -196,7 +208,11 @@ impl Store {
                 .get(&doc.key)
                 .and_then(Option::as_ref)
                 .expect("checked above");
-            let reader = ChunkReader::new(self, codec, &index);
+            let locator = || match &index {
+                Some(index) => Locator::Index(index),
+                None => Locator::Shared(&trailer_locations),
+            };
+            let (reader, lookup) = (ChunkReader::with_locator(self, codec, locator()), locator());
             let mut found: Vec<String> = Vec::new();
             let mut count = 0usize;
             let mut note = |text: String| {
@@ -206,11 +222,11 @@ impl Store {
                 }
             };
             for id in &doc.extents.chunks {
-                check_chunk(&index, &pack_ids, &bad_packs, id, &mut note)?;
+                check_chunk(&lookup, &pack_ids, &bad_packs, id, &mut note)?;
             }
             let walked = reader.for_each_extent(&doc, |_, extent| {
                 if let Extent::Data { id, .. } = extent {
-                    check_chunk(&index, &pack_ids, &bad_packs, &id, &mut note)?;
+                    check_chunk(&lookup, &pack_ids, &bad_packs, &id, &mut note)?;
                 }
                 Ok(())
             });
@@ -293,7 +309,7 @@ fn load_codec(
 }
 
 fn check_chunk(
-    index: &blocksnap_index::Index,
+    index: &Locator<'_>,
     packs: &BTreeSet<PackId>,
     bad: &BTreeSet<PackId>,
     id: &blocksnap_manifest::ChunkId,

@@ -194,7 +194,7 @@ impl Store {
             self.codec(access, doc_b.key)?,
         );
         let same_key = doc_a.key == doc_b.key;
-        let _lock = self.lock_shared("diff", progress)?;
+        let _lock = self.lock_reading("diff", progress)?;
         let index = self.index_if_free(access, progress)?;
         let locator_a = self.locator(index.as_ref(), &doc_a, &codec_a, progress)?;
         let locator_b = self.locator(index.as_ref(), &doc_b, &codec_b, progress)?;

@@ -157,7 +157,7 @@ impl Store {
 
     /// Every image document, by name.
     pub fn list_images(&self) -> Result<Vec<ImageDoc>> {
-        let mut v: Vec<ImageDoc> = crate::store::read_docs(&self.root().join("images"))?;
+        let mut v: Vec<ImageDoc> = self.read_docs(&self.root().join("images"))?;
         v.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(v)
     }
@@ -373,6 +373,7 @@ impl Store {
         volumes: &[(String, String)],
         root_device: Option<&str>,
     ) -> Result<ImageReport> {
+        self.require_writable("image register")?;
         let devices: Vec<&str> = volumes.iter().map(|(d, _)| d.as_str()).collect();
         self.check_new_image(name, &devices, root_device)?;
         let snaps: Vec<SnapshotDoc> = volumes
@@ -579,6 +580,11 @@ impl Store {
         to: &Audience,
         share: bool,
     ) -> Result<ImageDoc> {
+        self.require_writable(if share {
+            "image share"
+        } else {
+            "image unshare"
+        })?;
         let mut doc = self.resolve_image(image)?;
         self.require_owner(access, &doc, if share { "share" } else { "unshare" })?;
         let perms = &mut doc.launch_permissions;
@@ -616,6 +622,7 @@ impl Store {
         image: &str,
         delete_snapshots: bool,
     ) -> Result<DeregisterReport> {
+        self.require_writable("image deregister")?;
         let doc = self.resolve_image(image)?;
         self.require_owner(access, &doc, "deregister")?;
         let tomb = self.tombstone(access, None, Some(doc.clone()))?;

@@ -30,6 +30,7 @@ pub mod bench;
 mod check;
 mod copy;
 mod diff;
+mod documents;
 mod error;
 mod fsutil;
 mod image;
@@ -39,6 +40,8 @@ mod nbd;
 mod policy;
 mod progress;
 mod prune;
+mod readonly;
+mod recovery;
 mod repair;
 mod restore;
 mod sink;
@@ -50,6 +53,7 @@ pub use access::Access;
 pub use check::CheckReport;
 pub use copy::{CopyOptions, TAG_COPIED_FROM};
 pub use diff::DiffReport;
+pub use documents::{QUARANTINE, QuarantinedDoc, RepairDocumentsReport};
 pub use error::{ErrorKind, Result, StoreError};
 pub use image::{
     Audience, DeregisterReport, ImageOptions, ImageReport, RebuildReport, RebuiltVolume,
@@ -60,12 +64,13 @@ pub use nbd::ServeInfo;
 pub use policy::{PolicyAction, PolicyRunReport, TAG_POLICY, TAG_SCHEDULE};
 pub use progress::{NoProgress, Progress};
 pub use prune::{PruneOptions, PruneReport};
+pub use recovery::{RECOVERY_FORMAT, RecoveryExportReport, RecoveryImportReport};
 pub use repair::RepairReport;
 pub use restore::{RestoreOptions, RestoreReport, TargetKind};
 pub use snapshot::{SnapshotOptions, SnapshotReport};
 pub use store::{
-    DEFAULT_CHUNK_SIZE, InitOptions, InitReport, Store, config_home, data_home,
-    default_account_name, default_store_path,
+    DEFAULT_CHUNK_SIZE, DamageWarnings, DamagedDoc, InitOptions, InitReport, Store, config_home,
+    data_home, default_account_name, default_store_path,
 };
 
 pub use blocksnap_chunker::ChunkerKind;

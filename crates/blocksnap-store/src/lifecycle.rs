@@ -84,6 +84,7 @@ impl Store {
         path: &Path,
         tags: BTreeMap<String, String>,
     ) -> Result<VolumeDoc> {
+        self.require_writable("volume add")?;
         // The path a snapshot would record (a block device keeps its stable name), checked
         // like a snapshot's source.
         let id = crate::source::Source::open(path)
@@ -113,7 +114,7 @@ impl Store {
 
     /// Every registered volume, by name.
     pub fn list_volumes(&self) -> Result<Vec<VolumeDoc>> {
-        crate::store::read_docs(&self.root().join("volumes"))
+        self.read_docs(&self.root().join("volumes"))
     }
 
     /// A registered volume, if `name` is one.
@@ -133,6 +134,7 @@ impl Store {
     /// Moves a snapshot to the trash, restorable for the store's trash retention. A snapshot
     /// that a live image maps is refused: deregister the image first.
     pub fn delete_snapshot(&self, access: &Access, snapshot: &str) -> Result<TrashEntry> {
+        self.require_writable("snapshot delete")?;
         let doc = self.resolve_snapshot(snapshot)?;
         if let Some(image) = self.images_using(doc.id)?.first() {
             return Err(StoreError::Usage(format!(
@@ -165,7 +167,7 @@ impl Store {
 
     /// Every tombstone, oldest deletion first.
     pub fn list_trash(&self) -> Result<Vec<TrashDoc>> {
-        let mut v: Vec<TrashDoc> = crate::store::read_docs(&self.root().join("trash"))?;
+        let mut v: Vec<TrashDoc> = self.read_docs(&self.root().join("trash"))?;
         v.sort_by(|a, b| (&a.deleted, &a.id).cmp(&(&b.deleted, &b.id)));
         Ok(v)
     }
@@ -178,6 +180,7 @@ impl Store {
     /// Brings a snapshot or an image back from the trash. An image brings back those of its
     /// snapshots that are in the trash too.
     pub fn restore_trash(&self, id: &str) -> Result<TrashEntry> {
+        self.require_writable("trash restore")?;
         let trash = self.list_trash()?;
         let matches: Vec<&TrashDoc> = trash
             .iter()
@@ -240,6 +243,7 @@ impl Store {
     /// Removes tombstones for good: all of them, or only those past their expiry. Their data is
     /// reclaimed by `prune`. Returns what was removed.
     pub fn empty_trash(&self, expired_only: bool) -> Result<Vec<TrashEntry>> {
+        self.require_writable("trash empty")?;
         let now = fsutil::now_rfc3339();
         let mut removed = Vec::new();
         for tomb in self.list_trash()? {

@@ -32,11 +32,12 @@ use crate::fsutil::{self, TMP_PREFIX};
 use crate::progress::Progress;
 use crate::store::Store;
 
-/// Held until dropped: the flock, and this command's lock object (removed on drop).
+/// Held until dropped: the flock, and this command's lock object (removed on drop). A reader of
+/// a read-only store may hold neither (see [`Store::lock_reading`]).
 #[derive(Debug)]
 pub(crate) struct StoreLock {
     object: Option<PathBuf>,
-    _file: File,
+    _file: Option<File>,
 }
 
 impl Drop for StoreLock {
@@ -321,6 +322,7 @@ fn stale_note(e: &LockEntry) -> String {
 
 impl Store {
     fn lock(&self, kind: LockKind, command: &str, progress: &dyn Progress) -> Result<StoreLock> {
+        self.require_writable(command)?;
         let exclusive = kind == LockKind::Exclusive;
         let dir = self.root().join("locks");
         std::fs::create_dir_all(&dir).map_err(StoreError::io("cannot create", &dir))?;
@@ -376,7 +378,7 @@ impl Store {
         fsutil::write_atomic(&object, &doc.to_json(), 0o644)?;
         let guard = StoreLock {
             object: Some(object.clone()),
-            _file: file,
+            _file: Some(file),
         };
 
         let mut conflicts = Vec::new();
@@ -427,6 +429,73 @@ impl Store {
         Err(StoreError::Locked(msg))
     }
 
+    /// For commands that only read (restore, diff, serve, check): the shared lock; on a
+    /// read-only store, what can be had without writing, with a note saying so. That is this
+    /// host's flock when `locks/store.lock` exists (it keeps this host's prunes off), but no lock
+    /// object: a prune on another host sharing the store is not kept off. Lock objects of other
+    /// hosts that conflict are named in a note, not honoured: on a read-only copy of a store they
+    /// may be frozen there forever.
+    pub(crate) fn lock_reading(&self, command: &str, progress: &dyn Progress) -> Result<StoreLock> {
+        let Some(why) = self.read_only().map(str::to_owned) else {
+            return self.lock_shared(command, progress);
+        };
+        let dir = self.root().join("locks");
+        let path = dir.join("store.lock");
+        let file = match File::open(&path) {
+            Ok(f) => match flock(&f, FlockOperation::NonBlockingLockShared) {
+                Ok(()) => Some(f),
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    progress.message(&format!(
+                        "waiting for a prune or repair on {} to finish",
+                        self.root().display()
+                    ));
+                    flock(&f, FlockOperation::LockShared).map_err(|e| StoreError::Io {
+                        what: "cannot lock",
+                        path: path.clone(),
+                        source: e.into(),
+                    })?;
+                    Some(f)
+                }
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        if !self
+            .read_only_noted
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            progress.message(&format!(
+                "note: the store {} is read-only ({why}): {command} reads it without a lock {}",
+                self.root().display(),
+                if file.is_some() {
+                    "object (this host's lock file is held, so prunes on this host wait), so a \
+                     prune on another host sharing the store is not excluded"
+                } else {
+                    "(none could be taken), so a prune running at the same time, on this host or \
+                     another, is not excluded"
+                }
+            ));
+            for e in scan(&dir, &Me::get(), None).unwrap_or_default() {
+                let conflicts = match e.status {
+                    LockStatus::OtherHost => e.kind == Some(LockKind::Exclusive),
+                    LockStatus::UnknownFormat => true,
+                    _ => false,
+                };
+                if conflicts {
+                    progress.message(&format!(
+                        "note: the store's locks show {}; if that still runs, {command} may fail \
+                         on data it removes (what is read is verified, never wrong)",
+                        e.describe()
+                    ));
+                }
+            }
+        }
+        Ok(StoreLock {
+            object: None,
+            _file: file,
+        })
+    }
+
     /// Shared: for snapshot, restore and check. `command` names the holder in its lock object.
     pub(crate) fn lock_shared(&self, command: &str, progress: &dyn Progress) -> Result<StoreLock> {
         self.lock(LockKind::Shared, command, progress)
@@ -452,6 +521,7 @@ impl Store {
     /// other hosts and of unknown formats: only when sure that no blocksnap runs on those
     /// hosts. Locks of running processes of this host are always kept.
     pub fn unlock(&self, all: bool) -> Result<UnlockReport> {
+        self.require_writable("unlock")?;
         let mut report = UnlockReport::default();
         for e in self.locks()? {
             let go = match e.status {

@@ -348,7 +348,7 @@ impl Store {
     ) -> Result<()> {
         let doc = self.export_snapshot(access, what)?;
         let codec: ChunkCodec = self.codec(access, doc.key)?;
-        let _lock = self.lock_shared("serve", progress)?;
+        let _lock = self.lock_reading("serve", progress)?;
         let locator = Locator::Map(self.locations_for(&doc, &codec)?);
         let reader = ChunkReader::with_locator(self, &codec, locator);
         let mut spans = Vec::new();

@@ -19,7 +19,7 @@ use crate::error::{Result, StoreError};
 use crate::fsutil;
 use crate::progress::Progress;
 use crate::snapshot::SnapshotOptions;
-use crate::store::{Store, read_docs};
+use crate::store::Store;
 
 /// Tag naming the policy that took a snapshot.
 pub const TAG_POLICY: &str = "blocksnap:policy";
@@ -73,6 +73,7 @@ impl Store {
         target_tags: BTreeMap<String, String>,
         schedules: &[String],
     ) -> Result<PolicyDoc> {
+        self.require_writable("policy create")?;
         let schedules = schedules
             .iter()
             .map(|s| Schedule::parse(s))
@@ -96,7 +97,7 @@ impl Store {
 
     /// Every policy, by name.
     pub fn list_policies(&self) -> Result<Vec<PolicyDoc>> {
-        let mut v: Vec<PolicyDoc> = read_docs(&self.root().join("policies"))?;
+        let mut v: Vec<PolicyDoc> = self.read_docs(&self.root().join("policies"))?;
         v.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(v)
     }
@@ -113,6 +114,7 @@ impl Store {
 
     /// Deletes a policy (its snapshots stay).
     pub fn delete_policy(&self, name: &str) -> Result<PolicyDoc> {
+        self.require_writable("policy delete")?;
         let doc = self.policy(name)?;
         let path = self.policy_path(name);
         fs::remove_file(&path).map_err(StoreError::io("cannot remove", &path))?;
@@ -126,6 +128,7 @@ impl Store {
         at: Option<&str>,
         progress: &dyn Progress,
     ) -> Result<PolicyRunReport> {
+        self.require_writable("policy run")?;
         let at = match at {
             Some(t) => parse_time(t)?,
             None => Timestamp::now(),
@@ -201,6 +204,7 @@ impl Store {
                 }
             }
         }
+        self.warn_damaged(progress);
         Ok(report)
     }
 

@@ -82,6 +82,7 @@ impl Store {
             ..PruneReport::default()
         };
         let _lock = self.lock_exclusive("prune", progress)?;
+        self.require_sound_documents("prune")?;
         let index = self.open_index(access, progress)?;
         if !opts.dry_run {
             report.trash_expired = self.empty_trash(true)?.len() as u64;

@@ -228,13 +228,16 @@ struct OpenPack {
 pub(crate) enum Locator<'a> {
     Index(&'a Index),
     Map(HashMap<ChunkId, Location>),
+    /// A map read from the trailers that several readers share (`check` of a read-only store).
+    Shared(&'a HashMap<ChunkId, Location>),
 }
 
 impl Locator<'_> {
-    fn get(&self, id: &ChunkId) -> Result<Option<Location>> {
+    pub(crate) fn get(&self, id: &ChunkId) -> Result<Option<Location>> {
         match self {
             Locator::Index(index) => Ok(index.get(id)?),
             Locator::Map(map) => Ok(map.get(id).copied()),
+            Locator::Shared(map) => Ok(map.get(id).copied()),
         }
     }
 }
@@ -561,7 +564,7 @@ impl Store {
     ) -> Result<RestoreReport> {
         let started = Instant::now();
         let codec = self.codec(access, doc.key)?;
-        let _lock = self.lock_shared("restore", progress)?;
+        let _lock = self.lock_reading("restore", progress)?;
         let index = self.index_if_free(access, progress)?;
         let locator = self.locator(index.as_ref(), doc, &codec, progress)?;
         let reader = ChunkReader::with_locator(self, &codec, locator);
@@ -762,6 +765,11 @@ impl Store {
         access: &Access,
         progress: &dyn Progress,
     ) -> Result<Option<Index>> {
+        // sled cannot open an index without writing: a read-only store is read through the
+        // pack trailers.
+        if self.read_only().is_some() {
+            return Ok(None);
+        }
         if !self.index_path().exists() {
             return self
                 .open_index_healing(access, Duration::ZERO, progress)
@@ -789,7 +797,12 @@ impl Store {
             Some(index) => Locator::Index(index),
             None => {
                 progress.message(&format!(
-                    "the index is in use by another blocksnap process: reading the locations of {}'s chunks from the pack trailers",
+                    "{}: reading the locations of {}'s chunks from the pack trailers",
+                    if self.read_only().is_some() {
+                        "the index of a read-only store cannot be opened"
+                    } else {
+                        "the index is in use by another blocksnap process"
+                    },
                     doc.id
                 ));
                 Locator::Map(self.locations_for(doc, codec)?)

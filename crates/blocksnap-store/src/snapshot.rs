@@ -347,7 +347,7 @@ impl Store {
         blocksnap_manifest::validate_tags("snapshot", &opts.tags)
             .map_err(|e| StoreError::Usage(e.to_string()))?;
         let codec = self.codec_for_new(access, opts.key.as_deref())?;
-        let parent = self.latest_snapshot(&volume)?.map(|s| s.id);
+        let parent = self.parent_for(&volume, progress)?;
         let chunker = Chunker::new(self.chunker_params())
             .map_err(|e| StoreError::Damaged(format!("store config: {e}")))?;
         let stored = self.store_pieces_with(

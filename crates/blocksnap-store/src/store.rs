@@ -3,12 +3,15 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use blocksnap_chunker::{ChunkerKind, ChunkerParams};
 use blocksnap_index::{Index, IndexError};
 use blocksnap_manifest::{
-    ChunkerDoc, ChunkerKindDoc, ConfigDoc, Document, PackId, SnapshotDoc, SnapshotId, StoreId,
+    ChunkerDoc, ChunkerKindDoc, ConfigDoc, DocError, Document, PackId, SnapshotDoc, SnapshotId,
+    StoreId,
 };
 use serde::Serialize;
 
@@ -83,6 +86,69 @@ pub struct InitReport {
 pub struct Store {
     root: PathBuf,
     config: ConfigDoc,
+    /// Documents found damaged while listing (skipped, reported once through a progress sink).
+    damaged: Arc<DamageLog>,
+    /// Why the store cannot be written, once asked (see `read_only.rs`).
+    pub(crate) read_only: OnceLock<Option<String>>,
+    /// True once a reader was told that no lock could be taken.
+    pub(crate) read_only_noted: AtomicBool,
+}
+
+/// A document that cannot be read: not JSON, invalid, or of a format this blocksnap does not know.
+#[derive(Clone, Debug, Serialize)]
+pub struct DamagedDoc {
+    /// The document's path.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub problem: String,
+    /// True when it is of a newer format (a newer blocksnap wrote it), not damaged.
+    pub newer: bool,
+}
+
+impl DamagedDoc {
+    pub(crate) fn new(path: PathBuf, e: &DocError) -> DamagedDoc {
+        DamagedDoc {
+            path,
+            problem: e.to_string(),
+            newer: matches!(e, DocError::UnknownFormat { .. }),
+        }
+    }
+}
+
+/// The damaged documents a store's listings skipped, each reported once.
+#[derive(Debug, Default)]
+struct DamageLog(Mutex<BTreeMap<PathBuf, (DamagedDoc, bool)>>);
+
+/// A handle on the damaged documents a store skipped, to report them after a command
+/// ([`Store::damage_warnings`]).
+#[derive(Clone, Debug)]
+pub struct DamageWarnings(Arc<DamageLog>);
+
+impl DamageWarnings {
+    /// Reports, through `progress`, each skipped document not reported yet.
+    pub fn warn(&self, progress: &dyn Progress) {
+        let mut log = self.0.0.lock().expect("not poisoned");
+        for (doc, reported) in log.values_mut() {
+            if !*reported {
+                *reported = true;
+                progress.message(&damage_warning(doc));
+            }
+        }
+    }
+}
+
+/// The warning for a document a listing skipped.
+fn damage_warning(d: &DamagedDoc) -> String {
+    if d.newer {
+        format!("warning: skipped {}: {}", d.path.display(), d.problem)
+    } else {
+        format!(
+            "warning: skipped the damaged document {}: {}; `blocksnap repair documents` moves it \
+             to quarantine/ in the store",
+            d.path.display(),
+            d.problem
+        )
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -124,6 +190,14 @@ impl Store {
                 path.display()
             )));
         }
+        if let Some(held) = store_data_held(path) {
+            return Err(StoreError::Usage(format!(
+                "{} holds the data of a blocksnap store ({held}) whose config is missing: `init` \
+                 would make a new store that cannot read it. {}",
+                path.display(),
+                recovery_hint(path)
+            )));
+        }
         if path.exists()
             && fs::read_dir(path)
                 .map(|mut d| d.next().is_some())
@@ -158,10 +232,7 @@ impl Store {
             default_account: opts.account.clone(),
             trash_retention_days: 7,
         };
-        let store = Store {
-            root: path.to_path_buf(),
-            config,
-        };
+        let store = Store::with_config(path, config);
         let identity = opts
             .identity
             .clone()
@@ -190,22 +261,80 @@ impl Store {
         Ok((store, report))
     }
 
-    /// Opens the store at `path`.
+    /// Opens the store at `path`. A directory holding a store's data but no `config` (or a
+    /// damaged one) is an error saying what is missing and how to recover it.
     pub fn open(path: &Path) -> Result<Store> {
         let cfg_path = path.join("config");
         if !cfg_path.is_file() {
+            if let Some(held) = store_data_held(path) {
+                return Err(StoreError::Damaged(format!(
+                    "the store at {} has lost its config file {} (it still holds {held}): it \
+                     cannot be opened without it. {} Do not run `init` there: a new store cannot \
+                     read this data.",
+                    path.display(),
+                    cfg_path.display(),
+                    recovery_hint(path)
+                )));
+            }
             return Err(StoreError::Usage(format!(
                 "no blocksnap store at {}: create one with `blocksnap --store {} init`",
                 path.display(),
                 path.display()
             )));
         }
-        let config = ConfigDoc::from_json(&fsutil::read(&cfg_path)?)
-            .map_err(|e| StoreError::Damaged(format!("{}: {e}", cfg_path.display())))?;
-        Ok(Store {
-            root: path.to_path_buf(),
+        let config = ConfigDoc::from_json(&fsutil::read(&cfg_path)?).map_err(|e| {
+            StoreError::Damaged(format!(
+                "{}: {e}; the store cannot be opened without it. {}",
+                cfg_path.display(),
+                recovery_hint(path)
+            ))
+        })?;
+        Ok(Store::with_config(path, config))
+    }
+
+    /// A store at `root` with `config`, as read (or about to be written).
+    pub(crate) fn with_config(root: &Path, config: ConfigDoc) -> Store {
+        Store {
+            root: root.to_path_buf(),
             config,
-        })
+            damaged: Arc::default(),
+            read_only: OnceLock::new(),
+            read_only_noted: AtomicBool::new(false),
+        }
+    }
+
+    /// Records a document a listing skipped, to be reported once (see [`Store::warn_damaged`]).
+    pub(crate) fn note_damaged(&self, doc: DamagedDoc) {
+        self.damaged
+            .0
+            .lock()
+            .expect("not poisoned")
+            .entry(doc.path.clone())
+            .or_insert((doc, false));
+    }
+
+    /// The documents under `dir` that listings so far skipped.
+    pub(crate) fn skipped_in(&self, dir: &Path) -> Vec<DamagedDoc> {
+        self.damaged
+            .0
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .filter(|(d, _)| d.path.parent() == Some(dir))
+            .map(|(d, _)| d.clone())
+            .collect()
+    }
+
+    /// Reports, through `progress`, each damaged document listings skipped and did not
+    /// report yet.
+    pub fn warn_damaged(&self, progress: &dyn Progress) {
+        self.damage_warnings().warn(progress);
+    }
+
+    /// A handle that reports the damaged documents this store's listings skip, usable after
+    /// the store is gone (the CLI reports them when a command ends, whatever its result).
+    pub fn damage_warnings(&self) -> DamageWarnings {
+        DamageWarnings(self.damaged.clone())
     }
 
     /// The store's directory.
@@ -249,6 +378,13 @@ impl Store {
         blocksnap_manifest::validate_name("account", "name", &account)
             .map_err(|e| StoreError::Usage(e.to_string()))?;
         if !self.account_path(&account).is_file() {
+            if account == self.config.default_account {
+                return Err(StoreError::Damaged(format!(
+                    "the document of the store's first account '{account}' is missing ({}). {}",
+                    self.account_path(&account).display(),
+                    recovery_hint(&self.root)
+                )));
+            }
             return Err(StoreError::Usage(format!(
                 "no account '{account}' in store {}; see `blocksnap account list`",
                 self.root.display()
@@ -382,7 +518,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Every snapshot document, oldest first. Damaged documents are errors naming the file.
+    /// Every snapshot document, oldest first. A damaged document is skipped and recorded, to be
+    /// reported through [`Store::warn_damaged`]: one bad file never stops unrelated work.
     pub fn list_snapshots(&self) -> Result<Vec<SnapshotDoc>> {
         let dir = self.root.join("snapshots");
         let mut out = Vec::new();
@@ -395,7 +532,10 @@ impl Store {
             if name.starts_with(TMP_PREFIX) || !name.ends_with(".json") {
                 continue;
             }
-            out.push(self.read_snapshot_file(&path)?);
+            match SnapshotDoc::from_json(&fsutil::read(&path)?) {
+                Ok(doc) => out.push(doc),
+                Err(e) => self.note_damaged(DamagedDoc::new(path, &e)),
+            }
         }
         out.sort_by(|a, b| (&a.created, a.id).cmp(&(&b.created, b.id)));
         Ok(out)
@@ -404,7 +544,8 @@ impl Store {
     fn read_snapshot_file(&self, path: &Path) -> Result<SnapshotDoc> {
         SnapshotDoc::from_json(&fsutil::read(path)?).map_err(|e| {
             StoreError::Damaged(format!(
-                "{}: {e}; `blocksnap check` lists damage",
+                "{}: {e}; `blocksnap repair documents` moves it to quarantine/ in the store, \
+                 `blocksnap check` lists all damage",
                 path.display()
             ))
         })
@@ -484,35 +625,84 @@ pub(crate) fn pack_path(root: &Path, id: &PackId) -> PathBuf {
     root.join("packs").join(&hex[..2]).join(hex)
 }
 
-/// Every document in `dir` (none if it does not exist); a damaged one is an error naming it.
-pub(crate) fn read_docs<D: Document>(dir: &Path) -> Result<Vec<D>> {
-    let mut out = Vec::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => {
-            return Err(StoreError::Io {
-                what: "cannot list",
-                path: dir.into(),
-                source: e,
-            });
+impl Store {
+    /// Every document in `dir` (none if it does not exist). A damaged one is skipped and
+    /// recorded, to be reported through [`Store::warn_damaged`].
+    pub(crate) fn read_docs<D: Document>(&self, dir: &Path) -> Result<Vec<D>> {
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => {
+                return Err(StoreError::Io {
+                    what: "cannot list",
+                    path: dir.into(),
+                    source: e,
+                });
+            }
+        };
+        for e in entries {
+            let path = e.map_err(StoreError::io("cannot list", dir))?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if !name.ends_with(".json") || name.starts_with(TMP_PREFIX) {
+                continue;
+            }
+            match D::from_json(&fsutil::read(&path)?) {
+                Ok(doc) => out.push(doc),
+                Err(e) => self.note_damaged(DamagedDoc::new(path, &e)),
+            }
         }
-    };
-    for e in entries {
-        let path = e.map_err(StoreError::io("cannot list", dir))?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        if !name.ends_with(".json") || name.starts_with(TMP_PREFIX) {
-            continue;
-        }
-        out.push(
-            D::from_json(&fsutil::read(&path)?)
-                .map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))?,
-        );
+        Ok(out)
     }
-    Ok(out)
+}
+
+/// What store data `path` holds, in words (`3 packs, 2 snapshot documents`), if any: a
+/// directory with this and no `config` is a store that lost its config, not an empty one.
+pub(crate) fn store_data_held(path: &Path) -> Option<String> {
+    let count = |dir: &str, json: bool| -> usize {
+        fs::read_dir(path.join(dir)).map_or(0, |d| {
+            d.filter_map(std::result::Result::ok)
+                .filter(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    !name.starts_with(TMP_PREFIX) && (!json || name.ends_with(".json"))
+                })
+                .count()
+        })
+    };
+    let packs: usize = fs::read_dir(path.join("packs")).map_or(0, |d| {
+        d.filter_map(std::result::Result::ok)
+            .filter(|e| e.path().is_dir())
+            .map(|e| fs::read_dir(e.path()).map_or(0, Iterator::count))
+            .sum()
+    });
+    let parts: Vec<String> = [
+        (packs, "pack"),
+        (count("snapshots", true), "snapshot document"),
+        (count("images", true), "image document"),
+        (count("trash", true), "trash entry"),
+        (count("keys", true), "key document"),
+        (count("accounts", true), "account document"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}{}", if n == 1 { "" } else { "s" }))
+    .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// How to bring back a lost or damaged `config`, account or key document of the store at `path`.
+pub(crate) fn recovery_hint(path: &Path) -> String {
+    format!(
+        "To recover, run `blocksnap --store {} recovery import FILE` with the file `blocksnap \
+         recovery export FILE` wrote (it puts back the config, account and key documents that are \
+         missing or damaged, and never replaces a good one), or copy them back from a backup of \
+         the store.",
+        path.display()
+    )
 }
 
 pub(crate) fn chunker_doc(p: ChunkerParams) -> ChunkerDoc {
