@@ -166,7 +166,14 @@ fn garbage_index_is_rebuilt_by_the_next_command_and_by_repair() {
             "--volume",
             "disk",
         ],
-        vec!["snapshot", "restore", &f.snap, out.to_str().unwrap()],
+        // --force: `out` holds the restore above (a restore never replaces a file unasked).
+        vec![
+            "snapshot",
+            "restore",
+            "--force",
+            &f.snap,
+            out.to_str().unwrap(),
+        ],
     ] {
         garble();
         let run = f.env.run(&args);
@@ -285,7 +292,11 @@ fn bad_input_gets_clear_errors() {
             2,
             "no such disk image",
         ),
-        (&["snapshot", "create", "/tmp"], 2, "not a regular file"),
+        (
+            &["snapshot", "create", "/tmp"],
+            2,
+            "is a directory, not a disk image",
+        ),
         (
             &["snapshot", "restore", "snap-ffffffffffffffff", "/tmp/x.img"],
             2,
@@ -325,7 +336,8 @@ fn bad_input_gets_clear_errors() {
     }
     let out = f.env.run(&["init", "--chunk-size", "3000"]);
     assert_eq!(out.status.code(), Some(2));
-    // A damaged snapshot document is an error naming the file, not a panic.
+    // A damaged snapshot document is a warning naming the file, not a panic; the listing
+    // goes on without it (issue 12: one damaged document never stops unrelated work).
     let doc = f
         .env
         .store
@@ -333,7 +345,7 @@ fn bad_input_gets_clear_errors() {
         .join(format!("{}.json", f.snap));
     fs::write(&doc, b"{\"format\": \"blocksnap.snapshot/v1\", \"id\": 5}").unwrap();
     let out = f.env.run(&["snapshot", "list"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(0));
     assert!(stderr(&out).contains(&f.snap), "{}", stderr(&out));
 }
 

@@ -239,7 +239,7 @@ impl Store {
         let (path, registered) = self.source_path(opts)?;
         let mut source = Source::open(&path)?;
         source.volume = volume_of(opts, registered.as_ref())?;
-        self.check_chain(&source, opts.source_moved)?;
+        self.check_chain(&source, opts, progress)?;
         if source.size == 0 {
             progress.message(&format!(
                 "note: {} is empty (0 bytes): the snapshot records an empty volume",
@@ -264,9 +264,18 @@ impl Store {
     /// Refuses a source that is not the disk its volume is: not the registered volume's path
     /// (or host), or not the source the volume's latest snapshot recorded. Snapshots that
     /// recorded no source (taken before blocksnap recorded it) and volumes without a recorded
-    /// host are not held against it. With `moved` the difference is accepted, and a
-    /// registered volume is updated to the new place.
-    fn check_chain(&self, source: &Source, moved: bool) -> Result<()> {
+    /// host are not held against it. With `--source-moved` the difference is accepted, and a
+    /// registered volume is updated to the new place. A volume named explicitly with
+    /// `--volume` (and not registered: a registered volume's path is the truth) whose latest
+    /// snapshot read another file is the user's choice (successive versions of an image kept
+    /// as separate files): it is taken, with a note.
+    fn check_chain(
+        &self,
+        source: &Source,
+        opts: &SnapshotOptions,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let moved = opts.source_moved;
         let volume = &source.volume;
         let here = &source.id;
         // Hosts are named only when they differ.
@@ -282,7 +291,8 @@ impl Store {
             "If it is another disk, give it a volume of its own: `blocksnap snapshot create {p} --volume NEW-NAME`, or `blocksnap volume add NEW-NAME {p}` and use that name (also in `image create --volume DEVICE=NEW-NAME`). If it is the same disk, moved, renamed or now on another host, pass --source-moved: the snapshot then records its new place",
             p = here.path
         );
-        if let Some(mut reg) = self.volume(volume)? {
+        let registered = self.volume(volume)?;
+        if let Some(mut reg) = registered.clone() {
             if differs(&reg.path, reg.host.as_deref(), here) {
                 if !moved {
                     return Err(StoreError::Usage(format!(
@@ -306,6 +316,16 @@ impl Store {
             return Ok(());
         };
         if differs(path, latest.source_host.as_deref(), here) {
+            if opts.volume.is_some() && registered.is_none() {
+                progress.message(&format!(
+                    "note: volume '{volume}' was last snapshotted from {} ({}); this snapshot \
+                     reads {}, as --volume {volume} asks",
+                    recorded(path, latest.source_host.as_deref()),
+                    latest.id,
+                    current(latest.source_host.as_deref())
+                ));
+                return Ok(());
+            }
             return Err(StoreError::Usage(format!(
                 "{} is not the disk volume '{volume}' was snapshotted from: its latest snapshot {} read {}. Two different disks must never share one volume's snapshots (the next one would be stored as a change of the other disk, and restoring the volume would give back the wrong one). {remedy}",
                 current(latest.source_host.as_deref()),
