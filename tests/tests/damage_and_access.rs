@@ -166,7 +166,13 @@ fn garbage_index_is_rebuilt_by_the_next_command_and_by_repair() {
             "--volume",
             "disk",
         ],
-        vec!["snapshot", "restore", &f.snap, out.to_str().unwrap()],
+        vec![
+            "snapshot",
+            "restore",
+            &f.snap,
+            out.to_str().unwrap(),
+            "--force",
+        ],
     ] {
         garble();
         let run = f.env.run(&args);
