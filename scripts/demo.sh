@@ -16,8 +16,10 @@ if [ -z "$image" ]; then
   mkfs.ext4 -q -F -d /usr/share/doc "$image"
 fi
 run() { printf '+ %s\n' "$*" >&2; "$@"; }
-run $bs snapshot create "$image" --volume demo
-id=$($bs --json snapshot list --volume demo | sed -n 's/.*"id": "\(snap-[0-9a-f]*\)".*/\1/p' | tail -n 1)
+# Each run's image is another disk: it gets a volume of its own (a volume is one disk's chain).
+volume=demo-${work##*.}
+run $bs snapshot create "$image" --volume "$volume"
+id=$($bs --json snapshot list --volume "$volume" | sed -n 's/.*"id": "\(snap-[0-9a-f]*\)".*/\1/p' | tail -n 1)
 run $bs snapshot restore "$id" "$work/restored.img"
 run cmp "$image" "$work/restored.img"
 echo "restored $id byte-identical ($(du -h --apparent-size "$work/restored.img" | cut -f1) apparent, $(du -h "$work/restored.img" | cut -f1) allocated)"

@@ -58,7 +58,15 @@ fn diff_of_an_ext4_disk_changed_with_debugfs_is_exact() {
         .as_str()
         .unwrap()
         .to_string();
-    let b = env.snapshot(&changed, "disk")["id"]
+    // The changed copy is the same disk later, in another file.
+    let b = env.json(&[
+        "snapshot",
+        "create",
+        changed.to_str().unwrap(),
+        "--volume",
+        "disk",
+        "--source-moved",
+    ])["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -117,7 +125,17 @@ fn diff_of_disks_of_different_sizes_counts_the_tail() {
         .as_str()
         .unwrap()
         .to_string();
-    let b = env.snapshot(&big, "v")["id"].as_str().unwrap().to_string();
+    let b = env.json(&[
+        "snapshot",
+        "create",
+        big.to_str().unwrap(),
+        "--volume",
+        "v",
+        "--source-moved",
+    ])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let d = env.json(&["snapshot", "diff", &a, &b]);
     assert_eq!(d["size"], 6 << 20);
     // The written range inside the common size is exact (random bytes that happen to be zero

@@ -516,3 +516,23 @@ fn a_block_device_that_changes_size_during_the_snapshot_fails_it() {
     refused(&out, 1, &[&dev, "changed size"]);
     let _ = Path::new(&dev);
 }
+
+#[test]
+fn one_image_cannot_map_two_disks_of_the_same_name_to_one_volume() {
+    let env = Env::new("source-image-twins");
+    env.init(&[]);
+    let (a, b) = two_disks(&env);
+    let out = env.run(&[
+        "image",
+        "create",
+        "pair",
+        "--volume",
+        &format!("/dev/sda={}", a.display()),
+        "--volume",
+        &format!("/dev/sdb={}", b.display()),
+    ]);
+    refused(&out, 2, &["/dev/sda", "/dev/sdb", "disk.img", "volume add"]);
+    assert_eq!(env.json(&["snapshot", "list"]), serde_json::json!([]));
+    assert_eq!(env.json(&["image", "list"]), serde_json::json!([]));
+    assert_eq!(lock_objects(&env), Vec::<String>::new());
+}

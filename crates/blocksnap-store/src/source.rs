@@ -180,7 +180,7 @@ fn refuse_non_disk(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
             "a snapshot reads disk image files and block devices"
         };
         return Err(StoreError::Usage(format!(
-            "{shown} is {}, not a disk image or block device; {hint}",
+            "{shown} is {}, not a regular file (a disk image) or a block device; {hint}",
             kind_of(ft)
         )));
     }
