@@ -292,11 +292,7 @@ fn bad_input_gets_clear_errors() {
             2,
             "no such disk image",
         ),
-        (
-            &["snapshot", "create", "/tmp"],
-            2,
-            "is a directory, not a disk image",
-        ),
+        (&["snapshot", "create", "/tmp"], 2, "not a regular file"),
         (
             &["snapshot", "restore", "snap-ffffffffffffffff", "/tmp/x.img"],
             2,
@@ -336,8 +332,8 @@ fn bad_input_gets_clear_errors() {
     }
     let out = f.env.run(&["init", "--chunk-size", "3000"]);
     assert_eq!(out.status.code(), Some(2));
-    // A damaged snapshot document is a warning naming the file, not a panic; the listing
-    // goes on without it (issue 12: one damaged document never stops unrelated work).
+    // A damaged snapshot document is skipped by the list with a warning naming the file, and
+    // asking for it is an error naming the file; never a panic.
     let doc = f
         .env
         .store
@@ -345,8 +341,13 @@ fn bad_input_gets_clear_errors() {
         .join(format!("{}.json", f.snap));
     fs::write(&doc, b"{\"format\": \"blocksnap.snapshot/v1\", \"id\": 5}").unwrap();
     let out = f.env.run(&["snapshot", "list"]);
-    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stderr(&out).contains(&f.snap), "{}", stderr(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&f.snap));
+    let out = f.env.run(&["snapshot", "show", &f.snap]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains(&f.snap), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"));
 }
 
 fn walk_keys(dir: &std::path::Path) -> PathBuf {
