@@ -60,7 +60,7 @@ pub use nbd::ServeInfo;
 pub use policy::{PolicyAction, PolicyRunReport, TAG_POLICY, TAG_SCHEDULE};
 pub use progress::{NoProgress, Progress};
 pub use prune::{PruneOptions, PruneReport};
-pub use repair::RepairReport;
+pub use repair::{RepairPacksReport, RepairReport};
 pub use restore::RestoreReport;
 pub use snapshot::{SnapshotOptions, SnapshotReport};
 pub use store::{
