@@ -586,13 +586,22 @@ impl Store {
             };
             let mut what = Vec::new();
             if u.packs > 0 {
-                what.push(format!("{} packs ({} chunks)", u.packs, u.chunks));
+                what.push(format!(
+                    "{} {} ({} chunks)",
+                    u.packs,
+                    if u.packs == 1 { "pack" } else { "packs" },
+                    u.chunks
+                ));
             }
             if !u.snapshots.is_empty() {
                 let ids: Vec<String> = u.snapshots.iter().map(ToString::to_string).collect();
                 what.push(format!(
-                    "the data of {} snapshots ({})",
-                    ids.len(),
+                    "the data of {} ({})",
+                    if ids.len() == 1 {
+                        "1 snapshot".to_string()
+                    } else {
+                        format!("{} snapshots", ids.len())
+                    },
                     ids.join(", ")
                 ));
             }
