@@ -160,6 +160,11 @@ impl Findings {
             ChunkState::Fine(loc) => {
                 referenced.insert(loc.pack);
             }
+            ChunkState::InDamagedRecord(text, pack) => {
+                // The pack is used, if only by a damaged chunk: prune must not be suggested.
+                referenced.insert(pack);
+                self.note(ChunkState::Damaged(text), referenced);
+            }
             ChunkState::Damaged(text) => {
                 self.count += 1;
                 if self.found.len() < MAX_PER_SNAPSHOT {
@@ -175,6 +180,8 @@ impl Findings {
 enum ChunkState {
     Fine(Location),
     Damaged(String),
+    /// Damaged, in a record of this pack.
+    InDamagedRecord(String, PackId),
     Unknown(String),
 }
 
@@ -461,10 +468,14 @@ impl Store {
                         loc.pack
                     )),
                     Some(_) => match damaged.get(&(loc.pack, loc.offset)) {
-                        Some(_) => ChunkState::Damaged(format!(
-                            "chunk {id} (pack {}, offset {}) is damaged (see the pack's problem)",
-                            loc.pack, loc.offset
-                        )),
+                        Some(_) => ChunkState::InDamagedRecord(
+                            format!(
+                                "chunk {id} (pack {}, offset {}) is damaged (see the pack's \
+                                 problem)",
+                                loc.pack, loc.offset
+                            ),
+                            loc.pack,
+                        ),
                         None => ChunkState::Fine(loc),
                     },
                 },
