@@ -273,6 +273,9 @@ fn a_truncated_pack_loses_only_the_chunks_past_its_end_and_heals() {
         lost > 0 && lost < v["chunks"].as_u64().unwrap() - 1,
         "only the chunks past the end are lost: {v}"
     );
+    // Listed per pack up to a limit, then counted: a report a person can read.
+    assert!(v["problems"].as_array().unwrap().len() < 30, "{v}");
+    assert!(text(&v, "problems").contains("more damaged chunks"), "{v}");
     let r = f.env.json(&["repair", "packs"]);
     assert_eq!(ids(&r, "damaged_packs"), vec![name_of(&pack)], "{r}");
     assert_eq!(r["chunks_forgotten"].as_u64().unwrap(), lost, "{r}");

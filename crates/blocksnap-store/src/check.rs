@@ -33,7 +33,7 @@ use crate::progress::Progress;
 use crate::restore::ChunkReader;
 use crate::store::Store;
 
-/// At most this many problems are listed per snapshot; the rest are counted.
+/// At most this many damaged chunks are listed per snapshot and per pack; the rest are counted.
 const MAX_PER_SNAPSHOT: usize = 10;
 
 /// The suffix `repair packs` gives a damaged pack it sets aside (`packs/XX/ID.damaged`).
@@ -141,6 +141,31 @@ struct Unverified {
     packs: u64,
     chunks: u64,
     snapshots: Vec<SnapshotId>,
+}
+
+/// Damaged records listed per pack: the first few, then a count.
+#[derive(Default)]
+struct PerPack(BTreeMap<PackId, usize>);
+
+impl PerPack {
+    fn note(&mut self, problems: &mut Vec<String>, pack: PackId, why: &str) {
+        let n = self.0.entry(pack).or_default();
+        *n += 1;
+        if *n <= MAX_PER_SNAPSHOT {
+            problems.push(format!("pack {pack}: {why}"));
+        }
+    }
+
+    fn finish(&self, problems: &mut Vec<String>) {
+        for (pack, n) in &self.0 {
+            if *n > MAX_PER_SNAPSHOT {
+                problems.push(format!(
+                    "pack {pack}: and {} more damaged chunks ({n} in all)",
+                    n - MAX_PER_SNAPSHOT
+                ));
+            }
+        }
+    }
 }
 
 /// What was found about one snapshot's chunks.
@@ -275,6 +300,7 @@ impl Store {
         let mut states: HashMap<PackId, PackState> = HashMap::new();
         let mut sizes: HashMap<PackId, u64> = HashMap::new();
         let mut damaged_packs: BTreeSet<PackId> = BTreeSet::new();
+        let mut per_pack = PerPack::default();
         // Records known to be damaged, by pack and offset, with the reason.
         let mut damaged: HashMap<(PackId, u64), String> = HashMap::new();
         progress.start(
@@ -377,7 +403,7 @@ impl Store {
                             damaged_packs.insert(*id);
                         }
                         for (e, why) in errors {
-                            report.problems.push(format!("pack {id}: {why}"));
+                            per_pack.note(&mut report.problems, *id, &why);
                             damaged.insert((*id, e.offset), why);
                         }
                         report.not_verified.extend(unread);
@@ -429,7 +455,7 @@ impl Store {
                         Some(Ok(())) => report.chunks_verified += 1,
                         Some(Err(why)) => {
                             report.chunks_damaged += 1;
-                            report.problems.push(format!("pack {}: {why}", loc.pack));
+                            per_pack.note(&mut report.problems, loc.pack, &why);
                             damaged.insert((loc.pack, loc.offset), why);
                         }
                         None => report.chunks_not_verified += 1,
@@ -438,6 +464,7 @@ impl Store {
                 Some(PackState::Sound | PackState::Unverified) => {}
             }
         }
+        per_pack.finish(&mut report.problems);
         for (pack, n) in &stale {
             report.stale_index_entries += n;
             report.problems.push(format!(
@@ -724,8 +751,8 @@ fn next_steps(report: &CheckReport, read_data: bool, volumes: &BTreeSet<String>)
         ));
         steps.push(
             "run `blocksnap check --read-data`: snapshots still damaged then hold data that no \
-             source has any more, which cannot come back; restore what they still hold elsewhere \
-             if needed, then delete them (`blocksnap snapshot delete ID`)"
+             source has any more, which cannot come back (they cannot be restored); delete them \
+             (`blocksnap snapshot delete ID`) once nothing more is wanted from them"
                 .into(),
         );
     }
