@@ -75,7 +75,9 @@ pub enum Command {
         repack_threshold: f64,
     },
     /// Verify the store: documents, pack trailers, the index, every snapshot's chunks.
-    /// Exits 4 when it finds damage, and lists the packs, chunks, snapshots and images affected.
+    /// Exits 4 when it finds damage, and lists the packs, chunks, snapshots and images affected
+    /// and the steps that heal it; exits 5 when it found none but could not verify everything
+    /// (no grant on a key, a pack it could not read), and says what was not verified.
     Check {
         /// Also decrypt every chunk of every pack and verify it against its id.
         #[arg(long)]
@@ -209,6 +211,16 @@ pub enum RepairCmd {
         /// Say what would be moved; move nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Heal the store after packs were damaged or deleted: the index forgets the chunks of
+    /// missing packs; the intact chunks of each damaged pack are verified and moved to new
+    /// packs, the rest forgotten, and the pack renamed to packs/XX/ID.damaged. The next
+    /// snapshot of a source that holds the lost chunks stores them again.
+    Packs {
+        /// Also decrypt and verify every record, to find damage inside packs whose trailer is
+        /// intact (what `check --read-data` finds).
+        #[arg(long)]
+        read_data: bool,
     },
 }
 

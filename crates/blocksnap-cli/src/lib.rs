@@ -18,7 +18,8 @@ use args::{
     TrashCmd, VolumeCmd,
 };
 use blocksnap_store::{
-    ChunkerKind, ErrorKind, InitOptions, SnapshotDoc, SnapshotOptions, Store, StoreError,
+    ChunkerKind, ErrorKind, InitOptions, SnapshotDoc, SnapshotId, SnapshotOptions, Store,
+    StoreError,
 };
 use clap::Parser;
 use parse::human;
@@ -31,6 +32,7 @@ pub fn main() -> ExitCode {
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<DamageFound>().is_some() => ExitCode::from(4),
+        Err(e) if e.downcast_ref::<NotVerified>().is_some() => ExitCode::from(5),
         Err(e) => {
             let code = match e.downcast_ref::<StoreError>().map(StoreError::kind) {
                 Some(ErrorKind::Usage) => 2,
@@ -65,6 +67,18 @@ impl std::fmt::Display for DamageFound {
 }
 
 impl std::error::Error for DamageFound {}
+
+/// `check` found no damage but could not verify everything: exit status 5 (already said).
+#[derive(Debug)]
+struct NotVerified;
+
+impl std::fmt::Display for NotVerified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("check could not verify everything")
+    }
+}
+
+impl std::error::Error for NotVerified {}
 
 pub(crate) struct Ctx<'a> {
     pub(crate) cli: &'a Cli,
@@ -239,8 +253,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             let store = ctx.open()?;
             let access = store.access(cli.account.as_deref(), cli.identity.as_deref())?;
             let r = store.check(&access, *read_data, &ctx.progress)?;
-            for s in &r.skipped {
-                ctx.note(&format!("not checked: {s}"));
+            // What was not verified is said even under -q: a green result would be false.
+            for s in &r.not_verified {
+                eprintln!("not verified: {s}");
             }
             if r.unindexed_chunks > 0 {
                 ctx.note(&format!(
@@ -249,33 +264,61 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                     r.unindexed_chunks
                 ));
             }
+            for n in &r.notes {
+                ctx.note(&format!("note: {n}"));
+            }
+            ctx.output(&r, || check_text(&r, *read_data))?;
+            if !r.problems.is_empty() {
+                Err(DamageFound.into())
+            } else if !r.not_verified.is_empty() {
+                Err(NotVerified.into())
+            } else {
+                Ok(())
+            }
+        }
+        Command::Repair(RepairCmd::Packs { read_data }) => {
+            let store = ctx.open()?;
+            let access = store.access(cli.account.as_deref(), cli.identity.as_deref())?;
+            let r = store.repair_packs(&access, *read_data, &ctx.progress)?;
+            for p in &r.not_repaired {
+                eprintln!("not repaired: {p}");
+            }
             ctx.output(&r, || {
                 let mut t = String::new();
-                for p in &r.problems {
-                    t += &format!("problem: {p}\n");
+                for p in &r.missing_packs {
+                    t += &format!("missing pack {p}: the index forgot its chunks\n");
+                }
+                for (p, aside) in r.damaged_packs.iter().zip(&r.set_aside) {
+                    t += &format!("damaged pack {p}: set aside as {}\n", aside.display());
                 }
                 t += &format!(
-                    "checked {} snapshots, {} packs, {} chunks{}: {}",
-                    r.snapshots,
+                    "{} packs examined{}: {} missing, {} damaged; {} intact chunks moved to new \
+                     packs, {} lost chunks forgotten",
                     r.packs,
-                    r.chunks,
                     if *read_data {
-                        format!(" ({} verified)", r.chunks_verified)
+                        format!(", {} chunks verified", r.chunks_verified)
                     } else {
                         String::new()
                     },
-                    if r.ok {
-                        "no problems".to_string()
-                    } else {
-                        format!("{} problems", r.problems.len())
-                    }
+                    r.missing_packs.len(),
+                    r.damaged_packs.len(),
+                    r.chunks_moved,
+                    r.chunks_forgotten
                 );
+                if r.chunks_forgotten > 0 {
+                    t += "\nnext: snapshot the affected volumes again from their sources (the \
+                          lost chunks a source still holds are stored again), then run \
+                          `blocksnap check --read-data`";
+                }
                 t
             })?;
-            if r.ok {
+            if r.not_repaired.is_empty() {
                 Ok(())
             } else {
-                Err(DamageFound.into())
+                anyhow::bail!(
+                    "{} packs could not be examined or repaired (listed above)",
+                    r.not_repaired.len()
+                )
             }
         }
         Command::Repair(RepairCmd::Documents { dry_run }) => {
@@ -384,6 +427,98 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::Bench(a) => bench(&ctx, a),
     }
+}
+
+/// `check`'s report for people: the problems, then a summary whose counts add up, then what to
+/// do.
+fn check_text(r: &blocksnap_store::CheckReport, read_data: bool) -> String {
+    let ids = |v: &[SnapshotId]| -> String {
+        const SHOWN: usize = 10;
+        let mut s: Vec<String> = v.iter().take(SHOWN).map(ToString::to_string).collect();
+        if v.len() > SHOWN {
+            s.push(format!("and {} more", v.len() - SHOWN));
+        }
+        s.join(", ")
+    };
+    let mut t = String::new();
+    for p in &r.problems {
+        t += &format!("problem: {p}\n");
+    }
+    t += &format!("snapshots: {} checked", r.snapshots);
+    if r.snapshots > 0 {
+        t += &format!(
+            ", {} damaged{}, {} intact{}",
+            r.damaged_snapshots.len(),
+            if r.damaged_snapshots.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", ids(&r.damaged_snapshots))
+            },
+            r.intact_snapshots.len(),
+            if r.intact_snapshots.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", ids(&r.intact_snapshots))
+            },
+        );
+    }
+    if !r.unverified_snapshots.is_empty() {
+        t += &format!(
+            "; {} not verified ({})",
+            r.unverified_snapshots.len(),
+            ids(&r.unverified_snapshots)
+        );
+    }
+    t += &format!("\npacks: {}", r.packs);
+    if !r.damaged_packs.is_empty() {
+        t += &format!(", {} damaged", r.damaged_packs.len());
+    }
+    if !r.missing_packs.is_empty() {
+        t += &format!(", {} missing", r.missing_packs.len());
+    }
+    t += &format!(
+        "\nchunks: {}: {} verified, {} damaged, {} not verified{}",
+        r.chunks,
+        r.chunks_verified,
+        r.chunks_damaged,
+        r.chunks_not_verified,
+        if read_data {
+            ""
+        } else {
+            " (data not read: `--read-data` verifies it)"
+        }
+    );
+    t += &format!("\nimages: {}", r.images);
+    if !r.damaged_images.is_empty() {
+        t += &format!(", {} damaged", r.damaged_images.len());
+    }
+    t += &format!(
+        "\nresult: {}",
+        match (r.problems.len(), r.not_verified.len()) {
+            (0, 0) => "no problems".to_string(),
+            (0, n) => format!(
+                "no problems found, but not everything was verified ({n} {}, on stderr)",
+                plural(n, "item", "items")
+            ),
+            (p, 0) => format!("{p} {}", plural(p, "problem", "problems")),
+            (p, n) => format!(
+                "{p} {}; not everything was verified ({n} {}, on stderr)",
+                plural(p, "problem", "problems"),
+                plural(n, "item", "items")
+            ),
+        }
+    );
+    if !r.next_steps.is_empty() {
+        t += "\nwhat to do:";
+        for (i, s) in r.next_steps.iter().enumerate() {
+            t += &format!("\n  {}. {s}", i + 1);
+        }
+    }
+    t
+}
+
+fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 { one } else { many }
 }
 
 /// A snapshot as `snapshot list` and `show` print it.

@@ -4,7 +4,9 @@
 //! every fact in it is also in a pack trailer, and [`Index::clear`] plus re-inserting every
 //! trailer's entries (`blocksnap repair index`) rebuilds it. The store writes entries only after
 //! the pack that holds them is durable, so an entry never points at a pack that is not there
-//! (unless the pack was later damaged or deleted by hand, which `check` reports).
+//! (unless the pack was later damaged or deleted by hand: `check` reports it, a snapshot's dedup
+//! trusts an entry only if its pack exists, and `blocksnap repair packs` makes the index forget
+//! the chunks that are lost).
 //!
 //! sled opens a database in one process at a time. [`Index::open`] therefore waits, calling
 //! back so the caller can tell the user, until the other process lets go.
@@ -193,6 +195,20 @@ impl Index {
         Ok(())
     }
 
+    /// Removes the entry of `id` if it is still `expected`; true if it was removed. A concurrent
+    /// insert of a new location for the chunk (its pack stored again) is never undone.
+    pub fn remove_if(&self, id: &ChunkId, expected: &Location) -> Result<bool, IndexError> {
+        let swapped = self
+            .db
+            .compare_and_swap(
+                &id.as_bytes()[..],
+                Some(&expected.encode()[..]),
+                None::<&[u8]>,
+            )
+            .map_err(|e| self.damaged(e))?;
+        Ok(swapped.is_ok())
+    }
+
     /// Makes every change so far durable.
     pub fn flush(&self) -> Result<(), IndexError> {
         self.db.flush().map(|_| ()).map_err(|e| self.damaged(e))
@@ -256,6 +272,12 @@ mod tests {
         assert_eq!(index.len(), 2);
         assert!(index.contains(&ChunkId([1; 32])).unwrap());
         index.remove_batch(&[ChunkId([1; 32])]).unwrap();
+        let other = Location { offset: 65, ..loc };
+        assert!(!index.remove_if(&ChunkId([2; 32]), &other).unwrap());
+        assert!(index.contains(&ChunkId([2; 32])).unwrap());
+        assert!(index.remove_if(&ChunkId([2; 32]), &loc).unwrap());
+        assert!(!index.contains(&ChunkId([2; 32])).unwrap());
+        index.insert_batch(&[(ChunkId([2; 32]), loc)]).unwrap();
         assert_eq!(index.get(&ChunkId([1; 32])).unwrap(), None);
         assert_eq!(index.iter().count(), 1);
         index.clear().unwrap();

@@ -36,7 +36,9 @@ mod pack;
 
 pub use codec::{AuthFailed, ChunkCodec, DataKey, PackCipher, decompress, nonce_for};
 pub use error::PackError;
-pub use pack::{Entry, PackHeader, PackWriter, parse_trailer, read_trailer};
+pub use pack::{
+    Entry, PackHeader, PackLayout, PackWriter, parse_trailer, read_layout, read_trailer,
+};
 
 #[cfg(test)]
 mod tests {
@@ -148,6 +150,30 @@ mod tests {
             read_trailer(Cursor::new(&bytes), |_| None),
             Err(PackError::WrongKey(_))
         ));
+    }
+
+    #[test]
+    fn layout_is_read_and_checked_without_a_key() {
+        for codec in [
+            ChunkCodec::encrypted(KeyId(7), DataKey::from_bytes([3; 32]), 3),
+            ChunkCodec::plain(3),
+        ] {
+            let (bytes, entries) = pack_of(&codec, &sample());
+            let layout = read_layout(Cursor::new(&bytes)).unwrap();
+            assert_eq!(layout.entries, entries.len() as u64);
+            assert_eq!(layout.len, bytes.len() as u64);
+            let last = entries.last().unwrap();
+            assert_eq!(layout.records_end, last.offset + u64::from(last.stored_len));
+            for cut in [bytes.len() - 1, bytes.len() / 2, 100] {
+                assert!(
+                    read_layout(Cursor::new(&bytes[..cut])).is_err(),
+                    "cut at {cut}"
+                );
+            }
+            let mut longer = bytes.clone();
+            longer.extend_from_slice(&[0; 48]);
+            assert!(read_layout(Cursor::new(&longer)).is_err());
+        }
     }
 
     #[test]

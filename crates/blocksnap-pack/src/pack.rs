@@ -204,12 +204,26 @@ impl<W: Write> PackWriter<W> {
     }
 }
 
-/// Reads a pack's header and trailer from untrusted bytes. `codec_for` returns the codec of the
-/// key named in the header (or the plain codec), or none when that key is not available.
-pub fn read_trailer<'c, R: Read + Seek>(
-    mut r: R,
-    codec_for: impl FnOnce(Option<KeyId>) -> Option<&'c ChunkCodec>,
-) -> Result<(PackHeader, Vec<Entry>), PackError> {
+/// What can be known of a pack without its key: its header, its length, where its records end
+/// and how many entries its trailer holds, all checked against each other and the file length.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackLayout {
+    /// The header.
+    pub header: PackHeader,
+    /// The file's length.
+    pub len: u64,
+    /// Where the records end and the (sealed) trailer starts.
+    pub records_end: u64,
+    /// The sealed trailer's length.
+    pub trailer_len: u64,
+    /// How many entries the trailer holds (from its length).
+    pub entries: u64,
+}
+
+/// Reads and checks what a pack's header and footer say, without a key: the magic and version,
+/// the footer, and that the trailer length fits the file and a whole number of entries. A
+/// truncated or extended pack fails here.
+pub fn read_layout<R: Read + Seek>(mut r: R) -> Result<PackLayout, PackError> {
     let len = r.seek(SeekFrom::End(0))?;
     if len < (HEADER_LEN + FOOTER_LEN + TRAILER_HEAD_LEN) as u64 || len > MAX_PACK_LEN {
         return Err(PackError::NotAPack(format!(
@@ -235,9 +249,51 @@ pub fn read_trailer<'c, R: Read + Seek>(
             "trailer length {tlen} does not fit a pack of {len} bytes"
         )));
     }
+    let tag = if parsed.key_id.is_some() {
+        TAG_LEN as u64
+    } else {
+        0
+    };
+    let body = tlen.checked_sub(TRAILER_HEAD_LEN as u64 + tag);
+    let entries = match body {
+        Some(b) if b % ENTRY_LEN as u64 == 0 => b / ENTRY_LEN as u64,
+        _ => {
+            return Err(PackError::BadTrailer(format!(
+                "trailer length {tlen} is not a whole number of entries"
+            )));
+        }
+    };
     let records_end = len - FOOTER_LEN as u64 - tlen;
-    let mut trailer = vec![0u8; tlen as usize];
-    r.seek(SeekFrom::Start(records_end))?;
+    // Every record takes at least one byte (plus a tag when sealed).
+    if entries.saturating_mul(1 + tag) > records_end - HEADER_LEN as u64 {
+        return Err(PackError::BadTrailer(format!(
+            "{entries} entries do not fit the {} bytes of records",
+            records_end - HEADER_LEN as u64
+        )));
+    }
+    Ok(PackLayout {
+        header: parsed,
+        len,
+        records_end,
+        trailer_len: tlen,
+        entries,
+    })
+}
+
+/// Reads a pack's header and trailer from untrusted bytes. `codec_for` returns the codec of the
+/// key named in the header (or the plain codec), or none when that key is not available.
+pub fn read_trailer<'c, R: Read + Seek>(
+    mut r: R,
+    codec_for: impl FnOnce(Option<KeyId>) -> Option<&'c ChunkCodec>,
+) -> Result<(PackHeader, Vec<Entry>), PackError> {
+    let layout = read_layout(&mut r)?;
+    let parsed = layout.header;
+    // The trailer's associated data is the header as written (reserved bytes included).
+    let mut header = [0u8; HEADER_LEN];
+    r.seek(SeekFrom::Start(0))?;
+    r.read_exact(&mut header)?;
+    let mut trailer = vec![0u8; layout.trailer_len as usize];
+    r.seek(SeekFrom::Start(layout.records_end))?;
     r.read_exact(&mut trailer)?;
     let codec = codec_for(parsed.key_id).ok_or_else(|| {
         PackError::WrongKey(
@@ -256,7 +312,7 @@ pub fn read_trailer<'c, R: Read + Seek>(
                 PackError::BadTrailer("authentication failed (damaged, or another key)".into())
             })?;
     }
-    let entries = parse_trailer(&trailer, records_end)?;
+    let entries = parse_trailer(&trailer, layout.records_end)?;
     Ok((parsed, entries))
 }
 

@@ -65,7 +65,7 @@ pub use policy::{PolicyAction, PolicyRunReport, TAG_POLICY, TAG_SCHEDULE};
 pub use progress::{NoProgress, Progress};
 pub use prune::{PruneOptions, PruneReport};
 pub use recovery::{RECOVERY_FORMAT, RecoveryExportReport, RecoveryImportReport};
-pub use repair::RepairReport;
+pub use repair::{RepairPacksReport, RepairReport};
 pub use restore::{RestoreOptions, RestoreReport, TargetKind};
 pub use snapshot::{SnapshotOptions, SnapshotReport};
 pub use store::{

@@ -1,18 +1,56 @@
 //! `repair index`: rebuild the dedup index from the pack trailers alone.
+//! `repair packs`: heal the store after packs were damaged or deleted.
 
-use std::collections::HashMap;
-use std::fs::File;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 
-use blocksnap_index::Index;
-use blocksnap_manifest::KeyId;
-use blocksnap_pack::{ChunkCodec, read_trailer};
+use blocksnap_index::{Index, Location};
+use blocksnap_manifest::{ChunkId, KeyId, PackId};
+use blocksnap_pack::{ChunkCodec, Entry, PackError, PackHeader, read_layout, read_trailer};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::access::Access;
+use crate::check::DAMAGED_SUFFIX;
 use crate::error::{Result, StoreError};
+use crate::fsutil;
 use crate::progress::Progress;
-use crate::sink::location;
+use crate::sink::{ChunkSink, location};
 use crate::store::Store;
+
+/// What `repair packs` did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RepairPacksReport {
+    /// Pack files examined.
+    pub packs: u64,
+    /// Packs the index pointed at that are missing: the index forgot their chunks.
+    pub missing_packs: Vec<PackId>,
+    /// Damaged packs: their intact chunks were moved to new packs, the rest forgotten, and the
+    /// pack renamed to `packs/XX/ID.damaged` (no command reads it any more).
+    pub damaged_packs: Vec<PackId>,
+    /// Where the damaged packs are now.
+    pub set_aside: Vec<PathBuf>,
+    /// Intact chunks of damaged packs, verified and moved to new packs.
+    pub chunks_moved: u64,
+    /// Index entries removed: chunks that are lost until a snapshot stores them again.
+    pub chunks_forgotten: u64,
+    /// Records decrypted and verified (`--read-data`).
+    pub chunks_verified: u64,
+    /// What could not be examined or repaired, and why.
+    pub not_repaired: Vec<String>,
+}
+
+/// A damaged pack found by `repair packs`.
+struct Damaged {
+    id: PackId,
+    path: PathBuf,
+    header: Option<PackHeader>,
+    /// The trailer's entries when it could be read, and the offsets of damaged records.
+    entries: Vec<Entry>,
+    bad: HashSet<u64>,
+}
 
 /// What `repair index` did.
 #[derive(Clone, Debug, Serialize)]
@@ -93,4 +131,267 @@ impl Store {
         progress.finish();
         Ok(report)
     }
+}
+
+impl Store {
+    /// Heals the store after packs were damaged or deleted: the index forgets the chunks of
+    /// missing packs; each damaged pack (its layout or trailer does not read, or with
+    /// `read_data` a record does not decode) has its intact chunks verified and moved to new
+    /// packs, the rest forgotten, and is renamed to `packs/XX/ID.damaged`. The next snapshot of
+    /// a source that holds the lost chunks stores them again.
+    ///
+    /// Order, for crash safety: new packs are durable and indexed before the damaged pack is
+    /// renamed, and it is renamed before its entries are removed (an entry pointing at a pack
+    /// that is not there is ignored by dedup and found again by the next run).
+    pub fn repair_packs(
+        &self,
+        access: &Access,
+        read_data: bool,
+        progress: &dyn Progress,
+    ) -> Result<RepairPacksReport> {
+        let _lock = self.lock_exclusive("repair", progress)?;
+        let index = self.open_index(access, progress)?;
+        let mut report = RepairPacksReport::default();
+        let mut codecs: HashMap<Option<KeyId>, Result<ChunkCodec>> = HashMap::new();
+        let packs = self.list_packs()?;
+        report.packs = packs.len() as u64;
+        let present: HashSet<PackId> = packs.iter().map(|(id, _)| *id).collect();
+        let mut damaged: Vec<Damaged> = Vec::new();
+        progress.start(
+            if read_data {
+                "repair packs: read data"
+            } else {
+                "repair packs"
+            },
+            packs.len() as u64,
+        );
+        for (id, path) in &packs {
+            progress.advance(1);
+            let file = match File::open(path) {
+                Ok(f) => f,
+                Err(e) => {
+                    report
+                        .not_repaired
+                        .push(format!("pack {id}: cannot open {}: {e}", path.display()));
+                    continue;
+                }
+            };
+            let broken = |header: Option<PackHeader>| Damaged {
+                id: *id,
+                path: path.clone(),
+                header,
+                entries: Vec::new(),
+                bad: HashSet::new(),
+            };
+            let layout = match read_layout(&file) {
+                Ok(l) => l,
+                Err(PackError::Io(e)) if e.kind() != std::io::ErrorKind::UnexpectedEof => {
+                    report
+                        .not_repaired
+                        .push(format!("pack {id}: cannot read {}: {e}", path.display()));
+                    continue;
+                }
+                Err(_) => {
+                    damaged.push(broken(read_header(&file)));
+                    continue;
+                }
+            };
+            let key = layout.header.key_id;
+            let codec = codecs.entry(key).or_insert_with(|| self.codec(access, key));
+            let codec = match codec {
+                Ok(c) => c,
+                Err(e) => {
+                    if read_data {
+                        report
+                            .not_repaired
+                            .push(format!("pack {id}: its records were not verified: {e}"));
+                    }
+                    continue;
+                }
+            };
+            let entries = match read_trailer(&file, |_| Some(&*codec)) {
+                Ok((_, entries)) => entries,
+                Err(_) => {
+                    damaged.push(broken(Some(layout.header)));
+                    continue;
+                }
+            };
+            if read_data {
+                let cipher = codec.pack_cipher(&layout.header.salt);
+                let results: Vec<(u64, std::result::Result<(), std::io::Error>, bool)> = entries
+                    .par_iter()
+                    .map(|e| {
+                        let mut rec = vec![0u8; e.stored_len as usize];
+                        match file.read_exact_at(&mut rec, e.offset) {
+                            Err(err) => (e.offset, Err(err), false),
+                            Ok(()) => {
+                                let ok = codec
+                                    .decode(cipher.as_ref(), &e.id, e.offset, e.raw_len, rec)
+                                    .is_ok();
+                                (e.offset, Ok(()), ok)
+                            }
+                        }
+                    })
+                    .collect();
+                let mut bad = HashSet::new();
+                for (offset, read, ok) in results {
+                    match read {
+                        Err(e) if e.kind() != std::io::ErrorKind::UnexpectedEof => {
+                            report.not_repaired.push(format!(
+                                "pack {id}: cannot read the record at offset {offset} of {}: {e}",
+                                path.display()
+                            ));
+                        }
+                        _ if ok => report.chunks_verified += 1,
+                        _ => {
+                            bad.insert(offset);
+                        }
+                    }
+                }
+                if !bad.is_empty() {
+                    damaged.push(Damaged {
+                        id: *id,
+                        path: path.clone(),
+                        header: Some(layout.header),
+                        entries,
+                        bad,
+                    });
+                }
+            }
+        }
+        progress.finish();
+
+        // The index: entries into missing packs go; entries into damaged packs are collected.
+        let damaged_ids: HashSet<PackId> = damaged.iter().map(|d| d.id).collect();
+        let mut into: HashMap<PackId, Vec<(ChunkId, Location)>> = HashMap::new();
+        let mut missing: BTreeMap<PackId, u64> = BTreeMap::new();
+        for entry in index.iter() {
+            let (id, loc) = entry?;
+            if !present.contains(&loc.pack) {
+                if index.remove_if(&id, &loc)? {
+                    report.chunks_forgotten += 1;
+                    *missing.entry(loc.pack).or_default() += 1;
+                }
+            } else if damaged_ids.contains(&loc.pack) {
+                into.entry(loc.pack).or_default().push((id, loc));
+            }
+        }
+        index.flush()?;
+        report.missing_packs = missing.into_keys().collect();
+
+        // Damaged packs: move what is intact, set the pack aside, forget the rest.
+        progress.start("repair packs: move intact chunks", damaged.len() as u64);
+        for d in damaged {
+            progress.advance(1);
+            let indexed = into.remove(&d.id).unwrap_or_default();
+            let codec = match &d.header {
+                None => None,
+                Some(h) => {
+                    let key = h.key_id;
+                    match codecs.entry(key).or_insert_with(|| self.codec(access, key)) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            report.not_repaired.push(format!(
+                                "pack {} is damaged, but its chunks cannot be moved without its \
+                                 key: {e}; an account holding the key can run `blocksnap repair \
+                                 packs`",
+                                d.id
+                            ));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let (moved, lost) = self.move_intact(&index, &d, codec.map(|c| &*c), &indexed)?;
+            let aside = d.path.with_file_name(format!("{}{DAMAGED_SUFFIX}", d.id));
+            fs::rename(&d.path, &aside)
+                .map_err(StoreError::io("cannot set the damaged pack aside", &d.path))?;
+            fsutil::sync_dir(aside.parent().expect("packs/XX"))?;
+            for (id, loc) in &lost {
+                if index.remove_if(id, loc)? {
+                    report.chunks_forgotten += 1;
+                }
+            }
+            index.flush()?;
+            report.chunks_moved += moved;
+            report.damaged_packs.push(d.id);
+            report.set_aside.push(aside);
+        }
+        progress.finish();
+        Ok(report)
+    }
+
+    /// Reads every chunk of a damaged pack that may still be intact (where the index places
+    /// it, or where the trailer does for a chunk the index lacks), verifies it and stores it in
+    /// new packs, which are then durable and indexed. Returns how many were moved and the index
+    /// entries of those that are lost.
+    fn move_intact(
+        &self,
+        index: &Index,
+        d: &Damaged,
+        codec: Option<&ChunkCodec>,
+        indexed: &[(ChunkId, Location)],
+    ) -> Result<(u64, Vec<(ChunkId, Location)>)> {
+        let mut candidates: BTreeMap<u64, (ChunkId, Location, bool)> = BTreeMap::new();
+        for (id, loc) in indexed {
+            candidates.insert(loc.offset, (*id, *loc, true));
+        }
+        for e in &d.entries {
+            if !candidates.contains_key(&e.offset) && index.get(&e.id)?.is_none() {
+                candidates.insert(e.offset, (e.id, location(d.id, e), false));
+            }
+        }
+        let mut lost = Vec::new();
+        let (Some(codec), Some(header)) = (codec, &d.header) else {
+            lost.extend(
+                candidates
+                    .into_values()
+                    .filter(|c| c.2)
+                    .map(|(id, loc, _)| (id, loc)),
+            );
+            return Ok((0, lost));
+        };
+        let file = File::open(&d.path).map_err(StoreError::io("cannot open pack", &d.path))?;
+        let cipher = codec.pack_cipher(&header.salt);
+        let mut sink = ChunkSink::relocating(self, codec, index);
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0usize;
+        let mut moved = 0u64;
+        for (offset, (id, loc, in_index)) in candidates {
+            let data = if d.bad.contains(&offset) {
+                None
+            } else {
+                let mut rec = vec![0u8; loc.stored_len as usize];
+                file.read_exact_at(&mut rec, loc.offset)
+                    .ok()
+                    .and_then(|()| {
+                        codec
+                            .decode(cipher.as_ref(), &id, loc.offset, loc.raw_len, rec)
+                            .ok()
+                    })
+            };
+            match data {
+                Some(data) => {
+                    moved += 1;
+                    batch_bytes += data.len();
+                    batch.push((id, data));
+                    if batch_bytes >= 64 << 20 {
+                        sink.put(std::mem::take(&mut batch))?;
+                        batch_bytes = 0;
+                    }
+                }
+                None if in_index => lost.push((id, loc)),
+                None => {}
+            }
+        }
+        sink.put(batch)?;
+        sink.finish()?;
+        Ok((moved, lost))
+    }
+}
+
+fn read_header(file: &File) -> Option<PackHeader> {
+    let mut h = [0u8; blocksnap_pack::format::HEADER_LEN];
+    file.read_exact_at(&mut h, 0).ok()?;
+    PackHeader::decode(&h).ok()
 }

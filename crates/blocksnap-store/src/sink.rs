@@ -4,23 +4,98 @@
 //! Closing a pack (fsync, rename, directory fsync, index insert) runs on a closer thread while
 //! the next pack fills, so the pipeline does not stall on the disk. A chunk stays in the sink's
 //! `pending` set until the closer has indexed its pack; `finish` waits for every pack.
+//!
+//! Dedup trusts an index entry only if its pack exists ([`Dedup`]): a pack deleted by hand must
+//! not make a new snapshot reference chunks that no pack holds.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
 use blocksnap_index::{Index, Location};
-use blocksnap_manifest::ChunkId;
+use blocksnap_manifest::{ChunkId, PackId};
 use blocksnap_pack::{ChunkCodec, PackWriter};
 use rayon::prelude::*;
 
 use crate::error::{Result, StoreError};
 use crate::fsutil;
 use crate::store::Store;
+
+/// The index as dedup may trust it: an entry counts only if its pack exists. Each pack is
+/// looked at once per run (one `stat`, cached: an incremental snapshot pays one per pack it
+/// shares chunks with). An entry found pointing at a missing pack is removed from the index,
+/// unless it changed meanwhile ([`Index::remove_if`]), and the chunk is stored again.
+#[derive(Clone)]
+pub(crate) struct Dedup {
+    index: Index,
+    root: PathBuf,
+    packs: Arc<RwLock<HashMap<PackId, bool>>>,
+    /// Packs found missing, with the number of entries dropped for each.
+    missing: Arc<Mutex<BTreeMap<PackId, u64>>>,
+}
+
+impl Dedup {
+    pub fn new(root: &Path, index: &Index) -> Self {
+        Dedup {
+            index: index.clone(),
+            root: root.to_path_buf(),
+            packs: Arc::default(),
+            missing: Arc::default(),
+        }
+    }
+
+    /// True if the store holds `id` in a pack that exists.
+    pub fn contains(&self, id: &ChunkId) -> Result<bool> {
+        let Some(loc) = self.index.get(id)? else {
+            return Ok(false);
+        };
+        if self.pack_exists(&loc.pack)? {
+            return Ok(true);
+        }
+        if self.index.remove_if(id, &loc)? {
+            *self
+                .missing
+                .lock()
+                .expect("not poisoned")
+                .entry(loc.pack)
+                .or_default() += 1;
+        }
+        Ok(false)
+    }
+
+    fn pack_exists(&self, pack: &PackId) -> Result<bool> {
+        if let Some(&known) = self.packs.read().expect("not poisoned").get(pack) {
+            return Ok(known);
+        }
+        let path = crate::store::pack_path(&self.root, pack);
+        let exists = match fs::symlink_metadata(&path) {
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => {
+                return Err(StoreError::Io {
+                    what: "cannot look at pack",
+                    path,
+                    source: e,
+                });
+            }
+        };
+        self.packs
+            .write()
+            .expect("not poisoned")
+            .insert(*pack, exists);
+        Ok(exists)
+    }
+
+    /// The packs found missing so far, with the number of index entries dropped for each.
+    pub fn missing(&self) -> BTreeMap<PackId, u64> {
+        self.missing.lock().expect("not poisoned").clone()
+    }
+}
 
 struct OpenPack {
     writer: PackWriter<BufWriter<File>>,
@@ -42,6 +117,7 @@ pub(crate) struct ChunkSink<'a> {
     store: &'a Store,
     codec: &'a ChunkCodec,
     index: &'a Index,
+    dedup: Dedup,
     pack: Option<OpenPack>,
     /// Chunks written to a pack that is not yet indexed: this sink's own, or shared by sinks
     /// that run at once (the volumes of an image), so that none stores what another already is.
@@ -146,6 +222,7 @@ impl<'a> ChunkSink<'a> {
             store,
             codec,
             index,
+            dedup: Dedup::new(store.root(), index),
             pack: None,
             pending: Pending::default(),
             relocate: false,
@@ -179,6 +256,11 @@ impl<'a> ChunkSink<'a> {
     /// encoder need not compress those: the sink would drop the records.
     pub fn pending(&self) -> Pending {
         self.pending.clone()
+    }
+
+    /// What this sink dedups against: lookups for an encoder that runs ahead of it.
+    pub fn dedup(&self) -> Dedup {
+        self.dedup.clone()
     }
 
     /// Stores whichever of `chunks` the store lacks.
@@ -227,7 +309,7 @@ impl<'a> ChunkSink<'a> {
     /// True if the sink should store `id` (it is neither stored nor pending); marks it pending.
     fn claim(&mut self, id: &ChunkId) -> Result<bool> {
         let mut pending = self.pending.lock().expect("not poisoned");
-        if pending.contains(id) || (!self.relocate && self.index.contains(id)?) {
+        if pending.contains(id) || (!self.relocate && self.dedup.contains(id)?) {
             return Ok(false);
         }
         pending.insert(*id);

@@ -21,7 +21,7 @@ use crate::access::Access;
 use crate::error::{Result, StoreError};
 use crate::fsutil;
 use crate::progress::Progress;
-use crate::sink::{ChunkSink, MetaWriter, Pending, SinkStats};
+use crate::sink::{ChunkSink, Dedup, MetaWriter, Pending, SinkStats};
 use crate::source::{Piece, ReadBatch, Source, SourceId};
 use crate::store::{Store, chunker_doc};
 
@@ -125,7 +125,7 @@ fn encode(
     tx: &Sender<(usize, Result<Encoded>)>,
     slots: &Receiver<()>,
     codec: &ChunkCodec,
-    index: &Index,
+    dedup: &Dedup,
     pending: &Pending,
 ) {
     rayon::in_place_scope(|scope| {
@@ -138,7 +138,7 @@ fn encode(
                 // A closed channel means the sink stopped: the result is not wanted.
                 let _ = tx.send((
                     seq,
-                    batch.and_then(|b| encode_batch(&b, codec, index, pending)),
+                    batch.and_then(|b| encode_batch(&b, codec, dedup, pending)),
                 ));
             });
         }
@@ -152,7 +152,7 @@ fn encode(
 fn encode_batch(
     batch: &ReadBatch,
     codec: &ChunkCodec,
-    index: &Index,
+    dedup: &Dedup,
     pending: &Pending,
 ) -> Result<Encoded> {
     let coded: Vec<(Option<ChunkId>, Option<Vec<u8>>)> = batch
@@ -167,7 +167,7 @@ fn encode_batch(
                 // the records compressed only to be dropped from 385 to 74-155 of ~8000 in a
                 // first snapshot of the comparison image (measured).
                 let known =
-                    pending.lock().expect("not poisoned").contains(&id) || index.contains(&id)?;
+                    pending.lock().expect("not poisoned").contains(&id) || dedup.contains(&id)?;
                 Ok((Some(id), (!known).then(|| codec.compress(d))))
             }
         })
@@ -483,7 +483,8 @@ impl Store {
         std::thread::scope(|scope| -> Result<()> {
             let reader = scope.spawn(move || produce(&tx));
             let pending = sink.pending();
-            let encoder = scope.spawn(move || encode(&rx, &etx, &slots, codec, index, &pending));
+            let dedup = sink.dedup();
+            let encoder = scope.spawn(move || encode(&rx, &etx, &slots, codec, &dedup, &pending));
             let result = (|| {
                 let mut done = BTreeMap::new();
                 let mut next = 0;
@@ -527,7 +528,19 @@ impl Store {
         let (tail, count, size) = extents.finish();
         meta_buf.extend(tail);
         meta.write(&mut meta_buf, true, &mut sink)?;
+        let missing = sink.dedup().missing();
         let stats = sink.finish()?;
+        if !missing.is_empty() {
+            let packs: Vec<String> = missing.keys().map(ToString::to_string).collect();
+            progress.message(&format!(
+                "note: the index placed {} chunks in packs that are missing ({}); they were stored \
+                 again where this source holds them, and the index no longer points there. \
+                 `blocksnap check` lists the snapshots the missing packs affect, \
+                 `blocksnap repair packs` makes the index forget the rest of their chunks",
+                missing.values().sum::<u64>(),
+                packs.join(", ")
+            ));
+        }
         Ok(Stored {
             extents: ExtentsDoc {
                 count,
