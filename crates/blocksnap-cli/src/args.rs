@@ -274,7 +274,7 @@ pub enum PolicyCmd {
         /// A volume tag that selects volumes; repeat for more (any one matches).
         #[arg(long = "target-tag", value_name = "K=V", value_parser = crate::parse::tag, required = true)]
         target_tags: Vec<(String, String)>,
-        /// A schedule; give one to four.
+        /// A schedule; repeat for more, one to four in all.
         #[arg(long = "schedule", value_name = "SPEC", required = true)]
         schedules: Vec<String>,
     },

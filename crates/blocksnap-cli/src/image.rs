@@ -74,7 +74,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ImageCmd) -> anyhow::Result<()> {
                     .collect(),
                 root_device: root_device.clone(),
                 key: key.clone(),
-                tags: tags.iter().cloned().collect(),
+                tags: blocksnap_store::tag_map(tags)?,
                 description: description.clone(),
             };
             let r = store.create_image(&ctx.access(&store)?, &opts, &ctx.progress)?;

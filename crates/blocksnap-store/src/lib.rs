@@ -27,6 +27,7 @@
 
 mod access;
 pub mod bench;
+pub mod cancel;
 mod check;
 mod copy;
 mod diff;
@@ -34,6 +35,7 @@ mod error;
 mod fsutil;
 mod image;
 mod lifecycle;
+mod location;
 mod lock;
 mod nbd;
 mod policy;
@@ -45,6 +47,7 @@ mod sink;
 mod snapshot;
 mod source;
 mod store;
+mod tags;
 
 pub use access::Access;
 pub use check::CheckReport;
@@ -55,6 +58,7 @@ pub use image::{
     Audience, DeregisterReport, ImageOptions, ImageReport, RebuildReport, RebuiltVolume,
 };
 pub use lifecycle::TrashEntry;
+pub use location::{SUPPORTED_SCHEMES, local_store_path};
 pub use lock::{LockEntry, LockStatus, UnlockReport};
 pub use nbd::ServeInfo;
 pub use policy::{PolicyAction, PolicyRunReport, TAG_POLICY, TAG_SCHEDULE};
@@ -67,6 +71,7 @@ pub use store::{
     DEFAULT_CHUNK_SIZE, InitOptions, InitReport, Store, config_home, data_home,
     default_account_name, default_store_path,
 };
+pub use tags::tag_map;
 
 pub use blocksnap_chunker::ChunkerKind;
 pub use blocksnap_manifest::{
