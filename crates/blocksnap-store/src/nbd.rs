@@ -326,7 +326,8 @@ impl Read for Cancellable {
                     ) =>
                 {
                     if crate::cancel::is_requested() {
-                        return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
+                        // Not ErrorKind::Interrupted: read_exact would retry that.
+                        return Err(io::Error::other("interrupted"));
                     }
                 }
                 r => return r,
