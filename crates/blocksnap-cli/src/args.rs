@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "blocksnap", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
-    /// The store [default: $XDG_DATA_HOME/blocksnap/store, created on first use].
+    /// The store: a local directory, or file:///PATH (other URLs are refused until a backend
+    /// serves them) [default: $XDG_DATA_HOME/blocksnap/store, created on first use].
     #[arg(long, global = true, env = "BLOCKSNAP_STORE", value_name = "PATH")]
     pub store: Option<PathBuf>,
     /// The account that acts [default: the account created with the store]. Give it before the
