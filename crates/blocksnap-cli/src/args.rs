@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "blocksnap", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
-    /// The store [default: $XDG_DATA_HOME/blocksnap/store, created on first use].
+    /// The store: a local directory, or file:///PATH (other URLs are refused until a backend
+    /// serves them) [default: $XDG_DATA_HOME/blocksnap/store, created on first use].
     #[arg(long, global = true, env = "BLOCKSNAP_STORE", value_name = "PATH")]
     pub store: Option<PathBuf>,
     /// The account that acts [default: the account created with the store]. Give it before the
@@ -328,7 +329,7 @@ pub enum PolicyCmd {
         /// A volume tag that selects volumes; repeat for more (any one matches).
         #[arg(long = "target-tag", value_name = "K=V", value_parser = crate::parse::tag, required = true)]
         target_tags: Vec<(String, String)>,
-        /// A schedule; give one to four.
+        /// A schedule; repeat for more, one to four in all.
         #[arg(long = "schedule", value_name = "SPEC", required = true)]
         schedules: Vec<String>,
     },

@@ -77,7 +77,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ImageCmd) -> anyhow::Result<()> {
                     .collect(),
                 root_device: root_device.clone(),
                 key: key.clone(),
-                tags: tags.iter().cloned().collect(),
+                tags: blocksnap_store::tag_map(tags)?,
                 description: description.clone(),
                 source_moved: *source_moved,
             };

@@ -6,6 +6,7 @@ mod args;
 mod image;
 mod parse;
 mod progress;
+mod signals;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -29,32 +30,114 @@ use serde::Serialize;
 /// Runs the command line; returns the exit status of CLI.md.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<DamageFound>().is_some() => ExitCode::from(4),
-        Err(e) if e.downcast_ref::<NotVerified>().is_some() => ExitCode::from(5),
-        Err(e) => {
-            let code = match e.downcast_ref::<StoreError>().map(StoreError::kind) {
-                Some(ErrorKind::Usage) => 2,
-                Some(ErrorKind::Denied) => 3,
-                _ => 1,
-            };
-            if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                if io.kind() == std::io::ErrorKind::BrokenPipe {
-                    return ExitCode::SUCCESS;
-                }
-            }
-            eprintln!("blocksnap: error: {e:#}");
-            if format!("{e:#}").contains("(os error 28)") {
-                eprintln!(
-                    "hint: a filesystem is full. Nothing committed was lost and the store is consistent; \
-                     free space (`blocksnap prune` reclaims deleted snapshots) and run the command again"
-                );
-            }
-            ExitCode::from(code)
+    signals::install();
+    let result = run(&cli);
+    if !signals::finish() {
+        // The signal thread gave up waiting and is ending the process with its own status.
+        loop {
+            std::thread::park();
         }
     }
+    let Err(e) = result else {
+        return ExitCode::SUCCESS;
+    };
+    if e.downcast_ref::<StdoutClosed>().is_some() {
+        // `blocksnap --json … | head`: the reader has all it wanted.
+        return ExitCode::SUCCESS;
+    }
+    let store_error = e.downcast_ref::<StoreError>();
+    let kind = store_error.map(StoreError::kind);
+    let interrupted = kind == Some(ErrorKind::Interrupted);
+    if let Some(sig) = signals::received().or(interrupted.then_some(2)) {
+        // Whatever failed after a signal failed because of it; a different error is still shown.
+        if !interrupted
+            && e.downcast_ref::<DamageFound>().is_none()
+            && e.downcast_ref::<NotVerified>().is_none()
+        {
+            eprintln!("blocksnap: error: {}", message(&e));
+        }
+        eprintln!("blocksnap: interrupted");
+        return ExitCode::from(u8::try_from(128 + sig).unwrap_or(130));
+    }
+    if e.downcast_ref::<DamageFound>().is_some() {
+        return ExitCode::from(4);
+    }
+    if e.downcast_ref::<NotVerified>().is_some() {
+        return ExitCode::from(5);
+    }
+    let code = match kind {
+        Some(ErrorKind::Usage) => 2,
+        Some(ErrorKind::Denied) => 3,
+        _ => 1,
+    };
+    eprintln!("blocksnap: error: {}", message(&e));
+    if let Some(path) = store_error.and_then(StoreError::no_space_path) {
+        eprintln!("{}", no_space_hint(&cli, path));
+    }
+    ExitCode::from(code)
 }
+
+/// The error and its causes, each said once: a cause whose text an outer message already
+/// holds (an error that prints its OS error and also returns it as its source) is skipped.
+fn message(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || msg.contains(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg += ": ";
+        }
+        msg += &text;
+    }
+    msg
+}
+
+/// What to do about a full filesystem at `path`: prune helps only if it is the store's.
+fn no_space_hint(cli: &Cli, path: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let device = |p: &std::path::Path| {
+        p.ancestors()
+            .find_map(|a| std::fs::metadata(a).ok())
+            .map(|m| m.dev())
+    };
+    let store = cli
+        .store
+        .clone()
+        .and_then(|s| blocksnap_store::local_store_path(&s).ok())
+        .unwrap_or_else(blocksnap_store::default_store_path);
+    let in_store =
+        path.starts_with(&store) || device(path).is_some_and(|d| device(&store) == Some(d));
+    if in_store {
+        "hint: the store's filesystem is full. Nothing committed was lost and the store is \
+         consistent; free space (`blocksnap prune` reclaims deleted snapshots) and run the \
+         command again"
+            .to_string()
+    } else {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(path);
+        format!(
+            "hint: the filesystem holding {} is full. It is not the store's, so `blocksnap prune` \
+             frees nothing there: free space on it (or write elsewhere) and run the command again",
+            dir.display()
+        )
+    }
+}
+
+/// Standard output was closed by its reader (a broken pipe).
+#[derive(Debug)]
+struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
 
 /// `check` found damage: exit status 4 (the report is already printed).
 #[derive(Debug)]
@@ -148,16 +231,23 @@ impl Ctx<'_> {
         human: impl FnOnce() -> String,
     ) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
-        if self.cli.json {
-            serde_json::to_writer_pretty(&mut out, value)?;
-            writeln!(out)?;
+        let written = if self.cli.json {
+            serde_json::to_writer_pretty(&mut out, value)
+                .map_err(std::io::Error::from)
+                .and_then(|()| writeln!(out))
         } else {
             let text = human();
-            if !text.is_empty() {
-                writeln!(out, "{text}")?;
+            if text.is_empty() {
+                Ok(())
+            } else {
+                writeln!(out, "{text}")
             }
         }
-        Ok(())
+        .and_then(|()| out.flush());
+        match written {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+            r => Ok(r.context("cannot write to standard output")?),
+        }
     }
 }
 
@@ -572,7 +662,7 @@ fn snapshot(ctx: &Ctx<'_>, cmd: &SnapshotCmd) -> anyhow::Result<()> {
                 source: a.source.clone(),
                 volume: a.volume.clone(),
                 key: a.key.clone(),
-                tags: a.tags.iter().cloned().collect(),
+                tags: blocksnap_store::tag_map(&a.tags)?,
                 description: a.description.clone(),
                 created: None,
                 source_moved: a.source_moved,
@@ -597,8 +687,7 @@ fn snapshot(ctx: &Ctx<'_>, cmd: &SnapshotCmd) -> anyhow::Result<()> {
             })
         }
         SnapshotCmd::List(a) => {
-            let tags = a.tags.iter().cloned().collect();
-            let snaps = store.find_snapshots(a.volume.as_deref(), &tags)?;
+            let snaps = store.snapshots_with_tags(a.volume.as_deref(), &a.tags)?;
             let views: Vec<_> = snaps.iter().map(view).collect();
             ctx.output(&views, || {
                 let mut t = format!(
@@ -834,7 +923,7 @@ fn volume(ctx: &Ctx<'_>, cmd: &VolumeCmd) -> anyhow::Result<()> {
     };
     match cmd {
         VolumeCmd::Add { name, path, tags } => {
-            let v = store.add_volume(name, path, tags.iter().cloned().collect())?;
+            let v = store.add_volume(name, path, blocksnap_store::tag_map(tags)?)?;
             ctx.output(&v, || format!("added volume {}", row(&v)))
         }
         VolumeCmd::List => {
@@ -885,11 +974,7 @@ fn policy(ctx: &Ctx<'_>, cmd: &PolicyCmd) -> anyhow::Result<()> {
     let cli = ctx.cli;
     let store = ctx.open()?;
     let describe = |p: &blocksnap_store::PolicyDoc| {
-        let tags: Vec<_> = p
-            .target_tags
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let tags: Vec<_> = p.target_pairs().map(|(k, v)| format!("{k}={v}")).collect();
         let mut t = format!("{} (targets {})", p.name, tags.join(" or "));
         for s in &p.schedules {
             t += &format!("\n  {s}");
@@ -902,7 +987,7 @@ fn policy(ctx: &Ctx<'_>, cmd: &PolicyCmd) -> anyhow::Result<()> {
             target_tags,
             schedules,
         } => {
-            let p = store.create_policy(name, target_tags.iter().cloned().collect(), schedules)?;
+            let p = store.create_policy(name, target_tags, schedules)?;
             ctx.output(&p, || format!("created policy {}", describe(&p)))
         }
         PolicyCmd::List => {

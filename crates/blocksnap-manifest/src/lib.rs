@@ -33,4 +33,4 @@ pub use image::{
     ImageDoc, ImageVolume, LaunchPermissions, MAX_IMAGE_VOLUMES, device_file_name, validate_device,
 };
 pub use lock::{LockDoc, LockKind, MAX_HOST_LEN, validate_host};
-pub use policy::{Keep, Period, PolicyDoc, Schedule, Unit};
+pub use policy::{Keep, Period, PolicyDoc, Schedule, TagValues, TargetTags, Unit};

@@ -467,6 +467,7 @@ impl TempDir {
                 path.display()
             ))
         })?;
+        crate::cancel::register(crate::cancel::Kind::TempDir, &path);
         Ok(TempDir(path))
     }
 }
@@ -484,6 +485,7 @@ fn throughput(bytes: u64, min_seconds: f64, mut f: impl FnMut() -> Result<()>) -
     let start = Instant::now();
     let mut reps = 0u64;
     loop {
+        crate::cancel::check()?;
         f()?;
         reps += 1;
         let t = start.elapsed().as_secs_f64();

@@ -318,6 +318,7 @@ impl Store {
             packs.len() as u64,
         );
         for (id, path) in &packs {
+            crate::cancel::check()?;
             progress.advance(1);
             let file = match File::open(path) {
                 Ok(f) => f,

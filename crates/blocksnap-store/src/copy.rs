@@ -85,6 +85,7 @@ impl Store {
         let copied: Vec<SnapshotDoc> = target.list_snapshots()?.into_iter().rev().collect();
         let mut made: Vec<(SnapshotId, SnapshotReport)> = Vec::new();
         for snap in &snaps {
+            crate::cancel::check()?;
             if let Some((_, r)) = made.iter().find(|(id, _)| *id == snap.id) {
                 progress.advance(snap.size);
                 reports.push(reused_report(r));

@@ -222,6 +222,7 @@ impl Store {
                 (Extent::Data { id: x, .. }, Extent::Data { id: y, .. })
                     if same_key && x == y && ua == ub => {}
                 (ea, eb) => {
+                    crate::cancel::check()?;
                     let da = data_of(&mut ca, ea, &mut read)?;
                     let db = data_of(&mut cb, eb, &mut read)?;
                     let zeros = if da.is_none() || db.is_none() {

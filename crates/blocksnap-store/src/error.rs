@@ -14,6 +14,10 @@ pub enum ErrorKind {
     Damaged,
     /// Another command, on another host, holds the store in a conflicting way (exit 1).
     Locked,
+    /// A filesystem is full (ENOSPC) (exit 1; the CLI adds what frees space).
+    NoSpace,
+    /// Stopped by a cancellation request (a signal): exit 130 or 143.
+    Interrupted,
     /// Anything else (exit 1).
     Other,
 }
@@ -47,6 +51,24 @@ pub enum StoreError {
     /// Anything else, already worded for the user.
     #[error("{0}")]
     Other(String),
+    /// A filesystem is full: `path` is where a write failed (the store, or a restore's
+    /// output), `message` says what was being done.
+    #[error("{message}")]
+    NoSpace {
+        /// What failed, with the path and the OS error.
+        message: String,
+        /// The path that could not be written.
+        path: PathBuf,
+    },
+    /// The operation stopped at a cancellation request ([`crate::cancel::request`]), having
+    /// removed its temporary files.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// True for "no space left on device" (ENOSPC).
+pub(crate) fn is_no_space(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(28) || e.kind() == std::io::ErrorKind::StorageFull
 }
 
 impl StoreError {
@@ -57,7 +79,10 @@ impl StoreError {
             StoreError::Denied(_) => ErrorKind::Denied,
             StoreError::Damaged(_) => ErrorKind::Damaged,
             StoreError::Locked(_) => ErrorKind::Locked,
+            StoreError::Io { source, .. } if is_no_space(source) => ErrorKind::NoSpace,
             StoreError::Io { .. } | StoreError::Other(_) => ErrorKind::Other,
+            StoreError::NoSpace { .. } => ErrorKind::NoSpace,
+            StoreError::Interrupted => ErrorKind::Interrupted,
         }
     }
 
@@ -69,7 +94,44 @@ impl StoreError {
             StoreError::Damaged(m) => StoreError::Damaged(format!("{what}: {m}")),
             StoreError::Other(m) => StoreError::Other(format!("{what}: {m}")),
             StoreError::Locked(m) => StoreError::Locked(format!("{what}: {m}")),
-            e @ StoreError::Io { .. } => StoreError::Other(format!("{what}: {e}")),
+            e @ StoreError::Io { .. } => {
+                let message = format!("{what}: {e}");
+                match e {
+                    StoreError::Io { path, source, .. } if is_no_space(&source) => {
+                        StoreError::NoSpace { message, path }
+                    }
+                    _ => StoreError::Other(message),
+                }
+            }
+            StoreError::NoSpace { message, path } => StoreError::NoSpace {
+                message: format!("{what}: {message}"),
+                path,
+            },
+            StoreError::Interrupted => StoreError::Interrupted,
+        }
+    }
+
+    /// The path a full filesystem refused, for a [`ErrorKind::NoSpace`] error.
+    pub fn no_space_path(&self) -> Option<&std::path::Path> {
+        match self {
+            StoreError::NoSpace { path, .. } => Some(path),
+            StoreError::Io { path, source, .. } if is_no_space(source) => Some(path),
+            _ => None,
+        }
+    }
+
+    /// An error of writing a pack at `path` (a full disk keeps its kind).
+    pub(crate) fn pack_write(
+        path: &std::path::Path,
+    ) -> impl FnOnce(blocksnap_pack::PackError) -> StoreError {
+        let path = path.to_path_buf();
+        move |e| match e {
+            blocksnap_pack::PackError::Io(source) => StoreError::Io {
+                what: "cannot write pack",
+                path,
+                source,
+            },
+            e => StoreError::Other(format!("cannot write pack {}: {e}", path.display())),
         }
     }
 
@@ -84,7 +146,17 @@ impl StoreError {
 
 impl From<blocksnap_index::IndexError> for StoreError {
     fn from(e: blocksnap_index::IndexError) -> Self {
-        StoreError::Other(e.to_string())
+        match e {
+            // sled reports its I/O errors as text only: a full disk is known by the OS's words.
+            blocksnap_index::IndexError::Damaged {
+                ref path,
+                ref detail,
+            } if detail.contains("(os error 28)") => StoreError::NoSpace {
+                message: e.to_string(),
+                path: path.clone(),
+            },
+            e => StoreError::Other(e.to_string()),
+        }
     }
 }
 

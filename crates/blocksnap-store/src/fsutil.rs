@@ -26,8 +26,15 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 
 /// A temporary path beside `path`, in the same directory (so rename is atomic).
 pub fn tmp_path_for(path: &Path) -> PathBuf {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    dir.join(format!("{TMP_PREFIX}{}", random_hex(8)))
+    tmp_path_in(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// A new temporary path in `dir`. It is registered with [`crate::cancel`], so that a process
+/// that must exit without unwinding can remove the file if it still exists.
+pub fn tmp_path_in(dir: &Path) -> PathBuf {
+    let path = dir.join(format!("{TMP_PREFIX}{}", random_hex(8)));
+    crate::cancel::register(crate::cancel::Kind::Temp, &path);
+    path
 }
 
 /// fsyncs a directory, so a rename in it is durable.

@@ -27,6 +27,7 @@
 
 mod access;
 pub mod bench;
+pub mod cancel;
 mod check;
 mod copy;
 mod diff;
@@ -35,6 +36,7 @@ mod error;
 mod fsutil;
 mod image;
 mod lifecycle;
+mod location;
 mod lock;
 mod nbd;
 mod policy;
@@ -48,6 +50,7 @@ mod sink;
 mod snapshot;
 mod source;
 mod store;
+mod tags;
 
 pub use access::Access;
 pub use check::CheckReport;
@@ -59,6 +62,7 @@ pub use image::{
     Audience, DeregisterReport, ImageOptions, ImageReport, RebuildReport, RebuiltVolume,
 };
 pub use lifecycle::TrashEntry;
+pub use location::{SUPPORTED_SCHEMES, local_store_path};
 pub use lock::{LockEntry, LockStatus, UnlockReport};
 pub use nbd::ServeInfo;
 pub use policy::{PolicyAction, PolicyRunReport, TAG_POLICY, TAG_SCHEDULE};
@@ -72,6 +76,7 @@ pub use store::{
     DEFAULT_CHUNK_SIZE, DamageWarnings, DamagedDoc, InitOptions, InitReport, Store, config_home,
     data_home, default_account_name, default_store_path,
 };
+pub use tags::tag_map;
 
 pub use blocksnap_chunker::ChunkerKind;
 pub use blocksnap_manifest::{

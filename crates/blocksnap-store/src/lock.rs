@@ -376,6 +376,7 @@ impl Store {
             fsutil::random_hex(4)
         ));
         fsutil::write_atomic(&object, &doc.to_json(), 0o644)?;
+        crate::cancel::register(crate::cancel::Kind::Lock, &object);
         let guard = StoreLock {
             object: Some(object.clone()),
             _file: Some(file),

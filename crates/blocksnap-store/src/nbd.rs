@@ -11,6 +11,7 @@
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use blocksnap_manifest::{ChunkId, Extent, SnapshotDoc};
 use blocksnap_pack::ChunkCodec;
@@ -306,6 +307,35 @@ fn transmission(
     }
 }
 
+/// How often a connection waiting for its client, and the accept loop, look for a cancellation.
+const CANCEL_POLL: Duration = Duration::from_millis(100);
+
+/// A socket's reading half that waits for data in [`CANCEL_POLL`] steps (a read timeout, after
+/// which nothing has been read and the read is retried), ending with an error once
+/// cancellation is requested.
+struct Cancellable(TcpStream);
+
+impl Read for Cancellable {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.0.read(buf) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if crate::cancel::is_requested() {
+                        // Not ErrorKind::Interrupted: read_exact would retry that.
+                        return Err(io::Error::other("interrupted"));
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
 fn serve_connection(stream: TcpStream, export: &Export<'_>, progress: &dyn Progress) {
     let _ = stream.set_nodelay(true);
     let peer = stream
@@ -314,7 +344,11 @@ fn serve_connection(stream: TcpStream, export: &Export<'_>, progress: &dyn Progr
     let Ok(read_half) = stream.try_clone() else {
         return;
     };
-    let mut r = BufReader::new(read_half);
+    if stream.set_nonblocking(false).is_err() || stream.set_read_timeout(Some(CANCEL_POLL)).is_err()
+    {
+        return;
+    }
+    let mut r = BufReader::new(Cancellable(read_half));
     let mut w = BufWriter::new(stream);
     let result = handshake(&mut r, &mut w, export)
         .and_then(|()| transmission(&mut r, &mut w, export, progress));
@@ -337,7 +371,8 @@ pub struct ServeInfo {
 
 impl Store {
     /// Serves `snapshot` (or `IMAGE:DEVICE`) read-only over NBD on `listen`, one client at a
-    /// time, until the process is stopped. `ready` is called once the socket listens.
+    /// time, until cancelled ([`crate::cancel::request`]: it then returns
+    /// [`StoreError::Interrupted`]). `ready` is called once the socket listens.
     pub fn serve_nbd(
         &self,
         access: &Access,
@@ -387,13 +422,22 @@ impl Store {
             export: export.name.clone(),
             size: export.size,
         });
-        for stream in listener.incoming() {
-            match stream {
-                Ok(s) => serve_connection(s, &export, progress),
-                Err(e) => progress.message(&format!("accept failed: {e}")),
+        // Non-blocking, polled: a cancellation (Ctrl-C) ends the loop within CANCEL_POLL.
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| StoreError::Other(format!("cannot listen on {listen}: {e}")))?;
+        loop {
+            crate::cancel::check()?;
+            match listener.accept() {
+                Ok((s, _)) => serve_connection(s, &export, progress),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(CANCEL_POLL),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    progress.message(&format!("accept failed: {e}"));
+                    std::thread::sleep(CANCEL_POLL);
+                }
             }
         }
-        Ok(())
     }
 
     /// The snapshot behind `SNAPSHOT` or `IMAGE:DEVICE`; an image needs the right to launch it.

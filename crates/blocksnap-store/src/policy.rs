@@ -66,11 +66,12 @@ impl Store {
         self.root().join("policies").join(format!("{name}.json"))
     }
 
-    /// Creates a policy from `K=V` target tags and one to four schedule specs.
+    /// Creates a policy from `K=V` target tags and one to four schedule specs. Every pair is
+    /// kept, also several values of one key: a volume carrying any of them is targeted.
     pub fn create_policy(
         &self,
         name: &str,
-        target_tags: BTreeMap<String, String>,
+        target_tags: &[(String, String)],
         schedules: &[String],
     ) -> Result<PolicyDoc> {
         self.require_writable("policy create")?;
@@ -79,8 +80,9 @@ impl Store {
             .map(|s| Schedule::parse(s))
             .collect::<Result<Vec<_>, _>>()
             .map_err(StoreError::Usage)?;
+        let target_tags = PolicyDoc::target_tags_from(target_tags.iter().cloned());
         let doc = PolicyDoc {
-            format: PolicyDoc::FORMAT.into(),
+            format: PolicyDoc::format_for(&target_tags).into(),
             name: name.into(),
             target_tags,
             schedules,
@@ -139,18 +141,11 @@ impl Store {
         };
         let volumes = self.list_volumes()?;
         for policy in self.list_policies()? {
-            let targets: Vec<_> = volumes
-                .iter()
-                .filter(|v| {
-                    policy
-                        .target_tags
-                        .iter()
-                        .any(|(k, val)| v.tags.get(k) == Some(val))
-                })
-                .collect();
+            let targets: Vec<_> = volumes.iter().filter(|v| policy.targets(&v.tags)).collect();
             for schedule in &policy.schedules {
                 let slot = slot_start(schedule, at)?;
                 for volume in &targets {
+                    crate::cancel::check()?;
                     let taken = self.taken_by(&policy.name, &schedule.name, &volume.name)?;
                     let due = taken
                         .last()
@@ -176,6 +171,7 @@ impl Store {
                             &volume.name,
                             r.id.to_string(),
                         )),
+                        Err(StoreError::Interrupted) => return Err(StoreError::Interrupted),
                         Err(e) => report.errors.push(format!(
                             "policy {} volume {}: {e}",
                             policy.name, volume.name

@@ -94,6 +94,7 @@ impl Store {
         let snapshots = self.referenced_snapshots()?;
         progress.start("prune: mark", snapshots.len() as u64);
         for doc in &snapshots {
+            crate::cancel::check()?;
             if let std::collections::hash_map::Entry::Vacant(slot) = codecs.entry(doc.key) {
                 let codec = self.codec(access, doc.key).map_err(|e| {
                     StoreError::Denied(format!(
@@ -128,6 +129,7 @@ impl Store {
         let mut to_rewrite: Vec<Rewrite> = Vec::new();
         progress.start("prune: sweep", packs.len() as u64);
         for (pack_id, path) in &packs {
+            crate::cancel::check()?;
             progress.advance(1);
             let file = File::open(path).map_err(StoreError::io("cannot open pack", path))?;
             let key = match read_header_key(&file) {
@@ -219,6 +221,7 @@ impl Store {
             let mut batch = Vec::new();
             let mut batch_bytes = 0usize;
             for id in ids {
+                crate::cancel::check()?;
                 let data = reader.read(&id)?;
                 batch_bytes += data.len();
                 batch.push((id, data));

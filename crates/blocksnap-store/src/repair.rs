@@ -101,6 +101,7 @@ impl Store {
         };
         progress.start("rebuild index", packs.len() as u64);
         for (id, path) in packs {
+            crate::cancel::check()?;
             progress.advance(1);
             let file = File::open(&path).map_err(StoreError::io("cannot open pack", &path))?;
             let mut wanted = None;
@@ -166,6 +167,7 @@ impl Store {
             packs.len() as u64,
         );
         for (id, path) in &packs {
+            crate::cancel::check()?;
             progress.advance(1);
             let file = match File::open(path) {
                 Ok(f) => f,
@@ -282,6 +284,7 @@ impl Store {
         // Damaged packs: move what is intact, set the pack aside, forget the rest.
         progress.start("repair packs: move intact chunks", damaged.len() as u64);
         for d in damaged {
+            crate::cancel::check()?;
             progress.advance(1);
             let indexed = into.remove(&d.id).unwrap_or_default();
             let codec = match &d.header {

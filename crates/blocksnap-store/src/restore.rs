@@ -627,6 +627,7 @@ impl Store {
             let mut batch_bytes = 0u64;
             let mut written = 0u64;
             let flush = |batch: &mut Vec<(u64, u32, ChunkId)>, written: &mut u64| -> Result<()> {
+                crate::cancel::check()?;
                 batch
                     .par_chunks(WRITE_RUN)
                     .try_for_each(|group| -> Result<()> {

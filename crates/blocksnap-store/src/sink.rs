@@ -186,9 +186,7 @@ fn close(root: &Path, index: &Index, pack: OpenPack) -> Closed {
     let OpenPack { writer, tmp } = pack;
     let mut ids = Vec::new();
     let result = (|| {
-        let (out, id, entries, len) = writer
-            .finish()
-            .map_err(|e| StoreError::Other(format!("cannot write pack {}: {e}", tmp.display())))?;
+        let (out, id, entries, len) = writer.finish().map_err(StoreError::pack_write(&tmp))?;
         ids = entries.iter().map(|e| e.id).collect();
         let file = out.into_inner().map_err(|e| StoreError::Io {
             what: "cannot write",
@@ -334,9 +332,9 @@ impl<'a> ChunkSink<'a> {
                 self.open_pack()?;
             }
             let pack = self.pack.as_mut().expect("opened above");
-            pack.writer.append(id, raw_len, record).map_err(|e| {
-                StoreError::Other(format!("cannot write pack {}: {e}", pack.tmp.display()))
-            })?;
+            pack.writer
+                .append(id, raw_len, record)
+                .map_err(StoreError::pack_write(&pack.tmp))?;
         }
         if self
             .pack
@@ -350,14 +348,14 @@ impl<'a> ChunkSink<'a> {
 
     fn open_pack(&mut self) -> Result<()> {
         let dir = self.store.root().join("packs");
-        let tmp = dir.join(format!("{}{}", fsutil::TMP_PREFIX, fsutil::random_hex(8)));
+        let tmp = fsutil::tmp_path_in(&dir);
         let file = fsutil::create_new(&tmp, 0o644)?;
         let writer = PackWriter::new(
             BufWriter::with_capacity(1 << 20, file),
             self.codec,
             fsutil::random_bytes(),
         )
-        .map_err(|e| StoreError::Other(format!("cannot write pack {}: {e}", tmp.display())))?;
+        .map_err(StoreError::pack_write(&tmp))?;
         self.pack = Some(OpenPack { writer, tmp });
         Ok(())
     }

@@ -496,6 +496,7 @@ impl Store {
                         // ENCODING. An error is the encoder having stopped.
                         let _ = slot_tx.send(());
                         let batch: Encoded = batch?;
+                        crate::cancel::check()?;
                         bytes_read += batch.bytes_read;
                         bytes_hole += batch.bytes_hole;
                         for item in batch.items {

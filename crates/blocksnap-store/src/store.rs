@@ -176,12 +176,13 @@ pub(crate) const DIRS: [&str; 9] = [
 impl Store {
     /// True if `path` holds a store (has a `config`).
     pub fn exists(path: &Path) -> bool {
-        path.join("config").is_file()
+        crate::location::local_store_path(path).is_ok_and(|p| p.join("config").is_file())
     }
 
     /// Creates a store at `path` with its first account, identity and (when encrypted) the key
     /// named `default`.
     pub fn init(path: &Path, opts: &InitOptions) -> Result<(Store, InitReport)> {
+        let path = &crate::location::local_store_path(path)?;
         blocksnap_manifest::validate_name("account", "name", &opts.account)
             .map_err(|e| StoreError::Usage(e.to_string()))?;
         if Self::exists(path) {
@@ -264,6 +265,7 @@ impl Store {
     /// Opens the store at `path`. A directory holding a store's data but no `config` (or a
     /// damaged one) is an error saying what is missing and how to recover it.
     pub fn open(path: &Path) -> Result<Store> {
+        let path = &crate::location::local_store_path(path)?;
         let cfg_path = path.join("config");
         if !cfg_path.is_file() {
             if let Some(held) = store_data_held(path) {
