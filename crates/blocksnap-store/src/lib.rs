@@ -28,55 +28,42 @@
 mod access;
 pub mod bench;
 pub mod cancel;
-mod check;
-mod copy;
-mod diff;
-mod documents;
 mod error;
 mod fsutil;
-mod image;
+mod health;
+mod images;
 mod lifecycle;
-mod location;
-mod lock;
-mod nbd;
-mod policy;
+mod packs;
 mod progress;
-mod prune;
-mod readonly;
-mod recovery;
-mod repair;
-mod restore;
-mod sink;
+mod repo;
+mod serve;
 mod snapshot;
-mod source;
-mod store;
-mod tags;
 
 pub use access::Access;
-pub use check::CheckReport;
-pub use copy::{CopyOptions, TAG_COPIED_FROM};
-pub use diff::DiffReport;
-pub use documents::{QUARANTINE, QuarantinedDoc, RepairDocumentsReport};
+pub use access::recovery::{RECOVERY_FORMAT, RecoveryExportReport, RecoveryImportReport};
 pub use error::{ErrorKind, Result, StoreError};
-pub use image::{
+pub use health::check::CheckReport;
+pub use health::repair::{RepairPacksReport, RepairReport};
+pub use images::copy::{CopyOptions, TAG_COPIED_FROM};
+pub use images::image::{
     Audience, DeregisterReport, ImageOptions, ImageReport, RebuildReport, RebuiltVolume,
 };
-pub use lifecycle::TrashEntry;
-pub use location::{SUPPORTED_SCHEMES, local_store_path};
-pub use lock::{LockEntry, LockStatus, UnlockReport};
-pub use nbd::ServeInfo;
-pub use policy::{PolicyAction, PolicyRunReport, TAG_POLICY, TAG_SCHEDULE};
+pub use lifecycle::policy::{PolicyAction, PolicyRunReport, TAG_POLICY, TAG_SCHEDULE};
+pub use lifecycle::prune::{PruneOptions, PruneReport};
+pub use lifecycle::trash::TrashEntry;
 pub use progress::{NoProgress, Progress};
-pub use prune::{PruneOptions, PruneReport};
-pub use recovery::{RECOVERY_FORMAT, RecoveryExportReport, RecoveryImportReport};
-pub use repair::{RepairPacksReport, RepairReport};
-pub use restore::{RestoreOptions, RestoreReport, TargetKind};
-pub use snapshot::{SnapshotOptions, SnapshotReport};
-pub use store::{
+pub use repo::documents::{QUARANTINE, QuarantinedDoc, RepairDocumentsReport};
+pub use repo::location::{SUPPORTED_SCHEMES, local_store_path};
+pub use repo::lock::{LockEntry, LockStatus, UnlockReport};
+pub use repo::tags::tag_map;
+pub use repo::{
     DEFAULT_CHUNK_SIZE, DamageWarnings, DamagedDoc, InitOptions, InitReport, Store, config_home,
     data_home, default_account_name, default_store_path,
 };
-pub use tags::tag_map;
+pub use serve::nbd::ServeInfo;
+pub use snapshot::create::{SnapshotOptions, SnapshotReport};
+pub use snapshot::diff::DiffReport;
+pub use snapshot::restore::{RestoreOptions, RestoreReport, TargetKind};
 
 pub use blocksnap_chunker::ChunkerKind;
 pub use blocksnap_manifest::{

@@ -30,7 +30,7 @@ use serde::Serialize;
 use crate::error::{Result, StoreError};
 use crate::fsutil::{self, TMP_PREFIX};
 use crate::progress::Progress;
-use crate::store::Store;
+use crate::repo::Store;
 
 /// Held until dropped: the flock, and this command's lock object (removed on drop). A reader of
 /// a read-only store may hold neither (see [`Store::lock_reading`]).

@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::error::{Result, StoreError};
 use crate::fsutil::{self, TMP_PREFIX};
 use crate::progress::Progress;
-use crate::store::{DamagedDoc, Store};
+use crate::repo::{DamagedDoc, Store};
 
 /// The document directories of a store.
 pub(crate) const DOC_DIRS: [&str; 7] = [

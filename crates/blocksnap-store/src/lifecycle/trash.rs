@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::access::Access;
 use crate::error::{Result, StoreError};
 use crate::fsutil;
-use crate::store::Store;
+use crate::repo::Store;
 
 /// A trash entry as `trash list` prints it.
 #[derive(Clone, Debug, Serialize)]
@@ -87,7 +87,7 @@ impl Store {
         self.require_writable("volume add")?;
         // The path a snapshot would record (a block device keeps its stable name), checked
         // like a snapshot's source.
-        let id = crate::source::Source::open(path)
+        let id = crate::snapshot::source::Source::open(path)
             .map_err(|e| e.context(&format!("volume '{name}'")))?
             .id;
         let doc = VolumeDoc {

@@ -11,7 +11,7 @@ use blocksnap_chunker::{Chunker, ZERO_BLOCK, is_zero};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{Result, StoreError};
-use crate::snapshot::ENCODING;
+use crate::snapshot::create::ENCODING;
 
 /// Zero runs at least this long (whole aligned 4 KiB blocks) are holes even inside allocated
 /// data, before chunking.
@@ -259,7 +259,7 @@ impl Source {
             volume: String::new(),
             id: SourceId {
                 path: id_path.to_string_lossy().into_owned(),
-                host: crate::lock::host_name(),
+                host: crate::repo::lock::host_name(),
             },
             before: Stamp {
                 size: 0,

@@ -1,5 +1,11 @@
 //! Opening and creating a store; its layout; documents by id or prefix.
 
+pub(crate) mod documents;
+pub(crate) mod location;
+pub(crate) mod lock;
+pub(crate) mod readonly;
+pub(crate) mod tags;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -176,13 +182,13 @@ pub(crate) const DIRS: [&str; 9] = [
 impl Store {
     /// True if `path` holds a store (has a `config`).
     pub fn exists(path: &Path) -> bool {
-        crate::location::local_store_path(path).is_ok_and(|p| p.join("config").is_file())
+        crate::repo::location::local_store_path(path).is_ok_and(|p| p.join("config").is_file())
     }
 
     /// Creates a store at `path` with its first account, identity and (when encrypted) the key
     /// named `default`.
     pub fn init(path: &Path, opts: &InitOptions) -> Result<(Store, InitReport)> {
-        let path = &crate::location::local_store_path(path)?;
+        let path = &crate::repo::location::local_store_path(path)?;
         blocksnap_manifest::validate_name("account", "name", &opts.account)
             .map_err(|e| StoreError::Usage(e.to_string()))?;
         if Self::exists(path) {
@@ -265,7 +271,7 @@ impl Store {
     /// Opens the store at `path`. A directory holding a store's data but no `config` (or a
     /// damaged one) is an error saying what is missing and how to recover it.
     pub fn open(path: &Path) -> Result<Store> {
-        let path = &crate::location::local_store_path(path)?;
+        let path = &crate::repo::location::local_store_path(path)?;
         let cfg_path = path.join("config");
         if !cfg_path.is_file() {
             if let Some(held) = store_data_held(path) {

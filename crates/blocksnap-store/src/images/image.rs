@@ -20,11 +20,11 @@ use serde::Serialize;
 use crate::access::Access;
 use crate::error::{Result, StoreError};
 use crate::fsutil;
-use crate::lifecycle::TrashEntry;
+use crate::lifecycle::trash::TrashEntry;
 use crate::progress::Progress;
-use crate::restore::{RestoreOptions, RestoreReport, TargetKind};
-use crate::snapshot::{SnapshotOptions, SnapshotReport, Within};
-use crate::store::Store;
+use crate::repo::Store;
+use crate::snapshot::create::{SnapshotOptions, SnapshotReport, Within};
+use crate::snapshot::restore::{RestoreOptions, RestoreReport, TargetKind};
 
 /// Options of `image create`.
 #[derive(Clone, Debug, Default)]
@@ -278,7 +278,7 @@ impl Store {
                 .open_source(&snap, progress)
                 .map_err(|e| e.context(&format!("device {device}")))?;
             if let Some((other, _, _)) = jobs.iter().find(
-                |(_, _, s): &&(String, SnapshotOptions, crate::source::Source)| {
+                |(_, _, s): &&(String, SnapshotOptions, crate::snapshot::source::Source)| {
                     s.volume == source.volume
                 },
             ) {
@@ -299,7 +299,7 @@ impl Store {
         // is stored once; a snapshot may then reference chunks another volume's pipeline wrote,
         // so the snapshot documents are written only after every pipeline has finished (every
         // pack durable and indexed).
-        let pending = crate::sink::Pending::default();
+        let pending = crate::packs::writer::Pending::default();
         let mut stored = Vec::new();
         let mut queue = jobs.into_iter();
         loop {
@@ -630,7 +630,7 @@ impl Store {
         fs::remove_file(&live).map_err(StoreError::io("cannot remove", &live))?;
         fsutil::sync_dir(live.parent().expect("images/"))?;
         let mut report = DeregisterReport {
-            image: crate::lifecycle::entry(&tomb),
+            image: crate::lifecycle::trash::entry(&tomb),
             snapshots_deleted: Vec::new(),
             snapshots_kept: Vec::new(),
         };

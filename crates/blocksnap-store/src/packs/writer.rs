@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use crate::error::{Result, StoreError};
 use crate::fsutil;
-use crate::store::Store;
+use crate::repo::Store;
 
 /// The index as dedup may trust it: an entry counts only if its pack exists. Each pack is
 /// looked at once per run (one `stat`, cached: an incremental snapshot pays one per pack it
@@ -72,7 +72,7 @@ impl Dedup {
         if let Some(&known) = self.packs.read().expect("not poisoned").get(pack) {
             return Ok(known);
         }
-        let path = crate::store::pack_path(&self.root, pack);
+        let path = crate::repo::pack_path(&self.root, pack);
         let exists = match fs::symlink_metadata(&path) {
             Ok(_) => true,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
@@ -196,7 +196,7 @@ fn close(root: &Path, index: &Index, pack: OpenPack) -> Closed {
         file.sync_all()
             .map_err(StoreError::io("cannot sync", &tmp))?;
         drop(file);
-        let path = crate::store::pack_path(root, &id);
+        let path = crate::repo::pack_path(root, &id);
         let dir = path.parent().expect("packs/xx");
         if !dir.is_dir() {
             fs::create_dir_all(dir).map_err(StoreError::io("cannot create", dir))?;

@@ -13,12 +13,12 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::access::Access;
-use crate::check::DAMAGED_SUFFIX;
 use crate::error::{Result, StoreError};
 use crate::fsutil;
+use crate::health::check::DAMAGED_SUFFIX;
+use crate::packs::writer::{ChunkSink, location};
 use crate::progress::Progress;
-use crate::sink::{ChunkSink, location};
-use crate::store::Store;
+use crate::repo::Store;
 
 /// What `repair packs` did.
 #[derive(Clone, Debug, Default, Serialize)]

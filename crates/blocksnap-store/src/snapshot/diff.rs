@@ -17,8 +17,8 @@ use serde::Serialize;
 use crate::access::Access;
 use crate::error::{Result, StoreError};
 use crate::progress::Progress;
-use crate::restore::ChunkReader;
-use crate::store::Store;
+use crate::repo::Store;
+use crate::snapshot::restore::ChunkReader;
 
 /// What `snapshot diff` found (the `--json` output of CLI.md).
 #[derive(Clone, Debug, Serialize)]

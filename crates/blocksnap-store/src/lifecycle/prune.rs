@@ -18,10 +18,10 @@ use serde::Serialize;
 use crate::access::Access;
 use crate::error::{Result, StoreError};
 use crate::fsutil::TMP_PREFIX;
+use crate::packs::writer::{ChunkSink, location};
 use crate::progress::Progress;
-use crate::restore::ChunkReader;
-use crate::sink::{ChunkSink, location};
-use crate::store::Store;
+use crate::repo::Store;
+use crate::snapshot::restore::ChunkReader;
 
 /// Options of `prune`.
 #[derive(Clone, Copy, Debug)]

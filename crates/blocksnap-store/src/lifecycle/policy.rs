@@ -18,8 +18,8 @@ use crate::access::Access;
 use crate::error::{Result, StoreError};
 use crate::fsutil;
 use crate::progress::Progress;
-use crate::snapshot::SnapshotOptions;
-use crate::store::Store;
+use crate::repo::Store;
+use crate::snapshot::create::SnapshotOptions;
 
 /// Tag naming the policy that took a snapshot.
 pub const TAG_POLICY: &str = "blocksnap:policy";

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use blocksnap_manifest::SnapshotDoc;
 
 use crate::error::{Result, StoreError};
-use crate::store::Store;
+use crate::repo::Store;
 
 /// The tags of a new snapshot, volume or image from `K=V` pairs. A document holds one value
 /// per key, so a key given twice is a usage error naming it (never a silent choice of one).

@@ -20,10 +20,10 @@ use serde::Serialize;
 use crate::access::Access;
 use crate::error::{Result, StoreError};
 use crate::fsutil;
+use crate::packs::writer::{ChunkSink, Dedup, MetaWriter, Pending, SinkStats};
 use crate::progress::Progress;
-use crate::sink::{ChunkSink, Dedup, MetaWriter, Pending, SinkStats};
-use crate::source::{Piece, ReadBatch, Source, SourceId};
-use crate::store::{Store, chunker_doc};
+use crate::repo::{Store, chunker_doc};
+use crate::snapshot::source::{Piece, ReadBatch, Source, SourceId};
 
 /// Options of `snapshot create`.
 #[derive(Clone, Debug, Default)]
@@ -623,8 +623,8 @@ fn volume_name_of(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::restore::ChunkReader;
-    use crate::store::InitOptions;
+    use crate::repo::InitOptions;
+    use crate::snapshot::restore::ChunkReader;
     use crate::{NoProgress, StoreError};
     use blocksnap_manifest::{Extent, ExtentDecoder};
 

@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use blocksnap_manifest::{AccountDoc, ConfigDoc, Document, KeyDoc, KeyId, SnapshotDoc, StoreId};
 use serde::{Deserialize, Serialize};
 
-use crate::documents::QuarantinedDoc;
 use crate::error::{Result, StoreError};
 use crate::fsutil;
 use crate::progress::Progress;
-use crate::store::{DamagedDoc, Store, store_data_held};
+use crate::repo::documents::QuarantinedDoc;
+use crate::repo::{DamagedDoc, Store, store_data_held};
 
 /// The recovery file's format.
 pub const RECOVERY_FORMAT: &str = "blocksnap.recovery/v1";

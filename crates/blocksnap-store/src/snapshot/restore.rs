@@ -20,7 +20,7 @@ use crate::access::Access;
 use crate::error::{Result, StoreError};
 use crate::fsutil;
 use crate::progress::Progress;
-use crate::store::Store;
+use crate::repo::Store;
 
 /// Options of `snapshot restore`, and of each device of `image rebuild`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -849,7 +849,7 @@ impl Store {
                 continue;
             };
             for e in entries.iter().filter(|e| wanted.contains(&e.id)) {
-                out.insert(e.id, crate::sink::location(id, e));
+                out.insert(e.id, crate::packs::writer::location(id, e));
             }
         }
         Ok(out)

@@ -42,8 +42,8 @@ use serde::Serialize;
 use crate::error::{Result, StoreError};
 use crate::fsutil;
 use crate::progress::Progress;
-use crate::snapshot::{SnapshotOptions, SnapshotReport};
-use crate::store::{DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL, InitOptions, Store};
+use crate::repo::{DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL, InitOptions, Store};
+use crate::snapshot::create::{SnapshotOptions, SnapshotReport};
 
 /// The smallest image `bench` accepts.
 pub const MIN_SIZE: u64 = 1 << 20;
@@ -550,7 +550,7 @@ pub fn measure_stages(sample: &[u8], min_seconds: f64, dir: &Path) -> Result<Vec
     let file_segment = file_len.div_ceil(cores as u64).max(1);
     let sample_file =
         File::open(&sample_path).map_err(StoreError::io("cannot open", &sample_path))?;
-    let (window, read_size) = crate::source::read_sizes(&cdc);
+    let (window, read_size) = crate::snapshot::source::read_sizes(&cdc);
     let read_range = |range: std::ops::Range<u64>| -> Result<()> {
         let mut buf = vec![0u8; window];
         let mut slot = 0usize;

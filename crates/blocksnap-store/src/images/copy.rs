@@ -18,12 +18,12 @@ use rayon::prelude::*;
 use crate::access::Access;
 use crate::error::{Result, StoreError};
 use crate::fsutil;
-use crate::image::{ImageReport, new_image};
+use crate::images::image::{ImageReport, new_image};
 use crate::progress::Progress;
-use crate::restore::ChunkReader;
-use crate::snapshot::{SnapshotReport, Within};
-use crate::source::ReadBatch;
-use crate::store::Store;
+use crate::repo::Store;
+use crate::snapshot::create::{SnapshotReport, Within};
+use crate::snapshot::restore::ChunkReader;
+use crate::snapshot::source::ReadBatch;
 
 /// The tag naming the snapshot a copy was made from: `STORE-ID/SNAPSHOT-ID`.
 pub const TAG_COPIED_FROM: &str = "blocksnap:copied-from";

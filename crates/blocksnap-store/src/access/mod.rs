@@ -2,6 +2,8 @@
 //! (X25519) to the grantee's recipient. Without the identity that unwraps a grant, a key cannot
 //! be had, whatever any document says.
 
+pub(crate) mod recovery;
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,7 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{Result, StoreError};
 use crate::fsutil;
-use crate::store::Store;
+use crate::repo::Store;
 
 /// Who acts: an account name and the path of its secret identity.
 #[derive(Clone, Debug)]
@@ -289,7 +291,7 @@ impl Store {
                                 .join(", ")
                         )
                     },
-                    crate::store::recovery_hint(self.root())
+                    crate::repo::recovery_hint(self.root())
                 )))
             }
             n => Err(StoreError::Usage(format!(
@@ -305,14 +307,14 @@ impl Store {
                 "key {id} is missing from the store ({}): the data under it cannot be read, \
                  even with an identity. {}",
                 path.display(),
-                crate::store::recovery_hint(self.root())
+                crate::repo::recovery_hint(self.root())
             )));
         }
         KeyDoc::from_json(&fsutil::read(&path)?).map_err(|e| {
             StoreError::Damaged(format!(
                 "{}: {e}; the data under key {id} cannot be read until it is put back. {}",
                 path.display(),
-                crate::store::recovery_hint(self.root())
+                crate::repo::recovery_hint(self.root())
             ))
         })
     }

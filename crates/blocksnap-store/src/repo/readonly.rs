@@ -3,7 +3,7 @@
 //!
 //! Reading commands (restore, diff, serve nbd, image rebuild, check, every list and show) work
 //! on such a store: they take what lock they can without writing (see
-//! [`Store::lock_reading`](crate::store::Store)) and read chunk locations from the pack trailers
+//! [`Store::lock_reading`](crate::repo::Store)) and read chunk locations from the pack trailers
 //! instead of the index, which sled cannot open without writing. Writing commands fail at once,
 //! before changing anything, with an error naming the store and saying why it is read-only.
 
@@ -13,7 +13,7 @@ use rustix::fs::{Access, AtFlags, CWD, accessat};
 use rustix::io::Errno;
 
 use crate::error::{Result, StoreError};
-use crate::store::Store;
+use crate::repo::Store;
 
 /// The directories a writing command writes into.
 const WRITTEN: [&str; 4] = ["locks", "snapshots", "packs", "index"];

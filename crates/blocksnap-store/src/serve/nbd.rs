@@ -19,8 +19,8 @@ use blocksnap_pack::ChunkCodec;
 use crate::access::Access;
 use crate::error::{Result, StoreError};
 use crate::progress::Progress;
-use crate::restore::{ChunkReader, Locator};
-use crate::store::Store;
+use crate::repo::Store;
+use crate::snapshot::restore::{ChunkReader, Locator};
 
 const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 const IHAVEOPT: u64 = 0x4948_4156_454f_5054;

@@ -30,8 +30,8 @@ use crate::access::Access;
 use crate::error::{ErrorKind, Result, StoreError};
 use crate::fsutil::{self, TMP_PREFIX};
 use crate::progress::Progress;
-use crate::restore::{ChunkReader, Locator};
-use crate::store::Store;
+use crate::repo::Store;
+use crate::snapshot::restore::{ChunkReader, Locator};
 
 /// At most this many damaged chunks are listed per snapshot and per pack; the rest are counted.
 const MAX_PER_SNAPSHOT: usize = 10;
@@ -382,7 +382,7 @@ impl Store {
                     report.chunks += entries.len() as u64;
                     for e in &entries {
                         let Some(index) = &index else {
-                            trailer_locations.insert(e.id, crate::sink::location(*id, e));
+                            trailer_locations.insert(e.id, crate::packs::writer::location(*id, e));
                             continue;
                         };
                         match index.get(&e.id)? {
@@ -697,7 +697,7 @@ impl Store {
     fn note_leftovers(&self, report: &mut CheckReport) {
         let root = self.root();
         let mut dirs: Vec<PathBuf> = vec![root.to_path_buf()];
-        dirs.extend(crate::store::DIRS.iter().map(|d| root.join(d)));
+        dirs.extend(crate::repo::DIRS.iter().map(|d| root.join(d)));
         for dir in dirs {
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;

@@ -1,0 +1,4 @@
+//! Images (named sets of snapshots by device, with launch permissions) and copies between stores.
+
+pub(crate) mod copy;
+pub(crate) mod image;

@@ -1,0 +1,3 @@
+//! Packs: the immutable objects that hold the chunks.
+
+pub(crate) mod writer;

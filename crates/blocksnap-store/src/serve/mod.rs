@@ -1,0 +1,3 @@
+//! Serving snapshots to other programs: the NBD export.
+
+pub(crate) mod nbd;

@@ -1,0 +1,6 @@
+//! Taking a snapshot of a disk, and reading one back: restore and diff.
+
+pub(crate) mod create;
+pub(crate) mod diff;
+pub(crate) mod restore;
+pub(crate) mod source;
