@@ -115,6 +115,12 @@ fn range_reads_at_the_edges(b: &dyn Backend) {
     assert_eq!(b.get_range("obj", 0, 10_000).unwrap(), data);
     assert_eq!(b.get_range("obj", 10_000, 0).unwrap(), b"");
     assert_eq!(b.get_range("obj", 1234, 4321).unwrap(), &data[1234..5555]);
+    let r = b.open("obj").unwrap();
+    assert_eq!(r.size(), 10_000);
+    assert_eq!(r.read_at(1234, 4321).unwrap(), &data[1234..5555]);
+    assert_eq!(r.read_at(9_999, 1).unwrap(), &data[9_999..]);
+    assert!(matches!(r.read_at(9_999, 2), Err(BackendError::OutOfRange { .. })));
+    assert!(b.open("nope").err().expect("missing").is_not_found());
     for (off, len) in [(9_999, 2), (10_000, 1), (20_000, 1), (u64::MAX, 2)] {
         match b.get_range("obj", off, len) {
             Err(BackendError::OutOfRange { size, .. }) => assert_eq!(size, 10_000),

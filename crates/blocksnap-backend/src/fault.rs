@@ -138,6 +138,25 @@ impl Backend for FaultBackend {
         self.inner.delete(key)
     }
 
+    fn open(&self, key: &str) -> Result<Arc<dyn crate::ObjectReader>> {
+        self.op("open", key)?;
+        Ok(Arc::new(FaultReader {
+            backend: self.clone(),
+            key: key.into(),
+            inner: self.inner.open(key)?,
+        }))
+    }
+
+    fn temporaries(&self) -> Result<Vec<ObjectMeta>> {
+        self.op("temporaries", "")?;
+        self.inner.temporaries()
+    }
+
+    fn remove_temporary(&self, name: &str) -> Result<()> {
+        self.op("remove_temporary", name)?;
+        self.inner.remove_temporary(name)
+    }
+
     fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, Version)> {
         self.op("get_versioned", key)?;
         self.inner.get_versioned(key)
@@ -146,6 +165,23 @@ impl Backend for FaultBackend {
     fn replace(&self, key: &str, data: &[u8], expected: Option<&Version>) -> Result<Version> {
         self.op("replace", key)?;
         self.inner.replace(key, data, expected)
+    }
+}
+
+struct FaultReader {
+    backend: FaultBackend,
+    key: String,
+    inner: Arc<dyn crate::ObjectReader>,
+}
+
+impl crate::ObjectReader for FaultReader {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.backend.op("read_at", &self.key)?;
+        self.inner.read_at(offset, len)
     }
 }
 

@@ -59,10 +59,11 @@ mod local;
 mod memory;
 
 use std::io::Write;
+use std::sync::Arc;
 
 pub use error::{BackendError, Result};
 pub use fault::{FaultBackend, FaultPlan};
-pub use local::LocalBackend;
+pub use local::{LocalBackend, TMP_PREFIX, TempHook};
 pub use memory::MemoryBackend;
 
 /// The longest key a backend accepts.
@@ -113,10 +114,37 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// The whole object and its version.
     fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, Version)>;
 
+    /// A handle for many range reads of one object (a pack read chunk by chunk): a local backend
+    /// keeps the file open; an object store makes one ranged GET per read. The handle sees the
+    /// object as it was when opened.
+    fn open(&self, key: &str) -> Result<Arc<dyn ObjectReader>>;
+
+    /// What interrupted writes left behind (a local directory's `.tmp-…` files), by path
+    /// relative to the store; none where writes leave nothing (an object store).
+    fn temporaries(&self) -> Result<Vec<ObjectMeta>> {
+        Ok(Vec::new())
+    }
+
+    /// Removes one of [`Backend::temporaries`]. Only for a caller that knows no write is under
+    /// way (one holding the store alone).
+    fn remove_temporary(&self, name: &str) -> Result<()> {
+        let _ = name;
+        Ok(())
+    }
+
     /// Writes `data` to `key` if its version is still `expected` (`None`: if it does not exist),
     /// else [`BackendError::Conflict`] (or [`BackendError::AlreadyExists`] for `None`). Returns
     /// the new version.
     fn replace(&self, key: &str, data: &[u8], expected: Option<&Version>) -> Result<Version>;
+}
+
+/// Range reads of one object (see [`Backend::open`]).
+pub trait ObjectReader: Send + Sync {
+    /// The object's size.
+    fn size(&self) -> u64;
+
+    /// Exactly `len` bytes from `offset`; [`BackendError::OutOfRange`] beyond the end.
+    fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>>;
 }
 
 /// An object being written, not yet visible. Dropped without [`Staged::commit`], it is

@@ -13,6 +13,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::{
     Backend, BackendError, ObjectMeta, Result, Staged, Version, content_version, validate_key,
@@ -22,12 +23,26 @@ use crate::{
 /// Prefix of the backend's temporary files.
 pub const TMP_PREFIX: &str = ".tmp-";
 
+/// Called with the path of each temporary file the backend creates (see
+/// [`LocalBackend::with_temp_hook`]).
+pub type TempHook = Arc<dyn Fn(&Path) + Send + Sync>;
+
 /// A directory holding a store's objects.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LocalBackend {
     root: PathBuf,
     location: String,
     mode: u32,
+    temp_hook: Option<TempHook>,
+}
+
+impl std::fmt::Debug for LocalBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBackend")
+            .field("root", &self.root)
+            .field("mode", &self.mode)
+            .finish()
+    }
 }
 
 impl LocalBackend {
@@ -39,7 +54,16 @@ impl LocalBackend {
             location: root.display().to_string(),
             root,
             mode: 0o644,
+            temp_hook: None,
         }
+    }
+
+    /// The same backend telling `hook` the path of every temporary file it creates, before
+    /// anything is written to it: a process that must exit without unwinding (a second
+    /// Ctrl-C) can then remove those still there.
+    pub fn with_temp_hook(mut self, hook: TempHook) -> Self {
+        self.temp_hook = Some(hook);
+        self
     }
 
     /// The same backend creating objects with permission bits `mode` (e.g. 0600 for a store
@@ -84,6 +108,29 @@ impl LocalBackend {
         Ok(())
     }
 
+    /// Exactly `len` bytes from `offset` of the open object `f` of `size` bytes.
+    fn read_exact_at(&self, f: &File, key: &str, size: u64, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let range = || BackendError::OutOfRange {
+            key: key.into(),
+            offset,
+            len,
+            size,
+        };
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(range());
+        }
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                // Shrunk since: objects never do, so the file was damaged by hand.
+                range()
+            } else {
+                self.io("read", key)(e)
+            }
+        })?;
+        Ok(buf)
+    }
+
     /// A new temporary file in `dir`.
     fn temp_in(&self, dir: &Path, key: &str) -> Result<(File, PathBuf)> {
         self.ensure_dir(dir, key)?;
@@ -96,7 +143,12 @@ impl LocalBackend {
                 .mode(self.mode)
                 .open(&tmp)
             {
-                Ok(f) => return Ok((f, tmp)),
+                Ok(f) => {
+                    if let Some(hook) = &self.temp_hook {
+                        hook(&tmp);
+                    }
+                    return Ok((f, tmp));
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(self.io("create", key)(e)),
             }
@@ -167,29 +219,7 @@ impl Backend for LocalBackend {
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         let f = File::open(self.path(key)?).map_err(self.io("read", key))?;
         let size = f.metadata().map_err(self.io("read", key))?.len();
-        if offset.checked_add(len).is_none_or(|end| end > size) {
-            return Err(BackendError::OutOfRange {
-                key: key.into(),
-                offset,
-                len,
-                size,
-            });
-        }
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact_at(&mut buf, offset).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                // Shrunk meanwhile: objects never do, so the file was damaged by hand.
-                BackendError::OutOfRange {
-                    key: key.into(),
-                    offset,
-                    len,
-                    size,
-                }
-            } else {
-                self.io("read", key)(e)
-            }
-        })?;
-        Ok(buf)
+        self.read_exact_at(&f, key, size, offset, len)
     }
 
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
@@ -236,6 +266,45 @@ impl Backend for LocalBackend {
         }
     }
 
+    fn open(&self, key: &str) -> Result<Arc<dyn crate::ObjectReader>> {
+        let f = File::open(self.path(key)?).map_err(self.io("read", key))?;
+        let size = f.metadata().map_err(self.io("read", key))?.len();
+        Ok(Arc::new(LocalReader {
+            backend: self.clone(),
+            key: key.into(),
+            file: f,
+            size,
+        }))
+    }
+
+    fn temporaries(&self) -> Result<Vec<ObjectMeta>> {
+        let mut out = Vec::new();
+        temps(&self.root, "", &mut out).map_err(self.io("list", ""))?;
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn remove_temporary(&self, name: &str) -> Result<()> {
+        let file = Path::new(name).file_name().and_then(|n| n.to_str());
+        if !file.is_some_and(|n| n.starts_with(TMP_PREFIX)) || name.contains("..") {
+            return Err(BackendError::InvalidKey {
+                key: name.into(),
+                reason: "it is not a temporary file of this backend",
+            });
+        }
+        let path = self.root.join(name);
+        let r = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io("delete", name)(e)),
+        }
+    }
+
     fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, Version)> {
         let data = self.get(key)?;
         let v = content_version(&data);
@@ -269,6 +338,25 @@ impl Backend for LocalBackend {
         }
         sync_dir(&dir).map_err(self.io("replace", key))?;
         Ok(content_version(data))
+    }
+}
+
+/// An open object: the file, kept open for positioned reads.
+struct LocalReader {
+    backend: LocalBackend,
+    key: String,
+    file: File,
+    size: u64,
+}
+
+impl crate::ObjectReader for LocalReader {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.backend
+            .read_exact_at(&self.file, &self.key, self.size, offset, len)
     }
 }
 
@@ -366,6 +454,36 @@ fn walk(dir: &Path, dir_key: &str, prefix: &str, out: &mut Vec<ObjectMeta>) -> s
     Ok(())
 }
 
+/// The `.tmp-…` files and folders under `dir` (whose path in the store is `rel`).
+fn temps(dir: &Path, rel: &str, out: &mut Vec<ObjectMeta>) -> std::io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if name.starts_with(TMP_PREFIX) {
+            out.push(ObjectMeta {
+                key: path,
+                size: if meta.is_file() { meta.len() } else { 0 },
+            });
+        } else if meta.is_dir() && !name.starts_with('.') {
+            temps(&entry.path(), &path, out)?;
+        }
+    }
+    Ok(())
+}
+
 fn libc_enotdir() -> i32 {
     rustix::io::Errno::NOTDIR.raw_os_error()
 }
@@ -444,6 +562,14 @@ mod tests {
             .filter(|n| n.to_string_lossy().starts_with(TMP_PREFIX))
             .collect();
         assert!(left.is_empty(), "{left:?}");
+        let t = b.temporaries().unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].key, "packs/ab/.tmp-dead");
+        assert_eq!(t[0].size, 4);
+        assert!(b.remove_temporary("packs/ab/x").is_err());
+        b.remove_temporary("packs/ab/.tmp-dead").unwrap();
+        assert!(b.temporaries().unwrap().is_empty());
+        assert_eq!(b.list("").unwrap().len(), 1);
     }
 
     #[test]

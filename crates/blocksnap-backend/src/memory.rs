@@ -93,6 +93,13 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
+    fn open(&self, key: &str) -> Result<Arc<dyn crate::ObjectReader>> {
+        Ok(Arc::new(MemoryReader {
+            key: key.into(),
+            data: self.object(key)?,
+        }))
+    }
+
     fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, Version)> {
         let d = self.object(key)?;
         Ok((d.to_vec(), content_version(&d)))
@@ -109,6 +116,21 @@ impl Backend for MemoryBackend {
         }
         map.insert(key.into(), Arc::new(data.to_vec()));
         Ok(content_version(data))
+    }
+}
+
+struct MemoryReader {
+    key: String,
+    data: Arc<Vec<u8>>,
+}
+
+impl crate::ObjectReader for MemoryReader {
+    fn size(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        slice_range(&self.key, &self.data, offset, len)
     }
 }
 

@@ -214,9 +214,46 @@ impl Index {
         self.db.flush().map(|_| ()).map_err(|e| self.damaged(e))
     }
 
-    /// Removes every entry.
+    /// Removes every entry, and forgets every pack.
     pub fn clear(&self) -> Result<(), IndexError> {
-        self.db.clear().map_err(|e| self.damaged(e))
+        self.db.clear().map_err(|e| self.damaged(e))?;
+        self.packs()?.clear().map_err(|e| self.damaged(e))
+    }
+
+    /// The tree of packs whose trailers the index holds.
+    fn packs(&self) -> Result<sled::Tree, IndexError> {
+        self.db.open_tree("packs").map_err(|e| self.damaged(e))
+    }
+
+    /// Records that every entry of pack `id` is in the index (call after inserting them).
+    pub fn mark_pack(&self, id: &PackId) -> Result<(), IndexError> {
+        self.packs()?
+            .insert(&id.as_bytes()[..], &[][..])
+            .map(|_| ())
+            .map_err(|e| self.damaged(e))
+    }
+
+    /// Forgets that pack `id` is in the index (its entries are removed separately).
+    pub fn forget_pack(&self, id: &PackId) -> Result<(), IndexError> {
+        self.packs()?
+            .remove(&id.as_bytes()[..])
+            .map(|_| ())
+            .map_err(|e| self.damaged(e))
+    }
+
+    /// The packs whose entries the index holds: a host adds only the trailers of packs not in
+    /// this set when it opens a store others write to.
+    pub fn known_packs(&self) -> Result<std::collections::HashSet<PackId>, IndexError> {
+        let mut out = std::collections::HashSet::new();
+        for r in self.packs()?.iter() {
+            let (k, _) = r.map_err(|e| self.damaged(e))?;
+            let id: [u8; 32] = k
+                .as_ref()
+                .try_into()
+                .map_err(|_| self.damaged("a pack key has a bad length"))?;
+            out.insert(PackId(id));
+        }
+        Ok(out)
     }
 
     /// Number of entries (walks the whole index).

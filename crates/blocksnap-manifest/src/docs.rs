@@ -543,6 +543,35 @@ impl Document for VolumeDoc {
     }
 }
 
+/// `heads/VOLUME.json`: the newest snapshot of a volume, so that a new snapshot finds its
+/// parent by reading one object, and a counter that numbers the volume's snapshots. It is
+/// swapped (compare-and-swap) before the new snapshot's document is written: a crash between
+/// the two leaves a head naming a snapshot that does not exist, which readers treat as no head.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadDoc {
+    /// `blocksnap.head/v1`.
+    pub format: String,
+    /// The volume's name.
+    pub volume: String,
+    /// Its newest snapshot (one being committed, until its document is written).
+    pub snapshot: SnapshotId,
+    /// How many snapshots of the volume were begun: the newest one's sequence number.
+    pub seq: u64,
+    /// When it was last swapped.
+    pub updated: String,
+}
+
+impl Document for HeadDoc {
+    const KIND: &'static str = "volume head";
+    const FORMAT: &'static str = "blocksnap.head/v1";
+    fn validate(&self) -> Result<(), DocError> {
+        validate_name(Self::KIND, "volume", &self.volume)?;
+        validate_time(Self::KIND, "updated", &self.updated)?;
+        Ok(())
+    }
+}
+
 /// `trash/ID.json`: a deleted snapshot or image, restorable until `expires`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -22,6 +22,7 @@ mod lock;
 mod policy;
 
 pub use docs::{
+    HeadDoc,
     AccountDoc, ChunkerDoc, ChunkerKindDoc, ConfigDoc, Document, ExtentsDoc, GrantDoc, KeyDoc,
     MAX_NAME_LEN, MAX_TAGS, MAX_VOLUME_SIZE, SnapshotDoc, TrashDoc, VolumeDoc, validate_name,
     validate_tags,

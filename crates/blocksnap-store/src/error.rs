@@ -18,6 +18,14 @@ pub enum ErrorKind {
     NoSpace,
     /// Stopped by a cancellation request (a signal): exit 130 or 143.
     Interrupted,
+    /// No object of that kind has that id or name (exit 2).
+    NotFound,
+    /// A prefix matches several objects (exit 2); the message lists them.
+    Ambiguous,
+    /// The store cannot be written: read-only media, or no permission (exit 1).
+    ReadOnly,
+    /// A failure of the store's backend that may pass (a timeout, throttling): try again (exit 1).
+    Transient,
     /// Anything else (exit 1).
     Other,
 }
@@ -64,6 +72,50 @@ pub enum StoreError {
     /// removed its temporary files.
     #[error("interrupted")]
     Interrupted,
+    /// No object of `kind` is named `name`; `hint` says where to look.
+    #[error("no {kind} '{name}'{hint}")]
+    NotFound {
+        /// What was looked for (`snapshot`, `key`).
+        kind: &'static str,
+        /// The id, name or prefix given.
+        name: String,
+        /// What to do (`; see `blocksnap snapshot list``), or empty.
+        hint: String,
+    },
+    /// A prefix that matches several objects.
+    #[error("'{text}' matches {} {kind}s: {}; give more of it", candidates.len(), candidates.join(", "))]
+    Ambiguous {
+        /// What was looked for.
+        kind: &'static str,
+        /// The prefix given.
+        text: String,
+        /// Every object it matches.
+        candidates: Vec<String>,
+    },
+    /// A create met an object of that name.
+    #[error("a {kind} named '{name}' already exists")]
+    Exists {
+        /// What was created.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// Another writer changed a document between our read and our write, again and again.
+    #[error("the {kind} '{name}' was changed by another writer meanwhile; run the command again")]
+    Conflict {
+        /// The document's kind.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// The store's backend failed; `context` names the object.
+    #[error("{context}{}{source}", if context.is_empty() { "" } else { ": " })]
+    Backend {
+        /// What was being done, and on which object.
+        context: String,
+        /// The backend's error.
+        source: blocksnap_backend::BackendError,
+    },
 }
 
 /// True for "no space left on device" (ENOSPC).
@@ -83,6 +135,28 @@ impl StoreError {
             StoreError::Io { .. } | StoreError::Other(_) => ErrorKind::Other,
             StoreError::NoSpace { .. } => ErrorKind::NoSpace,
             StoreError::Interrupted => ErrorKind::Interrupted,
+            StoreError::NotFound { .. } => ErrorKind::NotFound,
+            StoreError::Ambiguous { .. } => ErrorKind::Ambiguous,
+            StoreError::Exists { .. } => ErrorKind::Usage,
+            StoreError::Conflict { .. } => ErrorKind::Other,
+            StoreError::Backend { source, .. } => {
+                use blocksnap_backend::BackendError as B;
+                match source {
+                    B::NoSpace { .. } => ErrorKind::NoSpace,
+                    B::ReadOnly { .. } => ErrorKind::ReadOnly,
+                    B::Transient { .. } => ErrorKind::Transient,
+                    B::InvalidKey { .. } => ErrorKind::Usage,
+                    _ => ErrorKind::Other,
+                }
+            }
+        }
+    }
+
+    /// An error of the store's backend, typed.
+    pub fn backend(source: blocksnap_backend::BackendError) -> StoreError {
+        StoreError::Backend {
+            context: String::new(),
+            source,
         }
     }
 
@@ -108,6 +182,18 @@ impl StoreError {
                 path,
             },
             StoreError::Interrupted => StoreError::Interrupted,
+            StoreError::Backend { context, source } => StoreError::Backend {
+                context: if context.is_empty() {
+                    what.to_string()
+                } else {
+                    format!("{what}: {context}")
+                },
+                source,
+            },
+            e @ (StoreError::NotFound { .. }
+            | StoreError::Ambiguous { .. }
+            | StoreError::Exists { .. }
+            | StoreError::Conflict { .. }) => e,
         }
     }
 
@@ -116,6 +202,10 @@ impl StoreError {
         match self {
             StoreError::NoSpace { path, .. } => Some(path),
             StoreError::Io { path, source, .. } if is_no_space(source) => Some(path),
+            StoreError::Backend {
+                source: blocksnap_backend::BackendError::NoSpace { location, .. },
+                ..
+            } => Some(std::path::Path::new(location.as_str())),
             _ => None,
         }
     }

@@ -15,7 +15,9 @@ use zeroize::Zeroizing;
 
 use crate::error::{Result, StoreError};
 use crate::fsutil;
-use crate::repo::Store;
+use crate::repo::layout::Kind;
+use crate::repo::resolve::resolve;
+use crate::repo::{Store, recovery_hint};
 
 /// Who acts: an account name and the path of its secret identity.
 #[derive(Clone, Debug)]
@@ -87,6 +89,34 @@ impl Access {
 }
 
 impl Store {
+    /// The access of `account` (default: the store's first account) with `identity` (default:
+    /// [`Store::default_identity_path`]).
+    pub fn access(&self, account: Option<&str>, identity: Option<&Path>) -> Result<Access> {
+        let account = account.unwrap_or(&self.config().default_account).to_string();
+        blocksnap_manifest::validate_name("account", "name", &account)
+            .map_err(|e| StoreError::Usage(e.to_string()))?;
+        let key = Kind::Account.key(&account);
+        if self.backend().head(&key).map_err(self.object_error(&key))?.is_none() {
+            if account == self.config().default_account {
+                return Err(StoreError::Damaged(format!(
+                    "the document of the store's first account '{account}' is missing ({}). {}",
+                    self.describe(&key),
+                    recovery_hint(self.place())
+                )));
+            }
+            return Err(StoreError::NotFound {
+                kind: "account",
+                name: account,
+                hint: format!(" in store {}; see `blocksnap account list`", self.place()),
+            });
+        }
+        let identity =
+            identity.map_or_else(|| self.default_identity_path(&account), Path::to_path_buf);
+        Ok(Access { account, identity })
+    }
+}
+
+impl Store {
     /// Creates an account: writes its identity file (mode 0600) and records its public part.
     pub(crate) fn create_account_inner(
         &self,
@@ -95,10 +125,16 @@ impl Store {
     ) -> Result<AccountDoc> {
         blocksnap_manifest::validate_name("account", "name", name)
             .map_err(|e| StoreError::Usage(e.to_string()))?;
-        if self.account_path(name).exists() {
-            return Err(StoreError::Usage(format!(
-                "account '{name}' already exists"
-            )));
+        if self
+            .backend()
+            .head(&Kind::Account.key(name))
+            .map_err(self.object_error(&Kind::Account.key(name)))?
+            .is_some()
+        {
+            return Err(StoreError::Exists {
+                kind: "account",
+                name: name.into(),
+            });
         }
         if identity_path.exists() {
             return Err(StoreError::Usage(format!(
@@ -127,7 +163,7 @@ impl Store {
             recipient,
             created,
         };
-        fsutil::write_atomic(&self.account_path(name), &doc.to_json(), 0o644)?;
+        self.create_doc(Kind::Account, name, &doc)?;
         Ok(doc)
     }
 
@@ -146,7 +182,7 @@ impl Store {
 
     /// Every account, by name.
     pub fn list_accounts(&self) -> Result<Vec<AccountDoc>> {
-        let mut out: Vec<AccountDoc> = self.read_docs(&self.root().join("accounts"))?;
+        let mut out: Vec<AccountDoc> = self.list_docs(Kind::Account)?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
@@ -167,29 +203,32 @@ impl Store {
     /// and wraps it to the grantee's public key. Only an account holding the key can grant it.
     pub fn grant_key(&self, access: &Access, key: &str, grantee: &str) -> Result<KeyDoc> {
         self.require_writable("key grant")?;
-        let mut doc = self.resolve_key(key)?;
+        let doc = self.resolve_key(key)?;
         let target = self.account(grantee)?;
-        if doc.grants.iter().any(|g| g.account == grantee) {
-            return Err(StoreError::Usage(format!(
-                "account '{grantee}' already holds a grant on key '{}'",
-                doc.name
-            )));
-        }
         let data_key = self.unwrap_key(access, &doc)?;
         let wrapped = wrap(data_key.expose(), &target)?;
-        doc.grants.push(GrantDoc {
-            account: grantee.into(),
-            wrapped,
-        });
-        fsutil::write_atomic(&self.key_path(doc.id), &doc.to_json(), 0o644)?;
-        Ok(doc)
+        // A compare-and-swap: a grant or revoke by another process meanwhile is kept.
+        self.update_doc::<KeyDoc>(Kind::Key, &doc.id.to_string(), |doc| {
+            if doc.grants.iter().any(|g| g.account == grantee) {
+                return Err(StoreError::Usage(format!(
+                    "account '{grantee}' already holds a grant on key '{}'",
+                    doc.name
+                )));
+            }
+            doc.grants.push(GrantDoc {
+                account: grantee.into(),
+                wrapped: wrapped.clone(),
+            });
+            Ok(())
+        })?
+        .ok_or_else(|| self.missing_key(doc.id))
     }
 
     /// Removes `grantee`'s wrapped copy of `key`. The acting account must hold the key; the
     /// last grant cannot be removed (the key, and all data under it, would be lost).
     pub fn revoke_key(&self, access: &Access, key: &str, grantee: &str) -> Result<KeyDoc> {
         self.require_writable("key revoke")?;
-        let mut doc = self.resolve_key(key)?;
+        let doc = self.resolve_key(key)?;
         if !doc.grants.iter().any(|g| g.account == grantee) {
             return Err(StoreError::Usage(format!(
                 "account '{grantee}' holds no grant on key '{}'",
@@ -197,27 +236,35 @@ impl Store {
             )));
         }
         self.unwrap_key(access, &doc)?;
-        if doc.grants.len() == 1 {
-            return Err(StoreError::Usage(format!(
-                "'{grantee}' holds the last grant on key '{}'; revoking it would make all data under the key unreadable",
-                doc.name
-            )));
-        }
-        doc.grants.retain(|g| g.account != grantee);
-        fsutil::write_atomic(&self.key_path(doc.id), &doc.to_json(), 0o644)?;
-        Ok(doc)
+        self.update_doc::<KeyDoc>(Kind::Key, &doc.id.to_string(), |doc| {
+            if !doc.grants.iter().any(|g| g.account == grantee) {
+                return Err(StoreError::Usage(format!(
+                    "account '{grantee}' holds no grant on key '{}'",
+                    doc.name
+                )));
+            }
+            if doc.grants.len() == 1 {
+                return Err(StoreError::Usage(format!(
+                    "'{grantee}' holds the last grant on key '{}'; revoking it would make all data under the key unreadable",
+                    doc.name
+                )));
+            }
+            doc.grants.retain(|g| g.account != grantee);
+            Ok(())
+        })?
+        .ok_or_else(|| self.missing_key(doc.id))
     }
 
     /// Reads an account document.
     pub fn account(&self, name: &str) -> Result<AccountDoc> {
-        let path = self.account_path(name);
-        if !path.is_file() {
-            return Err(StoreError::Usage(format!(
-                "no account '{name}'; see `blocksnap account list`"
-            )));
-        }
-        AccountDoc::from_json(&fsutil::read(&path)?)
-            .map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))
+        blocksnap_manifest::validate_name("account", "name", name)
+            .map_err(|e| StoreError::Usage(e.to_string()))?;
+        self.doc(Kind::Account, name)?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "account",
+                name: name.into(),
+                hint: "; see `blocksnap account list`".into(),
+            })
     }
 
     /// Creates a data key named `name`, granted to the acting account.
@@ -225,9 +272,10 @@ impl Store {
         blocksnap_manifest::validate_name("key", "name", name)
             .map_err(|e| StoreError::Usage(e.to_string()))?;
         if self.list_keys()?.iter().any(|k| k.name == name) {
-            return Err(StoreError::Usage(format!(
-                "a key named '{name}' already exists"
-            )));
+            return Err(StoreError::Exists {
+                kind: "key",
+                name: name.into(),
+            });
         }
         let key = Zeroizing::new(fsutil::random_bytes::<32>());
         let account = self.account(&access.account)?;
@@ -244,41 +292,43 @@ impl Store {
                 wrapped,
             }],
         };
-        fsutil::write_atomic(&self.key_path(id), &doc.to_json(), 0o644)?;
+        self.create_doc(Kind::Key, &id.to_string(), &doc)?;
         Ok(id)
     }
 
     /// Every key document.
     pub fn list_keys(&self) -> Result<Vec<KeyDoc>> {
-        let mut out: Vec<KeyDoc> = self.read_docs(&self.root().join("keys"))?;
+        let mut out: Vec<KeyDoc> = self.list_docs(Kind::Key)?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
-    /// A key by name, id or id prefix.
+    /// A key by name, full id or unique id prefix ([`crate::repo::resolve`]).
     pub fn resolve_key(&self, text: &str) -> Result<KeyDoc> {
         let keys = self.list_keys()?;
-        if let Some(k) = keys.iter().find(|k| k.name == text) {
-            return Ok(k.clone());
-        }
-        let no_keys = keys.is_empty();
-        let m: Vec<_> = keys
-            .into_iter()
-            .filter(|k| text.len() > 4 && k.id.to_string().starts_with(text))
-            .collect();
-        match m.len() {
-            1 => Ok(m.into_iter().next().expect("one")),
-            0 => {
+        match resolve(
+            "key",
+            "blocksnap key list",
+            KeyId::PREFIX,
+            text,
+            &keys,
+            |k| Some(k.id.to_string()),
+            |k| Some(k.name.as_str()),
+        ) {
+            Ok(k) => Ok(k.clone()),
+            Err(StoreError::NotFound { .. }) => {
                 // A key that should be there: the store's documents are damaged or gone.
-                let damaged = self.skipped_in(&self.root().join("keys"));
-                if damaged.is_empty() && !(self.config().encryption && no_keys) {
-                    return Err(StoreError::Usage(format!(
-                        "no key '{text}'; see `blocksnap key list`"
-                    )));
+                let damaged = self.skipped(Kind::Key);
+                if damaged.is_empty() && !(self.config().encryption && keys.is_empty()) {
+                    return Err(StoreError::NotFound {
+                        kind: "key",
+                        name: text.into(),
+                        hint: "; see `blocksnap key list`".into(),
+                    });
                 }
                 Err(StoreError::Damaged(format!(
                     "no key '{text}' in the store {}: {}. {}",
-                    self.root().display(),
+                    self.place(),
                     if damaged.is_empty() {
                         "it holds no key document at all".to_string()
                     } else {
@@ -291,30 +341,33 @@ impl Store {
                                 .join(", ")
                         )
                     },
-                    crate::repo::recovery_hint(self.root())
+                    recovery_hint(self.place())
                 )))
             }
-            n => Err(StoreError::Usage(format!(
-                "'{text}' matches {n} keys; give more of the id"
-            ))),
+            Err(e) => Err(e),
         }
     }
 
+    /// The error for key `id`, which documents name but the store lacks.
+    fn missing_key(&self, id: KeyId) -> StoreError {
+        StoreError::Damaged(format!(
+            "key {id} is missing from the store ({}): the data under it cannot be read, even \
+             with an identity. {}",
+            self.describe(&Kind::Key.key(&id.to_string())),
+            recovery_hint(self.place())
+        ))
+    }
+
     pub(crate) fn key_by_id(&self, id: KeyId) -> Result<KeyDoc> {
-        let path = self.key_path(id);
-        if !path.is_file() {
-            return Err(StoreError::Damaged(format!(
-                "key {id} is missing from the store ({}): the data under it cannot be read, \
-                 even with an identity. {}",
-                path.display(),
-                crate::repo::recovery_hint(self.root())
-            )));
-        }
-        KeyDoc::from_json(&fsutil::read(&path)?).map_err(|e| {
+        let key = Kind::Key.key(&id.to_string());
+        let Some(bytes) = self.get_object(&key)? else {
+            return Err(self.missing_key(id));
+        };
+        KeyDoc::from_json(&bytes).map_err(|e| {
             StoreError::Damaged(format!(
                 "{}: {e}; the data under key {id} cannot be read until it is put back. {}",
-                path.display(),
-                crate::repo::recovery_hint(self.root())
+                self.describe(&key),
+                recovery_hint(self.place())
             ))
         })
     }

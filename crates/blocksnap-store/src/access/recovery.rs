@@ -9,8 +9,10 @@
 //! that reads. It works on a store whose `config` is gone, which nothing else can open.
 
 use std::collections::BTreeSet;
-use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use blocksnap_backend::Backend;
 
 use blocksnap_manifest::{AccountDoc, ConfigDoc, Document, KeyDoc, KeyId, SnapshotDoc, StoreId};
 use serde::{Deserialize, Serialize};
@@ -19,7 +21,9 @@ use crate::error::{Result, StoreError};
 use crate::fsutil;
 use crate::progress::Progress;
 use crate::repo::documents::QuarantinedDoc;
-use crate::repo::{DamagedDoc, Store, store_data_held};
+use crate::repo::layout::Kind;
+use crate::repo::objects::store_data_held;
+use crate::repo::{CONFIG, DamagedDoc, Place, Store, describe};
 
 /// The recovery file's format.
 pub const RECOVERY_FORMAT: &str = "blocksnap.recovery/v1";
@@ -90,8 +94,8 @@ impl Store {
         }
         let accounts = self.list_accounts()?;
         let keys = self.list_keys()?;
-        let mut skipped = self.skipped_in(&self.root().join("accounts"));
-        skipped.extend(self.skipped_in(&self.root().join("keys")));
+        let mut skipped = self.skipped(Kind::Account);
+        skipped.extend(self.skipped(Kind::Key));
         self.warn_damaged(progress);
         for d in &skipped {
             progress.message(&format!(
@@ -129,6 +133,22 @@ impl Store {
         file: &Path,
         progress: &dyn Progress,
     ) -> Result<RecoveryImportReport> {
+        let root = &crate::repo::location::local_store_path(root)?;
+        Self::import_recovery_in(
+            Arc::new(crate::repo::local_backend(root)),
+            Place::Local(root.clone()),
+            file,
+            progress,
+        )
+    }
+
+    /// [`Store::import_recovery`] into the store in `backend`.
+    pub fn import_recovery_in(
+        backend: Arc<dyn Backend>,
+        place: Place,
+        file: &Path,
+        progress: &dyn Progress,
+    ) -> Result<RecoveryImportReport> {
         let doc: RecoveryFile = serde_json::from_slice(&fsutil::read(file)?).map_err(|e| {
             StoreError::Usage(format!(
                 "{} is not a blocksnap recovery file ({e}); `blocksnap recovery export` writes one",
@@ -159,11 +179,11 @@ impl Store {
         }
 
         // Which store is there: its config if it reads, else its data must agree with the file.
-        let cfg_path = root.join("config");
-        let present = cfg_path
-            .is_file()
-            .then(|| fsutil::read(&cfg_path).map(|b| ConfigDoc::from_json(&b)))
-            .transpose()?;
+        let present = match backend.get(CONFIG) {
+            Ok(b) => Some(ConfigDoc::from_json(&b)),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(StoreError::backend(e).context(&describe(&place, CONFIG))),
+        };
         let config = match present {
             Some(Ok(c)) if c.id != doc.store => {
                 return Err(StoreError::Usage(format!(
@@ -171,42 +191,41 @@ impl Store {
                      changed",
                     file.display(),
                     doc.store,
-                    root.display(),
+                    place,
                     c.id
                 )));
             }
             Some(Ok(c)) => c,
             _ => {
-                if present.is_none() && store_data_held(root).is_none() {
+                if present.is_none() && store_data_held(&*backend).is_none() {
                     return Err(StoreError::Usage(format!(
-                        "{} holds no blocksnap store data: `recovery import` puts a store's \
-                         config and keys back beside its data (to make a new store, use `init`)",
-                        root.display()
+                        "{place} holds no blocksnap store data: `recovery import` puts a store's \
+                         config and keys back beside its data (to make a new store, use `init`)"
                     )));
                 }
-                same_store_keys(root, &doc, file)?;
+                same_store_keys(&*backend, &place, &doc, file)?;
                 doc.config.clone()
             }
         };
-        let store = Store::with_config(root, config);
+        let store = Store::with_config(backend, place, config);
         let _lock = store.lock_exclusive("recovery import", progress)?;
         let mut report = RecoveryImportReport {
             store: Some(doc.store),
             ..RecoveryImportReport::default()
         };
         for a in &doc.accounts {
-            store.put_back::<AccountDoc>(
-                &store.account_path(&a.name),
-                &a.to_json(),
+            store.put_back::<AccountDoc>(&Kind::Account.key(&a.name), &a.to_json(), &mut report)?;
+        }
+        for k in &doc.keys {
+            store.put_back::<KeyDoc>(
+                &Kind::Key.key(&k.id.to_string()),
+                &k.to_json(),
                 &mut report,
             )?;
         }
-        for k in &doc.keys {
-            store.put_back::<KeyDoc>(&store.key_path(k.id), &k.to_json(), &mut report)?;
-        }
         // The config last: a store exists once it is complete.
-        store.put_back::<ConfigDoc>(&cfg_path, &doc.config.to_json(), &mut report)?;
-        let (_, foreign) = snapshot_keys(root, &doc);
+        store.put_back::<ConfigDoc>(CONFIG, &doc.config.to_json(), &mut report)?;
+        let (_, foreign) = snapshot_keys(&*store.backend().clone(), &doc);
         if !foreign.is_empty() {
             progress.message(&format!(
                 "warning: some snapshots are under keys ({}) whose documents neither the store nor \
@@ -219,51 +238,56 @@ impl Store {
         Ok(report)
     }
 
-    /// Writes `bytes` to `path` unless a readable `D` is there; a damaged one is quarantined
+    /// Writes `bytes` to `key` unless a readable `D` is there; a damaged one is quarantined
     /// first.
     fn put_back<D: Document>(
         &self,
-        path: &Path,
+        key: &str,
         bytes: &[u8],
         report: &mut RecoveryImportReport,
     ) -> Result<()> {
-        if path.is_file() {
-            let Err(problem) = D::from_json(&fsutil::read(path)?) else {
-                report.kept.push(path.to_path_buf());
+        let shown = PathBuf::from(self.describe(key));
+        if let Some(present) = self.get_object(key)? {
+            let Err(problem) = D::from_json(&present) else {
+                report.kept.push(shown);
                 return Ok(());
             };
             let problem = problem.to_string();
-            let to = self.quarantine(path)?;
+            let to = self.quarantine(key)?;
             report.quarantined.push(QuarantinedDoc {
-                from: path.to_path_buf(),
-                to,
+                from: shown.clone(),
+                to: self.describe(&to).into(),
                 problem,
             });
         }
-        fsutil::write_atomic(path, bytes, 0o644)?;
-        report.restored.push(path.to_path_buf());
+        self.backend()
+            .create(key, bytes)
+            .map_err(self.object_error(key))?;
+        report.restored.push(shown);
         Ok(())
     }
 }
 
-/// How the snapshots at `root` stand against the keys the recovery file and the store hold:
+/// How the snapshots in `backend` stand against the keys the recovery file and the store hold:
 /// how many are under a known key, and the keys of the others.
-fn snapshot_keys(root: &Path, doc: &RecoveryFile) -> (usize, BTreeSet<String>) {
+fn snapshot_keys(backend: &dyn Backend, doc: &RecoveryFile) -> (usize, BTreeSet<String>) {
     let mut known: BTreeSet<Option<KeyId>> = doc.keys.iter().map(|k| Some(k.id)).collect();
     if !doc.config.encryption {
         known.insert(None);
     }
     let (mut readable, mut foreign) = (0usize, BTreeSet::new());
-    let Ok(entries) = fs::read_dir(root.join("snapshots")) else {
+    let Ok(entries) = backend.list(&Kind::Snapshot.prefix()) else {
         return (readable, foreign);
     };
-    for e in entries.filter_map(std::result::Result::ok) {
-        let Ok(Ok(s)) = fs::read(e.path()).map(|b| SnapshotDoc::from_json(&b)) else {
+    for e in entries {
+        let Ok(Ok(s)) = backend.get(&e.key).map(|b| SnapshotDoc::from_json(&b)) else {
             continue;
         };
-        let in_store = s
-            .key
-            .is_some_and(|k| root.join("keys").join(format!("{k}.json")).is_file());
+        let in_store = s.key.is_some_and(|k| {
+            backend
+                .head(&Kind::Key.key(&k.to_string()))
+                .is_ok_and(|h| h.is_some())
+        });
         if known.contains(&s.key) || in_store {
             readable += 1;
         } else {
@@ -273,16 +297,20 @@ fn snapshot_keys(root: &Path, doc: &RecoveryFile) -> (usize, BTreeSet<String>) {
     (readable, foreign)
 }
 
-/// Fails when the store at `root` (whose config is gone or damaged) has snapshots and none is
-/// under a key the file or the store holds: the file is of another store, and its config would
-/// read none of this data.
-fn same_store_keys(root: &Path, doc: &RecoveryFile, file: &Path) -> Result<()> {
-    let (readable, foreign) = snapshot_keys(root, doc);
+/// Fails when the store in `backend` (whose config is gone or damaged) has snapshots and none
+/// is under a key the file or the store holds: the file is of another store, and its config
+/// would read none of this data.
+fn same_store_keys(
+    backend: &dyn Backend,
+    place: &Place,
+    doc: &RecoveryFile,
+    file: &Path,
+) -> Result<()> {
+    let (readable, foreign) = snapshot_keys(backend, doc);
     if readable == 0 && !foreign.is_empty() {
         return Err(StoreError::Usage(format!(
-            "the snapshots in {} are under keys ({}) that {} does not hold: it is the recovery \
+            "the snapshots in {place} are under keys ({}) that {} does not hold: it is the recovery \
              file of another store; nothing was changed",
-            root.display(),
             foreign.into_iter().collect::<Vec<_>>().join(", "),
             file.display()
         )));

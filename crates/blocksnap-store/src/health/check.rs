@@ -13,25 +13,23 @@
 //! point into it (those past its end are lost; with `--read-data` the others are decoded).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::fs::{self, File};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
 
 use blocksnap_index::Location;
 use blocksnap_manifest::{
-    AccountDoc, ChunkId, Document, Extent, ImageDoc, ImageId, KeyDoc, KeyId, PackId, PolicyDoc,
-    SnapshotDoc, SnapshotId, TrashDoc, VolumeDoc,
+    ChunkId, Document, Extent, ImageDoc, ImageId, KeyId, PackId,
+    SnapshotDoc, SnapshotId, TrashDoc,
 };
 use blocksnap_pack::{ChunkCodec, Entry, PackHeader, read_layout, read_trailer};
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::access::Access;
-use crate::error::{ErrorKind, Result, StoreError};
-use crate::fsutil::{self, TMP_PREFIX};
+use crate::error::{ErrorKind, Result};
+use crate::packs::PackObject;
+use crate::packs::reader::{ChunkReader, Locator};
 use crate::progress::Progress;
 use crate::repo::Store;
-use crate::snapshot::restore::{ChunkReader, Locator};
+use crate::repo::layout::Kind;
 
 /// At most this many damaged chunks are listed per snapshot and per pack; the rest are counted.
 const MAX_PER_SNAPSHOT: usize = 10;
@@ -238,36 +236,28 @@ impl Store {
         // Documents.
         let mut docs: Vec<(SnapshotDoc, &str)> = Vec::new();
         let mut images: Vec<(ImageDoc, &str)> = Vec::new();
-        for (dir, kind) in [
-            ("accounts", "account"),
-            ("keys", "key"),
-            ("snapshots", "snapshot"),
-            ("trash", "trash"),
-            ("volumes", "volume"),
-            ("policies", "policy"),
-            ("images", "image"),
-        ] {
-            let files = match json_files(&self.root().join(dir)) {
-                Ok(f) => f,
+        for kind in Kind::DOCUMENTS {
+            let names = match self.names(kind) {
+                Ok(n) => n,
                 Err(e) => {
                     report
                         .not_verified
-                        .push(format!("the {kind} documents: {e}"));
+                        .push(format!("the {} documents: {e}", kind.noun()));
                     continue;
                 }
             };
-            for path in files {
-                let bytes = match fsutil::read(&path) {
-                    Ok(b) => b,
+            for name in names {
+                let key = kind.key(&name);
+                let bytes = match self.get_object(&key) {
+                    Ok(Some(b)) => b,
+                    Ok(None) => continue,
                     Err(e) => {
                         report.not_verified.push(e.to_string());
                         continue;
                     }
                 };
                 let parsed = match kind {
-                    "account" => AccountDoc::from_json(&bytes).map(|_| ()),
-                    "key" => KeyDoc::from_json(&bytes).map(|_| ()),
-                    "trash" => TrashDoc::from_json(&bytes).map(|t| {
+                    Kind::Trash => TrashDoc::from_json(&bytes).map(|t| {
                         if let Some(s) = t.snapshot {
                             docs.push((s, ", in the trash"));
                         }
@@ -275,13 +265,15 @@ impl Store {
                             images.push((i, ", in the trash"));
                         }
                     }),
-                    "volume" => VolumeDoc::from_json(&bytes).map(|_| ()),
-                    "policy" => PolicyDoc::from_json(&bytes).map(|_| ()),
-                    "image" => ImageDoc::from_json(&bytes).map(|d| images.push((d, ""))),
-                    _ => SnapshotDoc::from_json(&bytes).map(|d| docs.push((d, ""))),
+                    Kind::Image => ImageDoc::from_json(&bytes).map(|d| images.push((d, ""))),
+                    Kind::Snapshot => SnapshotDoc::from_json(&bytes).map(|d| docs.push((d, ""))),
+                    other => match crate::repo::documents::problem(other, &bytes) {
+                        Some(e) => Err(e),
+                        None => Ok(()),
+                    },
                 };
                 if let Err(e) = parsed {
-                    report.problems.push(format!("{}: {e}", path.display()));
+                    report.problems.push(format!("{}: {e}", self.describe(&key)));
                 }
             }
         }
@@ -317,20 +309,20 @@ impl Store {
             },
             packs.len() as u64,
         );
-        for (id, path) in &packs {
+        for p in &packs {
+            let id = &p.id;
+            let path = self.describe_pack(id);
             crate::cancel::check()?;
             progress.advance(1);
-            let file = match File::open(path) {
+            let file = match self.open_pack(id) {
                 Ok(f) => f,
                 Err(e) => {
-                    report
-                        .not_verified
-                        .push(format!("pack {id}: cannot open {}: {e}", path.display()));
+                    report.not_verified.push(format!("pack {id}: {e}"));
                     states.insert(*id, PackState::Unreadable);
                     continue;
                 }
             };
-            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let len = file.size();
             sizes.insert(*id, len);
             let layout = match read_layout(&file) {
                 Ok(l) => l,
@@ -339,14 +331,14 @@ impl Store {
                 {
                     report
                         .not_verified
-                        .push(format!("pack {id}: cannot read {}: {e}", path.display()));
+                        .push(format!("pack {id}: cannot read {}: {e}", path));
                     states.insert(*id, PackState::Unreadable);
                     continue;
                 }
                 Err(e) => {
                     report
                         .problems
-                        .push(format!("pack {id} ({}): {e}", path.display()));
+                        .push(format!("pack {id} ({}): {e}", path));
                     damaged_packs.insert(*id);
                     let header = PackHeader::decode(&read_head(&file)).ok();
                     states.insert(*id, PackState::NoTrailer { len, header });
@@ -367,7 +359,7 @@ impl Store {
                 Err(e) => {
                     report
                         .problems
-                        .push(format!("pack {id} ({}): {e}", path.display()));
+                        .push(format!("pack {id} ({}): {e}", path));
                     damaged_packs.insert(*id);
                     states.insert(
                         *id,
@@ -405,7 +397,7 @@ impl Store {
                     }
                     if read_data {
                         let (errors, unread) =
-                            verify_records(&file, path, codec, &header, &entries);
+                            verify_records(&file, &path, codec, &header, &entries);
                         let bad = errors.len() as u64;
                         report.chunks_verified += entries.len() as u64 - bad - unread.len() as u64;
                         report.chunks_damaged += bad;
@@ -452,8 +444,7 @@ impl Store {
                     } else if let Some(h) = header {
                         match keys.get(h.key_id) {
                             Some(codec) if read_data => {
-                                let path = self.pack_path(&loc.pack);
-                                Some(read_record(&path, codec, h, &id, &loc))
+                                Some(read_record(self, codec, h, &id, &loc))
                             }
                             _ => None,
                         }
@@ -481,7 +472,7 @@ impl Store {
             report.problems.push(format!(
                 "pack {pack} is missing ({}), and the index places {n} chunks in it; \
                  `blocksnap repair packs` makes the index forget them",
-                self.pack_path(pack).display()
+                self.describe_pack(pack)
             ));
         }
         report.missing_packs = stale.keys().copied().collect();
@@ -669,8 +660,8 @@ impl Store {
         if all_walked {
             let mut unused: Vec<(PackId, u64)> = packs
                 .iter()
-                .filter(|(id, _)| !referenced.contains(id))
-                .map(|(id, _)| (*id, sizes.get(id).copied().unwrap_or(0)))
+                .filter(|p| !referenced.contains(&p.id))
+                .map(|p| (p.id, sizes.get(&p.id).copied().unwrap_or(p.size)))
                 .collect();
             unused.sort();
             if !unused.is_empty() {
@@ -695,49 +686,22 @@ impl Store {
 
     /// Notes temporary files of interrupted runs and packs set aside by `repair packs`.
     fn note_leftovers(&self, report: &mut CheckReport) {
-        let root = self.root();
-        let mut dirs: Vec<PathBuf> = vec![root.to_path_buf()];
-        dirs.extend(crate::repo::DIRS.iter().map(|d| root.join(d)));
-        for dir in dirs {
-            let Ok(entries) = fs::read_dir(&dir) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if !name.starts_with(TMP_PREFIX) {
-                    continue;
-                }
-                let path = e.path();
-                let fix = if dir.ends_with("packs") {
-                    "`blocksnap prune` removes it"
-                } else {
-                    "delete it"
-                };
-                report.notes.push(format!(
-                    "{} ({} bytes) is a temporary file left by an interrupted run (or written by \
-                     a command still running); {fix} when no blocksnap command is running",
-                    path.display(),
-                    size_of(&path)
-                ));
-            }
+        for t in self.backend().temporaries().unwrap_or_default() {
+            report.notes.push(format!(
+                "{} ({} bytes) is a temporary file left by an interrupted run (or written by a \
+                 command still running); `blocksnap prune` removes it",
+                self.describe(&t.key),
+                t.size
+            ));
         }
-        let packs = root.join("packs");
-        let Ok(subs) = fs::read_dir(&packs) else {
-            return;
-        };
-        for sub in subs.flatten() {
-            let Ok(files) = fs::read_dir(sub.path()) else {
-                continue;
-            };
-            for f in files.flatten() {
-                if f.file_name().to_string_lossy().ends_with(DAMAGED_SUFFIX) {
-                    report.notes.push(format!(
-                        "{} is a damaged pack `blocksnap repair packs` set aside (its intact \
-                         chunks were moved to new packs); delete it once you no longer want to \
-                         examine it",
-                        f.path().display()
-                    ));
-                }
+        let prefix = Kind::Pack.prefix();
+        for m in self.backend().list(&prefix).unwrap_or_default() {
+            if m.key.ends_with(DAMAGED_SUFFIX) {
+                report.notes.push(format!(
+                    "{} is a damaged pack `blocksnap repair packs` set aside (its intact chunks \
+                     were moved to new packs); delete it once you no longer want to examine it",
+                    self.describe(&m.key)
+                ));
             }
         }
     }
@@ -787,11 +751,7 @@ fn next_steps(report: &CheckReport, read_data: bool, volumes: &BTreeSet<String>)
     steps
 }
 
-fn size_of(path: &Path) -> u64 {
-    fs::symlink_metadata(path).map(|m| m.len()).unwrap_or(0)
-}
-
-fn read_head(file: &File) -> Vec<u8> {
+fn read_head(file: &PackObject) -> Vec<u8> {
     let mut h = vec![0u8; blocksnap_pack::format::HEADER_LEN];
     match file.read_exact_at(&mut h, 0) {
         Ok(()) => h,
@@ -801,13 +761,13 @@ fn read_head(file: &File) -> Vec<u8> {
 
 /// Reads and decodes one record where the index says it is.
 fn read_record(
-    path: &Path,
+    store: &Store,
     codec: &ChunkCodec,
     header: &PackHeader,
     id: &ChunkId,
     loc: &Location,
 ) -> std::result::Result<(), String> {
-    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let file = store.open_pack(&loc.pack).map_err(|e| e.to_string())?;
     let mut rec = vec![0u8; loc.stored_len as usize];
     file.read_exact_at(&mut rec, loc.offset)
         .map_err(|e| format!("chunk {id} at offset {}: cannot read: {e}", loc.offset))?;
@@ -826,8 +786,8 @@ fn read_record(
 /// Decodes every record of a pack. Returns the damaged ones with the reason, and the records
 /// that could not be read for another reason than damage (I/O errors), as not verified.
 fn verify_records(
-    file: &File,
-    path: &Path,
+    file: &PackObject,
+    path: &str,
     codec: &ChunkCodec,
     header: &PackHeader,
     entries: &[Entry],
@@ -839,10 +799,8 @@ fn verify_records(
             let mut rec = vec![0u8; e.stored_len as usize];
             if let Err(err) = file.read_exact_at(&mut rec, e.offset) {
                 let text = format!(
-                    "chunk {} at offset {}: cannot read {}: {err}",
-                    e.id,
-                    e.offset,
-                    path.display()
+                    "chunk {} at offset {}: cannot read {path}: {err}",
+                    e.id, e.offset
                 );
                 return Some((
                     *e,
@@ -870,23 +828,4 @@ fn verify_records(
     damaged.sort_by_key(|(e, _)| e.offset);
     unread.sort();
     (damaged, unread)
-}
-
-fn json_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    if !dir.exists() {
-        return Ok(out);
-    }
-    for e in fs::read_dir(dir).map_err(StoreError::io("cannot list", dir))? {
-        let path = e.map_err(StoreError::io("cannot list", dir))?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        if name.ends_with(".json") && !name.starts_with(TMP_PREFIX) {
-            out.push(path);
-        }
-    }
-    out.sort();
-    Ok(out)
 }

@@ -2,7 +2,6 @@
 //! `repair packs`: heal the store after packs were damaged or deleted.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
@@ -14,11 +13,11 @@ use serde::Serialize;
 
 use crate::access::Access;
 use crate::error::{Result, StoreError};
-use crate::fsutil;
-use crate::health::check::DAMAGED_SUFFIX;
-use crate::packs::writer::{ChunkSink, location};
+use crate::packs::writer::{ChunkWriter, location};
 use crate::progress::Progress;
+use crate::packs::PackObject;
 use crate::repo::Store;
+use crate::repo::layout::{damaged_pack_key, pack_key};
 
 /// What `repair packs` did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -45,7 +44,6 @@ pub struct RepairPacksReport {
 /// A damaged pack found by `repair packs`.
 struct Damaged {
     id: PackId,
-    path: PathBuf,
     header: Option<PackHeader>,
     /// The trailer's entries when it could be read, and the offsets of damaged records.
     entries: Vec<Entry>,
@@ -84,54 +82,6 @@ impl Store {
         index.clear()?;
         self.fill_index(&index, access, progress)
     }
-
-    /// Adds every chunk of every pack whose trailer `access` can read to `index`, and flushes.
-    pub(crate) fn fill_index(
-        &self,
-        index: &Index,
-        access: &Access,
-        progress: &dyn Progress,
-    ) -> Result<RepairReport> {
-        let packs = self.list_packs()?;
-        let mut codecs: HashMap<Option<KeyId>, Result<ChunkCodec>> = HashMap::new();
-        let mut report = RepairReport {
-            packs: 0,
-            chunks: 0,
-            problems: Vec::new(),
-        };
-        progress.start("rebuild index", packs.len() as u64);
-        for (id, path) in packs {
-            crate::cancel::check()?;
-            progress.advance(1);
-            let file = File::open(&path).map_err(StoreError::io("cannot open pack", &path))?;
-            let mut wanted = None;
-            let trailer = read_trailer(&file, |key| {
-                wanted = Some(key);
-                let codec = codecs.entry(key).or_insert_with(|| self.codec(access, key));
-                codec.as_ref().ok()
-            });
-            match trailer {
-                Ok((_, entries)) => {
-                    let locs: Vec<_> = entries.iter().map(|e| (e.id, location(id, e))).collect();
-                    index.insert_batch(&locs)?;
-                    report.packs += 1;
-                    report.chunks += locs.len() as u64;
-                }
-                Err(e) => {
-                    let why = match wanted.and_then(|k| codecs.get(&k)) {
-                        Some(Err(denied)) => denied.to_string(),
-                        _ => e.to_string(),
-                    };
-                    report
-                        .problems
-                        .push(format!("pack {id} ({}): {why}", path.display()));
-                }
-            }
-        }
-        index.flush()?;
-        progress.finish();
-        Ok(report)
-    }
 }
 
 impl Store {
@@ -156,7 +106,7 @@ impl Store {
         let mut codecs: HashMap<Option<KeyId>, Result<ChunkCodec>> = HashMap::new();
         let packs = self.list_packs()?;
         report.packs = packs.len() as u64;
-        let present: HashSet<PackId> = packs.iter().map(|(id, _)| *id).collect();
+        let present: HashSet<PackId> = packs.iter().map(|p| p.id).collect();
         let mut damaged: Vec<Damaged> = Vec::new();
         progress.start(
             if read_data {
@@ -166,21 +116,20 @@ impl Store {
             },
             packs.len() as u64,
         );
-        for (id, path) in &packs {
+        for p in &packs {
+            let id = &p.id;
+            let path = self.describe_pack(id);
             crate::cancel::check()?;
             progress.advance(1);
-            let file = match File::open(path) {
+            let file = match self.open_pack(id) {
                 Ok(f) => f,
                 Err(e) => {
-                    report
-                        .not_repaired
-                        .push(format!("pack {id}: cannot open {}: {e}", path.display()));
+                    report.not_repaired.push(format!("pack {id}: {e}"));
                     continue;
                 }
             };
             let broken = |header: Option<PackHeader>| Damaged {
                 id: *id,
-                path: path.clone(),
                 header,
                 entries: Vec::new(),
                 bad: HashSet::new(),
@@ -190,7 +139,7 @@ impl Store {
                 Err(PackError::Io(e)) if e.kind() != std::io::ErrorKind::UnexpectedEof => {
                     report
                         .not_repaired
-                        .push(format!("pack {id}: cannot read {}: {e}", path.display()));
+                        .push(format!("pack {id}: cannot read {}: {e}", path));
                     continue;
                 }
                 Err(_) => {
@@ -241,7 +190,7 @@ impl Store {
                         Err(e) if e.kind() != std::io::ErrorKind::UnexpectedEof => {
                             report.not_repaired.push(format!(
                                 "pack {id}: cannot read the record at offset {offset} of {}: {e}",
-                                path.display()
+                                path
                             ));
                         }
                         _ if ok => report.chunks_verified += 1,
@@ -253,8 +202,7 @@ impl Store {
                 if !bad.is_empty() {
                     damaged.push(Damaged {
                         id: *id,
-                        path: path.clone(),
-                        header: Some(layout.header),
+                                header: Some(layout.header),
                         entries,
                         bad,
                     });
@@ -306,10 +254,8 @@ impl Store {
                 }
             };
             let (moved, lost) = self.move_intact(&index, &d, codec.map(|c| &*c), &indexed)?;
-            let aside = d.path.with_file_name(format!("{}{DAMAGED_SUFFIX}", d.id));
-            fs::rename(&d.path, &aside)
-                .map_err(StoreError::io("cannot set the damaged pack aside", &d.path))?;
-            fsutil::sync_dir(aside.parent().expect("packs/XX"))?;
+            let aside = self.set_pack_aside(&d.id)?;
+            index.forget_pack(&d.id)?;
             for (id, loc) in &lost {
                 if index.remove_if(id, loc)? {
                     report.chunks_forgotten += 1;
@@ -354,9 +300,9 @@ impl Store {
             );
             return Ok((0, lost));
         };
-        let file = File::open(&d.path).map_err(StoreError::io("cannot open pack", &d.path))?;
+        let file = self.open_pack(&d.id)?;
         let cipher = codec.pack_cipher(&header.salt);
-        let mut sink = ChunkSink::relocating(self, codec, index);
+        let mut sink = ChunkWriter::relocating(self, codec, index)?;
         let mut batch = Vec::new();
         let mut batch_bytes = 0usize;
         let mut moved = 0u64;
@@ -393,7 +339,25 @@ impl Store {
     }
 }
 
-fn read_header(file: &File) -> Option<PackHeader> {
+impl Store {
+    /// Sets a damaged pack aside as `packs/XX/ID.damaged` (copied there, then the pack deleted:
+    /// a crash between leaves both, never neither); returns where it went.
+    fn set_pack_aside(&self, id: &PackId) -> Result<PathBuf> {
+        let key = pack_key(id);
+        let aside = damaged_pack_key(id);
+        let bytes = self.get_object(&key)?.unwrap_or_default();
+        match self.backend().create(&aside, &bytes) {
+            Ok(()) => {}
+            // Set aside before, by a run that stopped before deleting the pack.
+            Err(e) if e.is_already_exists() => {}
+            Err(e) => return Err(self.object_error(&aside)(e)),
+        }
+        self.delete_object(&key)?;
+        Ok(self.describe(&aside).into())
+    }
+}
+
+fn read_header(file: &PackObject) -> Option<PackHeader> {
     let mut h = [0u8; blocksnap_pack::format::HEADER_LEN];
     file.read_exact_at(&mut h, 0).ok()?;
     PackHeader::decode(&h).ok()

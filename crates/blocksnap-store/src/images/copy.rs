@@ -22,7 +22,7 @@ use crate::images::image::{ImageReport, new_image};
 use crate::progress::Progress;
 use crate::repo::Store;
 use crate::snapshot::create::{SnapshotReport, Within};
-use crate::snapshot::restore::ChunkReader;
+use crate::packs::reader::ChunkReader;
 use crate::snapshot::source::ReadBatch;
 
 /// The tag naming the snapshot a copy was made from: `STORE-ID/SNAPSHOT-ID`.

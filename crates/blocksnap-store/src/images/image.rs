@@ -23,6 +23,8 @@ use crate::fsutil;
 use crate::lifecycle::trash::TrashEntry;
 use crate::progress::Progress;
 use crate::repo::Store;
+use crate::repo::layout::Kind;
+use crate::repo::resolve::resolve;
 use crate::snapshot::create::{SnapshotOptions, SnapshotReport, Within};
 use crate::snapshot::restore::{RestoreOptions, RestoreReport, TargetKind};
 
@@ -142,22 +144,15 @@ pub(crate) fn new_image(
 }
 
 impl Store {
-    pub(crate) fn image_path(&self, id: ImageId) -> PathBuf {
-        self.root().join("images").join(format!("{id}.json"))
-    }
-
+    /// Creates an image's document (a new image, or one back from the trash).
     pub(crate) fn write_image(&self, doc: &ImageDoc) -> Result<()> {
-        let dir = self.root().join("images");
-        if !dir.is_dir() {
-            fs::create_dir_all(&dir).map_err(StoreError::io("cannot create", &dir))?;
-            fsutil::sync_dir(self.root())?;
-        }
-        fsutil::write_atomic(&self.image_path(doc.id), &doc.to_json(), 0o644)
+        self.create_doc(Kind::Image, &doc.id.to_string(), doc)
+            .map(|_| ())
     }
 
     /// Every image document, by name.
     pub fn list_images(&self) -> Result<Vec<ImageDoc>> {
-        let mut v: Vec<ImageDoc> = self.read_docs(&self.root().join("images"))?;
+        let mut v: Vec<ImageDoc> = self.list_docs(Kind::Image)?;
         v.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(v)
     }
@@ -169,30 +164,19 @@ impl Store {
         Ok(v)
     }
 
-    /// An image by name, id or unique id prefix.
+    /// An image by name, full id or unique id prefix ([`crate::repo::resolve`]).
     pub fn resolve_image(&self, text: &str) -> Result<ImageDoc> {
         let images = self.list_images()?;
-        if let Some(i) = images.iter().find(|i| i.name == text) {
-            return Ok(i.clone());
-        }
-        let want = if text.starts_with(ImageId::PREFIX) {
-            text.to_string()
-        } else {
-            format!("{}{text}", ImageId::PREFIX)
-        };
-        let m: Vec<_> = images
-            .into_iter()
-            .filter(|i| want.len() > ImageId::PREFIX.len() && i.id.to_string().starts_with(&want))
-            .collect();
-        match m.len() {
-            1 => Ok(m.into_iter().next().expect("one")),
-            0 => Err(StoreError::Usage(format!(
-                "no image '{text}'; see `blocksnap image list`"
-            ))),
-            n => Err(StoreError::Usage(format!(
-                "'{text}' matches {n} images; give more of the id"
-            ))),
-        }
+        resolve(
+            "image",
+            "blocksnap image list",
+            ImageId::PREFIX,
+            text,
+            &images,
+            |i| Some(i.id.to_string()),
+            |i| Some(i.name.as_str()),
+        )
+        .cloned()
     }
 
     /// The live images that map snapshot `id`.
@@ -534,14 +518,16 @@ impl Store {
         doc.volumes
             .iter()
             .map(|v| {
-                let path = self.snapshot_path(v.snapshot);
-                if !path.is_file() {
+                let Some(s) = self.snapshot_doc(v.snapshot)? else {
                     return Err(StoreError::Damaged(format!(
                         "image '{}' device {}: snapshot {} is not in the store{}",
                         doc.name,
                         v.device,
                         v.snapshot,
-                        if self.trash_path(&v.snapshot.to_string()).is_file() {
+                        if self
+                            .get_object(&Kind::Trash.key(&v.snapshot.to_string()))?
+                            .is_some()
+                        {
                             format!(
                                 " (it is in the trash: `blocksnap trash restore {}`)",
                                 v.snapshot
@@ -550,8 +536,7 @@ impl Store {
                             String::new()
                         }
                     )));
-                }
-                let s = self.resolve_snapshot(&v.snapshot.to_string())?;
+                };
                 if s.size != v.size || s.key != doc.key {
                     return Err(StoreError::Damaged(format!(
                         "image '{}' device {}: snapshot {} has size {} and key {:?}, the image says {} and {:?}",
@@ -585,22 +570,31 @@ impl Store {
         } else {
             "image unshare"
         })?;
-        let mut doc = self.resolve_image(image)?;
+        let doc = self.resolve_image(image)?;
         self.require_owner(access, &doc, if share { "share" } else { "unshare" })?;
-        let perms = &mut doc.launch_permissions;
-        match to {
-            Audience::Public => perms.public = share,
-            Audience::Account(name) => {
-                self.account(name)?;
-                perms.accounts.retain(|a| a != name);
-                if share {
-                    perms.accounts.push(name.clone());
-                    perms.accounts.sort();
+        if let Audience::Account(name) = to {
+            self.account(name)?;
+        }
+        // A compare-and-swap: a share by another process meanwhile is kept.
+        self.update_doc::<ImageDoc>(Kind::Image, &doc.id.to_string(), |doc| {
+            let perms = &mut doc.launch_permissions;
+            match to {
+                Audience::Public => perms.public = share,
+                Audience::Account(name) => {
+                    perms.accounts.retain(|a| a != name);
+                    if share {
+                        perms.accounts.push(name.clone());
+                        perms.accounts.sort();
+                    }
                 }
             }
-        }
-        self.write_image(&doc)?;
-        Ok(doc)
+            Ok(())
+        })?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "image",
+            name: image.into(),
+            hint: " (it was deregistered meanwhile)".into(),
+        })
     }
 
     fn require_owner(&self, access: &Access, doc: &ImageDoc, what: &str) -> Result<()> {
@@ -626,9 +620,7 @@ impl Store {
         let doc = self.resolve_image(image)?;
         self.require_owner(access, &doc, "deregister")?;
         let tomb = self.tombstone(access, None, Some(doc.clone()))?;
-        let live = self.image_path(doc.id);
-        fs::remove_file(&live).map_err(StoreError::io("cannot remove", &live))?;
-        fsutil::sync_dir(live.parent().expect("images/"))?;
+        self.delete_object(&Kind::Image.key(&doc.id.to_string()))?;
         let mut report = DeregisterReport {
             image: crate::lifecycle::trash::entry(&tomb),
             snapshots_deleted: Vec::new(),
@@ -640,10 +632,9 @@ impl Store {
                     report.snapshots_kept.push(v.snapshot);
                     continue;
                 }
-                if !self.snapshot_path(v.snapshot).is_file() {
+                let Some(s) = self.snapshot_doc(v.snapshot)? else {
                     continue;
-                }
-                let s = self.resolve_snapshot(&v.snapshot.to_string())?;
+                };
                 report
                     .snapshots_deleted
                     .push(self.trash_snapshot(access, s)?);

@@ -2,3 +2,4 @@
 
 pub(crate) mod copy;
 pub(crate) mod image;
+pub(crate) mod volumes;

@@ -8,7 +8,6 @@
 //! (tagged `blocksnap:policy=NAME` and `blocksnap:schedule=NAME`).
 
 use std::collections::BTreeMap;
-use std::fs;
 
 use blocksnap_manifest::{Document, Keep, Period, PolicyDoc, Schedule, SnapshotDoc, Unit};
 use jiff::{Timestamp, ToSpan, tz::TimeZone};
@@ -19,6 +18,7 @@ use crate::error::{Result, StoreError};
 use crate::fsutil;
 use crate::progress::Progress;
 use crate::repo::Store;
+use crate::repo::layout::Kind;
 use crate::snapshot::create::SnapshotOptions;
 
 /// Tag naming the policy that took a snapshot.
@@ -62,10 +62,6 @@ pub fn parse_time(text: &str) -> Result<Timestamp> {
 }
 
 impl Store {
-    fn policy_path(&self, name: &str) -> std::path::PathBuf {
-        self.root().join("policies").join(format!("{name}.json"))
-    }
-
     /// Creates a policy from `K=V` target tags and one to four schedule specs. Every pair is
     /// kept, also several values of one key: a volume carrying any of them is targeted.
     pub fn create_policy(
@@ -90,16 +86,13 @@ impl Store {
         };
         doc.validate()
             .map_err(|e| StoreError::Usage(e.to_string()))?;
-        if self.policy_path(name).exists() {
-            return Err(StoreError::Usage(format!("policy '{name}' already exists")));
-        }
-        fsutil::write_atomic(&self.policy_path(name), &doc.to_json(), 0o644)?;
+        self.create_doc(Kind::Policy, name, &doc)?;
         Ok(doc)
     }
 
     /// Every policy, by name.
     pub fn list_policies(&self) -> Result<Vec<PolicyDoc>> {
-        let mut v: Vec<PolicyDoc> = self.read_docs(&self.root().join("policies"))?;
+        let mut v: Vec<PolicyDoc> = self.list_docs(Kind::Policy)?;
         v.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(v)
     }
@@ -109,8 +102,10 @@ impl Store {
         self.list_policies()?
             .into_iter()
             .find(|p| p.name == name)
-            .ok_or_else(|| {
-                StoreError::Usage(format!("no policy '{name}'; see `blocksnap policy list`"))
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "policy",
+                name: name.into(),
+                hint: "; see `blocksnap policy list`".into(),
             })
     }
 
@@ -118,8 +113,7 @@ impl Store {
     pub fn delete_policy(&self, name: &str) -> Result<PolicyDoc> {
         self.require_writable("policy delete")?;
         let doc = self.policy(name)?;
-        let path = self.policy_path(name);
-        fs::remove_file(&path).map_err(StoreError::io("cannot remove", &path))?;
+        self.delete_object(&Kind::Policy.key(name))?;
         Ok(doc)
     }
 

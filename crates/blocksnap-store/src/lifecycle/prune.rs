@@ -9,7 +9,6 @@
 //! other prune runs beside it: they wait.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File};
 
 use blocksnap_manifest::{ChunkId, Extent, KeyId, PackId};
 use blocksnap_pack::{ChunkCodec, PackHeader, read_trailer};
@@ -17,11 +16,12 @@ use serde::Serialize;
 
 use crate::access::Access;
 use crate::error::{Result, StoreError};
-use crate::fsutil::TMP_PREFIX;
-use crate::packs::writer::{ChunkSink, location};
+use crate::packs::PackObject;
+use crate::packs::reader::ChunkReader;
+use crate::packs::writer::{ChunkWriter, location};
 use crate::progress::Progress;
 use crate::repo::Store;
-use crate::snapshot::restore::ChunkReader;
+use crate::repo::layout::pack_key;
 
 /// Options of `prune`.
 #[derive(Clone, Copy, Debug)]
@@ -125,13 +125,14 @@ impl Store {
 
         // Sweep: decide per pack.
         let packs = self.list_packs()?;
-        let mut to_delete: Vec<(PackId, std::path::PathBuf, Vec<ChunkId>)> = Vec::new();
+        let mut to_delete: Vec<(PackId, Vec<ChunkId>)> = Vec::new();
         let mut to_rewrite: Vec<Rewrite> = Vec::new();
         progress.start("prune: sweep", packs.len() as u64);
-        for (pack_id, path) in &packs {
+        for p in &packs {
+            let pack_id = &p.id;
             crate::cancel::check()?;
             progress.advance(1);
-            let file = File::open(path).map_err(StoreError::io("cannot open pack", path))?;
+            let file = self.open_pack(pack_id)?;
             let key = match read_header_key(&file) {
                 Some(k) => k,
                 None => {
@@ -159,9 +160,7 @@ impl Store {
                     continue;
                 }
             };
-            let pack_len = fs::metadata(path)
-                .map_err(StoreError::io("cannot stat", path))?
-                .len();
+            let pack_len = p.size;
             let (mut keep, mut drop_ids, mut garbage) = (Vec::new(), Vec::new(), 0u64);
             for e in &entries {
                 let here = location(*pack_id, e);
@@ -189,12 +188,12 @@ impl Store {
             if keep.is_empty() {
                 report.packs_deleted += 1;
                 report.bytes_reclaimed += pack_len;
-                to_delete.push((*pack_id, path.clone(), drop_ids));
+                to_delete.push((*pack_id, drop_ids));
             } else if garbage as f64 > opts.repack_threshold * pack_len as f64 {
                 report.packs_rewritten += 1;
                 report.chunks_moved += keep.len() as u64;
                 report.bytes_reclaimed += pack_len;
-                to_rewrite.push((*pack_id, path.clone(), key, keep, drop_ids));
+                to_rewrite.push((*pack_id, key, keep, drop_ids));
             } else {
                 report.chunks_deleted -= (entries.len() - keep.len()) as u64;
             }
@@ -211,13 +210,13 @@ impl Store {
         // Rewrite: live chunks to new packs, durable and indexed before old packs go.
         let mut written = 0u64;
         let mut by_key: HashMap<Option<KeyId>, Vec<ChunkId>> = HashMap::new();
-        for (_, _, key, keep, _) in &to_rewrite {
+        for (_, key, keep, _) in &to_rewrite {
             by_key.entry(*key).or_default().extend(keep.iter().copied());
         }
         for (key, ids) in by_key {
             let codec = &codecs[&key];
             let reader = ChunkReader::new(self, codec, &index);
-            let mut sink = ChunkSink::relocating(self, codec, &index);
+            let mut sink = ChunkWriter::relocating(self, codec, &index)?;
             let mut batch = Vec::new();
             let mut batch_bytes = 0usize;
             for id in ids {
@@ -237,35 +236,31 @@ impl Store {
 
         let removals = to_delete
             .iter()
-            .map(|(_, p, d)| (p, d))
-            .chain(to_rewrite.iter().map(|(_, p, _, _, d)| (p, d)));
-        for (path, drop_ids) in removals {
+            .map(|(p, d)| (p, d))
+            .chain(to_rewrite.iter().map(|(p, _, _, d)| (p, d)));
+        for (pack, drop_ids) in removals {
             index.remove_batch(drop_ids)?;
+            index.forget_pack(pack)?;
             index.flush()?;
-            fs::remove_file(path).map_err(StoreError::io("cannot delete pack", path))?;
+            self.delete_object(&pack_key(pack))?;
         }
 
-        // Temporary packs of interrupted runs: no writer runs while we hold the index.
-        let packs_dir = self.root().join("packs");
-        for e in fs::read_dir(&packs_dir).map_err(StoreError::io("cannot list", &packs_dir))? {
-            let p = e.map_err(StoreError::io("cannot list", &packs_dir))?.path();
-            if p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(TMP_PREFIX))
-            {
-                let len = fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-                if fs::remove_file(&p).is_ok() {
-                    report.tmp_files_removed += 1;
-                    report.bytes_reclaimed += len;
-                }
+        // Temporary files of interrupted runs: no writer runs while we hold the store alone.
+        for t in self
+            .backend()
+            .temporaries()
+            .map_err(StoreError::backend)?
+        {
+            if self.backend().remove_temporary(&t.key).is_ok() {
+                report.tmp_files_removed += 1;
+                report.bytes_reclaimed += t.size;
             }
         }
         Ok(report)
     }
 }
 
-fn read_header_key(file: &File) -> Option<Option<KeyId>> {
-    use std::os::unix::fs::FileExt;
+fn read_header_key(file: &PackObject) -> Option<Option<KeyId>> {
     let mut h = [0u8; blocksnap_pack::format::HEADER_LEN];
     file.read_exact_at(&mut h, 0).ok()?;
     PackHeader::decode(&h).ok().map(|h| h.key_id)
@@ -273,7 +268,6 @@ fn read_header_key(file: &File) -> Option<Option<KeyId>> {
 
 type Rewrite = (
     PackId,
-    std::path::PathBuf,
     Option<KeyId>,
     Vec<ChunkId>,
     Vec<ChunkId>,
@@ -281,7 +275,7 @@ type Rewrite = (
 
 fn moved_bytes(index: &blocksnap_index::Index, rewrites: &[Rewrite]) -> Result<u64> {
     let mut n = 0;
-    for (_, _, _, keep, _) in rewrites {
+    for (_, _, keep, _) in rewrites {
         for id in keep {
             n += index.get(id)?.map_or(0, |l| u64::from(l.stored_len));
         }

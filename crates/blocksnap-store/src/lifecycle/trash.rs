@@ -1,21 +1,18 @@
-//! Volumes, snapshot deletion and the trash.
+//! Snapshot deletion and the trash.
 //!
 //! Deleting a snapshot (or deregistering an image) moves its document into a tombstone in
 //! `trash/` (written first, then the live document removed), where it stays restorable until the
 //! store's trash retention ends. Nothing a tombstone references is reclaimed before then: prune
 //! counts tombstones as live. A snapshot that a live image maps cannot be deleted.
 
-use std::collections::BTreeMap;
-use std::fs;
-use std::path::{Path, PathBuf};
-
-use blocksnap_manifest::{Document, ImageDoc, SnapshotDoc, TrashDoc, VolumeDoc};
+use blocksnap_manifest::{Document, ImageDoc, SnapshotDoc, TrashDoc};
 use serde::Serialize;
 
 use crate::access::Access;
 use crate::error::{Result, StoreError};
 use crate::fsutil;
 use crate::repo::Store;
+use crate::repo::layout::Kind;
 
 /// A trash entry as `trash list` prints it.
 #[derive(Clone, Debug, Serialize)]
@@ -37,14 +34,6 @@ pub struct TrashEntry {
 }
 
 impl Store {
-    fn volume_path(&self, name: &str) -> PathBuf {
-        self.root().join("volumes").join(format!("{name}.json"))
-    }
-
-    pub(crate) fn trash_path(&self, id: &str) -> PathBuf {
-        self.root().join("trash").join(format!("{id}.json"))
-    }
-
     /// Writes a tombstone for `id` holding `snapshot` or `image`, expiring after the store's
     /// trash retention.
     pub(crate) fn tombstone(
@@ -73,62 +62,18 @@ impl Store {
             snapshot,
             image,
         };
-        fsutil::write_atomic(&self.trash_path(&tomb.id), &tomb.to_json(), 0o644)?;
+        // A second deletion of an object already in the trash (it was put back by hand, or a
+        // crash left it in both places) replaces the older tombstone.
+        match self.create_doc(Kind::Trash, &tomb.id, &tomb) {
+            Err(StoreError::Exists { .. }) => {
+                self.delete_object(&Kind::Trash.key(&tomb.id))?;
+                self.create_doc(Kind::Trash, &tomb.id, &tomb)?;
+            }
+            r => {
+                r?;
+            }
+        }
         Ok(tomb)
-    }
-
-    /// Registers a volume: a name for an image file or block device, with tags.
-    pub fn add_volume(
-        &self,
-        name: &str,
-        path: &Path,
-        tags: BTreeMap<String, String>,
-    ) -> Result<VolumeDoc> {
-        self.require_writable("volume add")?;
-        // The path a snapshot would record (a block device keeps its stable name), checked
-        // like a snapshot's source.
-        let id = crate::snapshot::source::Source::open(path)
-            .map_err(|e| e.context(&format!("volume '{name}'")))?
-            .id;
-        let doc = VolumeDoc {
-            format: VolumeDoc::FORMAT.into(),
-            name: name.into(),
-            path: id.path,
-            tags,
-            created: fsutil::now_rfc3339(),
-            host: Some(id.host),
-        };
-        doc.validate()
-            .map_err(|e| StoreError::Usage(e.to_string()))?;
-        if self.volume_path(name).exists() {
-            return Err(StoreError::Usage(format!("volume '{name}' already exists")));
-        }
-        fsutil::write_atomic(&self.volume_path(name), &doc.to_json(), 0o644)?;
-        Ok(doc)
-    }
-
-    /// Replaces a registered volume's document (its source moved).
-    pub(crate) fn rewrite_volume(&self, doc: &VolumeDoc) -> Result<()> {
-        fsutil::write_atomic(&self.volume_path(&doc.name), &doc.to_json(), 0o644)
-    }
-
-    /// Every registered volume, by name.
-    pub fn list_volumes(&self) -> Result<Vec<VolumeDoc>> {
-        self.read_docs(&self.root().join("volumes"))
-    }
-
-    /// A registered volume, if `name` is one.
-    pub fn volume(&self, name: &str) -> Result<Option<VolumeDoc>> {
-        if blocksnap_manifest::validate_name("volume", "name", name).is_err() {
-            return Ok(None);
-        }
-        let path = self.volume_path(name);
-        if !path.is_file() {
-            return Ok(None);
-        }
-        VolumeDoc::from_json(&fsutil::read(&path)?)
-            .map(Some)
-            .map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))
     }
 
     /// Moves a snapshot to the trash, restorable for the store's trash retention. A snapshot
@@ -157,17 +102,16 @@ impl Store {
     /// Moves a snapshot document to the trash. Tombstone first: a crash in between leaves the
     /// snapshot both live and in the trash, never in neither.
     pub(crate) fn trash_snapshot(&self, access: &Access, doc: SnapshotDoc) -> Result<TrashEntry> {
-        let id = doc.id;
+        let (id, volume) = (doc.id, doc.volume.clone());
         let tomb = self.tombstone(access, Some(doc), None)?;
-        let live = self.snapshot_path(id);
-        fs::remove_file(&live).map_err(StoreError::io("cannot remove", &live))?;
-        fsutil::sync_dir(live.parent().expect("snapshots/"))?;
+        self.delete_object(&Kind::Snapshot.key(&id.to_string()))?;
+        self.refresh_head(&volume)?;
         Ok(entry(&tomb))
     }
 
     /// Every tombstone, oldest deletion first.
     pub fn list_trash(&self) -> Result<Vec<TrashDoc>> {
-        let mut v: Vec<TrashDoc> = self.read_docs(&self.root().join("trash"))?;
+        let mut v: Vec<TrashDoc> = self.list_docs(Kind::Trash)?;
         v.sort_by(|a, b| (&a.deleted, &a.id).cmp(&(&b.deleted, &b.id)));
         Ok(v)
     }
@@ -191,21 +135,25 @@ impl Store {
                         .is_some_and(|(_, hex)| !id.is_empty() && hex.starts_with(id))
             })
             .collect();
-        let tomb = match matches.len() {
-            1 => matches[0],
-            0 => {
-                return Err(StoreError::Usage(format!(
-                    "nothing in the trash matches '{id}'; see `blocksnap trash list`"
-                )));
+        let tomb = match matches.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(StoreError::NotFound {
+                    kind: "trash entry",
+                    name: id.into(),
+                    hint: "; see `blocksnap trash list`".into(),
+                });
             }
-            n => {
-                return Err(StoreError::Usage(format!(
-                    "'{id}' matches {n} entries in the trash; give more of the id"
-                )));
+            many => {
+                return Err(StoreError::Ambiguous {
+                    kind: "trash entrie",
+                    text: id.into(),
+                    candidates: many.iter().map(|t| t.id.clone()).collect(),
+                });
             }
         };
         if let Some(snapshot) = &tomb.snapshot {
-            self.write_snapshot(snapshot)?;
+            self.put_back_snapshot(snapshot)?;
         }
         if let Some(image) = &tomb.image {
             if self.list_images()?.iter().any(|i| i.name == image.name) {
@@ -215,7 +163,7 @@ impl Store {
                 )));
             }
             for v in &image.volumes {
-                if self.snapshot_path(v.snapshot).is_file() {
+                if self.snapshot_doc(v.snapshot)?.is_some() {
                     continue;
                 }
                 let Some(t) = trash.iter().find(|t| t.id == v.snapshot.to_string()) else {
@@ -225,7 +173,7 @@ impl Store {
                     )));
                 };
                 if let Some(s) = &t.snapshot {
-                    self.write_snapshot(s)?;
+                    self.put_back_snapshot(s)?;
                 }
                 self.remove_tombstone(&t.id)?;
             }
@@ -236,8 +184,7 @@ impl Store {
     }
 
     fn remove_tombstone(&self, id: &str) -> Result<()> {
-        let path = self.trash_path(id);
-        fs::remove_file(&path).map_err(StoreError::io("cannot remove", &path))
+        self.delete_object(&Kind::Trash.key(id))
     }
 
     /// Removes tombstones for good: all of them, or only those past their expiry. Their data is

@@ -9,14 +9,13 @@
 //! not make a new snapshot reference chunks that no pack holds.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{self, File};
-use std::io::BufWriter;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use blocksnap_backend::{Backend, Staged};
 use blocksnap_index::{Index, Location};
 use blocksnap_manifest::{ChunkId, PackId};
 use blocksnap_pack::{ChunkCodec, PackWriter};
@@ -24,29 +23,46 @@ use rayon::prelude::*;
 
 use crate::error::{Result, StoreError};
 use crate::fsutil;
-use crate::repo::Store;
+use crate::repo::layout::pack_key;
+use crate::repo::{Place, Store, describe};
 
-/// The index as dedup may trust it: an entry counts only if its pack exists. Each pack is
-/// looked at once per run (one `stat`, cached: an incremental snapshot pays one per pack it
-/// shares chunks with). An entry found pointing at a missing pack is removed from the index,
-/// unless it changed meanwhile ([`Index::remove_if`]), and the chunk is stored again.
+/// The index as dedup may trust it: an entry counts only if its pack exists. The packs are
+/// listed once when the writer starts, and packs it writes are added as they are committed; a
+/// pack neither listed nor written is looked up once (another process may have written it
+/// since). An entry found pointing at a missing pack is removed from the index, unless it
+/// changed meanwhile ([`Index::remove_if`]), and the chunk is stored again.
 #[derive(Clone)]
 pub(crate) struct Dedup {
     index: Index,
-    root: PathBuf,
+    backend: Arc<dyn Backend>,
+    place: Place,
     packs: Arc<RwLock<HashMap<PackId, bool>>>,
     /// Packs found missing, with the number of entries dropped for each.
     missing: Arc<Mutex<BTreeMap<PackId, u64>>>,
 }
 
 impl Dedup {
-    pub fn new(root: &Path, index: &Index) -> Self {
-        Dedup {
+    pub fn new(store: &Store, index: &Index) -> Result<Self> {
+        let packs = store
+            .list_packs()?
+            .into_iter()
+            .map(|p| (p.id, true))
+            .collect();
+        Ok(Dedup {
             index: index.clone(),
-            root: root.to_path_buf(),
-            packs: Arc::default(),
+            backend: store.backend().clone(),
+            place: store.place().clone(),
+            packs: Arc::new(RwLock::new(packs)),
             missing: Arc::default(),
-        }
+        })
+    }
+
+    /// Records that pack `id` exists (this writer committed it).
+    fn add_pack(&self, id: PackId) {
+        self.packs
+            .write()
+            .expect("not poisoned")
+            .insert(id, true);
     }
 
     /// True if the store holds `id` in a pack that exists.
@@ -72,18 +88,12 @@ impl Dedup {
         if let Some(&known) = self.packs.read().expect("not poisoned").get(pack) {
             return Ok(known);
         }
-        let path = crate::repo::pack_path(&self.root, pack);
-        let exists = match fs::symlink_metadata(&path) {
-            Ok(_) => true,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-            Err(e) => {
-                return Err(StoreError::Io {
-                    what: "cannot look at pack",
-                    path,
-                    source: e,
-                });
-            }
-        };
+        let key = pack_key(pack);
+        let exists = self
+            .backend
+            .head(&key)
+            .map_err(|e| StoreError::backend(e).context(&describe(&self.place, &key)))?
+            .is_some();
         self.packs
             .write()
             .expect("not poisoned")
@@ -98,13 +108,14 @@ impl Dedup {
 }
 
 struct OpenPack {
-    writer: PackWriter<BufWriter<File>>,
-    tmp: PathBuf,
+    writer: PackWriter<Box<dyn Staged>>,
+    /// How a failure names it: the store's packs folder (its name is known only at its end).
+    shown: PathBuf,
 }
 
 /// Counters of what was stored.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct SinkStats {
+pub(crate) struct WriterStats {
     pub chunks: u64,
     pub chunks_new: u64,
     pub bytes_new: u64,
@@ -113,7 +124,7 @@ pub(crate) struct SinkStats {
 }
 
 /// Stores chunks for one operation.
-pub(crate) struct ChunkSink<'a> {
+pub(crate) struct ChunkWriter<'a> {
     store: &'a Store,
     codec: &'a ChunkCodec,
     index: &'a Index,
@@ -125,7 +136,7 @@ pub(crate) struct ChunkSink<'a> {
     /// Store chunks even when the index knows them (prune moving live chunks to new packs).
     relocate: bool,
     closer: Closer,
-    pub stats: SinkStats,
+    pub stats: WriterStats,
 }
 
 /// Chunk ids written to packs not yet indexed, shareable between sinks.
@@ -151,13 +162,13 @@ struct Closer {
 }
 
 impl Closer {
-    fn start(root: PathBuf, index: Index) -> Closer {
+    fn start(dedup: Dedup) -> Closer {
         // One pack queued while another is being synced: bounded memory, the disk kept busy.
         let (jobs, job_rx) = crossbeam_channel::bounded::<CloseJob>(1);
         let (done_tx, done) = crossbeam_channel::unbounded();
         let thread = std::thread::spawn(move || {
             for job in job_rx {
-                let closed = close(&root, &index, job.pack);
+                let closed = close(&dedup, job.pack);
                 if done_tx.send(closed).is_err() {
                     break;
                 }
@@ -180,53 +191,46 @@ impl Closer {
     }
 }
 
-/// Makes a full pack durable (finish, fsync, rename, directory fsync), then indexes it. On
-/// failure the temporary file is removed and nothing is indexed.
-fn close(root: &Path, index: &Index, pack: OpenPack) -> Closed {
-    let OpenPack { writer, tmp } = pack;
+/// Makes a full pack durable and visible — committed create-only under its id, which is the
+/// hash of its bytes, so a pack already there is the same pack and counts as committed — then
+/// indexes it. On failure the staged object is discarded and nothing is indexed.
+fn close(dedup: &Dedup, pack: OpenPack) -> Closed {
+    let OpenPack { writer, shown } = pack;
     let mut ids = Vec::new();
     let result = (|| {
-        let (out, id, entries, len) = writer.finish().map_err(StoreError::pack_write(&tmp))?;
+        let (out, id, entries, len) = writer.finish().map_err(StoreError::pack_write(&shown))?;
         ids = entries.iter().map(|e| e.id).collect();
-        let file = out.into_inner().map_err(|e| StoreError::Io {
-            what: "cannot write",
-            path: tmp.clone(),
-            source: e.into_error(),
-        })?;
-        file.sync_all()
-            .map_err(StoreError::io("cannot sync", &tmp))?;
-        drop(file);
-        let path = crate::repo::pack_path(root, &id);
-        let dir = path.parent().expect("packs/xx");
-        if !dir.is_dir() {
-            fs::create_dir_all(dir).map_err(StoreError::io("cannot create", dir))?;
-            fsutil::sync_dir(&root.join("packs"))?;
+        let key = pack_key(&id);
+        match out.commit(&key) {
+            Ok(()) => {}
+            Err(e) if e.is_already_exists() => {}
+            Err(e) => {
+                return Err(StoreError::backend(e).context(&describe(&dedup.place, &key)));
+            }
         }
-        fs::rename(&tmp, &path).map_err(StoreError::io("cannot rename pack into place", &path))?;
-        fsutil::sync_dir(dir)?;
+        dedup.add_pack(id);
         let locs: Vec<_> = entries.iter().map(|e| (e.id, location(id, e))).collect();
-        index.insert_batch(&locs)?;
+        dedup.index.insert_batch(&locs)?;
+        dedup.index.mark_pack(&id)?;
         Ok(len)
     })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
     Closed { ids, result }
 }
 
-impl<'a> ChunkSink<'a> {
-    pub fn new(store: &'a Store, codec: &'a ChunkCodec, index: &'a Index) -> Self {
-        ChunkSink {
+impl<'a> ChunkWriter<'a> {
+    pub fn new(store: &'a Store, codec: &'a ChunkCodec, index: &'a Index) -> Result<Self> {
+        let dedup = Dedup::new(store, index)?;
+        Ok(ChunkWriter {
             store,
             codec,
             index,
-            dedup: Dedup::new(store.root(), index),
+            closer: Closer::start(dedup.clone()),
+            dedup,
             pack: None,
             pending: Pending::default(),
             relocate: false,
-            closer: Closer::start(store.root().to_path_buf(), index.clone()),
-            stats: SinkStats::default(),
-        }
+            stats: WriterStats::default(),
+        })
     }
 
     /// A sink whose pending chunks are shared with other sinks running at once. A snapshot
@@ -237,17 +241,17 @@ impl<'a> ChunkSink<'a> {
         codec: &'a ChunkCodec,
         index: &'a Index,
         pending: Pending,
-    ) -> Self {
-        let mut sink = Self::new(store, codec, index);
+    ) -> Result<Self> {
+        let mut sink = Self::new(store, codec, index)?;
         sink.pending = pending;
-        sink
+        Ok(sink)
     }
 
     /// A sink that writes every chunk it is given, and points the index at the new copies.
-    pub fn relocating(store: &'a Store, codec: &'a ChunkCodec, index: &'a Index) -> Self {
-        let mut sink = Self::new(store, codec, index);
+    pub fn relocating(store: &'a Store, codec: &'a ChunkCodec, index: &'a Index) -> Result<Self> {
+        let mut sink = Self::new(store, codec, index)?;
         sink.relocate = true;
-        sink
+        Ok(sink)
     }
 
     /// The chunks taken on by this sink (and those sharing its set) but not indexed yet. An
@@ -334,7 +338,7 @@ impl<'a> ChunkSink<'a> {
             let pack = self.pack.as_mut().expect("opened above");
             pack.writer
                 .append(id, raw_len, record)
-                .map_err(StoreError::pack_write(&pack.tmp))?;
+                .map_err(StoreError::pack_write(&pack.shown))?;
         }
         if self
             .pack
@@ -347,16 +351,15 @@ impl<'a> ChunkSink<'a> {
     }
 
     fn open_pack(&mut self) -> Result<()> {
-        let dir = self.store.root().join("packs");
-        let tmp = fsutil::tmp_path_in(&dir);
-        let file = fsutil::create_new(&tmp, 0o644)?;
-        let writer = PackWriter::new(
-            BufWriter::with_capacity(1 << 20, file),
-            self.codec,
-            fsutil::random_bytes(),
-        )
-        .map_err(StoreError::pack_write(&tmp))?;
-        self.pack = Some(OpenPack { writer, tmp });
+        let shown = PathBuf::from(self.store.describe("packs"));
+        let staged = self
+            .store
+            .backend()
+            .stage()
+            .map_err(|e| StoreError::backend(e).context(&shown.display().to_string()))?;
+        let writer = PackWriter::new(staged, self.codec, fsutil::random_bytes())
+            .map_err(StoreError::pack_write(&shown))?;
+        self.pack = Some(OpenPack { writer, shown });
         Ok(())
     }
 
@@ -372,7 +375,7 @@ impl<'a> ChunkSink<'a> {
             .expect("the closer runs until finish");
         if let Err(job) = jobs.send(CloseJob { pack }) {
             // The closer is gone (it can only stop by panicking): close here.
-            let closed = close(self.store.root(), self.index, job.into_inner().pack);
+            let closed = close(&self.dedup, job.into_inner().pack);
             return self.account(closed);
         }
         self.closer.in_flight += 1;
@@ -411,7 +414,7 @@ impl<'a> ChunkSink<'a> {
 
     /// Closes the open pack, waits for every pack to be durable and indexed, and makes the
     /// index durable. Everything put so far is then stored.
-    pub fn finish(mut self) -> Result<SinkStats> {
+    pub fn finish(mut self) -> Result<WriterStats> {
         self.close_pack()?;
         self.closer.jobs = None;
         self.collect(true)?;
@@ -421,13 +424,12 @@ impl<'a> ChunkSink<'a> {
     }
 }
 
-impl Drop for ChunkSink<'_> {
+impl Drop for ChunkWriter<'_> {
     fn drop(&mut self) {
         // An abandoned pack (an error elsewhere) is not part of the store: remove it. Full packs
         // already handed to the closer are finished (durable and indexed, merely unreferenced).
         if let Some(p) = self.pack.take() {
-            drop(p.writer);
-            let _ = fs::remove_file(&p.tmp);
+            drop(p.writer); // a staged object dropped uncommitted is discarded
         }
         self.closer.stop();
     }
@@ -451,7 +453,7 @@ impl MetaWriter {
     }
 
     /// Stores the complete chunks of `buf` (or all of it when `last`), draining what it stored.
-    pub fn write(&mut self, buf: &mut Vec<u8>, last: bool, sink: &mut ChunkSink<'_>) -> Result<()> {
+    pub fn write(&mut self, buf: &mut Vec<u8>, last: bool, sink: &mut ChunkWriter<'_>) -> Result<()> {
         if !last && buf.len() < 2 * self.chunker.min_window() {
             return Ok(());
         }

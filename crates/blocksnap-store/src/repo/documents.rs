@@ -8,44 +8,33 @@
 //! blocksnap does not know were written by a newer blocksnap: they are left in place (a newer
 //! blocksnap can read them, and what they reference must not be pruned).
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use blocksnap_manifest::{
-    AccountDoc, DocError, Document, ImageDoc, KeyDoc, PolicyDoc, SnapshotDoc, SnapshotId, TrashDoc,
+    AccountDoc, DocError, Document, HeadDoc, ImageDoc, KeyDoc, PolicyDoc, SnapshotDoc, TrashDoc,
     VolumeDoc,
 };
 use serde::Serialize;
 
 use crate::error::{Result, StoreError};
-use crate::fsutil::{self, TMP_PREFIX};
 use crate::progress::Progress;
+use crate::repo::layout::Kind;
 use crate::repo::{DamagedDoc, Store};
-
-/// The document directories of a store.
-pub(crate) const DOC_DIRS: [&str; 7] = [
-    "accounts",
-    "keys",
-    "snapshots",
-    "trash",
-    "volumes",
-    "policies",
-    "images",
-];
 
 /// Where `repair documents` moves damaged documents: `quarantine/<dir>/<file>`.
 pub const QUARANTINE: &str = "quarantine";
 
-/// Why the document `bytes` of directory `dir` cannot be read, if it cannot.
-pub(crate) fn problem(dir: &str, bytes: &[u8]) -> Option<DocError> {
-    match dir {
-        "accounts" => AccountDoc::from_json(bytes).err(),
-        "keys" => KeyDoc::from_json(bytes).err(),
-        "snapshots" => SnapshotDoc::from_json(bytes).err(),
-        "trash" => TrashDoc::from_json(bytes).err(),
-        "volumes" => VolumeDoc::from_json(bytes).err(),
-        "policies" => PolicyDoc::from_json(bytes).err(),
-        "images" => ImageDoc::from_json(bytes).err(),
+/// Why the document `bytes` of `kind` cannot be read, if it cannot.
+pub(crate) fn problem(kind: Kind, bytes: &[u8]) -> Option<DocError> {
+    match kind {
+        Kind::Account => AccountDoc::from_json(bytes).err(),
+        Kind::Key => KeyDoc::from_json(bytes).err(),
+        Kind::Snapshot => SnapshotDoc::from_json(bytes).err(),
+        Kind::Trash => TrashDoc::from_json(bytes).err(),
+        Kind::Volume => VolumeDoc::from_json(bytes).err(),
+        Kind::Policy => PolicyDoc::from_json(bytes).err(),
+        Kind::Image => ImageDoc::from_json(bytes).err(),
+        Kind::Head => HeadDoc::from_json(bytes).err(),
         _ => None,
     }
 }
@@ -77,15 +66,14 @@ impl Store {
     /// found by reading them all. Changes nothing.
     pub fn damaged_documents(&self) -> Result<Vec<DamagedDoc>> {
         let mut out = Vec::new();
-        for dir in DOC_DIRS {
-            for path in doc_files(&self.root().join(dir))? {
-                let bytes = match fs::read(&path) {
-                    Ok(b) => b,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(StoreError::io("cannot read", &path)(e)),
+        for kind in Kind::DOCUMENTS {
+            for name in self.names(kind)? {
+                let key = kind.key(&name);
+                let Some(bytes) = self.get_object(&key)? else {
+                    continue;
                 };
-                if let Some(e) = problem(dir, &bytes) {
-                    out.push(DamagedDoc::new(path, &e));
+                if let Some(e) = problem(kind, &bytes) {
+                    out.push(DamagedDoc::new(self, &key, &e));
                 }
             }
         }
@@ -142,10 +130,11 @@ impl Store {
                 continue;
             }
             let to = if dry_run {
-                self.quarantine_path(&d.path)
+                self.quarantine_key(&d.key)?
             } else {
-                self.quarantine(&d.path)?
+                self.quarantine(&d.key)?
             };
+            let to = PathBuf::from(self.describe(&to));
             report.moved.push(QuarantinedDoc {
                 from: d.path,
                 to,
@@ -155,108 +144,40 @@ impl Store {
         Ok(report)
     }
 
-    /// Where `path` (a file of the store) goes in `quarantine/`: the same directory name and
-    /// file name, with `.1`, `.2`, … added if that is taken.
-    fn quarantine_path(&self, path: &Path) -> PathBuf {
-        let dir_name = path
-            .parent()
-            .and_then(Path::file_name)
-            .filter(|_| path.parent() != Some(self.root()))
-            .map_or_else(PathBuf::new, PathBuf::from);
-        let dir = self.root().join(QUARANTINE).join(dir_name);
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let mut to = dir.join(&*name);
+    /// Where the object `key` goes in `quarantine/`: the same folder and name, with `.1`, `.2`,
+    /// … added if that is taken.
+    fn quarantine_key(&self, key: &str) -> Result<String> {
+        let base = Kind::Quarantine.key(key);
+        let mut to = base.clone();
         let mut n = 1;
-        while to.exists() {
-            to = dir.join(format!("{name}.{n}"));
+        while self.backend().head(&to).map_err(self.object_error(&to))?.is_some() {
+            to = format!("{base}.{n}");
             n += 1;
-        }
-        to
-    }
-
-    /// Moves a file of the store into `quarantine/` (see [`Store::quarantine_path`]) durably,
-    /// and returns where it went.
-    pub(crate) fn quarantine(&self, path: &Path) -> Result<PathBuf> {
-        let to = self.quarantine_path(path);
-        let dir = to.parent().expect("under quarantine/");
-        fs::create_dir_all(dir).map_err(StoreError::io("cannot create", dir))?;
-        fs::rename(path, &to).map_err(StoreError::io("cannot move to quarantine", path))?;
-        fsutil::sync_dir(dir)?;
-        if let Some(from) = path.parent() {
-            fsutil::sync_dir(from)?;
         }
         Ok(to)
     }
 
-    /// The parent a new snapshot of `volume` records: its latest snapshot, unless a damaged
-    /// snapshot document might be a later one of the same volume. Then none, with a note: the
-    /// parent is only the record of lineage, and every snapshot is complete on its own (each
-    /// chunk is looked up in the index, none is taken from the parent), so a snapshot without
-    /// one is always correct.
-    pub(crate) fn parent_for(
-        &self,
-        volume: &str,
-        progress: &dyn Progress,
-    ) -> Result<Option<SnapshotId>> {
-        let latest = self.latest_snapshot(volume)?;
-        self.warn_damaged(progress);
-        let suspects: Vec<DamagedDoc> = self
-            .skipped_in(&self.root().join("snapshots"))
-            .into_iter()
-            .filter(|d| {
-                let Ok(bytes) = fs::read(&d.path) else {
-                    return true;
-                };
-                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-                    return true;
-                };
-                let other_volume = v["volume"].as_str().is_some_and(|v| v != volume);
-                let older = match (v["created"].as_str(), &latest) {
-                    (Some(c), Some(l)) => c < l.created.as_str(),
-                    _ => false,
-                };
-                !other_volume && !older
-            })
-            .collect();
-        if suspects.is_empty() {
-            return Ok(latest.map(|s| s.id));
-        }
-        progress.message(&format!(
-            "note: {} cannot be read and may be the latest snapshot of volume '{volume}', so this \
-             snapshot records no parent{}. It is complete on its own: every chunk is looked up in \
-             the store, none is taken from a parent.",
-            suspects
-                .iter()
-                .map(|d| d.path.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            latest.map_or(String::new(), |l| format!(
-                " (the latest readable one is {})",
-                l.id
-            ))
-        ));
-        Ok(None)
-    }
-}
-
-/// The `.json` files of `dir` (none if it does not exist), sorted.
-fn doc_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(StoreError::io("cannot list", dir)(e)),
-    };
-    for e in entries {
-        let path = e.map_err(StoreError::io("cannot list", dir))?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        if name.ends_with(".json") && !name.starts_with(TMP_PREFIX) && path.is_file() {
-            out.push(path);
+    /// Moves the object `key` into `quarantine/` (see [`Store::quarantine_key`]): copied there
+    /// (create-only, durable), then deleted; returns its new key. A crash between the two leaves
+    /// it in both places, never in neither.
+    pub(crate) fn quarantine(&self, key: &str) -> Result<String> {
+        let Some(bytes) = self.get_object(key)? else {
+            return Err(StoreError::NotFound {
+                kind: "document",
+                name: self.describe(key),
+                hint: String::new(),
+            });
+        };
+        loop {
+            let to = self.quarantine_key(key)?;
+            match self.backend().create(&to, &bytes) {
+                Ok(()) => {
+                    self.delete_object(key)?;
+                    return Ok(to);
+                }
+                Err(e) if e.is_already_exists() => continue,
+                Err(e) => return Err(self.object_error(&to)(e)),
+            }
         }
     }
-    out.sort();
-    Ok(out)
 }

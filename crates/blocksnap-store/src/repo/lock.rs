@@ -1,50 +1,52 @@
-//! The store lock, in two layers.
+//! The store lock: lock objects in the store, `locks/HOST-PID-RANDOM.json` ([`LockDoc`]).
 //!
-//! 1. `locks/store.lock`, an OS file lock (flock), arbitrates between the processes of this
-//!    host: snapshots, restores and checks hold it shared; prune and repair hold it exclusively
-//!    and wait for the others. The kernel releases it however a process ends.
-//! 2. A **lock object** `locks/HOST-PID-RANDOM.json` ([`LockDoc`]) is written once the flock is
-//!    held and removed when the lock is dropped, so that other hosts sharing the store (an OS
-//!    lock does not reach them over NFS and the like) see who holds it. After writing its own
-//!    object a command reads all the others:
-//!    - an object of this host whose process is gone (no `/proc/PID`, another boot id, or the
-//!      pid now belongs to a process started later) is stale: it is removed, with a note;
-//!    - an object of this host whose process lives is already arbitrated by the flock;
-//!    - an object of another host that conflicts (either side exclusive) makes the command
-//!      fail at once ([`StoreError::Locked`]), naming the holder, its age and
-//!      `blocksnap unlock --all`;
-//!    - an object of an unknown format (a newer blocksnap) conflicts with everything;
-//!    - a damaged object (not a valid `blocksnap.lock/v1`) is ignored with a note: blocksnap
-//!      writes lock objects atomically, so no running blocksnap holds the store through it.
+//! No OS lock crosses the storage seam (an object store has none, and flock does not reach
+//! other hosts over NFS), so every command that needs the store in a known state — snapshots,
+//! restores and checks shared; prune and repair exclusive — creates its own lock object
+//! (create-only), then reads all the others, and removes its object when it ends:
 //!
-//!    Writing before reading means two hosts starting conflicting commands at once both see
-//!    the other's object, and both fail, rather than both running.
+//! - an object of this host whose process is gone (no `/proc/PID`, another boot id, or the
+//!   pid now belongs to a process started later) is stale: it is removed, with a note;
+//! - an object of this host whose process lives and conflicts (either side exclusive): this
+//!   command removes its own object and waits (a note, then a retry every half second or so,
+//!   for up to `BLOCKSNAP_LOCK_WAIT` seconds, default an hour), so a prune waits for the
+//!   snapshots of this host and they wait for it;
+//! - an object of another host that conflicts makes the command fail at once
+//!   ([`StoreError::Locked`]), naming the holder, its age and `blocksnap unlock --all`;
+//! - an object of an unknown format (a newer blocksnap) conflicts with everything;
+//! - a damaged object (not a valid `blocksnap.lock/v1`) is ignored with a note: blocksnap
+//!   writes lock objects whole, so no running blocksnap holds the store through it.
+//!
+//! Writing before reading means two commands starting conflicting work at once both see the
+//! other's object: both back off (each after its own random delay) and one of them wins the
+//! next round, rather than both running.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use blocksnap_backend::Backend;
 use blocksnap_manifest::{DocError, Document, LockDoc, LockKind, MAX_HOST_LEN};
-use rustix::fs::{FlockOperation, flock};
 use serde::Serialize;
 
 use crate::error::{Result, StoreError};
-use crate::fsutil::{self, TMP_PREFIX};
+use crate::fsutil;
 use crate::progress::Progress;
 use crate::repo::Store;
+use crate::repo::layout::Kind;
 
-/// Held until dropped: the flock, and this command's lock object (removed on drop). A reader of
-/// a read-only store may hold neither (see [`Store::lock_reading`]).
+/// Held until dropped: this command's lock object (removed on drop). A reader of a read-only
+/// store holds none (see [`Store::lock_reading`]).
 #[derive(Debug)]
 pub(crate) struct StoreLock {
-    object: Option<PathBuf>,
-    _file: Option<File>,
+    object: Option<(Arc<dyn Backend>, String)>,
 }
 
 impl Drop for StoreLock {
     fn drop(&mut self) {
-        // The object goes first, while the flock (released when `_file` drops) is still held.
-        if let Some(path) = self.object.take() {
-            let _ = fs::remove_file(path);
+        if let Some((backend, key)) = self.object.take() {
+            let _ = backend.delete(&key);
         }
     }
 }
@@ -68,8 +70,10 @@ pub enum LockStatus {
 /// One lock object in `locks/`, as `unlock` reports it.
 #[derive(Clone, Debug, Serialize)]
 pub struct LockEntry {
-    /// The lock object's path.
+    /// The lock object as a person finds it (its path in a local store).
     pub file: PathBuf,
+    /// Its key in the store.
+    pub key: String,
     /// Stale, running, of another host, damaged or of an unknown format.
     pub status: LockStatus,
     /// The holder's host (none when damaged).
@@ -228,39 +232,24 @@ fn age_seconds(started: &str) -> Option<u64> {
     Some(u64::try_from(secs).unwrap_or(0))
 }
 
-/// Every lock object in `dir` (not the flock file, not temporary files), classified. An
-/// object removed while we list is skipped.
-fn scan(dir: &Path, me: &Me, skip: Option<&Path>) -> Result<Vec<LockEntry>> {
+/// Every lock object of `store` but `skip`, classified. An object removed while we list is
+/// skipped.
+fn scan(store: &Store, me: &Me, skip: Option<&str>) -> Result<Vec<LockEntry>> {
     let mut out = Vec::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(StoreError::io("cannot list", dir)(e)),
-    };
-    let mut paths = Vec::new();
-    for e in entries {
-        let path = e.map_err(StoreError::io("cannot list", dir))?.path();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if name.ends_with(".json") && !name.starts_with(TMP_PREFIX) && Some(&*path) != skip {
-            paths.push(path);
+    for name in store.names(Kind::Lock)? {
+        let key = Kind::Lock.key(&name);
+        if Some(key.as_str()) == skip {
+            continue;
         }
-    }
-    paths.sort();
-    for path in paths {
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(StoreError::io("cannot read lock object", &path)(e)),
+        let Some(bytes) = store.get_object(&key)? else {
+            continue;
         };
-        out.push(classify(path, &bytes, me));
+        out.push(classify(store.describe(&key).into(), key, &bytes, me));
     }
     Ok(out)
 }
 
-fn classify(file: PathBuf, bytes: &[u8], me: &Me) -> LockEntry {
+fn classify(file: PathBuf, key: String, bytes: &[u8], me: &Me) -> LockEntry {
     match LockDoc::from_json(bytes) {
         Ok(doc) => {
             let (status, detail) = if doc.host == me.host {
@@ -273,6 +262,7 @@ fn classify(file: PathBuf, bytes: &[u8], me: &Me) -> LockEntry {
             };
             LockEntry {
                 file,
+                key,
                 status,
                 age_seconds: age_seconds(&doc.started),
                 host: Some(doc.host),
@@ -285,6 +275,7 @@ fn classify(file: PathBuf, bytes: &[u8], me: &Me) -> LockEntry {
         }
         Err(e) => LockEntry {
             file,
+            key,
             status: if matches!(e, DocError::UnknownFormat { .. }) {
                 LockStatus::UnknownFormat
             } else {
@@ -301,14 +292,6 @@ fn classify(file: PathBuf, bytes: &[u8], me: &Me) -> LockEntry {
     }
 }
 
-/// Removes a lock object; one already gone is fine.
-fn remove(path: &Path) -> std::io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
 fn stale_note(e: &LockEntry) -> String {
     format!(
         "removed a stale lock of pid {} ({}, started {}, {} ago): {}",
@@ -320,45 +303,90 @@ fn stale_note(e: &LockEntry) -> String {
     )
 }
 
+/// How long a command waits for conflicting commands of this host: `BLOCKSNAP_LOCK_WAIT`
+/// seconds, default an hour.
+fn lock_wait() -> Duration {
+    std::env::var("BLOCKSNAP_LOCK_WAIT")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(Duration::from_secs(3600), Duration::from_secs)
+}
+
 impl Store {
     fn lock(&self, kind: LockKind, command: &str, progress: &dyn Progress) -> Result<StoreLock> {
         self.require_writable(command)?;
         let exclusive = kind == LockKind::Exclusive;
-        let dir = self.root().join("locks");
-        std::fs::create_dir_all(&dir).map_err(StoreError::io("cannot create", &dir))?;
-        let path = dir.join("store.lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(StoreError::io("cannot open lock", &path))?;
-        let (try_op, op) = if exclusive {
-            (
-                FlockOperation::NonBlockingLockExclusive,
-                FlockOperation::LockExclusive,
-            )
-        } else {
-            (
-                FlockOperation::NonBlockingLockShared,
-                FlockOperation::LockShared,
-            )
-        };
-        if flock(&file, try_op).is_err() {
-            progress.message(&if exclusive {
-                format!("waiting for other blocksnap commands on {} to finish (prune and repair need the store alone)", self.root().display())
-            } else {
-                format!("waiting for a prune or repair on {} to finish", self.root().display())
-            });
-            flock(&file, op).map_err(|e| StoreError::Io {
-                what: "cannot lock",
-                path: path.clone(),
-                source: e.into(),
-            })?;
-        }
-
-        // The lock object: written first, then the others are read (see the module doc).
         let me = Me::get();
+        let started = Instant::now();
+        let mut noted = false;
+        loop {
+            crate::cancel::check()?;
+            let guard = self.write_lock_object(&me, kind, command)?;
+            let own = guard.object.as_ref().map(|(_, k)| k.clone());
+            let (mut others, mut here) = (Vec::new(), Vec::new());
+            for e in scan(self, &me, own.as_deref())? {
+                match e.status {
+                    LockStatus::Stale => match self.delete_object(&e.key) {
+                        Ok(()) => progress.message(&stale_note(&e)),
+                        Err(err) => progress.message(&format!(
+                            "cannot remove the stale lock {} ({err}); `blocksnap unlock` retries",
+                            e.file.display()
+                        )),
+                    },
+                    LockStatus::Running => {
+                        if e.kind.is_some_and(|k| kind.conflicts_with(k)) {
+                            here.push(e);
+                        }
+                    }
+                    LockStatus::OtherHost => {
+                        if e.kind.is_some_and(|k| kind.conflicts_with(k)) {
+                            others.push(e);
+                        }
+                    }
+                    LockStatus::UnknownFormat => others.push(e),
+                    LockStatus::Damaged => progress.message(&format!(
+                        "ignored a damaged lock file {}: {}; `blocksnap unlock` removes it",
+                        e.file.display(),
+                        e.detail
+                    )),
+                }
+            }
+            if !others.is_empty() {
+                drop(guard);
+                return Err(self.locked_error(command, exclusive, &others, false));
+            }
+            if here.is_empty() {
+                return Ok(guard);
+            }
+            // A conflicting command of this host runs: step back, wait, try again.
+            drop(guard);
+            if started.elapsed() >= lock_wait() {
+                return Err(self.locked_error(command, exclusive, &here, true));
+            }
+            if !noted {
+                noted = true;
+                progress.message(&if exclusive {
+                    format!(
+                        "waiting for other blocksnap commands on {} to finish (prune and repair \
+                         need the store alone): {}",
+                        self.place(),
+                        here[0].describe()
+                    )
+                } else {
+                    format!(
+                        "waiting for a prune or repair on {} to finish: {}",
+                        self.place(),
+                        here[0].describe()
+                    )
+                });
+            }
+            let jitter = u64::from(u16::from_le_bytes(fsutil::random_bytes())) % 400;
+            std::thread::sleep(Duration::from_millis(300 + jitter));
+        }
+    }
+
+    /// Creates this command's lock object.
+    fn write_lock_object(&self, me: &Me, kind: LockKind, command: &str) -> Result<StoreLock> {
         let doc = LockDoc {
             format: LockDoc::FORMAT.into(),
             host: me.host.clone(),
@@ -370,115 +398,78 @@ impl Store {
             pid_start: process_start(me.pid).unwrap_or(0),
         };
         let host_part: String = me.host.chars().take(64).collect();
-        let object = dir.join(format!(
-            "{host_part}-{}-{}.json",
-            me.pid,
-            fsutil::random_hex(4)
-        ));
-        fsutil::write_atomic(&object, &doc.to_json(), 0o644)?;
-        crate::cancel::register(crate::cancel::Kind::Lock, &object);
-        let guard = StoreLock {
-            object: Some(object.clone()),
-            _file: Some(file),
-        };
+        let name = format!("{host_part}-{}-{}", me.pid, fsutil::random_hex(4));
+        self.create_doc(Kind::Lock, &name, &doc)?;
+        let key = Kind::Lock.key(&name);
+        if let Some(root) = self.local_root() {
+            // A process ended by a second signal removes it on its way out.
+            crate::cancel::register(crate::cancel::Kind::Lock, &root.join(&key));
+        }
+        Ok(StoreLock {
+            object: Some((self.backend().clone(), key)),
+        })
+    }
 
-        let mut conflicts = Vec::new();
-        for e in scan(&dir, &me, Some(&object))? {
-            match e.status {
-                LockStatus::Stale => match remove(&e.file) {
-                    Ok(()) => progress.message(&stale_note(&e)),
-                    Err(err) => progress.message(&format!(
-                        "cannot remove the stale lock {} ({err}); `blocksnap unlock` retries",
-                        e.file.display()
-                    )),
-                },
-                LockStatus::Running => {}
-                LockStatus::OtherHost => {
-                    if e.kind.is_some_and(|k| kind.conflicts_with(k)) {
-                        conflicts.push(e);
-                    }
-                }
-                LockStatus::UnknownFormat => conflicts.push(e),
-                LockStatus::Damaged => progress.message(&format!(
-                    "ignored a damaged lock file {}: {}; `blocksnap unlock` removes it",
-                    e.file.display(),
-                    e.detail
-                )),
-            }
-        }
-        if conflicts.is_empty() {
-            return Ok(guard);
-        }
-        let mut msg = if exclusive {
-            format!(
+    /// The error of a command that cannot take the lock because of `holders`.
+    fn locked_error(
+        &self,
+        command: &str,
+        exclusive: bool,
+        holders: &[LockEntry],
+        waited: bool,
+    ) -> StoreError {
+        let mut msg = match (exclusive, waited) {
+            (true, false) => format!(
                 "cannot start {command}: it needs the store {} alone, and another host uses it:",
-                self.root().display()
-            )
-        } else {
-            format!(
+                self.place()
+            ),
+            (false, false) => format!(
                 "cannot start {command}: another host holds the store {} exclusively:",
-                self.root().display()
-            )
+                self.place()
+            ),
+            (_, true) => format!(
+                "cannot start {command}: waited {} s (BLOCKSNAP_LOCK_WAIT) for these commands \
+                 on the store {}:",
+                lock_wait().as_secs(),
+                self.place()
+            ),
         };
-        for e in &conflicts {
+        for e in holders {
             msg += "\n  ";
             msg += &e.describe();
         }
-        msg += "\nIf that is still running, wait for it to finish and try again. If it is not \
-                (its host crashed or was switched off), `blocksnap unlock --all` removes its lock.";
-        drop(guard);
-        Err(StoreError::Locked(msg))
+        msg += if waited {
+            "\nTry again when they finish."
+        } else {
+            "\nIf that is still running, wait for it to finish and try again. If it is not \
+             (its host crashed or was switched off), `blocksnap unlock --all` removes its lock."
+        };
+        StoreError::Locked(msg)
     }
 
     /// For commands that only read (restore, diff, serve, check): the shared lock; on a
-    /// read-only store, what can be had without writing, with a note saying so. That is this
-    /// host's flock when `locks/store.lock` exists (it keeps this host's prunes off), but no lock
-    /// object: a prune on another host sharing the store is not kept off. Lock objects of other
-    /// hosts that conflict are named in a note, not honoured: on a read-only copy of a store they
-    /// may be frozen there forever.
+    /// read-only store no lock at all, with a note saying so: a prune running elsewhere at the
+    /// same time is not kept off. Lock objects of other hosts that conflict are named in a
+    /// note, not honoured: on a read-only copy of a store they may be frozen there forever.
     pub(crate) fn lock_reading(&self, command: &str, progress: &dyn Progress) -> Result<StoreLock> {
         let Some(why) = self.read_only().map(str::to_owned) else {
             return self.lock_shared(command, progress);
-        };
-        let dir = self.root().join("locks");
-        let path = dir.join("store.lock");
-        let file = match File::open(&path) {
-            Ok(f) => match flock(&f, FlockOperation::NonBlockingLockShared) {
-                Ok(()) => Some(f),
-                Err(rustix::io::Errno::WOULDBLOCK) => {
-                    progress.message(&format!(
-                        "waiting for a prune or repair on {} to finish",
-                        self.root().display()
-                    ));
-                    flock(&f, FlockOperation::LockShared).map_err(|e| StoreError::Io {
-                        what: "cannot lock",
-                        path: path.clone(),
-                        source: e.into(),
-                    })?;
-                    Some(f)
-                }
-                Err(_) => None,
-            },
-            Err(_) => None,
         };
         if !self
             .read_only_noted
             .swap(true, std::sync::atomic::Ordering::Relaxed)
         {
             progress.message(&format!(
-                "note: the store {} is read-only ({why}): {command} reads it without a lock {}",
-                self.root().display(),
-                if file.is_some() {
-                    "object (this host's lock file is held, so prunes on this host wait), so a \
-                     prune on another host sharing the store is not excluded"
-                } else {
-                    "(none could be taken), so a prune running at the same time, on this host or \
-                     another, is not excluded"
-                }
+                "note: the store {} is read-only ({why}): {command} reads it without a lock \
+                 (none could be taken), so a prune running at the same time, on this host or \
+                 another, is not excluded",
+                self.place()
             ));
-            for e in scan(&dir, &Me::get(), None).unwrap_or_default() {
+            for e in scan(self, &Me::get(), None).unwrap_or_default() {
                 let conflicts = match e.status {
-                    LockStatus::OtherHost => e.kind == Some(LockKind::Exclusive),
+                    LockStatus::OtherHost | LockStatus::Running => {
+                        e.kind == Some(LockKind::Exclusive)
+                    }
                     LockStatus::UnknownFormat => true,
                     _ => false,
                 };
@@ -491,10 +482,7 @@ impl Store {
                 }
             }
         }
-        Ok(StoreLock {
-            object: None,
-            _file: file,
-        })
+        Ok(StoreLock { object: None })
     }
 
     /// Shared: for snapshot, restore and check. `command` names the holder in its lock object.
@@ -514,7 +502,7 @@ impl Store {
     /// Lists the lock objects in `locks/`, each classified (stale, running, other host,
     /// damaged, unknown format). Changes nothing.
     pub fn locks(&self) -> Result<Vec<LockEntry>> {
-        scan(&self.root().join("locks"), &Me::get(), None)
+        scan(self, &Me::get(), None)
     }
 
     /// Removes lock objects that no running command holds: stale ones of this host (their
@@ -531,7 +519,7 @@ impl Store {
                 LockStatus::Running => false,
             };
             if go {
-                remove(&e.file).map_err(StoreError::io("cannot remove lock object", &e.file))?;
+                self.delete_object(&e.key)?;
                 report.removed.push(e);
             } else {
                 report.kept.push(e);
@@ -589,7 +577,7 @@ mod tests {
     }
 
     fn put(store: &Store, name: &str, doc: &LockDoc) -> PathBuf {
-        let p = store.root().join("locks").join(name);
+        let p = store.local_root().unwrap().join("locks").join(name);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(&p, doc.to_json()).unwrap();
         p
@@ -682,13 +670,13 @@ mod tests {
     #[test]
     fn damaged_and_unknown_locks() {
         let (_d, store) = store();
-        let garbage = store.root().join("locks").join("x.json");
+        let garbage = store.local_root().unwrap().join("locks").join("x.json");
         fs::create_dir_all(garbage.parent().unwrap()).unwrap();
         fs::write(&garbage, b"\xff{not json").unwrap();
         let notes = Notes::default();
         drop(store.lock_exclusive("prune", &notes).unwrap());
         assert!(notes.0.into_inner().unwrap()[0].contains("x.json"));
-        let newer = store.root().join("locks").join("y.json");
+        let newer = store.local_root().unwrap().join("locks").join("y.json");
         fs::write(&newer, br#"{"format": "blocksnap.lock/v2"}"#).unwrap();
         let err = store.lock_shared("check", &NoProgress).unwrap_err();
         assert!(err.to_string().contains("y.json"), "{err}");

@@ -16,13 +16,15 @@ use crate::error::{Result, StoreError};
 use crate::repo::Store;
 
 /// The directories a writing command writes into.
-const WRITTEN: [&str; 4] = ["locks", "snapshots", "packs", "index"];
+const WRITTEN: [&str; 3] = ["locks", "snapshots", "packs"];
 
 impl Store {
     /// Why this store cannot be written (`it is on a read-only file system`, `this user may not
     /// write to …`), or `None` if it can. Asked once per open store.
     pub fn read_only(&self) -> Option<&str> {
-        self.read_only.get_or_init(|| probe(self.root())).as_deref()
+        self.read_only
+            .get_or_init(|| self.local_root().and_then(probe))
+            .as_deref()
     }
 
     /// Fails, naming the store and why it is read-only, unless this store can be written.
@@ -35,7 +37,7 @@ impl Store {
                  changed. Run it where the store is writable (mounted read-write, or as a user \
                  who may write to it). Reading commands (snapshot list|show|restore|diff, image \
                  list|show|rebuild, serve nbd, check, and the other lists) work on it as it is.",
-                self.root().display()
+                self.place()
             ))),
         }
     }

@@ -20,7 +20,7 @@ use crate::access::Access;
 use crate::error::{Result, StoreError};
 use crate::progress::Progress;
 use crate::repo::Store;
-use crate::snapshot::restore::{ChunkReader, Locator};
+use crate::packs::reader::{ChunkReader, Locator};
 
 const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 const IHAVEOPT: u64 = 0x4948_4156_454f_5054;

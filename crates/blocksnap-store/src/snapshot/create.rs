@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::access::Access;
 use crate::error::{Result, StoreError};
 use crate::fsutil;
-use crate::packs::writer::{ChunkSink, Dedup, MetaWriter, Pending, SinkStats};
+use crate::packs::writer::{ChunkWriter, Dedup, MetaWriter, Pending, WriterStats};
 use crate::progress::Progress;
 use crate::repo::{Store, chunker_doc};
 use crate::snapshot::source::{Piece, ReadBatch, Source, SourceId};
@@ -90,7 +90,7 @@ pub(crate) struct Stored {
     pub data_bytes: u64,
     pub bytes_read: u64,
     pub bytes_hole: u64,
-    pub stats: SinkStats,
+    pub stats: WriterStats,
 }
 
 /// One piece of the volume after encoding: a hole, or a data chunk's length and id.
@@ -461,8 +461,8 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<Stored> {
         let mut sink = match pending {
-            Some(p) => ChunkSink::sharing(self, codec, index, p),
-            None => ChunkSink::new(self, codec, index),
+            Some(p) => ChunkWriter::sharing(self, codec, index, p)?,
+            None => ChunkWriter::new(self, codec, index)?,
         };
         let mut meta = MetaWriter::new();
         let mut extents = ExtentEncoder::new();
@@ -624,7 +624,7 @@ fn volume_name_of(path: &Path) -> Result<String> {
 mod tests {
     use super::*;
     use crate::repo::InitOptions;
-    use crate::snapshot::restore::ChunkReader;
+    use crate::packs::reader::ChunkReader;
     use crate::{NoProgress, StoreError};
     use blocksnap_manifest::{Extent, ExtentDecoder};
 

@@ -18,7 +18,7 @@ use crate::access::Access;
 use crate::error::{Result, StoreError};
 use crate::progress::Progress;
 use crate::repo::Store;
-use crate::snapshot::restore::ChunkReader;
+use crate::packs::reader::ChunkReader;
 
 /// What `snapshot diff` found (the `--json` output of CLI.md).
 #[derive(Clone, Debug, Serialize)]

@@ -1,6 +1,8 @@
 //! Taking a snapshot of a disk, and reading one back: restore and diff.
 
+pub(crate) mod catalog;
 pub(crate) mod create;
 pub(crate) mod diff;
 pub(crate) mod restore;
+pub(crate) mod target;
 pub(crate) mod source;

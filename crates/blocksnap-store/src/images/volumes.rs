@@ -1,0 +1,62 @@
+//! Volumes: names for image files and block devices, with the tags policies select them by.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use blocksnap_manifest::{Document, VolumeDoc};
+
+use crate::error::{Result, StoreError};
+use crate::fsutil;
+use crate::repo::Store;
+use crate::repo::layout::Kind;
+
+impl Store {
+    /// Registers a volume: a name for an image file or block device, with tags.
+    pub fn add_volume(
+        &self,
+        name: &str,
+        path: &Path,
+        tags: BTreeMap<String, String>,
+    ) -> Result<VolumeDoc> {
+        self.require_writable("volume add")?;
+        // The path a snapshot would record (a block device keeps its stable name), checked
+        // like a snapshot's source.
+        let id = crate::snapshot::source::Source::open(path)
+            .map_err(|e| e.context(&format!("volume '{name}'")))?
+            .id;
+        let doc = VolumeDoc {
+            format: VolumeDoc::FORMAT.into(),
+            name: name.into(),
+            path: id.path,
+            tags,
+            created: fsutil::now_rfc3339(),
+            host: Some(id.host),
+        };
+        doc.validate()
+            .map_err(|e| StoreError::Usage(e.to_string()))?;
+        self.create_doc(Kind::Volume, name, &doc)?;
+        Ok(doc)
+    }
+
+    /// Replaces a registered volume's document (its source moved).
+    pub(crate) fn rewrite_volume(&self, doc: &VolumeDoc) -> Result<()> {
+        self.update_doc::<VolumeDoc>(Kind::Volume, &doc.name, |d| {
+            d.clone_from(doc);
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Every registered volume, by name.
+    pub fn list_volumes(&self) -> Result<Vec<VolumeDoc>> {
+        self.list_docs(Kind::Volume)
+    }
+
+    /// A registered volume, if `name` is one.
+    pub fn volume(&self, name: &str) -> Result<Option<VolumeDoc>> {
+        if blocksnap_manifest::validate_name("volume", "name", name).is_err() {
+            return Ok(None);
+        }
+        self.doc(Kind::Volume, name)
+    }
+}

@@ -1,0 +1,248 @@
+//! Reading chunks back: by id, through the index (or a map of locations read from the pack
+//! trailers when the index cannot be had), decrypted, decompressed and verified against the id.
+//! Shared by restore, diff, copy, check and the NBD server.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use blocksnap_index::{Index, IndexError, Location};
+use blocksnap_manifest::{ChunkId, Extent, ExtentDecoder, ExtentError, PackId, SnapshotDoc};
+use blocksnap_pack::{ChunkCodec, PackCipher, PackHeader, format::HEADER_LEN};
+
+use crate::access::Access;
+use crate::error::{Result, StoreError};
+use crate::packs::PackObject;
+use crate::progress::Progress;
+use crate::repo::Store;
+
+impl From<ExtentError> for StoreError {
+    fn from(e: ExtentError) -> Self {
+        StoreError::Damaged(format!("extent list: {e}"))
+    }
+}
+
+struct OpenPack {
+    object: PackObject,
+    cipher: Option<PackCipher>,
+}
+
+/// Where chunk locations come from: the index, or (when another process holds the index) a
+/// map read from the pack trailers.
+pub(crate) enum Locator<'a> {
+    Index(&'a Index),
+    Map(HashMap<ChunkId, Location>),
+    /// A map read from the trailers that several readers share (`check` of a read-only store).
+    Shared(&'a HashMap<ChunkId, Location>),
+}
+
+impl Locator<'_> {
+    pub(crate) fn get(&self, id: &ChunkId) -> Result<Option<Location>> {
+        match self {
+            Locator::Index(index) => Ok(index.get(id)?),
+            Locator::Map(map) => Ok(map.get(id).copied()),
+            Locator::Shared(map) => Ok(map.get(id).copied()),
+        }
+    }
+}
+
+/// Reads chunks of one key from packs, through the index; shared by restore and check.
+pub(crate) struct ChunkReader<'a> {
+    store: &'a Store,
+    codec: &'a ChunkCodec,
+    locator: Locator<'a>,
+    packs: Mutex<HashMap<PackId, Arc<OpenPack>>>,
+}
+
+impl<'a> ChunkReader<'a> {
+    pub fn new(store: &'a Store, codec: &'a ChunkCodec, index: &'a Index) -> Self {
+        Self::with_locator(store, codec, Locator::Index(index))
+    }
+
+    pub fn with_locator(store: &'a Store, codec: &'a ChunkCodec, locator: Locator<'a>) -> Self {
+        ChunkReader {
+            store,
+            codec,
+            locator,
+            packs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn pack(&self, id: &PackId) -> Result<Arc<OpenPack>> {
+        if let Some(p) = self.packs.lock().expect("not poisoned").get(id) {
+            return Ok(p.clone());
+        }
+        let object = self.store.open_pack(id)?;
+        let described = || self.store.describe_pack(id);
+        let mut header = [0u8; HEADER_LEN];
+        object.read_exact_at(&mut header, 0).map_err(|e| {
+            StoreError::Damaged(format!(
+                "pack {id} ({}): cannot read its header: {e}",
+                described()
+            ))
+        })?;
+        let header = PackHeader::decode(&header)
+            .map_err(|e| StoreError::Damaged(format!("pack {id} ({}): {e}", described())))?;
+        if header.key_id != self.codec.key_id() {
+            return Err(StoreError::Damaged(format!(
+                "pack {id} is sealed with key {:?}, not the snapshot's key {:?}",
+                header.key_id,
+                self.codec.key_id()
+            )));
+        }
+        let pack = Arc::new(OpenPack {
+            object,
+            cipher: self.codec.pack_cipher(&header.salt),
+        });
+        let mut packs = self.packs.lock().expect("not poisoned");
+        if packs.len() >= 256 {
+            packs.clear();
+        }
+        packs.insert(*id, pack.clone());
+        Ok(pack)
+    }
+
+    /// Reads, decrypts, decompresses and verifies one chunk.
+    pub fn read(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let loc = self.locator.get(id)?.ok_or_else(|| {
+            StoreError::Damaged(format!(
+                "chunk {id} is not in the index; run `blocksnap repair index`, then `blocksnap check` if it stays missing"
+            ))
+        })?;
+        let pack = self.pack(&loc.pack)?;
+        let mut record = vec![0u8; loc.stored_len as usize];
+        pack.object.read_exact_at(&mut record, loc.offset).map_err(|e| {
+            StoreError::Damaged(format!("pack {}: cannot read chunk {id} at offset {} ({e}); the pack is truncated or damaged", loc.pack, loc.offset))
+        })?;
+        self.codec
+            .decode(pack.cipher.as_ref(), id, loc.offset, loc.raw_len, record)
+            .map_err(|e| {
+                StoreError::Damaged(format!(
+                    "pack {} ({}): {e}",
+                    loc.pack,
+                    self.store.describe_pack(&loc.pack)
+                ))
+            })
+    }
+
+    /// Streams a snapshot's extents to `f` in volume order, reading its metadata chunks.
+    pub fn for_each_extent(
+        &self,
+        doc: &SnapshotDoc,
+        mut f: impl FnMut(u64, Extent) -> Result<()>,
+    ) -> Result<()> {
+        let mut decoder = ExtentDecoder::new(doc.size);
+        for id in &doc.extents.chunks {
+            let bytes = self.read(id)?;
+            decoder.feed(&bytes, &mut f)?;
+        }
+        let count = decoder.finish()?;
+        if count != doc.extents.count {
+            return Err(StoreError::Damaged(format!(
+                "snapshot {}: the extent list has {count} records, the document says {}",
+                doc.id, doc.extents.count
+            )));
+        }
+        Ok(())
+    }
+}
+
+
+impl Store {
+    /// The index, if no other process holds it (a snapshot may be running: readers need not
+    /// wait); a damaged one is rebuilt like [`Store::open_index`] does.
+    pub(crate) fn index_if_free(
+        &self,
+        access: &Access,
+        progress: &dyn Progress,
+    ) -> Result<Option<Index>> {
+        // sled cannot open an index without writing: a read-only store is read through the
+        // pack trailers.
+        if self.read_only().is_some() {
+            return Ok(None);
+        }
+        if !self.index_path().exists() {
+            return self
+                .open_index_healing(access, Duration::ZERO, progress)
+                .map(Some);
+        }
+        match self.open_index_raw(Duration::ZERO, progress) {
+            Ok(index) => Ok(Some(index)),
+            Err(IndexError::Busy { .. }) => Ok(None),
+            Err(IndexError::Damaged { .. }) => self
+                .open_index_healing(access, Duration::ZERO, progress)
+                .map(Some),
+        }
+    }
+
+    /// Where a reader of `doc` finds chunks: the index if it is free, else locations read from
+    /// the pack trailers (with a note).
+    pub(crate) fn locator<'i>(
+        &self,
+        index: Option<&'i Index>,
+        doc: &SnapshotDoc,
+        codec: &ChunkCodec,
+        progress: &dyn Progress,
+    ) -> Result<Locator<'i>> {
+        Ok(match index {
+            Some(index) => Locator::Index(index),
+            None => {
+                progress.message(&format!(
+                    "{}: reading the locations of {}'s chunks from the pack trailers",
+                    if self.read_only().is_some() {
+                        "the index of a read-only store cannot be opened"
+                    } else {
+                        "the index is in use by another blocksnap process"
+                    },
+                    doc.id
+                ));
+                Locator::Map(self.locations_for(doc, codec)?)
+            }
+        })
+    }
+
+    /// The locations of every chunk `doc` needs, read from the pack trailers alone: first those
+    /// of its extent list, then, from the extent list, those of its data. Memory is one entry per
+    /// chunk of the snapshot.
+    pub(crate) fn locations_for(
+        &self,
+        doc: &SnapshotDoc,
+        codec: &ChunkCodec,
+    ) -> Result<HashMap<ChunkId, Location>> {
+        let meta: HashSet<ChunkId> = doc.extents.chunks.iter().copied().collect();
+        let meta_locs = self.locations_from_trailers(codec, &meta)?;
+        let mut needed = meta;
+        ChunkReader::with_locator(self, codec, Locator::Map(meta_locs)).for_each_extent(
+            doc,
+            |_, e| {
+                if let Extent::Data { id, .. } = e {
+                    needed.insert(id);
+                }
+                Ok(())
+            },
+        )?;
+        self.locations_from_trailers(codec, &needed)
+    }
+
+    fn locations_from_trailers(
+        &self,
+        codec: &ChunkCodec,
+        wanted: &HashSet<ChunkId>,
+    ) -> Result<HashMap<ChunkId, Location>> {
+        let mut out = HashMap::new();
+        for p in self.list_packs()? {
+            let Ok(object) = self.open_pack(&p.id) else {
+                continue;
+            };
+            // Packs under other keys, or damaged ones, hold nothing this restore can use.
+            let Ok((_, entries)) = blocksnap_pack::read_trailer(&object, |_| Some(codec)) else {
+                continue;
+            };
+            for e in entries.iter().filter(|e| wanted.contains(&e.id)) {
+                out.insert(e.id, crate::packs::writer::location(p.id, e));
+            }
+        }
+        Ok(out)
+    }
+}
+

@@ -1,0 +1,295 @@
+//! Documents through the backend: read one, create one, swap one, list a kind — in one place.
+//!
+//! Every document of the store is read here ([`Store::doc`], [`Store::docs`]) and written here
+//! ([`Store::create_doc`], [`Store::update_doc`], [`Store::replace_doc`]). A document that does
+//! not parse is an error naming it when asked for by name, and is skipped and remembered when a
+//! listing meets it ([`Store::warn_damaged`] reports each once): one bad file never stops
+//! unrelated work.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use blocksnap_backend::{Backend, BackendError, Version};
+use blocksnap_manifest::{DocError, Document};
+use serde::Serialize;
+
+use crate::error::{Result, StoreError};
+use crate::progress::Progress;
+use crate::repo::Store;
+use crate::repo::layout::Kind;
+
+/// A document that cannot be read: not JSON, invalid, or of a format this blocksnap does not know.
+#[derive(Clone, Debug, Serialize)]
+pub struct DamagedDoc {
+    /// The document as a person finds it (its path in a local store).
+    pub path: std::path::PathBuf,
+    /// Its key in the store.
+    pub key: String,
+    /// What is wrong with it.
+    pub problem: String,
+    /// True when it is of a newer format (a newer blocksnap wrote it), not damaged.
+    pub newer: bool,
+}
+
+impl DamagedDoc {
+    pub(crate) fn new(store: &Store, key: &str, e: &DocError) -> DamagedDoc {
+        DamagedDoc {
+            path: store.describe(key).into(),
+            key: key.into(),
+            problem: e.to_string(),
+            newer: matches!(e, DocError::UnknownFormat { .. }),
+        }
+    }
+}
+
+/// The damaged documents a store's listings skipped, each reported once.
+#[derive(Debug, Default)]
+pub(crate) struct DamageLog(Mutex<BTreeMap<String, (DamagedDoc, bool)>>);
+
+impl DamageLog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (DamagedDoc, bool)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A handle on the damaged documents a store skipped, to report them after a command
+/// ([`Store::damage_warnings`]).
+#[derive(Clone, Debug)]
+pub struct DamageWarnings(Arc<DamageLog>);
+
+impl DamageWarnings {
+    /// Reports, through `progress`, each skipped document not reported yet.
+    pub fn warn(&self, progress: &dyn Progress) {
+        let mut log = self.0.lock();
+        for (doc, reported) in log.values_mut() {
+            if !*reported {
+                *reported = true;
+                progress.message(&damage_warning(doc));
+            }
+        }
+    }
+}
+
+/// The warning for a document a listing skipped.
+fn damage_warning(d: &DamagedDoc) -> String {
+    if d.newer {
+        format!("warning: skipped {}: {}", d.path.display(), d.problem)
+    } else {
+        format!(
+            "warning: skipped the damaged document {}: {}; `blocksnap repair documents` moves it \
+             to quarantine/ in the store",
+            d.path.display(),
+            d.problem
+        )
+    }
+}
+
+impl Store {
+    /// Records a document a listing skipped, to be reported once (see [`Store::warn_damaged`]).
+    pub(crate) fn note_damaged(&self, doc: DamagedDoc) {
+        self.damaged
+            .lock()
+            .entry(doc.key.clone())
+            .or_insert((doc, false));
+    }
+
+    /// The documents of `kind` that listings so far skipped.
+    pub(crate) fn skipped(&self, kind: Kind) -> Vec<DamagedDoc> {
+        self.damaged
+            .lock()
+            .values()
+            .filter(|(d, _)| kind.name_of(&d.key).is_some())
+            .map(|(d, _)| d.clone())
+            .collect()
+    }
+
+    /// Reports, through `progress`, each damaged document listings skipped and did not
+    /// report yet.
+    pub fn warn_damaged(&self, progress: &dyn Progress) {
+        self.damage_warnings().warn(progress);
+    }
+
+    /// A handle that reports the damaged documents this store's listings skip, usable after
+    /// the store is gone (the CLI reports them when a command ends, whatever its result).
+    pub fn damage_warnings(&self) -> DamageWarnings {
+        DamageWarnings(self.damaged.clone())
+    }
+
+    /// The error for a backend failure on `key`, naming the object as a person finds it.
+    pub(crate) fn object_error(&self, key: &str) -> impl FnOnce(BackendError) -> StoreError {
+        let described = self.describe(key);
+        move |e| StoreError::backend(e).context(&described)
+    }
+
+    /// The raw bytes of `key`, or `None` if there is no such object.
+    pub(crate) fn get_object(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self.backend().get(key) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(self.object_error(key)(e)),
+        }
+    }
+
+    /// The document of `kind` named `name`, or `None` if there is none. One that does not
+    /// parse is [`StoreError::Damaged`], naming it and the command that sets it aside.
+    pub(crate) fn doc<D: Document>(&self, kind: Kind, name: &str) -> Result<Option<D>> {
+        let key = kind.key(name);
+        let Some(bytes) = self.get_object(&key)? else {
+            return Ok(None);
+        };
+        D::from_json(&bytes)
+            .map(Some)
+            .map_err(|e| self.damaged_doc(&key, &e))
+    }
+
+    /// [`Store::doc`] with the version to swap it against.
+    pub(crate) fn doc_versioned<D: Document>(
+        &self,
+        kind: Kind,
+        name: &str,
+    ) -> Result<Option<(D, Version)>> {
+        let key = kind.key(name);
+        let (bytes, version) = match self.backend().get_versioned(&key) {
+            Ok(v) => v,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(self.object_error(&key)(e)),
+        };
+        let doc = D::from_json(&bytes).map_err(|e| self.damaged_doc(&key, &e))?;
+        Ok(Some((doc, version)))
+    }
+
+    /// The error for the document at `key` that does not parse.
+    pub(crate) fn damaged_doc(&self, key: &str, e: &DocError) -> StoreError {
+        StoreError::Damaged(format!(
+            "{}: {e}; `blocksnap repair documents` moves it to quarantine/ in the store, \
+             `blocksnap check` lists all damage",
+            self.describe(key)
+        ))
+    }
+
+    /// Creates the document of `kind` named `name`; one that exists already is
+    /// [`StoreError::Exists`]. Returns its size in bytes.
+    pub(crate) fn create_doc<D: Document>(&self, kind: Kind, name: &str, doc: &D) -> Result<u64> {
+        let key = kind.key(name);
+        let bytes = doc.to_json();
+        match self.backend().create(&key, &bytes) {
+            Ok(()) => Ok(bytes.len() as u64),
+            Err(e) if e.is_already_exists() => Err(StoreError::Exists {
+                kind: kind.noun(),
+                name: name.into(),
+            }),
+            Err(e) => Err(self.object_error(&key)(e)),
+        }
+    }
+
+    /// Writes `doc` over the document of `kind` named `name` if it is still at `version`
+    /// (`None`: if there is none yet). [`StoreError::Conflict`] if another writer changed it.
+    pub(crate) fn replace_doc<D: Document>(
+        &self,
+        kind: Kind,
+        name: &str,
+        doc: &D,
+        version: Option<&Version>,
+    ) -> Result<Version> {
+        let key = kind.key(name);
+        match self.backend().replace(&key, &doc.to_json(), version) {
+            Ok(v) => Ok(v),
+            Err(BackendError::Conflict { .. } | BackendError::AlreadyExists { .. }) => {
+                Err(StoreError::Conflict {
+                    kind: kind.noun(),
+                    name: name.into(),
+                })
+            }
+            Err(e) => Err(self.object_error(&key)(e)),
+        }
+    }
+
+    /// Reads the document of `kind` named `name`, lets `change` edit it, and writes it back
+    /// if nobody changed it meanwhile — else reads it again and retries, so concurrent edits
+    /// (two grants of one key) are never lost. `change` may refuse with an error; a missing
+    /// document is `Ok(None)` without calling it.
+    pub(crate) fn update_doc<D: Document>(
+        &self,
+        kind: Kind,
+        name: &str,
+        mut change: impl FnMut(&mut D) -> Result<()>,
+    ) -> Result<Option<D>> {
+        loop {
+            let Some((mut doc, version)) = self.doc_versioned::<D>(kind, name)? else {
+                return Ok(None);
+            };
+            change(&mut doc)?;
+            match self.replace_doc(kind, name, &doc, Some(&version)) {
+                Ok(_) => return Ok(Some(doc)),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Deletes the object `key` (a missing one is fine).
+    pub(crate) fn delete_object(&self, key: &str) -> Result<()> {
+        self.backend()
+            .delete(key)
+            .map_err(|e| self.object_error(key)(e))
+    }
+
+    /// The names of every object of `kind`, sorted.
+    pub(crate) fn names(&self, kind: Kind) -> Result<Vec<String>> {
+        let prefix = kind.prefix();
+        Ok(self
+            .backend()
+            .list(&prefix)
+            .map_err(|e| self.object_error(&prefix)(e))?
+            .into_iter()
+            .filter_map(|m| kind.name_of(&m.key).map(str::to_string))
+            .collect())
+    }
+
+    /// Every document of `kind` with its name. A damaged one is skipped and recorded, to be
+    /// reported through [`Store::warn_damaged`]; one deleted while listing is skipped.
+    pub(crate) fn docs<D: Document>(&self, kind: Kind) -> Result<Vec<(String, D)>> {
+        let mut out = Vec::new();
+        for name in self.names(kind)? {
+            let key = kind.key(&name);
+            let Some(bytes) = self.get_object(&key)? else {
+                continue;
+            };
+            match D::from_json(&bytes) {
+                Ok(doc) => out.push((name, doc)),
+                Err(e) => self.note_damaged(DamagedDoc::new(self, &key, &e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Store::docs`] without the names.
+    pub(crate) fn list_docs<D: Document>(&self, kind: Kind) -> Result<Vec<D>> {
+        Ok(self.docs(kind)?.into_iter().map(|(_, d)| d).collect())
+    }
+}
+
+/// What store data `backend` holds, in words (`3 packs, 2 snapshot documents`), if any: a
+/// place with this and no `config` is a store that lost its config, not an empty one.
+pub(crate) fn store_data_held(backend: &dyn Backend) -> Option<String> {
+    let count = |kind: Kind| -> usize {
+        backend.list(&kind.prefix()).map_or(0, |l| {
+            l.iter()
+                .filter(|m| kind.name_of(&m.key).is_some())
+                .count()
+        })
+    };
+    let parts: Vec<String> = [
+        (count(Kind::Pack), "pack"),
+        (count(Kind::Snapshot), "snapshot document"),
+        (count(Kind::Image), "image document"),
+        (count(Kind::Trash), "trash entry"),
+        (count(Kind::Key), "key document"),
+        (count(Kind::Account), "account document"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}{}", if n == 1 { "" } else { "s" }))
+    .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
