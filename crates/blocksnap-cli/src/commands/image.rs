@@ -6,9 +6,129 @@ use blocksnap_store::{
     Audience, CopyOptions, ImageDoc, ImageOptions, ImageReport, RestoreOptions, Store,
 };
 
+use clap::{Args, Subcommand};
+
 use crate::Ctx;
-use crate::args::{AudienceArgs, ImageCmd};
 use crate::parse::human;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ImageCmd {
+    /// Snapshot each volume (several at once) and record them as a new image you own.
+    Create {
+        /// The image's name, unique in the store.
+        name: String,
+        /// A device and the disk image, block device or registered volume it is made from;
+        /// repeat for each device (`--volume /dev/sda=root.img --volume /dev/sdb=data.img`).
+        #[arg(long = "volume", value_name = "DEVICE=PATH", value_parser = crate::parse::mapping, required = true)]
+        volumes: Vec<(String, String)>,
+        /// The boot device [default: the first --volume's].
+        #[arg(long, value_name = "DEVICE")]
+        root_device: Option<String>,
+        /// The key to encrypt with, by name or id [default: `default`].
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
+        /// A tag for the image and its snapshots; repeat for more.
+        #[arg(long = "tag", value_name = "K=V", value_parser = crate::parse::tag)]
+        tags: Vec<(String, String)>,
+        /// Free text describing the image.
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        description: String,
+        /// Each PATH is its volume's disk, moved, renamed or now on another host (see
+        /// `snapshot create --help`).
+        #[arg(long)]
+        source_moved: bool,
+    },
+    /// Record existing snapshots (all under one key) as a new image you own.
+    Register {
+        /// The image's name, unique in the store.
+        name: String,
+        /// A device and its snapshot (id or unique prefix); repeat for each device.
+        #[arg(long = "volume", value_name = "DEVICE=SNAPSHOT", value_parser = crate::parse::mapping, required = true)]
+        volumes: Vec<(String, String)>,
+        /// The boot device [default: the first --volume's].
+        #[arg(long, value_name = "DEVICE")]
+        root_device: Option<String>,
+    },
+    /// List the images you may launch: your own, those shared with you, public ones.
+    List {
+        /// Every image of the store, whoever may launch it.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one image.
+    Show {
+        /// Image name, id or unique id prefix.
+        image: String,
+    },
+    /// Write every device of an image into OUTDIR/<device's last path part>.img, each
+    /// byte-identical and sparse. Needs the launch permission and a grant on the image's key.
+    Rebuild {
+        /// Image name, id or unique id prefix.
+        image: String,
+        /// The directory to write the devices into (created if missing).
+        outdir: PathBuf,
+        /// Replace existing files in OUTDIR (or write over the block devices they link to).
+        /// Every output is checked before the first is written.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Let an account (or every account of the store) launch the image. Owner only. An
+    /// encrypted image also needs a grant on its key: `blocksnap key grant KEY ACCOUNT`.
+    Share {
+        /// Image name, id or unique id prefix.
+        image: String,
+        #[command(flatten)]
+        audience: AudienceArgs,
+    },
+    /// Take launch permission away. Owner only. To stop an account from reading data it may
+    /// already have a grant for, revoke the key too (`key revoke`), and see `key revoke --help`.
+    Unshare {
+        /// Image name, id or unique id prefix.
+        image: String,
+        #[command(flatten)]
+        audience: AudienceArgs,
+    },
+    /// Copy an image into another store, re-encrypting under the target's key. Only chunks the
+    /// target lacks are written; snapshots already copied there are reused.
+    Copy {
+        /// Image name, id or unique id prefix.
+        image: String,
+        /// The target store (it may be this store: then the copy is re-encrypted under --key).
+        #[arg(long, value_name = "STORE")]
+        to: PathBuf,
+        /// The target's key, by name or id [default: the target's `default`].
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
+        /// The copy's name [default: the image's name].
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// The account that owns the copy in the target [default: the target's first account].
+        #[arg(long, value_name = "NAME", env = "BLOCKSNAP_TO_ACCOUNT")]
+        to_account: Option<String>,
+        /// That account's identity file [default: its default path for the target store].
+        #[arg(long, value_name = "FILE", env = "BLOCKSNAP_TO_IDENTITY")]
+        to_identity: Option<PathBuf>,
+    },
+    /// Remove an image (to the trash: `trash restore` brings it back until it expires). Owner only.
+    Deregister {
+        /// Image name, id or unique id prefix.
+        image: String,
+        /// Also move its snapshots to the trash, except those another image still uses.
+        #[arg(long)]
+        delete_snapshots: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct AudienceArgs {
+    /// The account to share with (or unshare from).
+    #[arg(long, value_name = "ACCOUNT")]
+    pub(crate) account: Option<String>,
+    /// Every account of the store.
+    #[arg(long)]
+    pub(crate) public: bool,
+}
 
 fn audience(a: &AudienceArgs) -> Audience {
     match &a.account {

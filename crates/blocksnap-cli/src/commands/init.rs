@@ -1,0 +1,63 @@
+//! `blocksnap init`: create a store with its first account and a key named `default`.
+
+use blocksnap_store::{ChunkerKind, InitOptions, Store};
+use clap::{Args, ValueEnum};
+
+use crate::Ctx;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum ChunkerArg {
+    /// FastCDC 2020: content-defined boundaries, robust to shifted data.
+    Cdc,
+    /// Fixed-size chunks aligned to the start of the disk.
+    Fixed,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InitArgs {
+    /// Store chunks unencrypted, with plain BLAKE3 ids.
+    #[arg(long)]
+    pub(crate) no_encryption: bool,
+    /// How to cut images into chunks.
+    #[arg(long, value_enum, default_value = "cdc")]
+    pub(crate) chunker: ChunkerArg,
+    /// Average chunk size for cdc (a power of two), exact size for fixed: 4KiB to 4MiB.
+    #[arg(long, value_name = "SIZE", value_parser = crate::parse::size_u32, default_value = "32KiB")]
+    pub(crate) chunk_size: u32,
+    /// The first account's name [default: $USER].
+    #[arg(long = "account", value_name = "NAME")]
+    pub(crate) account: Option<String>,
+}
+
+pub(crate) fn run(ctx: &Ctx<'_>, a: &InitArgs) -> anyhow::Result<()> {
+    let cli = ctx.cli;
+    let (path, _) = ctx.store_path();
+    let opts = InitOptions {
+        encryption: !a.no_encryption,
+        chunker: match a.chunker {
+            ChunkerArg::Cdc => ChunkerKind::Cdc,
+            ChunkerArg::Fixed => ChunkerKind::Fixed,
+        },
+        chunk_size: a.chunk_size,
+        account: a
+            .account
+            .clone()
+            .or_else(|| cli.account.clone())
+            .unwrap_or_else(blocksnap_store::default_account_name),
+        identity: cli.identity.clone(),
+    };
+    let (_, r) = Store::init(&path, &opts)?;
+    ctx.output(&r, || {
+        format!(
+            "created store {} at {}\naccount '{}', identity {} (keep it safe: without it the data cannot be read)\n{}",
+            r.id,
+            r.store.display(),
+            r.account,
+            r.identity.display(),
+            match r.key {
+                Some(k) => format!("encrypted with key 'default' ({k})"),
+                None => "not encrypted".into(),
+            }
+        )
+    })
+}

@@ -1,0 +1,277 @@
+//! `blocksnap snapshot …`: take, list, show, restore, diff and delete snapshots of disk images.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use blocksnap_store::{SnapshotDoc, SnapshotOptions};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use crate::Ctx;
+use crate::parse::human;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SnapshotCmd {
+    /// Snapshot a disk image or block device, storing only chunks the store lacks.
+    Create(CreateArgs),
+    /// List snapshots, oldest first.
+    List(ListArgs),
+    /// Show one snapshot.
+    Show {
+        /// Snapshot id or unique prefix.
+        snapshot: String,
+    },
+    /// The byte ranges whose content differs between two snapshots (of the same disk, or of
+    /// any two disks), merged and sorted. Equal chunk ids are not read; the rest is compared
+    /// byte for byte, so the ranges are exact (also across keys).
+    Diff {
+        /// The older snapshot (id or unique prefix).
+        #[arg(value_name = "SNAPSHOT_A")]
+        a: String,
+        /// The newer snapshot (id or unique prefix).
+        #[arg(value_name = "SNAPSHOT_B")]
+        b: String,
+    },
+    /// Move a snapshot to the trash (restorable with `trash restore` until it expires).
+    Delete {
+        /// Snapshot id or unique prefix.
+        snapshot: String,
+    },
+    /// Rebuild a snapshot's image as a sparse file (or onto a block device), verifying every chunk.
+    ///
+    /// OUTPUT is a new file; an existing regular file is replaced, and a block device written
+    /// over, only with --force. A block device is opened exclusively (a mounted one is refused)
+    /// and must be at least the snapshot's size. Directories, character devices (/dev/null),
+    /// FIFOs, sockets and new names under /dev are refused. A symbolic link is followed.
+    Restore {
+        /// Snapshot id or unique prefix.
+        snapshot: String,
+        /// The file (or block device) to write.
+        output: PathBuf,
+        /// Replace OUTPUT if it is an existing file, or write over it if it is a block device.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CreateArgs {
+    /// The disk image or block device, or the name of a volume registered with `volume add`.
+    #[arg(value_name = "PATH|VOLUME")]
+    pub(crate) source: PathBuf,
+    /// The volume's name [default: the file name of PATH].
+    #[arg(long, value_name = "NAME")]
+    pub(crate) volume: Option<String>,
+    /// The key to encrypt with, by name or id [default: `default`].
+    #[arg(long, value_name = "KEY")]
+    pub(crate) key: Option<String>,
+    /// A tag for the snapshot; repeat for more.
+    #[arg(long = "tag", value_name = "K=V", value_parser = crate::parse::tag)]
+    pub(crate) tags: Vec<(String, String)>,
+    /// Free text describing the snapshot.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub(crate) description: String,
+    /// PATH is the volume's disk, moved, renamed or now on another host: accept it although
+    /// it is not where the volume's snapshots were taken from, and record the new place.
+    #[arg(long)]
+    pub(crate) source_moved: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    /// Only snapshots of this volume.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) volume: Option<String>,
+    /// Only snapshots carrying this tag; repeat to require several.
+    #[arg(long = "tag", value_name = "K=V", value_parser = crate::parse::tag)]
+    pub(crate) tags: Vec<(String, String)>,
+}
+
+/// A snapshot as `snapshot list` and `show` print it.
+#[derive(Serialize)]
+struct SnapshotView<'a> {
+    id: String,
+    volume: &'a str,
+    size: u64,
+    created: &'a str,
+    tags: &'a BTreeMap<String, String>,
+    parent: Option<String>,
+    key: Option<String>,
+    owner: &'a str,
+    description: &'a str,
+    data_bytes: u64,
+    chunker: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_path: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_host: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    source_changed: bool,
+}
+
+fn view(s: &SnapshotDoc) -> SnapshotView<'_> {
+    SnapshotView {
+        id: s.id.to_string(),
+        volume: &s.volume,
+        size: s.size,
+        created: &s.created,
+        tags: &s.tags,
+        parent: s.parent.map(|p| p.to_string()),
+        key: s.key.map(|k| k.to_string()),
+        owner: &s.owner,
+        description: &s.description,
+        data_bytes: s.data_bytes,
+        chunker: format!("{:?} {}", s.chunker.kind, human(s.chunker.avg.into())).to_lowercase(),
+        source_path: s.source_path.as_deref(),
+        source_host: s.source_host.as_deref(),
+        source_changed: s.source_changed,
+    }
+}
+
+pub(crate) fn run(ctx: &Ctx<'_>, cmd: &SnapshotCmd) -> anyhow::Result<()> {
+    let store = ctx.open()?;
+    let access = || ctx.access(&store);
+    match cmd {
+        SnapshotCmd::Create(a) => {
+            let opts = SnapshotOptions {
+                source: a.source.clone(),
+                volume: a.volume.clone(),
+                key: a.key.clone(),
+                tags: blocksnap_store::tag_map(&a.tags)?,
+                description: a.description.clone(),
+                created: None,
+                source_moved: a.source_moved,
+            };
+            let r = store
+                .snapshot(&access()?, &opts, &ctx.progress)
+                .with_context(|| format!("snapshot of {}", a.source.display()))?;
+            ctx.output(&r, || {
+                format!(
+                    "{} of volume '{}' ({}): read {}, {} new in {} of {} chunks, stored {} in {:.1} s ({}/s)",
+                    r.id,
+                    r.volume,
+                    human(r.size),
+                    human(r.bytes_read),
+                    human(r.bytes_new),
+                    r.chunks_new,
+                    r.chunks,
+                    human(r.bytes_stored),
+                    r.seconds,
+                    human((r.bytes_read as f64 / r.seconds.max(1e-6)) as u64)
+                )
+            })
+        }
+        SnapshotCmd::List(a) => {
+            let snaps = store.snapshots_with_tags(a.volume.as_deref(), &a.tags)?;
+            let views: Vec<_> = snaps.iter().map(view).collect();
+            ctx.output(&views, || {
+                let mut t = format!(
+                    "{:<22} {:<20} {:>10} {:<20} {}",
+                    "ID", "VOLUME", "SIZE", "CREATED", "TAGS"
+                );
+                for v in &views {
+                    let tags: Vec<_> = v.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    t += &format!(
+                        "\n{:<22} {:<20} {:>10} {:<20} {}",
+                        v.id,
+                        v.volume,
+                        human(v.size),
+                        v.created,
+                        tags.join(",")
+                    );
+                }
+                t
+            })
+        }
+        SnapshotCmd::Show { snapshot } => {
+            let s = store.resolve_snapshot(snapshot)?;
+            let v = view(&s);
+            ctx.output(&v, || {
+                let mut t = String::new();
+                for (k, val) in serde_json::to_value(&v)
+                    .ok()
+                    .and_then(|j| j.as_object().cloned())
+                    .unwrap_or_default()
+                {
+                    let shown = match val {
+                        serde_json::Value::String(s) => s,
+                        serde_json::Value::Null => "-".into(),
+                        other => other.to_string(),
+                    };
+                    t += &format!("{k:<12} {shown}\n");
+                }
+                t.trim_end().to_string()
+            })
+        }
+        SnapshotCmd::Diff { a, b } => {
+            let r = store.diff(&access()?, a, b, &ctx.progress)?;
+            ctx.output(&r, || {
+                let total: u64 = r.changed.iter().map(|c| c[1]).sum();
+                let mut t = String::new();
+                for [off, len] in &r.changed {
+                    t += &format!("{off:>16} {len:>12}  ({})\n", human(*len));
+                }
+                t + &format!(
+                    "{} ranges, {} of {} changed from {} to {} ({} read to compare)",
+                    r.changed.len(),
+                    human(total),
+                    human(r.size),
+                    r.a,
+                    r.b,
+                    human(r.bytes_read)
+                )
+            })
+        }
+        SnapshotCmd::Delete { snapshot } => {
+            let e = store.delete_snapshot(&access()?, snapshot)?;
+            ctx.output(&e, || {
+                format!(
+                    "moved {} to the trash; restorable until {} with `blocksnap trash restore {}`",
+                    e.id, e.expires, e.id
+                )
+            })
+        }
+        SnapshotCmd::Restore {
+            snapshot,
+            output,
+            force,
+        } => {
+            let opts = blocksnap_store::RestoreOptions { force: *force };
+            let r = store.restore_with(&access()?, snapshot, output, &opts, &ctx.progress)?;
+            ctx.output(&r, || restored(&r))
+        }
+    }
+}
+
+/// What a restore wrote where, in a sentence.
+fn restored(r: &blocksnap_store::RestoreReport) -> String {
+    let place = if r.written_to != r.output {
+        format!(
+            "{} (a link to {})",
+            r.output.display(),
+            r.written_to.display()
+        )
+    } else {
+        r.output.display().to_string()
+    };
+    let what = match (r.kind, r.replaced) {
+        (blocksnap_store::TargetKind::BlockDevice, _) => format!("onto block device {place}"),
+        (_, true) => format!("to {place}, replacing the file that was there"),
+        (_, false) => format!("to {place}, a new sparse file"),
+    };
+    let mut t = format!(
+        "restored {} {what}: {}, {} of data written, verified, in {:.1} s",
+        r.id,
+        human(r.size),
+        human(r.bytes_written),
+        r.seconds
+    );
+    if r.tail_left > 0 {
+        t += &format!(
+            "; the device's last {} (past the snapshot's size) are left as they were",
+            human(r.tail_left)
+        );
+    }
+    t
+}
