@@ -112,7 +112,7 @@ fn missing_pack_is_reported() {
 #[test]
 fn deleted_index_is_rebuilt_from_pack_trailers() {
     let f = fixture("repair");
-    fs::remove_dir_all(f.env.store.join("index")).unwrap();
+    fs::remove_dir_all(f.env.index_dir()).unwrap();
     // The next command that needs the index rebuilds it from the packs, and says so.
     let out = f.env.path("after-rebuild.img");
     let restored = f
@@ -143,7 +143,7 @@ fn deleted_index_is_rebuilt_from_pack_trailers() {
 #[test]
 fn garbage_index_is_rebuilt_by_the_next_command_and_by_repair() {
     let f = fixture("garbage_index");
-    let index = f.env.store.join("index");
+    let index = f.env.index_dir();
     let garble = || {
         fs::remove_dir_all(&index).unwrap();
         fs::create_dir_all(&index).unwrap();

@@ -100,8 +100,19 @@ fn a_damaged_snapshot_document_stops_nothing_but_prune_until_quarantined() {
     assert_eq!(images[0]["name"], "web");
     assert_warns(&err, &bad_image, "image list");
 
-    // A snapshot of the other volume works. The damaged document could be its latest (it cannot
-    // be read), so it records no parent and says so; it restores byte-identical all the same.
+    // A snapshot of the other volume works. Its head (heads/b.json) names its latest snapshot,
+    // so the damaged document of volume a does not matter to it: b1 is its parent, found
+    // without reading any other document.
+    let (s, _) = json_err(
+        &env,
+        &["snapshot", "create", b.to_str().unwrap(), "--volume", "b"],
+    );
+    assert_eq!(s["parent"], b1.as_str(), "{s}");
+    assert_eq!(s["chunks_new"], 0, "dedup still works: {s}");
+    // Without the head (a store made before heads existed) the parent is found by listing:
+    // the damaged document could be b's latest (it cannot be read), so the snapshot records
+    // no parent and says so; it restores byte-identical all the same.
+    fs::remove_file(env.store.join("heads").join("b.json")).unwrap();
     let (s, err) = json_err(
         &env,
         &["snapshot", "create", b.to_str().unwrap(), "--volume", "b"],
@@ -111,7 +122,6 @@ fn a_damaged_snapshot_document_stops_nothing_but_prune_until_quarantined() {
         err.contains("no parent") && err.contains(&bad.display().to_string()),
         "{err}"
     );
-    assert_eq!(s["chunks_new"], 0, "dedup still works: {s}");
     let out = env.path("b-out.img");
     env.restore(&id(&s), &out);
     assert_same(&b, &out);
@@ -182,14 +192,21 @@ fn a_damaged_document_of_another_volume_keeps_the_parent() {
     let mut doc: Value = serde_json::from_slice(&fs::read(&bad).unwrap()).unwrap();
     doc["size"] = Value::from("big");
     fs::write(&bad, serde_json::to_vec(&doc).unwrap()).unwrap();
-    // b's latest snapshot is known for sure: it stays the parent.
+    // b's latest snapshot is known for sure (from its head; and by listing, where the damaged
+    // document names volume a): it stays the parent.
     let (s, err) = json_err(
         &env,
         &["snapshot", "create", b.to_str().unwrap(), "--volume", "b"],
     );
     assert_eq!(s["parent"], b1.as_str(), "{s}\n{err}");
+    fs::remove_file(env.store.join("heads").join("b.json")).unwrap();
+    let (s2, err) = json_err(
+        &env,
+        &["snapshot", "create", b.to_str().unwrap(), "--volume", "b"],
+    );
+    assert_eq!(s2["parent"], s["id"], "{s2}\n{err}");
     assert_warns(&err, &bad, "snapshot create b");
-    // a's latest may be the damaged one: none.
+    // a's latest is the damaged one (its head names it): none.
     let (s, err) = json_err(
         &env,
         &["snapshot", "create", a.to_str().unwrap(), "--volume", "a"],

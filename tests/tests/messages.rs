@@ -15,6 +15,7 @@ fn bare(env: &Env, cwd: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_blocksnap-e2e"));
     c.current_dir(cwd)
         .env("XDG_CONFIG_HOME", env.dir.join("config"))
+        .env("XDG_CACHE_HOME", env.dir.join("cache"))
         .env("XDG_DATA_HOME", env.dir.join("data"))
         .env_remove("BLOCKSNAP_STORE")
         .env_remove("BLOCKSNAP_ACCOUNT")
@@ -190,6 +191,7 @@ fn a_closed_stdout_ends_quietly() {
         let out = Command::new("bash")
             .args(["-c", &line])
             .env("XDG_CONFIG_HOME", env.dir.join("config"))
+            .env("XDG_CACHE_HOME", env.dir.join("cache"))
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(0), "{line}: {}", stderr(&out));

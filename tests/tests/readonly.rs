@@ -401,6 +401,7 @@ fn a_user_without_write_permission_reads_the_store() {
             .arg(&bin)
             .env("HOME", &home)
             .env("XDG_CONFIG_HOME", home.join("config"))
+            .env("XDG_CACHE_HOME", home.join("cache"))
             .env("XDG_DATA_HOME", home.join("data"))
             .env_remove("BLOCKSNAP_STORE")
             .env_remove("BLOCKSNAP_ACCOUNT")

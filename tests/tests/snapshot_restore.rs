@@ -292,6 +292,7 @@ fn default_store_is_created_on_first_use() {
     write_at(&img, 4 << 20, 0, &random_bytes(200_000, 2));
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_blocksnap-e2e"));
     cmd.env("XDG_CONFIG_HOME", env.path("config"))
+        .env("XDG_CACHE_HOME", env.path("cache"))
         .env("XDG_DATA_HOME", env.path("data"))
         .env("USER", "tester");
     cmd.env_remove("BLOCKSNAP_STORE")
@@ -463,12 +464,9 @@ fn restore_runs_beside_a_process_holding_the_index() {
     let img = env.path("d.img");
     write_at(&img, 48 << 20, 1 << 20, &random_bytes(20 << 20, 120));
     let s = env.snapshot(&img, "d");
-    let held = blocksnap_index::Index::open(
-        &env.store.join("index"),
-        std::time::Duration::from_secs(5),
-        |_| {},
-    )
-    .unwrap();
+    let held =
+        blocksnap_index::Index::open(&env.index_dir(), std::time::Duration::from_secs(5), |_| {})
+            .unwrap();
     let out = env.path("o.img");
     let r = env.run(&["snapshot", "restore", &id(&s), out.to_str().unwrap()]);
     assert!(r.status.success(), "{}", stderr(&r));
@@ -477,16 +475,31 @@ fn restore_runs_beside_a_process_holding_the_index() {
     drop(held);
 }
 
-/// Prune needs the store alone: it waits while another command holds the store lock shared.
+/// Prune needs the store alone: it waits while another command of this host holds the store
+/// lock shared (a running `serve nbd`, whose lock object names it), and goes on once it ends.
 #[test]
 fn prune_waits_for_running_commands() {
     let env = Env::new("prune_waits");
     env.init(&[]);
     let img = env.path("d.img");
     write_at(&img, 8 << 20, 0, &random_bytes(1 << 20, 121));
-    env.snapshot(&img, "d");
-    let lock = fs::File::open(env.store.join("locks/store.lock")).unwrap();
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockShared).unwrap();
+    let snap = env.snapshot(&img, "d")["id"].as_str().unwrap().to_string();
+    let mut serve = env
+        .cmd()
+        .args(["serve", "nbd", &snap, "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let locks = env.store.join("locks");
+    let start = std::time::Instant::now();
+    while fs::read_dir(&locks).map_or(0, |d| d.count()) == 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "serve nbd took no lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let mut prune = env
         .cmd()
         .args(["--json", "prune"])
@@ -499,8 +512,17 @@ fn prune_waits_for_running_commands() {
         prune.try_wait().unwrap().is_none(),
         "prune must wait while the store is locked"
     );
-    drop(lock);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&serve),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    serve.wait().unwrap();
     let out = prune.wait_with_output().unwrap();
-    assert!(out.status.success());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("waiting for other blocksnap commands"));
 }

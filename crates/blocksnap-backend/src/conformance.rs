@@ -119,7 +119,10 @@ fn range_reads_at_the_edges(b: &dyn Backend) {
     assert_eq!(r.size(), 10_000);
     assert_eq!(r.read_at(1234, 4321).unwrap(), &data[1234..5555]);
     assert_eq!(r.read_at(9_999, 1).unwrap(), &data[9_999..]);
-    assert!(matches!(r.read_at(9_999, 2), Err(BackendError::OutOfRange { .. })));
+    assert!(matches!(
+        r.read_at(9_999, 2),
+        Err(BackendError::OutOfRange { .. })
+    ));
     assert!(b.open("nope").err().expect("missing").is_not_found());
     for (off, len) in [(9_999, 2), (10_000, 1), (20_000, 1), (u64::MAX, 2)] {
         match b.get_range("obj", off, len) {
@@ -186,7 +189,7 @@ fn delete_is_idempotent(b: &dyn Backend) {
 }
 
 fn staged_objects(b: &dyn Backend) {
-    let mut s = b.stage().unwrap();
+    let mut s = b.stage("packs/").unwrap();
     for i in 0..100u32 {
         s.write_all(&i.to_le_bytes().repeat(1000)).unwrap();
     }
@@ -200,7 +203,7 @@ fn staged_objects(b: &dyn Backend) {
     assert_eq!(got.len(), 400_000);
     assert_eq!(&got[4000..4004], &1u32.to_le_bytes());
 
-    let mut s = b.stage().unwrap();
+    let mut s = b.stage("packs/").unwrap();
     s.write_all(b"other").unwrap();
     assert!(s.commit("packs/00/p1").unwrap_err().is_already_exists());
     assert_eq!(
@@ -209,7 +212,7 @@ fn staged_objects(b: &dyn Backend) {
         "overwritten by a commit"
     );
 
-    let mut s = b.stage().unwrap();
+    let mut s = b.stage("packs/").unwrap();
     s.write_all(b"abandoned").unwrap();
     drop(s);
     assert_eq!(
@@ -291,7 +294,7 @@ fn invalid_keys_are_refused(b: &dyn Backend) {
         bad(b.head(key).map(|_| ()));
         bad(b.delete(key));
         bad(b.replace(key, b"x", None).map(|_| ()));
-        let s = b.stage().unwrap();
+        let s = b.stage("packs/").unwrap();
         bad(s.commit(key));
     }
     assert!(b.list("").unwrap().is_empty());

@@ -105,11 +105,11 @@ impl Backend for FaultBackend {
         self.inner.create(key, data)
     }
 
-    fn stage(&self) -> Result<Box<dyn Staged>> {
-        self.op("stage", "")?;
+    fn stage(&self, under: &str) -> Result<Box<dyn Staged>> {
+        self.op("stage", under)?;
         Ok(Box::new(FaultStaged {
             backend: self.clone(),
-            inner: Some(self.inner.stage()?),
+            inner: Some(self.inner.stage(under)?),
         }))
     }
 
@@ -297,10 +297,10 @@ mod tests {
                 ..FaultPlan::default()
             },
         );
-        let mut s = f.stage().unwrap();
+        let mut s = f.stage("packs/").unwrap();
         s.write_all(b"pack bytes").unwrap();
         assert!(s.commit("packs/ab/abcd").is_err());
-        let temps = std::fs::read_dir(d.path())
+        let temps = std::fs::read_dir(d.path().join("packs"))
             .unwrap()
             .filter(|e| {
                 e.as_ref()

@@ -92,8 +92,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn create(&self, key: &str, data: &[u8]) -> Result<()>;
 
     /// A writer for a large object whose name is known only at its end (a pack is named by the
-    /// hash of its content): write to it, then [`Staged::commit`] it under a key.
-    fn stage(&self) -> Result<Box<dyn Staged>>;
+    /// hash of its content): write to it, then [`Staged::commit`] it under a key. `under` is
+    /// the prefix the key will start with (`packs/`): a local directory keeps the object's
+    /// temporary file there.
+    fn stage(&self, under: &str) -> Result<Box<dyn Staged>>;
 
     /// The whole object.
     fn get(&self, key: &str) -> Result<Vec<u8>>;

@@ -109,7 +109,14 @@ impl LocalBackend {
     }
 
     /// Exactly `len` bytes from `offset` of the open object `f` of `size` bytes.
-    fn read_exact_at(&self, f: &File, key: &str, size: u64, offset: u64, len: u64) -> Result<Vec<u8>> {
+    fn read_exact_at(
+        &self,
+        f: &File,
+        key: &str,
+        size: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>> {
         let range = || BackendError::OutOfRange {
             key: key.into(),
             offset,
@@ -200,10 +207,15 @@ impl Backend for LocalBackend {
         self.publish(&tmp, key)
     }
 
-    fn stage(&self) -> Result<Box<dyn Staged>> {
-        // Staged objects are written in the root and renamed into their directory at commit:
-        // one filesystem, so the rename is atomic.
-        let (file, tmp) = self.temp_in(&self.root.clone(), "(staged object)")?;
+    fn stage(&self, under: &str) -> Result<Box<dyn Staged>> {
+        // The temporary file is written in the folder of `under` and renamed into its own
+        // folder at commit: one filesystem, so the rename is atomic.
+        validate_prefix(under)?;
+        let dir = match under.rfind('/') {
+            Some(i) => self.root.join(&under[..i]),
+            None => self.root.clone(),
+        };
+        let (file, tmp) = self.temp_in(&dir, under)?;
         Ok(Box::new(LocalStaged {
             backend: self.clone(),
             file: Some(BufWriter::with_capacity(1 << 20, file)),
@@ -553,7 +565,7 @@ mod tests {
         b.create("packs/ab/x", b"1").unwrap();
         fs::write(d.path().join("packs/ab/.tmp-dead"), b"half").unwrap();
         assert_eq!(b.list("").unwrap().len(), 1);
-        let mut s = b.stage().unwrap();
+        let mut s = b.stage("").unwrap();
         s.write_all(b"abc").unwrap();
         drop(s);
         let left: Vec<_> = fs::read_dir(d.path())

@@ -51,7 +51,8 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
-    fn stage(&self) -> Result<Box<dyn Staged>> {
+    fn stage(&self, under: &str) -> Result<Box<dyn Staged>> {
+        crate::validate_prefix(under)?;
         Ok(Box::new(MemoryStaged {
             backend: self.clone(),
             data: Vec::new(),

@@ -146,7 +146,7 @@ pub fn main() -> ExitCode {
         return ExitCode::from(5);
     }
     let code = match kind {
-        Some(ErrorKind::Usage) => 2,
+        Some(ErrorKind::Usage | ErrorKind::NotFound | ErrorKind::Ambiguous) => 2,
         Some(ErrorKind::Denied) => 3,
         _ => 1,
     };

@@ -22,10 +22,9 @@ mod lock;
 mod policy;
 
 pub use docs::{
-    HeadDoc,
-    AccountDoc, ChunkerDoc, ChunkerKindDoc, ConfigDoc, Document, ExtentsDoc, GrantDoc, KeyDoc,
-    MAX_NAME_LEN, MAX_TAGS, MAX_VOLUME_SIZE, SnapshotDoc, TrashDoc, VolumeDoc, validate_name,
-    validate_tags,
+    AccountDoc, ChunkerDoc, ChunkerKindDoc, ConfigDoc, Document, ExtentsDoc, GrantDoc, HeadDoc,
+    KeyDoc, MAX_NAME_LEN, MAX_TAGS, MAX_VOLUME_SIZE, SnapshotDoc, TrashDoc, VolumeDoc,
+    validate_name, validate_tags,
 };
 pub use error::{DocError, ExtentError};
 pub use extent::{EXTENT_MAGIC, Extent, ExtentDecoder, ExtentEncoder, MAX_DATA_EXTENT};

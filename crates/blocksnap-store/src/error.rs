@@ -73,7 +73,7 @@ pub enum StoreError {
     #[error("interrupted")]
     Interrupted,
     /// No object of `kind` is named `name`; `hint` says where to look.
-    #[error("no {kind} '{name}'{hint}")]
+    #[error("no {kind} {}'{name}'{hint}", if *kind == "snapshot" { "matches " } else { "" })]
     NotFound {
         /// What was looked for (`snapshot`, `key`).
         kind: &'static str,

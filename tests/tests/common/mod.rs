@@ -33,6 +33,18 @@ impl Env {
         self.dir.join(name)
     }
 
+    /// The dedup index of this test's store: a cache outside the store, in
+    /// `$XDG_CACHE_HOME/blocksnap/<store id>/index`.
+    pub fn index_dir(&self) -> PathBuf {
+        let config: Value =
+            serde_json::from_slice(&fs::read(self.store.join("config")).unwrap()).unwrap();
+        self.dir
+            .join("cache")
+            .join("blocksnap")
+            .join(config["id"].as_str().unwrap())
+            .join("index")
+    }
+
     /// The command with this test's store and config directories.
     pub fn cmd(&self) -> Command {
         self.cmd_at(&self.store)
@@ -42,6 +54,7 @@ impl Env {
     pub fn cmd_at(&self, store: &Path) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_blocksnap-e2e"));
         c.env("XDG_CONFIG_HOME", self.dir.join("config"))
+            .env("XDG_CACHE_HOME", self.dir.join("cache"))
             .env("XDG_DATA_HOME", self.dir.join("data"))
             .env_remove("BLOCKSNAP_STORE")
             .env_remove("BLOCKSNAP_ACCOUNT")

@@ -92,11 +92,18 @@ impl Store {
     /// The access of `account` (default: the store's first account) with `identity` (default:
     /// [`Store::default_identity_path`]).
     pub fn access(&self, account: Option<&str>, identity: Option<&Path>) -> Result<Access> {
-        let account = account.unwrap_or(&self.config().default_account).to_string();
+        let account = account
+            .unwrap_or(&self.config().default_account)
+            .to_string();
         blocksnap_manifest::validate_name("account", "name", &account)
             .map_err(|e| StoreError::Usage(e.to_string()))?;
         let key = Kind::Account.key(&account);
-        if self.backend().head(&key).map_err(self.object_error(&key))?.is_none() {
+        if self
+            .backend()
+            .head(&key)
+            .map_err(self.object_error(&key))?
+            .is_none()
+        {
             if account == self.config().default_account {
                 return Err(StoreError::Damaged(format!(
                     "the document of the store's first account '{account}' is missing ({}). {}",

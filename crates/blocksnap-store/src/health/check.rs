@@ -16,8 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use blocksnap_index::Location;
 use blocksnap_manifest::{
-    ChunkId, Document, Extent, ImageDoc, ImageId, KeyId, PackId,
-    SnapshotDoc, SnapshotId, TrashDoc,
+    ChunkId, Document, Extent, ImageDoc, ImageId, KeyId, PackId, SnapshotDoc, SnapshotId, TrashDoc,
 };
 use blocksnap_pack::{ChunkCodec, Entry, PackHeader, read_layout, read_trailer};
 use rayon::prelude::*;
@@ -223,7 +222,7 @@ impl Store {
         // trailers read below, and there is no index whose entries could be stale.
         let index = match self.read_only() {
             Some(_) => None,
-            None => Some(self.open_index(access, progress)?),
+            None => Some(self.open_index_as_is(access, progress)?),
         };
         let mut trailer_locations: HashMap<ChunkId, Location> = HashMap::new();
         let mut keys = Keys {
@@ -273,7 +272,9 @@ impl Store {
                     },
                 };
                 if let Err(e) = parsed {
-                    report.problems.push(format!("{}: {e}", self.describe(&key)));
+                    report
+                        .problems
+                        .push(format!("{}: {e}", self.describe(&key)));
                 }
             }
         }
@@ -336,9 +337,7 @@ impl Store {
                     continue;
                 }
                 Err(e) => {
-                    report
-                        .problems
-                        .push(format!("pack {id} ({}): {e}", path));
+                    report.problems.push(format!("pack {id} ({}): {e}", path));
                     damaged_packs.insert(*id);
                     let header = PackHeader::decode(&read_head(&file)).ok();
                     states.insert(*id, PackState::NoTrailer { len, header });
@@ -357,9 +356,7 @@ impl Store {
             };
             match read_trailer(&file, |_| Some(codec)) {
                 Err(e) => {
-                    report
-                        .problems
-                        .push(format!("pack {id} ({}): {e}", path));
+                    report.problems.push(format!("pack {id} ({}): {e}", path));
                     damaged_packs.insert(*id);
                     states.insert(
                         *id,
@@ -467,15 +464,6 @@ impl Store {
             }
         }
         per_pack.finish(&mut report.problems);
-        for (pack, n) in &stale {
-            report.stale_index_entries += n;
-            report.problems.push(format!(
-                "pack {pack} is missing ({}), and the index places {n} chunks in it; \
-                 `blocksnap repair packs` makes the index forget them",
-                self.describe_pack(pack)
-            ));
-        }
-        report.missing_packs = stale.keys().copied().collect();
 
         // Snapshots: every chunk they reference is indexed, in a pack that is there and sound.
         let known: HashMap<SnapshotId, (u64, Option<KeyId>)> =
@@ -492,10 +480,11 @@ impl Store {
                      pack holds it)"
                 )),
                 Some(loc) => match states.get(&loc.pack) {
-                    None => ChunkState::Damaged(format!(
-                        "chunk {id} is in pack {}, which is missing",
-                        loc.pack
-                    )),
+                    // Marks the missing pack as used: its stale entries are then damage.
+                    None => ChunkState::InDamagedRecord(
+                        format!("chunk {id} is in pack {}, which is missing", loc.pack),
+                        loc.pack,
+                    ),
                     Some(PackState::Unreadable) => ChunkState::Unknown(format!(
                         "chunk {id} is in pack {}, which could not be read",
                         loc.pack
@@ -655,6 +644,36 @@ impl Store {
                 key.map_or("-".into(), |k| k.to_string())
             ));
         }
+
+        // Index entries into packs that are gone. The index is a cache of each user's, kept
+        // outside the store: a prune by another user or host leaves such entries in it, which
+        // are harmless (a note) unless a snapshot uses a chunk they place (damage).
+        for (pack, n) in &stale {
+            report.stale_index_entries += n;
+            if referenced.contains(pack) {
+                report.problems.push(format!(
+                    "pack {pack} is missing ({}), and the index places {n} chunks in it; \
+                     `blocksnap repair packs` makes the index forget them",
+                    self.describe_pack(pack)
+                ));
+            } else {
+                // No snapshot uses them: not chunks of the store, and not damage.
+                report.chunks -= n;
+                report.chunks_damaged -= n;
+                report.notes.push(format!(
+                    "the index places {n} chunks in pack {pack}, which is not in the store \
+                     ({}): pruned by another process or host, or deleted by hand; no snapshot \
+                     uses them. The next snapshot (or `blocksnap repair packs`) makes the index \
+                     forget them",
+                    self.describe_pack(pack)
+                ));
+            }
+        }
+        report.missing_packs = stale
+            .keys()
+            .filter(|p| referenced.contains(*p))
+            .copied()
+            .collect();
 
         // Packs no snapshot uses: only known when every snapshot could be walked.
         if all_walked {

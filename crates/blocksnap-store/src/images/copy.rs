@@ -19,10 +19,10 @@ use crate::access::Access;
 use crate::error::{Result, StoreError};
 use crate::fsutil;
 use crate::images::image::{ImageReport, new_image};
+use crate::packs::reader::ChunkReader;
 use crate::progress::Progress;
 use crate::repo::Store;
 use crate::snapshot::create::{SnapshotReport, Within};
-use crate::packs::reader::ChunkReader;
 use crate::snapshot::source::ReadBatch;
 
 /// The tag naming the snapshot a copy was made from: `STORE-ID/SNAPSHOT-ID`.

@@ -125,6 +125,7 @@ impl Store {
 
         // Sweep: decide per pack.
         let packs = self.list_packs()?;
+        let listed: HashSet<PackId> = packs.iter().map(|p| p.id).collect();
         let mut to_delete: Vec<(PackId, Vec<ChunkId>)> = Vec::new();
         let mut to_rewrite: Vec<Rewrite> = Vec::new();
         progress.start("prune: sweep", packs.len() as u64);
@@ -166,10 +167,14 @@ impl Store {
                 let here = location(*pack_id, e);
                 let is_live = live.contains(&e.id)
                     && match index.get(&e.id)? {
-                        Some(loc) => loc.pack == *pack_id,
-                        None => {
+                        // The index names the copy dedup uses; one in a pack that is not in the
+                        // store (a stale cache: the store was put back from a backup, or an
+                        // interrupted run) is no copy, and this one becomes it.
+                        Some(loc) if listed.contains(&loc.pack) => loc.pack == *pack_id,
+                        Some(_) | None => {
                             // Live but unindexed (an interrupted run): this copy becomes the one.
                             if !opts.dry_run {
+                                index.mark_pack(pack_id)?;
                                 index.insert_batch(&[(e.id, here)])?;
                             }
                             true
@@ -246,11 +251,7 @@ impl Store {
         }
 
         // Temporary files of interrupted runs: no writer runs while we hold the store alone.
-        for t in self
-            .backend()
-            .temporaries()
-            .map_err(StoreError::backend)?
-        {
+        for t in self.backend().temporaries().map_err(StoreError::backend)? {
             if self.backend().remove_temporary(&t.key).is_ok() {
                 report.tmp_files_removed += 1;
                 report.bytes_reclaimed += t.size;
@@ -266,12 +267,7 @@ fn read_header_key(file: &PackObject) -> Option<Option<KeyId>> {
     PackHeader::decode(&h).ok().map(|h| h.key_id)
 }
 
-type Rewrite = (
-    PackId,
-    Option<KeyId>,
-    Vec<ChunkId>,
-    Vec<ChunkId>,
-);
+type Rewrite = (PackId, Option<KeyId>, Vec<ChunkId>, Vec<ChunkId>);
 
 fn moved_bytes(index: &blocksnap_index::Index, rewrites: &[Rewrite]) -> Result<u64> {
     let mut n = 0;

@@ -25,6 +25,15 @@ use crate::packs::writer::location;
 use crate::progress::Progress;
 use crate::repo::Store;
 
+/// How long to wait for another process holding the index: `BLOCKSNAP_LOCK_WAIT` seconds,
+/// default an hour.
+fn lock_wait() -> Duration {
+    std::env::var("BLOCKSNAP_LOCK_WAIT")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(Duration::from_secs(3600), Duration::from_secs)
+}
+
 impl Store {
     /// Where this store's index lives: `<cache dir>/index`.
     pub(crate) fn index_path(&self) -> PathBuf {
@@ -36,12 +45,21 @@ impl Store {
     /// read (a process killed at the wrong moment can leave one: see docs/DESIGN-NOTES.md) is
     /// rebuilt from the pack trailers, with a note: it is a cache.
     pub(crate) fn open_index(&self, access: &Access, progress: &dyn Progress) -> Result<Index> {
-        let wait = std::env::var("BLOCKSNAP_LOCK_WAIT")
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-            .map_or(Duration::from_secs(3600), Duration::from_secs);
-        let index = self.open_index_healing(access, wait, progress)?;
-        self.sync_index(&index, access, progress)?;
+        let index = self.open_index_healing(access, lock_wait(), progress)?;
+        self.sync_index(&index, access, true, progress)?;
+        Ok(index)
+    }
+
+    /// [`Store::open_index`] for `check`, which reports what is wrong rather than mending it:
+    /// the trailers of new packs are added, but the entries of packs that are gone stay, to be
+    /// named.
+    pub(crate) fn open_index_as_is(
+        &self,
+        access: &Access,
+        progress: &dyn Progress,
+    ) -> Result<Index> {
+        let index = self.open_index_healing(access, lock_wait(), progress)?;
+        self.sync_index(&index, access, false, progress)?;
         Ok(index)
     }
 
@@ -156,20 +174,22 @@ impl Store {
     }
 
     /// Brings `index` up to date with the store's packs: adds the trailers of packs it does not
-    /// know (another user or host wrote them) and forgets the entries of packs that are gone.
-    /// Packs under keys `access` holds no grant on stay unknown (their chunks cannot be read
-    /// or deduplicated by this account anyway) and are looked at again next time.
+    /// know (another user or host wrote them) and, with `forget_gone`, forgets the entries of
+    /// packs that are gone (with a note naming them). Packs under keys `access` holds no grant
+    /// on stay unknown (their chunks cannot be read or deduplicated by this account anyway) and
+    /// are looked at again next time.
     pub(crate) fn sync_index(
         &self,
         index: &Index,
         access: &Access,
+        forget_gone: bool,
         progress: &dyn Progress,
     ) -> Result<()> {
         let packs = self.list_packs()?;
         let known = index.known_packs()?;
         let listed: HashSet<PackId> = packs.iter().map(|p| p.id).collect();
         let gone: HashSet<PackId> = known.difference(&listed).copied().collect();
-        if !gone.is_empty() {
+        if forget_gone && !gone.is_empty() {
             let stale: Vec<_> = index
                 .iter()
                 .filter_map(|e| e.ok())
@@ -181,6 +201,16 @@ impl Store {
             for id in &gone {
                 index.forget_pack(id)?;
             }
+            let mut names: Vec<String> = gone.iter().map(ToString::to_string).collect();
+            names.sort();
+            progress.message(&format!(
+                "note: {} packs the index knew are gone from the store (pruned by another process \
+                 or host, or deleted by hand): {}; the index forgot their {} chunks, and what is \
+                 still needed is stored again. `blocksnap check` lists the snapshots that used them",
+                gone.len(),
+                names.join(", "),
+                stale.len()
+            ));
         }
         let new: Vec<PackInfo> = packs
             .into_iter()
@@ -210,8 +240,8 @@ impl Store {
         self.index_packs(index, access, &packs, progress)
     }
 
-    /// Adds the chunks of `packs` to `index`, each pack recorded as known once its entries are
-    /// in; flushes.
+    /// Adds the chunks of `packs` to `index`, each pack recorded as known before its entries go
+    /// in (so that entries of a pack the index does not know never exist); flushes.
     fn index_packs(
         &self,
         index: &Index,
@@ -245,8 +275,8 @@ impl Store {
             match trailer {
                 Ok((_, entries)) => {
                     let locs: Vec<_> = entries.iter().map(|e| (e.id, location(p.id, e))).collect();
-                    index.insert_batch(&locs)?;
                     index.mark_pack(&p.id)?;
+                    index.insert_batch(&locs)?;
                     report.packs += 1;
                     report.chunks += locs.len() as u64;
                 }

@@ -34,7 +34,6 @@ pub struct PackInfo {
 
 /// An open pack, read by ranges.
 pub(crate) struct PackObject {
-    pub id: PackId,
     reader: Arc<dyn ObjectReader>,
     /// The position of the `Read + Seek` view (used by one thread at a time).
     pos: AtomicU64,
@@ -55,11 +54,6 @@ impl PackObject {
             .map_err(backend_io)?;
         buf.copy_from_slice(&bytes);
         Ok(())
-    }
-
-    /// `len` bytes from `offset`.
-    pub fn read_vec(&self, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
-        self.reader.read_at(offset, len).map_err(backend_io)
     }
 }
 
@@ -140,7 +134,6 @@ impl Store {
             }
         })?;
         Ok(PackObject {
-            id: *id,
             reader,
             pos: AtomicU64::new(0),
         })

@@ -147,7 +147,6 @@ impl<'a> ChunkReader<'a> {
     }
 }
 
-
 impl Store {
     /// The index, if no other process holds it (a snapshot may be running: readers need not
     /// wait); a damaged one is rebuilt like [`Store::open_index`] does.
@@ -161,18 +160,21 @@ impl Store {
         if self.read_only().is_some() {
             return Ok(None);
         }
-        if !self.index_path().exists() {
-            return self
-                .open_index_healing(access, Duration::ZERO, progress)
-                .map(Some);
-        }
-        match self.open_index_raw(Duration::ZERO, progress) {
-            Ok(index) => Ok(Some(index)),
-            Err(IndexError::Busy { .. }) => Ok(None),
-            Err(IndexError::Damaged { .. }) => self
-                .open_index_healing(access, Duration::ZERO, progress)
-                .map(Some),
-        }
+        let index = if !self.index_path().exists() {
+            self.open_index_healing(access, Duration::ZERO, progress)?
+        } else {
+            match self.open_index_raw(Duration::ZERO, progress) {
+                Ok(index) => index,
+                Err(IndexError::Busy { .. }) => return Ok(None),
+                Err(IndexError::Damaged { .. }) => {
+                    self.open_index_healing(access, Duration::ZERO, progress)?
+                }
+            }
+        };
+        // Packs another user or host wrote (or an interrupted `repair index` left out) are
+        // indexed before reading; entries of packs that are gone stay, reading then names them.
+        self.sync_index(&index, access, false, progress)?;
+        Ok(Some(index))
     }
 
     /// Where a reader of `doc` finds chunks: the index if it is free, else locations read from
@@ -245,4 +247,3 @@ impl Store {
         Ok(out)
     }
 }
-

@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use crate::error::{Result, StoreError};
 use crate::fsutil;
-use crate::repo::layout::pack_key;
+use crate::repo::layout::{Kind, pack_key};
 use crate::repo::{Place, Store, describe};
 
 /// The index as dedup may trust it: an entry counts only if its pack exists. The packs are
@@ -59,10 +59,7 @@ impl Dedup {
 
     /// Records that pack `id` exists (this writer committed it).
     fn add_pack(&self, id: PackId) {
-        self.packs
-            .write()
-            .expect("not poisoned")
-            .insert(id, true);
+        self.packs.write().expect("not poisoned").insert(id, true);
     }
 
     /// True if the store holds `id` in a pack that exists.
@@ -209,9 +206,11 @@ fn close(dedup: &Dedup, pack: OpenPack) -> Closed {
             }
         }
         dedup.add_pack(id);
+        // Known before its entries go in: an index never holds entries of a pack it does not
+        // know, so a pack that disappears is always noticed (see `Store::sync_index`).
+        dedup.index.mark_pack(&id)?;
         let locs: Vec<_> = entries.iter().map(|e| (e.id, location(id, e))).collect();
         dedup.index.insert_batch(&locs)?;
-        dedup.index.mark_pack(&id)?;
         Ok(len)
     })();
     Closed { ids, result }
@@ -355,7 +354,7 @@ impl<'a> ChunkWriter<'a> {
         let staged = self
             .store
             .backend()
-            .stage()
+            .stage(&Kind::Pack.prefix())
             .map_err(|e| StoreError::backend(e).context(&shown.display().to_string()))?;
         let writer = PackWriter::new(staged, self.codec, fsutil::random_bytes())
             .map_err(StoreError::pack_write(&shown))?;
@@ -453,7 +452,12 @@ impl MetaWriter {
     }
 
     /// Stores the complete chunks of `buf` (or all of it when `last`), draining what it stored.
-    pub fn write(&mut self, buf: &mut Vec<u8>, last: bool, sink: &mut ChunkWriter<'_>) -> Result<()> {
+    pub fn write(
+        &mut self,
+        buf: &mut Vec<u8>,
+        last: bool,
+        sink: &mut ChunkWriter<'_>,
+    ) -> Result<()> {
         if !last && buf.len() < 2 * self.chunker.min_window() {
             return Ok(());
         }

@@ -150,7 +150,12 @@ impl Store {
         let base = Kind::Quarantine.key(key);
         let mut to = base.clone();
         let mut n = 1;
-        while self.backend().head(&to).map_err(self.object_error(&to))?.is_some() {
+        while self
+            .backend()
+            .head(&to)
+            .map_err(self.object_error(&to))?
+            .is_some()
+        {
             to = format!("{base}.{n}");
             n += 1;
         }

@@ -19,10 +19,12 @@
 
 use blocksnap_manifest::PackId;
 
+/// The key of the store's configuration, written once, last, by `init`.
+pub(crate) const CONFIG: &str = "config";
+
 /// A kind of object in a store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum Kind {
-    Config,
     Account,
     Key,
     Pack,
@@ -49,10 +51,9 @@ impl Kind {
         Kind::Head,
     ];
 
-    /// The folder of this kind (empty for the config).
+    /// The folder of this kind.
     pub fn dir(self) -> &'static str {
         match self {
-            Kind::Config => "",
             Kind::Account => "accounts",
             Kind::Key => "keys",
             Kind::Pack => "packs",
@@ -69,16 +70,12 @@ impl Kind {
 
     /// The prefix every key of this kind starts with (`snapshots/`).
     pub fn prefix(self) -> String {
-        match self {
-            Kind::Config => "config".into(),
-            k => format!("{}/", k.dir()),
-        }
+        format!("{}/", self.dir())
     }
 
     /// What a person calls one (`snapshot`, `key`).
     pub fn noun(self) -> &'static str {
         match self {
-            Kind::Config => "config",
             Kind::Account => "account",
             Kind::Key => "key",
             Kind::Pack => "pack",
@@ -93,15 +90,9 @@ impl Kind {
         }
     }
 
-    /// True for the kinds stored as `NAME.json` in their folder.
-    pub fn is_document(self) -> bool {
-        Kind::DOCUMENTS.contains(&self) || self == Kind::Lock
-    }
-
     /// The key of the object named `name` (for a pack, its hex id).
     pub fn key(self, name: &str) -> String {
         match self {
-            Kind::Config => "config".into(),
             Kind::Pack => format!("packs/{}/{name}", name.get(..2).unwrap_or("00")),
             Kind::Quarantine => format!("quarantine/{name}"),
             k => format!("{}/{name}.json", k.dir()),
@@ -112,7 +103,6 @@ impl Kind {
     /// [`Kind::key`]); temporaries and foreign files are not.
     pub fn name_of(self, key: &str) -> Option<&str> {
         match self {
-            Kind::Config => (key == "config").then_some("config"),
             Kind::Pack => {
                 let rest = key.strip_prefix("packs/")?;
                 let (dir, name) = rest.split_once('/')?;
@@ -155,10 +145,12 @@ mod tests {
         let key = pack_key(&id);
         assert_eq!(&key[..9], "packs/ab/");
         assert_eq!(Kind::Pack.name_of(&key), Some(&*id.to_string()));
-        assert_eq!(Kind::Pack.name_of(&damaged_pack_key(&id)), None.or(Some(&*format!("{id}.damaged"))));
+        assert_eq!(
+            Kind::Pack.name_of(&damaged_pack_key(&id)),
+            None.or(Some(&*format!("{id}.damaged")))
+        );
         assert_eq!(Kind::Pack.name_of("packs/ab"), None);
         assert_eq!(Kind::Snapshot.name_of("snapshots/a/b.json"), None);
-        assert_eq!(Kind::Config.key(""), "config");
         assert_eq!(Kind::Snapshot.name_of("snapshotsx/a.json"), None);
     }
 }

@@ -353,8 +353,7 @@ impl Store {
     }
 }
 
-/// The key of the store's configuration.
-pub(crate) const CONFIG: &str = "config";
+pub(crate) use layout::CONFIG;
 
 /// `key` of the store at `place` as a person finds it.
 pub(crate) fn describe(place: &Place, key: &str) -> String {

@@ -274,9 +274,7 @@ impl Store {
 pub(crate) fn store_data_held(backend: &dyn Backend) -> Option<String> {
     let count = |kind: Kind| -> usize {
         backend.list(&kind.prefix()).map_or(0, |l| {
-            l.iter()
-                .filter(|m| kind.name_of(&m.key).is_some())
-                .count()
+            l.iter().filter(|m| kind.name_of(&m.key).is_some()).count()
         })
     };
     let parts: Vec<String> = [

@@ -88,7 +88,10 @@ mod tests {
             ("img-1234000000000003".to_string(), None),
         ];
         assert_eq!(find(&items, "web").unwrap(), "img-0f3a000000000001");
-        assert_eq!(find(&items, "img-0f3b000000000002").unwrap(), "img-0f3b000000000002");
+        assert_eq!(
+            find(&items, "img-0f3b000000000002").unwrap(),
+            "img-0f3b000000000002"
+        );
         assert_eq!(find(&items, "0f3a").unwrap(), "img-0f3a000000000001");
         assert_eq!(find(&items, "img-12").unwrap(), "img-1234000000000003");
         let e = find(&items, "0f3").unwrap_err();

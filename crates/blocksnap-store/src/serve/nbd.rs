@@ -18,9 +18,9 @@ use blocksnap_pack::ChunkCodec;
 
 use crate::access::Access;
 use crate::error::{Result, StoreError};
+use crate::packs::reader::{ChunkReader, Locator};
 use crate::progress::Progress;
 use crate::repo::Store;
-use crate::packs::reader::{ChunkReader, Locator};
 
 const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 const IHAVEOPT: u64 = 0x4948_4156_454f_5054;

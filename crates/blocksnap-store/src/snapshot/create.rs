@@ -623,8 +623,8 @@ fn volume_name_of(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::InitOptions;
     use crate::packs::reader::ChunkReader;
+    use crate::repo::InitOptions;
     use crate::{NoProgress, StoreError};
     use blocksnap_manifest::{Extent, ExtentDecoder};
 

@@ -16,9 +16,9 @@ use serde::Serialize;
 
 use crate::access::Access;
 use crate::error::{Result, StoreError};
+use crate::packs::reader::ChunkReader;
 use crate::progress::Progress;
 use crate::repo::Store;
-use crate::packs::reader::ChunkReader;
 
 /// What `snapshot diff` found (the `--json` output of CLI.md).
 #[derive(Clone, Debug, Serialize)]

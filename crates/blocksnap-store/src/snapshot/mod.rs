@@ -4,5 +4,5 @@ pub(crate) mod catalog;
 pub(crate) mod create;
 pub(crate) mod diff;
 pub(crate) mod restore;
-pub(crate) mod target;
 pub(crate) mod source;
+pub(crate) mod target;

@@ -2,21 +2,19 @@
 //! verified against their ids and written with positioned writes. Holes stay holes.
 
 use std::fs::{self, OpenOptions};
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use blocksnap_manifest::{
-    ChunkId, Extent, SnapshotDoc, SnapshotId,
-};
+use blocksnap_manifest::{ChunkId, Extent, SnapshotDoc, SnapshotId};
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::access::Access;
 use crate::error::{Result, StoreError};
 use crate::fsutil;
-use crate::progress::Progress;
 use crate::packs::reader::ChunkReader;
+use crate::progress::Progress;
 use crate::repo::Store;
 use crate::snapshot::target::{Target, human, parent_dir, rename_new};
 
@@ -74,7 +72,6 @@ const BATCH_BYTES: u64 = 64 << 20;
 /// write (about 1 MiB with the default chunk size). One write per chunk cost 14% more time and
 /// CPU: the writers took the file's lock in turn for every 32 KiB (measured, cold restores).
 const WRITE_RUN: usize = 32;
-
 
 impl Store {
     /// Rebuilds a snapshot's volume into `output`: a new file, or with `force` an existing
@@ -299,4 +296,3 @@ impl Store {
         })
     }
 }
-

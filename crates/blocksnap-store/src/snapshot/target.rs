@@ -147,7 +147,6 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-
 /// Renames `from` to `to` unless `to` exists (`RENAME_NOREPLACE`; where the filesystem lacks
 /// it, a hard link and an unlink, which fail the same way).
 pub(crate) fn rename_new(from: &Path, to: &Path) -> std::io::Result<()> {
@@ -161,7 +160,6 @@ pub(crate) fn rename_new(from: &Path, to: &Path) -> std::io::Result<()> {
         Err(e) => Err(e.into()),
     }
 }
-
 
 impl Store {
     /// Checks where a snapshot of `doc`'s size may be restored, before anything is written or
