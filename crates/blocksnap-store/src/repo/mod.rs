@@ -120,6 +120,9 @@ pub struct Store {
     pub(crate) read_only: OnceLock<Option<String>>,
     /// True once a reader was told that no lock could be taken.
     pub(crate) read_only_noted: AtomicBool,
+    /// Where the per-user caches of stores live (default `$XDG_CACHE_HOME`, see
+    /// [`Store::with_cache_home`]).
+    cache_home: PathBuf,
 }
 
 impl std::fmt::Debug for Store {
@@ -290,7 +293,15 @@ impl Store {
             damaged: Arc::default(),
             read_only: OnceLock::new(),
             read_only_noted: AtomicBool::new(false),
+            cache_home: cache_home(),
         }
+    }
+
+    /// The same store keeping its cache (the dedup index) under `dir` instead of
+    /// `$XDG_CACHE_HOME`: for tests and embedders that run several stores in one process.
+    pub fn with_cache_home(mut self, dir: impl Into<PathBuf>) -> Store {
+        self.cache_home = dir.into();
+        self
     }
 
     /// The backend holding the store's objects.
@@ -347,7 +358,7 @@ impl Store {
 
     /// This store's local cache: `$XDG_CACHE_HOME/blocksnap/<store id>/` (the dedup index).
     pub fn cache_dir(&self) -> PathBuf {
-        cache_home()
+        self.cache_home
             .join("blocksnap")
             .join(self.config.id.to_string())
     }
