@@ -23,7 +23,7 @@ use crate::packs::reader::ChunkReader;
 use crate::progress::Progress;
 use crate::repo::Store;
 use crate::snapshot::create::{SnapshotReport, Within};
-use crate::snapshot::source::ReadBatch;
+use crate::snapshot::split::ReadBatch;
 
 /// The tag naming the snapshot a copy was made from: `STORE-ID/SNAPSHOT-ID`.
 pub const TAG_COPIED_FROM: &str = "blocksnap:copied-from";

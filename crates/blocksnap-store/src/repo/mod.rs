@@ -3,6 +3,7 @@
 //! written.
 
 pub(crate) mod documents;
+pub(crate) mod host;
 pub(crate) mod layout;
 pub(crate) mod location;
 pub(crate) mod lock;

@@ -3,6 +3,8 @@
 pub(crate) mod catalog;
 pub(crate) mod create;
 pub(crate) mod diff;
+pub(crate) mod pipeline;
 pub(crate) mod restore;
 pub(crate) mod source;
+pub(crate) mod split;
 pub(crate) mod target;
