@@ -20,11 +20,12 @@ mod id;
 mod image;
 mod lock;
 mod policy;
+mod trash;
 
 pub use docs::{
     AccountDoc, ChunkerDoc, ChunkerKindDoc, ConfigDoc, Document, ExtentsDoc, GrantDoc, HeadDoc,
-    KeyDoc, MAX_NAME_LEN, MAX_TAGS, MAX_VOLUME_SIZE, SnapshotDoc, TrashDoc, VolumeDoc,
-    validate_name, validate_tags,
+    KeyDoc, MAX_NAME_LEN, MAX_TAGS, MAX_VOLUME_SIZE, SnapshotDoc, VolumeDoc, validate_name,
+    validate_tags,
 };
 pub use error::{DocError, ExtentError};
 pub use extent::{EXTENT_MAGIC, Extent, ExtentDecoder, ExtentEncoder, MAX_DATA_EXTENT};
@@ -34,3 +35,4 @@ pub use image::{
 };
 pub use lock::{LockDoc, LockKind, MAX_HOST_LEN, validate_host};
 pub use policy::{Keep, Period, PolicyDoc, Schedule, TagValues, TargetTags, Unit};
+pub use trash::TrashDoc;

@@ -32,6 +32,7 @@ mod error;
 mod fsutil;
 mod health;
 mod images;
+mod init;
 mod lifecycle;
 mod packs;
 mod progress;
@@ -48,6 +49,7 @@ pub use images::copy::{CopyOptions, TAG_COPIED_FROM};
 pub use images::image::{
     Audience, DeregisterReport, ImageOptions, ImageReport, RebuildReport, RebuiltVolume,
 };
+pub use init::{InitOptions, InitReport, default_account_name};
 pub use lifecycle::policy::{PolicyAction, PolicyRunReport, TAG_POLICY, TAG_SCHEDULE};
 pub use lifecycle::prune::{PruneOptions, PruneReport};
 pub use lifecycle::trash::TrashEntry;
@@ -57,13 +59,14 @@ pub use repo::location::{SUPPORTED_SCHEMES, local_store_path};
 pub use repo::lock::{LockEntry, LockStatus, UnlockReport};
 pub use repo::tags::tag_map;
 pub use repo::{
-    DEFAULT_CHUNK_SIZE, DamageWarnings, DamagedDoc, InitOptions, InitReport, Store, config_home,
-    data_home, default_account_name, default_store_path,
+    DEFAULT_CHUNK_SIZE, DamageWarnings, DamagedDoc, Place, Store, cache_home, config_home,
+    data_home, default_store_path,
 };
 pub use serve::nbd::ServeInfo;
 pub use snapshot::create::{SnapshotOptions, SnapshotReport};
 pub use snapshot::diff::DiffReport;
-pub use snapshot::restore::{RestoreOptions, RestoreReport, TargetKind};
+pub use snapshot::restore::RestoreReport;
+pub use snapshot::target::{RestoreOptions, TargetKind};
 
 pub use blocksnap_chunker::ChunkerKind;
 pub use blocksnap_manifest::{

@@ -41,8 +41,9 @@ use serde::Serialize;
 
 use crate::error::{Result, StoreError};
 use crate::fsutil;
+use crate::init::InitOptions;
 use crate::progress::Progress;
-use crate::repo::{DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL, InitOptions, Store};
+use crate::repo::{DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL, Store};
 use crate::snapshot::create::{SnapshotOptions, SnapshotReport};
 
 /// The smallest image `bench` accepts.

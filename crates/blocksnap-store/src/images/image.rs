@@ -26,7 +26,8 @@ use crate::repo::Store;
 use crate::repo::layout::Kind;
 use crate::repo::resolve::resolve;
 use crate::snapshot::create::{SnapshotOptions, SnapshotReport, Within};
-use crate::snapshot::restore::{RestoreOptions, RestoreReport, TargetKind};
+use crate::snapshot::restore::RestoreReport;
+use crate::snapshot::target::{RestoreOptions, TargetKind};
 
 /// Options of `image create`.
 #[derive(Clone, Debug, Default)]

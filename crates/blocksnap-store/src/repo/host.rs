@@ -117,5 +117,4 @@ mod tests {
         assert_eq!(sanitize_host("..-x"), "x");
         assert!(blocksnap_manifest::validate_host(&host_name()).is_ok());
     }
-
 }

@@ -33,9 +33,9 @@ use crate::error::{Result, StoreError};
 use crate::fsutil;
 use crate::progress::Progress;
 use crate::repo::Store;
-use crate::repo::host::{Me, gone_reason, process_start};
 #[cfg(test)]
 use crate::repo::host::host_name;
+use crate::repo::host::{Me, gone_reason, process_start};
 use crate::repo::layout::Kind;
 
 /// Held until dropped: this command's lock object (removed on drop). A reader of a read-only
@@ -448,8 +448,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
     use crate::{InitOptions, NoProgress};
+    use std::fs;
 
     #[test]
     fn ages_read_well() {

@@ -6,9 +6,7 @@ use std::time::Instant;
 
 use blocksnap_chunker::Chunker;
 use blocksnap_index::Index;
-use blocksnap_manifest::{
-    Document, KeyId, SnapshotDoc, SnapshotId, VolumeDoc,
-};
+use blocksnap_manifest::{Document, KeyId, SnapshotDoc, SnapshotId, VolumeDoc};
 
 use serde::Serialize;
 
@@ -318,7 +316,6 @@ impl Store {
             source_changed: doc.source_changed,
         })
     }
-
 }
 
 /// Whether a recorded source (`path` on `host`) is another disk than `here`: another host, or

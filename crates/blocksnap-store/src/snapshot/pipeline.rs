@@ -45,7 +45,6 @@ struct Encoded {
     volume_bytes: u64,
 }
 
-
 /// The encoder stage: hands each batch the reader produces to the rayon pool, at most
 /// [`ENCODING`] at once (a slot is taken from `slots` per batch; the sink gives it back), and
 /// sends the results tagged with the batch's position, since they may finish out of order.
@@ -250,11 +249,11 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
+    use crate::InitOptions;
     use crate::packs::reader::ChunkReader;
-    use crate::repo::InitOptions;
     use crate::{NoProgress, StoreError};
     use blocksnap_manifest::{Extent, ExtentDecoder};
+    use std::path::Path;
 
     /// A new encrypted store in `dir`, its default key's codec and its index.
     fn new_store(dir: &Path) -> (Store, ChunkCodec, Index) {

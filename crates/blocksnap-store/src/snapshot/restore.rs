@@ -16,25 +16,7 @@ use crate::fsutil;
 use crate::packs::reader::ChunkReader;
 use crate::progress::Progress;
 use crate::repo::Store;
-use crate::snapshot::target::{Target, human, parent_dir, rename_new};
-
-/// Options of `snapshot restore`, and of each device of `image rebuild`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RestoreOptions {
-    /// Replace an existing regular file, or write over a block device's content. Without it
-    /// only a new file is written.
-    pub force: bool,
-}
-
-/// What a restore writes to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TargetKind {
-    /// A regular file: written beside its place and renamed into it.
-    File,
-    /// A block device, written in place.
-    BlockDevice,
-}
+use crate::snapshot::target::{RestoreOptions, Target, TargetKind, human, parent_dir, rename_new};
 
 /// What `snapshot restore` did (the `--json` output).
 #[derive(Clone, Debug, Serialize)]

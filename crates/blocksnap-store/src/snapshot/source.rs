@@ -301,8 +301,7 @@ impl Source {
                         })
                 })?;
                 cur += n as u64;
-                if split.batch_bytes() >= window as u64
-                    && tx.send(Ok(split.take_batch())).is_err()
+                if split.batch_bytes() >= window as u64 && tx.send(Ok(split.take_batch())).is_err()
                 {
                     return Ok(());
                 }

@@ -9,8 +9,26 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Result, StoreError};
 use crate::repo::Store;
-use crate::snapshot::restore::{RestoreOptions, TargetKind};
 use blocksnap_manifest::SnapshotDoc;
+use serde::Serialize;
+
+/// Options of `snapshot restore`, and of each device of `image rebuild`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RestoreOptions {
+    /// Replace an existing regular file, or write over a block device's content. Without it
+    /// only a new file is written.
+    pub force: bool,
+}
+
+/// What a restore writes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetKind {
+    /// A regular file: written beside its place and renamed into it.
+    File,
+    /// A block device, written in place.
+    BlockDevice,
+}
 
 /// A restore's target, checked before the first byte is written: the path as given, what it
 /// is, and for a block device the device opened exclusively.
