@@ -225,10 +225,21 @@ impl Index {
         self.db.open_tree("packs").map_err(|e| self.damaged(e))
     }
 
-    /// Records that every entry of pack `id` is in the index (call after inserting them).
+    /// Records that pack `id`'s entries are going into the index: call before inserting them,
+    /// then [`Index::mark_pack_complete`] after. A pack marked but not complete (a process
+    /// killed between the two) counts as known — its disappearance is noticed — and as not
+    /// indexed: it is read again.
     pub fn mark_pack(&self, id: &PackId) -> Result<(), IndexError> {
         self.packs()?
-            .insert(&id.as_bytes()[..], &[][..])
+            .insert(&id.as_bytes()[..], &[0u8][..])
+            .map(|_| ())
+            .map_err(|e| self.damaged(e))
+    }
+
+    /// Records that every entry of pack `id` is in the index.
+    pub fn mark_pack_complete(&self, id: &PackId) -> Result<(), IndexError> {
+        self.packs()?
+            .insert(&id.as_bytes()[..], &[1u8][..])
             .map(|_| ())
             .map_err(|e| self.damaged(e))
     }
@@ -243,15 +254,18 @@ impl Index {
 
     /// The packs whose entries the index holds: a host adds only the trailers of packs not in
     /// this set when it opens a store others write to.
-    pub fn known_packs(&self) -> Result<std::collections::HashSet<PackId>, IndexError> {
-        let mut out = std::collections::HashSet::new();
+    ///
+    /// Returns every known pack with whether its entries are all in.
+    pub fn known_packs(&self) -> Result<std::collections::HashMap<PackId, bool>, IndexError> {
+        let mut out = std::collections::HashMap::new();
         for r in self.packs()?.iter() {
-            let (k, _) = r.map_err(|e| self.damaged(e))?;
+            let (k, v) = r.map_err(|e| self.damaged(e))?;
             let id: [u8; 32] = k
                 .as_ref()
                 .try_into()
                 .map_err(|_| self.damaged("a pack key has a bad length"))?;
-            out.insert(PackId(id));
+            // Marks written before completeness was recorded (empty values) were complete.
+            out.insert(PackId(id), v.as_ref() != [0u8]);
         }
         Ok(out)
     }

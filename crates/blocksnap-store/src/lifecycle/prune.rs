@@ -174,7 +174,6 @@ impl Store {
                         Some(_) | None => {
                             // Live but unindexed (an interrupted run): this copy becomes the one.
                             if !opts.dry_run {
-                                index.mark_pack(pack_id)?;
                                 index.insert_batch(&[(e.id, here)])?;
                             }
                             true

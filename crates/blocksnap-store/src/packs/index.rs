@@ -174,8 +174,8 @@ impl Store {
     }
 
     /// Brings `index` up to date with the store's packs: adds the trailers of packs it does not
-    /// know (another user or host wrote them) and, with `forget_gone`, forgets the entries of
-    /// packs that are gone (with a note naming them). Packs under keys `access` holds no grant
+    /// know (another user or host wrote them) and, with `forget_gone`, rebuilds it from the
+    /// trailers when packs it knew are gone (with a note naming them). Packs under keys `access` holds no grant
     /// on stay unknown (their chunks cannot be read or deduplicated by this account anyway) and
     /// are looked at again next time.
     pub(crate) fn sync_index(
@@ -188,33 +188,36 @@ impl Store {
         let packs = self.list_packs()?;
         let known = index.known_packs()?;
         let listed: HashSet<PackId> = packs.iter().map(|p| p.id).collect();
-        let gone: HashSet<PackId> = known.difference(&listed).copied().collect();
+        let gone: HashSet<PackId> = known
+            .keys()
+            .filter(|p| !listed.contains(p))
+            .copied()
+            .collect();
         if forget_gone && !gone.is_empty() {
-            let stale: Vec<_> = index
-                .iter()
-                .filter_map(|e| e.ok())
-                .filter(|(_, loc)| gone.contains(&loc.pack))
-                .collect();
-            for (id, loc) in &stale {
-                index.remove_if(id, loc)?;
-            }
-            for id in &gone {
-                index.forget_pack(id)?;
-            }
+            // Packs the index knew are gone: pruned by another process or host (whose chunks
+            // may now live in packs this index has not read), or the store was put back from a
+            // backup (whose packs may hold chunks this index places elsewhere). Either way no
+            // entry can be trusted to be the only copy: rebuild from the trailers.
             let mut names: Vec<String> = gone.iter().map(ToString::to_string).collect();
             names.sort();
+            index.clear()?;
+            let r = self.fill_index(index, access, progress)?;
             progress.message(&format!(
                 "note: {} packs the index knew are gone from the store (pruned by another process \
-                 or host, or deleted by hand): {}; the index forgot their {} chunks, and what is \
-                 still needed is stored again. `blocksnap check` lists the snapshots that used them",
+                 or host, deleted by hand, or the store was put back from a backup): {}; rebuilt \
+                 the index from the pack trailers ({} chunks from {} packs). `blocksnap check` \
+                 lists any snapshot that used a chunk no pack holds any more",
                 gone.len(),
                 names.join(", "),
-                stale.len()
+                r.chunks,
+                r.packs
             ));
+            return Ok(());
         }
         let new: Vec<PackInfo> = packs
             .into_iter()
-            .filter(|p| !known.contains(&p.id))
+            // Unknown, or known but not completely indexed (a process killed part way).
+            .filter(|p| known.get(&p.id) != Some(&true))
             .collect();
         if new.is_empty() {
             return Ok(());
@@ -277,6 +280,7 @@ impl Store {
                     let locs: Vec<_> = entries.iter().map(|e| (e.id, location(p.id, e))).collect();
                     index.mark_pack(&p.id)?;
                     index.insert_batch(&locs)?;
+                    index.mark_pack_complete(&p.id)?;
                     report.packs += 1;
                     report.chunks += locs.len() as u64;
                 }

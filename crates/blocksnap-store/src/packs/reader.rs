@@ -187,7 +187,16 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<Locator<'i>> {
         Ok(match index {
-            Some(index) => Locator::Index(index),
+            Some(index) if self.index_serves(index, doc, codec)? => Locator::Index(index),
+            Some(_) => {
+                progress.message(&format!(
+                    "the index places chunks of {} in packs the store does not hold (it is a \
+                     cache that can lag behind the store): reading their locations from the pack \
+                     trailers",
+                    doc.id
+                ));
+                Locator::Map(self.locations_for(doc, codec)?)
+            }
             None => {
                 progress.message(&format!(
                     "{}: reading the locations of {}'s chunks from the pack trailers",
@@ -201,6 +210,30 @@ impl Store {
                 Locator::Map(self.locations_for(doc, codec)?)
             }
         })
+    }
+
+    /// True if `index` places every chunk of `doc` in a pack the store holds: one pass over
+    /// the extent list (index lookups only, no data read) and one listing of the packs.
+    fn index_serves(&self, index: &Index, doc: &SnapshotDoc, codec: &ChunkCodec) -> Result<bool> {
+        let listed: HashSet<PackId> = self.list_packs()?.into_iter().map(|p| p.id).collect();
+        let held = |id: &ChunkId| -> Result<bool> {
+            Ok(index.get(id)?.is_some_and(|l| listed.contains(&l.pack)))
+        };
+        for id in &doc.extents.chunks {
+            if !held(id)? {
+                return Ok(false);
+            }
+        }
+        let mut all = true;
+        let walk = ChunkReader::new(self, codec, index).for_each_extent(doc, |_, e| {
+            if let Extent::Data { id, .. } = e {
+                if all && !held(&id)? {
+                    all = false;
+                }
+            }
+            Ok(())
+        });
+        Ok(walk.is_ok() && all)
     }
 
     /// The locations of every chunk `doc` needs, read from the pack trailers alone: first those

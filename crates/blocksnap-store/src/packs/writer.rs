@@ -206,11 +206,13 @@ fn close(dedup: &Dedup, pack: OpenPack) -> Closed {
             }
         }
         dedup.add_pack(id);
-        // Known before its entries go in: an index never holds entries of a pack it does not
-        // know, so a pack that disappears is always noticed (see `Store::sync_index`).
+        // Known before its entries go in, complete after: an index never holds entries of a
+        // pack it does not know (a pack that disappears is always noticed), and a pack whose
+        // entries a kill cut short is read again (see `Store::sync_index`).
         dedup.index.mark_pack(&id)?;
         let locs: Vec<_> = entries.iter().map(|e| (e.id, location(id, e))).collect();
         dedup.index.insert_batch(&locs)?;
+        dedup.index.mark_pack_complete(&id)?;
         Ok(len)
     })();
     Closed { ids, result }

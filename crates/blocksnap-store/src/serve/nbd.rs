@@ -10,10 +10,10 @@
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
 
-use blocksnap_manifest::{ChunkId, Extent, SnapshotDoc};
+use blocksnap_manifest::SnapshotDoc;
 use blocksnap_pack::ChunkCodec;
 
 use crate::access::Access;
@@ -21,6 +21,7 @@ use crate::error::{Result, StoreError};
 use crate::packs::reader::{ChunkReader, Locator};
 use crate::progress::Progress;
 use crate::repo::Store;
+use crate::snapshot::view::SnapshotView;
 
 const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
@@ -62,68 +63,17 @@ const MAX_OPTION_LEN: u32 = 4096;
 /// Longest read served in one request (qemu asks for at most 32 MiB).
 const MAX_REQUEST_LEN: u32 = 32 << 20;
 
-/// One extent of the export: its volume offset, length and chunk (none for a hole).
-#[derive(Clone, Copy)]
-struct Span {
-    offset: u64,
-    len: u64,
-    chunk: Option<ChunkId>,
-}
-
-/// What a connection reads from: the snapshot's extents and a reader of its chunks.
+/// What a connection reads from: a view of the snapshot.
 struct Export<'a> {
     name: String,
     size: u64,
-    spans: Vec<Span>,
-    reader: ChunkReader<'a>,
-    /// The last chunk decoded: sequential reads smaller than a chunk decode it once.
-    last: Mutex<Option<(ChunkId, Arc<Vec<u8>>)>>,
+    view: SnapshotView<'a>,
 }
 
 impl Export<'_> {
-    fn chunk(&self, id: ChunkId) -> Result<Arc<Vec<u8>>> {
-        if let Some((have, data)) = &*self.last.lock().expect("not poisoned") {
-            if *have == id {
-                return Ok(data.clone());
-            }
-        }
-        let data = Arc::new(self.reader.read(&id)?);
-        *self.last.lock().expect("not poisoned") = Some((id, data.clone()));
-        Ok(data)
-    }
-
     /// Fills `out` with the bytes at `offset` (the caller checked the range).
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<()> {
-        let end = offset + out.len() as u64;
-        let mut i = self.spans.partition_point(|s| s.offset + s.len <= offset);
-        let mut pos = offset;
-        while pos < end {
-            let Some(span) = self.spans.get(i) else {
-                return Err(StoreError::Damaged(
-                    "the extent list ends before the volume".into(),
-                ));
-            };
-            let from = (pos - span.offset) as usize;
-            let n = ((span.offset + span.len).min(end) - pos) as usize;
-            let dst = &mut out[(pos - offset) as usize..][..n];
-            match span.chunk {
-                None => dst.fill(0),
-                Some(id) => {
-                    let data = self.chunk(id)?;
-                    if data.len() as u64 != span.len {
-                        return Err(StoreError::Damaged(format!(
-                            "chunk {id} has {} bytes, the extent list says {}",
-                            data.len(),
-                            span.len
-                        )));
-                    }
-                    dst.copy_from_slice(&data[from..from + n]);
-                }
-            }
-            pos += n as u64;
-            i += 1;
-        }
-        Ok(())
+        self.view.read_at(offset, out)
     }
 }
 
@@ -386,28 +336,10 @@ impl Store {
         let _lock = self.lock_reading("serve", progress)?;
         let locator = Locator::Map(self.locations_for(&doc, &codec)?);
         let reader = ChunkReader::with_locator(self, &codec, locator);
-        let mut spans = Vec::new();
-        reader.for_each_extent(&doc, |offset, e| {
-            spans.push(match e {
-                Extent::Hole { len } => Span {
-                    offset,
-                    len,
-                    chunk: None,
-                },
-                Extent::Data { len, id } => Span {
-                    offset,
-                    len: u64::from(len),
-                    chunk: Some(id),
-                },
-            });
-            Ok(())
-        })?;
         let export = Export {
             name: doc.id.to_string(),
             size: doc.size,
-            spans,
-            reader,
-            last: Mutex::new(None),
+            view: SnapshotView::open(&doc, reader)?,
         };
         let listener = TcpListener::bind(listen).map_err(|e| {
             StoreError::Usage(format!(
@@ -469,7 +401,9 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::view::Span;
     use crate::{InitOptions, NoProgress};
+    use blocksnap_manifest::SnapshotId;
 
     fn with_export(f: impl FnOnce(&Export<'_>)) {
         let dir = tempfile::tempdir().unwrap();
@@ -481,16 +415,16 @@ mod tests {
         };
         let (store, _) = Store::init(&dir.path().join("store"), &opts).unwrap();
         let codec = ChunkCodec::plain(3);
+        let reader = ChunkReader::with_locator(&store, &codec, Locator::Map(Default::default()));
+        let spans = vec![Span {
+            offset: 0,
+            len: 1 << 20,
+            chunk: None,
+        }];
         let export = Export {
             name: "snap-0000000000000001".into(),
             size: 1 << 20,
-            spans: vec![Span {
-                offset: 0,
-                len: 1 << 20,
-                chunk: None,
-            }],
-            reader: ChunkReader::with_locator(&store, &codec, Locator::Map(Default::default())),
-            last: Mutex::new(None),
+            view: SnapshotView::from_spans(SnapshotId(1), 1 << 20, spans, reader),
         };
         f(&export);
     }

@@ -1,24 +1,22 @@
 //! `snapshot diff`: the byte ranges whose content differs between two snapshots.
 //!
-//! Both extent lists are walked side by side, a metadata chunk at a time (memory does not grow
-//! with the disk). Where both sides are holes, or the same chunk id under the same key, nothing
+//! Both snapshots' views ([`SnapshotView`]) are walked side by side, span by span. Where both
+//! sides are holes, or the same chunk id under the same key, nothing
 //! is read: those bytes are equal. Everywhere else the data is read, verified and compared
 //! byte for byte, so the ranges are exact: a chunk that moved, a chunk rewritten with the same
 //! bytes, or two snapshots under different keys (whose chunk ids differ for equal content)
 //! report only the bytes that really differ.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
-
-use blocksnap_manifest::{ChunkId, Extent, ExtentDecoder, SnapshotDoc, SnapshotId};
+use blocksnap_manifest::SnapshotId;
 use blocksnap_pack::ChunkCodec;
 use serde::Serialize;
 
 use crate::access::Access;
-use crate::error::{Result, StoreError};
+use crate::error::Result;
 use crate::packs::reader::ChunkReader;
 use crate::progress::Progress;
 use crate::repo::Store;
+use crate::snapshot::view::SnapshotView;
 
 /// What `snapshot diff` found (the `--json` output of CLI.md).
 #[derive(Clone, Debug, Serialize)]
@@ -33,113 +31,6 @@ pub struct DiffReport {
     pub changed: Vec<[u64; 2]>,
     /// Data bytes read to compare (chunks whose ids alone could not decide).
     pub bytes_read: u64,
-}
-
-/// A pull cursor over a snapshot's extents, decoding one metadata chunk at a time.
-struct Cursor<'r, 's> {
-    reader: &'r ChunkReader<'s>,
-    doc: &'r SnapshotDoc,
-    meta: usize,
-    decoder: Option<ExtentDecoder>,
-    queue: VecDeque<(u64, Extent)>,
-    /// The current extent and how much of it was consumed.
-    current: Option<(u64, Extent, u64)>,
-    /// The current data chunk's bytes, once read.
-    data: Option<(ChunkId, Arc<Vec<u8>>)>,
-}
-
-impl<'r, 's> Cursor<'r, 's> {
-    fn new(reader: &'r ChunkReader<'s>, doc: &'r SnapshotDoc) -> Self {
-        Cursor {
-            reader,
-            doc,
-            meta: 0,
-            decoder: Some(ExtentDecoder::new(doc.size)),
-            queue: VecDeque::new(),
-            current: None,
-            data: None,
-        }
-    }
-
-    /// The extent at the cursor, with the offset into it; none past the end.
-    fn peek(&mut self) -> Result<Option<(u64, Extent, u64)>> {
-        if self.current.is_none() {
-            while self.queue.is_empty() && self.meta < self.doc.extents.chunks.len() {
-                let bytes = self.reader.read(&self.doc.extents.chunks[self.meta])?;
-                self.meta += 1;
-                let queue = &mut self.queue;
-                self.decoder
-                    .as_mut()
-                    .expect("decoding")
-                    .feed(&bytes, |o, e| {
-                        queue.push_back((o, e));
-                        Ok::<_, StoreError>(())
-                    })?;
-            }
-            match self.queue.pop_front() {
-                Some((o, e)) => self.current = Some((o, e, 0)),
-                None => {
-                    if let Some(d) = self.decoder.take() {
-                        let count = d.finish()?;
-                        if count != self.doc.extents.count {
-                            return Err(StoreError::Damaged(format!(
-                                "snapshot {}: the extent list has {count} records, the document says {}",
-                                self.doc.id, self.doc.extents.count
-                            )));
-                        }
-                    }
-                    return Ok(None);
-                }
-            }
-        }
-        Ok(self.current)
-    }
-
-    fn advance(&mut self, n: u64) {
-        if let Some((o, e, used)) = self.current {
-            let len = extent_len(&e);
-            if used + n >= len {
-                self.current = None;
-            } else {
-                self.current = Some((o, e, used + n));
-            }
-        }
-    }
-
-    /// The bytes of data chunk `id` (read once per chunk).
-    fn bytes(&mut self, id: ChunkId, len: u32, read: &mut u64) -> Result<Arc<Vec<u8>>> {
-        if let Some((have, data)) = &self.data {
-            if *have == id {
-                return Ok(data.clone());
-            }
-        }
-        let data = self.reader.read(&id)?;
-        if data.len() != len as usize {
-            return Err(StoreError::Damaged(format!(
-                "chunk {id} has {} bytes, the extent list says {len}",
-                data.len()
-            )));
-        }
-        *read += data.len() as u64;
-        let data = Arc::new(data);
-        self.data = Some((id, data.clone()));
-        Ok(data)
-    }
-}
-
-/// The bytes of a data extent (none for a hole).
-fn data_of(c: &mut Cursor<'_, '_>, e: Extent, read: &mut u64) -> Result<Option<Arc<Vec<u8>>>> {
-    match e {
-        Extent::Hole { .. } => Ok(None),
-        Extent::Data { id, len } => c.bytes(id, len, read).map(Some),
-    }
-}
-
-fn extent_len(e: &Extent) -> u64 {
-    match e {
-        Extent::Hole { len } => *len,
-        Extent::Data { len, .. } => u64::from(*len),
-    }
 }
 
 /// Collects changed ranges, merging touching ones.
@@ -198,50 +89,71 @@ impl Store {
         let index = self.index_if_free(access, progress)?;
         let locator_a = self.locator(index.as_ref(), &doc_a, &codec_a, progress)?;
         let locator_b = self.locator(index.as_ref(), &doc_b, &codec_b, progress)?;
-        let reader_a = ChunkReader::with_locator(self, &codec_a, locator_a);
-        let reader_b = ChunkReader::with_locator(self, &codec_b, locator_b);
-        let (mut ca, mut cb) = (
-            Cursor::new(&reader_a, &doc_a),
-            Cursor::new(&reader_b, &doc_b),
-        );
+        let view_a =
+            SnapshotView::open(&doc_a, ChunkReader::with_locator(self, &codec_a, locator_a))?;
+        let view_b =
+            SnapshotView::open(&doc_b, ChunkReader::with_locator(self, &codec_b, locator_b))?;
+        let (spans_a, spans_b) = (view_a.spans(), view_b.spans());
         let mut ranges = Ranges::default();
         let mut read = 0u64;
         let common = doc_a.size.min(doc_b.size);
         progress.start("diff", common);
-        let mut pos = 0u64;
+        let (mut ia, mut ib, mut pos) = (0usize, 0usize, 0u64);
+        // The chunks read last on each side: a span is compared piece by piece against the
+        // other side's spans, and read once.
+        let mut last_a: Option<(usize, std::sync::Arc<Vec<u8>>)> = None;
+        let mut last_b: Option<(usize, std::sync::Arc<Vec<u8>>)> = None;
         while pos < common {
-            let (Some((_, ea, ua)), Some((_, eb, ub))) = (ca.peek()?, cb.peek()?) else {
-                return Err(StoreError::Damaged(format!(
-                    "the extent lists of {} and {} end before their sizes",
-                    doc_a.id, doc_b.id
-                )));
+            let (sa, sb) = (spans_a[ia], spans_b[ib]);
+            let (ua, ub) = (pos - sa.offset, pos - sb.offset);
+            let n = sa.end().min(sb.end()).min(common) - pos;
+            let same = match (sa.chunk, sb.chunk) {
+                (None, None) => true,
+                (Some(x), Some(y)) => same_key && x == y && ua == ub,
+                _ => false,
             };
-            let n = (extent_len(&ea) - ua).min(extent_len(&eb) - ub);
-            match (ea, eb) {
-                (Extent::Hole { .. }, Extent::Hole { .. }) => {}
-                (Extent::Data { id: x, .. }, Extent::Data { id: y, .. })
-                    if same_key && x == y && ua == ub => {}
-                (ea, eb) => {
-                    crate::cancel::check()?;
-                    let da = data_of(&mut ca, ea, &mut read)?;
-                    let db = data_of(&mut cb, eb, &mut read)?;
-                    let zeros = if da.is_none() || db.is_none() {
-                        vec![0u8; n as usize]
-                    } else {
-                        Vec::new()
-                    };
-                    let bytes_a = da
-                        .as_ref()
-                        .map_or(&zeros[..], |d| &d[ua as usize..(ua + n) as usize]);
-                    let bytes_b = db
-                        .as_ref()
-                        .map_or(&zeros[..], |d| &d[ub as usize..(ub + n) as usize]);
-                    ranges.compare(pos, bytes_a, bytes_b);
-                }
+            if !same {
+                crate::cancel::check()?;
+                let mut bytes = |view: &SnapshotView<'_>,
+                                 i: usize,
+                                 last: &mut Option<(usize, std::sync::Arc<Vec<u8>>)>|
+                 -> Result<Option<std::sync::Arc<Vec<u8>>>> {
+                    let span = view.spans()[i];
+                    if span.chunk.is_none() {
+                        return Ok(None);
+                    }
+                    if let Some((j, d)) = last {
+                        if *j == i {
+                            return Ok(Some(d.clone()));
+                        }
+                    }
+                    let d = view.chunk(&span)?;
+                    read += d.len() as u64;
+                    *last = Some((i, d.clone()));
+                    Ok(Some(d))
+                };
+                let da = bytes(&view_a, ia, &mut last_a)?;
+                let db = bytes(&view_b, ib, &mut last_b)?;
+                let zeros = if da.is_none() || db.is_none() {
+                    vec![0u8; n as usize]
+                } else {
+                    Vec::new()
+                };
+                let bytes_a = da
+                    .as_ref()
+                    .map_or(&zeros[..], |d| &d[ua as usize..(ua + n) as usize]);
+                let bytes_b = db
+                    .as_ref()
+                    .map_or(&zeros[..], |d| &d[ub as usize..(ub + n) as usize]);
+                ranges.compare(pos, bytes_a, bytes_b);
             }
-            ca.advance(n);
-            cb.advance(n);
             pos += n;
+            if pos == sa.end() {
+                ia += 1;
+            }
+            if pos == sb.end() {
+                ib += 1;
+            }
             progress.advance(n);
         }
         progress.finish();

@@ -8,3 +8,4 @@ pub(crate) mod restore;
 pub(crate) mod source;
 pub(crate) mod split;
 pub(crate) mod target;
+pub(crate) mod view;

@@ -6,7 +6,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use blocksnap_manifest::{ChunkId, Extent, SnapshotDoc, SnapshotId};
+use blocksnap_manifest::{ChunkId, SnapshotDoc, SnapshotId};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -17,6 +17,7 @@ use crate::packs::reader::ChunkReader;
 use crate::progress::Progress;
 use crate::repo::Store;
 use crate::snapshot::target::{RestoreOptions, Target, TargetKind, human, parent_dir, rename_new};
+use crate::snapshot::view::SnapshotView;
 
 /// What `snapshot restore` did (the `--json` output).
 #[derive(Clone, Debug, Serialize)]
@@ -102,7 +103,8 @@ impl Store {
         let _lock = self.lock_reading("restore", progress)?;
         let index = self.index_if_free(access, progress)?;
         let locator = self.locator(index.as_ref(), doc, &codec, progress)?;
-        let reader = ChunkReader::with_locator(self, &codec, locator);
+        let view = SnapshotView::open(doc, ChunkReader::with_locator(self, &codec, locator))?;
+        let reader = view.reader();
         if doc.source_changed {
             progress.message(&format!(
                 "note: snapshot {} was taken while its source was being written: the image may not be consistent (like a disk pulled from a running machine)",
@@ -204,18 +206,19 @@ impl Store {
                 Ok(())
             };
             let zeros = vec![0u8; 1 << 20];
-            let result = reader
-                .for_each_extent(doc, |off, extent| {
-                    match extent {
-                        Extent::Data { len, id } => {
-                            batch.push((off, len, id));
-                            batch_bytes += u64::from(len);
+            let result = (|| -> Result<()> {
+                for span in view.spans() {
+                    let (off, len) = (span.offset, span.len);
+                    match span.chunk {
+                        Some(id) => {
+                            batch.push((off, len as u32, id));
+                            batch_bytes += len;
                             if batch_bytes >= BATCH_BYTES {
                                 flush(&mut batch, &mut written)?;
                                 batch_bytes = 0;
                             }
                         }
-                        Extent::Hole { len } => {
+                        None => {
                             if device {
                                 // A device keeps old bytes: holes must be written as zeros.
                                 let mut p = 0;
@@ -229,9 +232,9 @@ impl Store {
                             progress.advance(len);
                         }
                     }
-                    Ok(())
-                })
-                .and_then(|()| flush(&mut batch, &mut written));
+                }
+                flush(&mut batch, &mut written)
+            })();
             drop(sync_tx);
             let synced = syncer
                 .join()
