@@ -8,13 +8,17 @@
 //! are missing or damaged (a damaged one goes to `quarantine/` first) and never replaces one
 //! that reads. It works on a store whose `config` is gone, which nothing else can open.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use blocksnap_backend::Backend;
 
-use blocksnap_manifest::{AccountDoc, ConfigDoc, Document, KeyDoc, KeyId, SnapshotDoc, StoreId};
+use blocksnap_manifest::{
+    AccountDoc, ConfigDoc, Document, KeyDoc, KeyId, SnapshotDoc, StoreId, TrashDoc,
+};
+use blocksnap_pack::PackHeader;
+use blocksnap_pack::format::HEADER_LEN;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
@@ -203,7 +207,11 @@ impl Store {
                          config and keys back beside its data (to make a new store, use `init`)"
                     )));
                 }
-                same_store_keys(&*backend, &place, &doc, file)?;
+                let damaged = match &present {
+                    Some(Err(_)) => backend.get(CONFIG).ok(),
+                    _ => None,
+                };
+                same_store(&*backend, &place, &doc, file, damaged.as_deref())?;
                 doc.config.clone()
             }
         };
@@ -297,23 +305,218 @@ fn snapshot_keys(backend: &dyn Backend, doc: &RecoveryFile) -> (usize, BTreeSet<
     (readable, foreign)
 }
 
-/// Fails when the store in `backend` (whose config is gone or damaged) has snapshots and none
-/// is under a key the file or the store holds: the file is of another store, and its config
-/// would read none of this data.
-fn same_store_keys(
+/// What a store whose config is gone or damaged says about its own identity, from its data.
+#[derive(Default)]
+struct Evidence {
+    /// Key ids its data names, each with the first object seen naming it: key documents,
+    /// snapshot documents (live and in the trash), pack headers. Key ids are random: two
+    /// stores never share one (`image copy` re-encrypts under the target's key).
+    keys: BTreeMap<KeyId, String>,
+    /// An object holding unencrypted data (a plain pack, a snapshot under no key).
+    plain: Option<String>,
+    /// Its readable account documents (their public keys are random per account).
+    accounts: Vec<AccountDoc>,
+    /// Store ids claimed for it, each with what says so: the `id` of a damaged config that still
+    /// names one; the directory of an identity file whose public key is one of its accounts'
+    /// (`$XDG_CONFIG_HOME/blocksnap/<store id>/<account>.key`).
+    ids: Vec<(StoreId, String)>,
+}
+
+impl Evidence {
+    fn gather(backend: &dyn Backend, place: &Place, damaged_config: Option<&[u8]>) -> Evidence {
+        let mut ev = Evidence::default();
+        let shown = |key: &str| describe(place, key);
+        let docs = |kind: Kind| -> Vec<(String, Vec<u8>)> {
+            backend.list(&kind.prefix()).map_or_else(
+                |_| Vec::new(),
+                |l| {
+                    l.into_iter()
+                        .filter(|m| kind.name_of(&m.key).is_some())
+                        .filter_map(|m| backend.get(&m.key).ok().map(|b| (m.key, b)))
+                        .collect()
+                },
+            )
+        };
+        let saw = |key: Option<KeyId>, at: String, ev: &mut Evidence| match key {
+            Some(k) => {
+                ev.keys.entry(k).or_insert(at);
+            }
+            None => {
+                ev.plain.get_or_insert(at);
+            }
+        };
+        for (key, bytes) in docs(Kind::Key) {
+            if let Ok(k) = KeyDoc::from_json(&bytes) {
+                saw(Some(k.id), shown(&key), &mut ev);
+            }
+        }
+        for (key, bytes) in docs(Kind::Snapshot) {
+            if let Ok(s) = SnapshotDoc::from_json(&bytes) {
+                saw(s.key, shown(&key), &mut ev);
+            }
+        }
+        for (key, bytes) in docs(Kind::Trash) {
+            if let Ok(TrashDoc {
+                snapshot: Some(s), ..
+            }) = TrashDoc::from_json(&bytes)
+            {
+                saw(s.key, shown(&key), &mut ev);
+            }
+        }
+        if let Ok(packs) = backend.list(&Kind::Pack.prefix()) {
+            for m in packs
+                .iter()
+                .filter(|m| Kind::Pack.name_of(&m.key).is_some())
+            {
+                let header = backend.get_range(&m.key, 0, HEADER_LEN as u64);
+                if let Ok(Ok(h)) = header.as_deref().map(PackHeader::decode) {
+                    saw(h.key_id, shown(&m.key), &mut ev);
+                }
+            }
+        }
+        for (_, bytes) in docs(Kind::Account) {
+            if let Ok(a) = AccountDoc::from_json(&bytes) {
+                ev.accounts.push(a);
+            }
+        }
+        if let Some(id) = damaged_config
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+            .and_then(|v| v.get("id")?.as_str()?.parse::<StoreId>().ok())
+        {
+            ev.ids.push((
+                id,
+                format!("the damaged {} names store {id}", shown(CONFIG)),
+            ));
+        }
+        ev.ids.extend(identity_dirs(&ev.accounts));
+        ev
+    }
+}
+
+/// The store ids of the identity directories under `$XDG_CONFIG_HOME/blocksnap/` that hold
+/// the identity of one of `accounts`, each with the identity file.
+fn identity_dirs(accounts: &[AccountDoc]) -> Vec<(StoreId, String)> {
+    let mut out = Vec::new();
+    if accounts.is_empty() {
+        return out;
+    }
+    let Ok(dirs) = std::fs::read_dir(crate::repo::config_home().join("blocksnap")) else {
+        return out;
+    };
+    for dir in dirs.flatten() {
+        let Some(id) = dir
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<StoreId>().ok())
+        else {
+            continue;
+        };
+        for a in accounts {
+            let file = dir.path().join(format!("{}.key", a.name));
+            if identity_recipient(&file).as_deref() == Some(&*a.recipient) {
+                out.push((
+                    id,
+                    format!(
+                        "the identity of its account '{}' is {}, kept for store {id}",
+                        a.name,
+                        file.display()
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The public key of the age identity in `file`, if it holds one.
+fn identity_recipient(file: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .ok()?
+        .take(64 << 10)
+        .read_to_string(&mut text)
+        .ok()?;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))?;
+    let identity: age::x25519::Identity = line.parse().ok()?;
+    Some(identity.to_public().to_string())
+}
+
+/// Fails unless the store in `backend` (whose config is gone or damaged, `damaged_config`
+/// its bytes if any) is the store `doc` was exported from, as far as its own data tells: an
+/// account of the same name with another public key, a store id its identity files or its
+/// damaged config name, encrypted data for an unencrypted config (or the reverse), or data
+/// that names none of the file's keys and accounts, each refuses the file before anything is
+/// written.
+fn same_store(
     backend: &dyn Backend,
     place: &Place,
     doc: &RecoveryFile,
     file: &Path,
+    damaged_config: Option<&[u8]>,
 ) -> Result<()> {
-    let (readable, foreign) = snapshot_keys(backend, doc);
-    if readable == 0 && !foreign.is_empty() {
-        return Err(StoreError::Usage(format!(
-            "the snapshots in {place} are under keys ({}) that {} does not hold: it is the recovery \
-             file of another store; nothing was changed",
-            foreign.into_iter().collect::<Vec<_>>().join(", "),
-            file.display()
-        )));
+    let ev = Evidence::gather(backend, place, damaged_config);
+    let refuse = |why: String| {
+        Err(StoreError::Usage(format!(
+            "{} is the recovery file of another store ({}) than the one in {place}: {why}; \
+             nothing was changed. Import the export of this store",
+            file.display(),
+            doc.store
+        )))
+    };
+    for (id, at) in &ev.ids {
+        if *id != doc.store {
+            let hint = if at.starts_with("the damaged") {
+                " (if that id is what is damaged, move the config away and import again: the \
+                 store's other data will decide)"
+            } else {
+                ""
+            };
+            return refuse(format!("{at}{hint}"));
+        }
+    }
+    let mut positive = !ev.ids.is_empty();
+    for a in &ev.accounts {
+        match doc.accounts.iter().find(|f| f.name == a.name) {
+            Some(f) if f.recipient != a.recipient => {
+                return refuse(format!(
+                    "account '{}' in the store has public key {}, in the file {}",
+                    a.name, a.recipient, f.recipient
+                ));
+            }
+            Some(_) => positive = true,
+            None => {}
+        }
+    }
+    match (doc.config.encryption, &ev.plain, ev.keys.iter().next()) {
+        (true, Some(at), _) => {
+            return refuse(format!(
+                "its config encrypts, but {at} holds unencrypted data"
+            ));
+        }
+        (false, _, Some((k, at))) => {
+            return refuse(format!(
+                "its config does not encrypt, but {at} is under key {k}"
+            ));
+        }
+        _ => {}
+    }
+    let file_keys: BTreeSet<KeyId> = doc.keys.iter().map(|k| k.id).collect();
+    positive |= ev.keys.keys().any(|k| file_keys.contains(k));
+    if !positive && (!ev.keys.is_empty() || !ev.accounts.is_empty()) {
+        let mut named: Vec<String> = ev
+            .keys
+            .iter()
+            .map(|(k, at)| format!("{k} ({at})"))
+            .collect();
+        named.extend(ev.accounts.iter().map(|a| format!("account '{}'", a.name)));
+        return refuse(format!(
+            "the store's data names {}, and the file holds none of them",
+            named.join(", ")
+        ));
     }
     Ok(())
 }
