@@ -24,11 +24,14 @@ pub(super) struct Runs {
     pub restore: EndToEnd,
     /// Bytes the incremental run overwrote before snapshotting.
     pub changed_bytes: u64,
+    /// Where the restored image first differs from the image; `None` when they are identical.
+    pub difference: Option<String>,
 }
 
 /// Writes an image of `size` bytes of `mix` in `dir`, then times its snapshot into a fresh store
 /// there, an incremental snapshot after a few percent of it changed, and the restore of that
-/// snapshot, which is compared byte for byte with the image: a difference is an error.
+/// snapshot, which is compared byte for byte with the image (a difference is in
+/// [`Runs::difference`]; failing to read either file is an error).
 pub(super) fn run_all(
     size: u64,
     mix: ContentMix,
@@ -57,11 +60,7 @@ pub(super) fn run_all(
     let (restored, restore_cpu) =
         with_cpu(|| store.restore(&access, &second.id.to_string(), &out, progress))?;
     progress.message("bench: comparing the restored image with the test image");
-    compare_files(&image, &out).map_err(|e| {
-        StoreError::Damaged(format!(
-            "bench: the restore does not reproduce the image: {e}; this is a bug in blocksnap, please report it"
-        ))
-    })?;
+    let difference = first_difference(&image, &out)?;
 
     Ok(Runs {
         image: content,
@@ -75,6 +74,7 @@ pub(super) fn run_all(
             0,
         ),
         changed_bytes,
+        difference,
     })
 }
 
@@ -160,8 +160,9 @@ fn from_snapshot(r: &SnapshotReport, cpu: f64) -> EndToEnd {
     )
 }
 
-/// Compares two files byte for byte; the error names the first difference.
-pub fn compare_files(a: &Path, b: &Path) -> Result<()> {
+/// Compares two files byte for byte: `None` when they are identical, else where they first
+/// differ (their lengths, or the first byte that differs). Failing to read either is an error.
+pub fn first_difference(a: &Path, b: &Path) -> Result<Option<String>> {
     let fa = File::open(a).map_err(StoreError::io("cannot open", a))?;
     let fb = File::open(b).map_err(StoreError::io("cannot open", b))?;
     let la = fa
@@ -173,7 +174,7 @@ pub fn compare_files(a: &Path, b: &Path) -> Result<()> {
         .map_err(StoreError::io("cannot stat", b))?
         .len();
     if la != lb {
-        return Err(StoreError::Other(format!(
+        return Ok(Some(format!(
             "{} has {la} bytes, {} has {lb}",
             a.display(),
             b.display()
@@ -189,7 +190,7 @@ pub fn compare_files(a: &Path, b: &Path) -> Result<()> {
             .map_err(StoreError::io("cannot read", b))?;
         if ba[..n] != bb[..n] {
             let i = ba[..n].iter().zip(&bb[..n]).position(|(x, y)| x != y);
-            return Err(StoreError::Other(format!(
+            return Ok(Some(format!(
                 "{} and {} differ at byte {}",
                 a.display(),
                 b.display(),
@@ -198,7 +199,7 @@ pub fn compare_files(a: &Path, b: &Path) -> Result<()> {
         }
         off += n as u64;
     }
-    Ok(())
+    Ok(None)
 }
 
 /// A directory removed (with everything in it) when dropped, also on errors.

@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 pub use data::{
     BlockKind, ContentMix, ImageContent, fill_block, fill_random, fill_text, write_image,
 };
-pub use end_to_end::compare_files;
+pub use end_to_end::first_difference;
 pub use report::{BenchReport, EndToEnd, Machine, StageLimit, StageResult};
 pub use stages::{COMPUTE_STAGES, SNAPSHOT_STAGES, measure_stages, stage_limit};
 
@@ -78,7 +78,8 @@ impl Default for BenchOptions {
 
 /// Runs the whole benchmark: the stages, then snapshot, incremental snapshot and restore of a
 /// generated image in a temporary directory, which is removed before returning (also on
-/// errors). The restore is compared byte for byte with the image; a difference is an error.
+/// errors). The restore is compared byte for byte with the image: `verified` says whether they
+/// are identical, and `difference` where they first differ (the CLI then exits 1).
 pub fn run(opts: &BenchOptions, progress: &dyn Progress) -> Result<BenchReport> {
     let parent = opts.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
     check_options(opts, &parent)?;
@@ -101,7 +102,8 @@ pub fn run(opts: &BenchOptions, progress: &dyn Progress) -> Result<BenchReport> 
         incremental: runs.incremental,
         changed_bytes: runs.changed_bytes,
         restore: runs.restore,
-        verified: true,
+        verified: runs.difference.is_none(),
+        difference: runs.difference,
     };
     drop(tmp);
     Ok(report)
@@ -181,6 +183,30 @@ mod tests {
         let c = write_image(&img, 40 << 20 | 5, ContentMix::REALISTIC, |_| 3).unwrap();
         assert_eq!(c.text + c.random + c.zeros + c.holes, 40 << 20 | 5);
         assert!(c.text > 0 && c.random > 0 && c.holes + c.zeros > 0, "{c:?}");
+    }
+
+    #[test]
+    fn the_comparison_finds_the_first_difference() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let mut bytes = vec![0u8; (3 << 20) + 7];
+        fill_random(1, &mut bytes);
+        fs::write(&a, &bytes).unwrap();
+        fs::write(&b, &bytes).unwrap();
+        assert_eq!(first_difference(&a, &b).unwrap(), None);
+        // One byte in the second MiB: its offset is named.
+        bytes[(1 << 20) + 5] ^= 1;
+        fs::write(&b, &bytes).unwrap();
+        let d = first_difference(&a, &b).unwrap().expect("they differ");
+        assert!(
+            d.contains(&format!("differ at byte {}", (1 << 20) + 5)),
+            "{d}"
+        );
+        fs::write(&b, &bytes[..100]).unwrap();
+        let d = first_difference(&a, &b).unwrap().expect("they differ");
+        assert!(d.ends_with("has 100"), "{d}");
+        // A file that cannot be read is an error, not a difference.
+        assert!(first_difference(&a, &dir.path().join("missing")).is_err());
     }
 
     #[test]

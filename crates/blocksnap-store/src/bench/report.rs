@@ -109,8 +109,13 @@ pub struct BenchReport {
     pub changed_bytes: u64,
     /// The restore of the incremental snapshot.
     pub restore: EndToEnd,
-    /// The restored image was compared byte for byte with the image and is identical.
+    /// The restored image was compared byte for byte with the image and is identical (false:
+    /// `difference` says where they differ).
     pub verified: bool,
+    /// Where the restored image first differs from the image, when it does (not in the JSON:
+    /// `verified` is false, and the CLI says it in its error).
+    #[serde(skip)]
+    pub difference: Option<String>,
     /// Measured first snapshot (data bytes per second) / the stage limit.
     pub snapshot_vs_limit: f64,
     /// Measured restore (data bytes per second) / the restore limit.
