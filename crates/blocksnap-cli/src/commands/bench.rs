@@ -144,5 +144,14 @@ pub(crate) fn run(ctx: &Ctx<'_>, a: &BenchArgs) -> anyhow::Result<()> {
             if r.verified { "identical" } else { "DIFFERENT" }
         );
         t
-    })
+    })?;
+    match &r.difference {
+        // After the report, whose `verified` is false: exit 1.
+        Some(d) => Err(blocksnap_store::StoreError::Damaged(format!(
+            "bench: the restore does not reproduce the image: {d}; this is a bug in blocksnap, \
+             please report it"
+        ))
+        .into()),
+        None => Ok(()),
+    }
 }
