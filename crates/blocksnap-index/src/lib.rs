@@ -216,8 +216,10 @@ impl Index {
 
     /// Removes every entry, and forgets every pack.
     pub fn clear(&self) -> Result<(), IndexError> {
-        self.db.clear().map_err(|e| self.damaged(e))?;
-        self.packs()?.clear().map_err(|e| self.damaged(e))
+        // Packs first: a process killed in between leaves entries of packs no longer known,
+        // which are read again, never a pack known as complete whose entries are gone.
+        self.packs()?.clear().map_err(|e| self.damaged(e))?;
+        self.db.clear().map_err(|e| self.damaged(e))
     }
 
     /// The tree of packs whose trailers the index holds.
