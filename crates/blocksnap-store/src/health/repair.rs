@@ -302,7 +302,7 @@ impl Store {
         };
         let file = self.open_pack(&d.id)?;
         let cipher = codec.pack_cipher(&header.salt);
-        let mut sink = ChunkWriter::relocating(self, codec, index)?;
+        let mut writer = ChunkWriter::relocating(self, codec, index)?;
         let mut batch = Vec::new();
         let mut batch_bytes = 0usize;
         let mut moved = 0u64;
@@ -325,7 +325,7 @@ impl Store {
                     batch_bytes += data.len();
                     batch.push((id, data));
                     if batch_bytes >= 64 << 20 {
-                        sink.put(std::mem::take(&mut batch))?;
+                        writer.put(std::mem::take(&mut batch))?;
                         batch_bytes = 0;
                     }
                 }
@@ -333,8 +333,8 @@ impl Store {
                 None => {}
             }
         }
-        sink.put(batch)?;
-        sink.finish()?;
+        writer.put(batch)?;
+        writer.finish()?;
         Ok((moved, lost))
     }
 }

@@ -220,7 +220,7 @@ impl Store {
         for (key, ids) in by_key {
             let codec = &codecs[&key];
             let reader = ChunkReader::new(self, codec, &index);
-            let mut sink = ChunkWriter::relocating(self, codec, &index)?;
+            let mut writer = ChunkWriter::relocating(self, codec, &index)?;
             let mut batch = Vec::new();
             let mut batch_bytes = 0usize;
             for id in ids {
@@ -229,12 +229,12 @@ impl Store {
                 batch_bytes += data.len();
                 batch.push((id, data));
                 if batch_bytes >= 64 << 20 {
-                    sink.put(std::mem::take(&mut batch))?;
+                    writer.put(std::mem::take(&mut batch))?;
                     batch_bytes = 0;
                 }
             }
-            sink.put(batch)?;
-            written += sink.finish()?.bytes_stored;
+            writer.put(batch)?;
+            written += writer.finish()?.bytes_stored;
         }
         report.bytes_reclaimed = report.bytes_reclaimed.saturating_sub(written);
 

@@ -2,7 +2,7 @@
 //! the open pack, and make each full pack durable before its chunks enter the index.
 //!
 //! Closing a pack (fsync, rename, directory fsync, index insert) runs on a closer thread while
-//! the next pack fills, so the pipeline does not stall on the disk. A chunk stays in the sink's
+//! the next pack fills, so the pipeline does not stall on the disk. A chunk stays in the writer's
 //! `pending` set until the closer has indexed its pack; `finish` waits for every pack.
 //!
 //! Dedup trusts an index entry only if its pack exists ([`Dedup`]): a pack deleted by hand must
@@ -127,7 +127,7 @@ pub(crate) struct ChunkWriter<'a> {
     index: &'a Index,
     dedup: Dedup,
     pack: Option<OpenPack>,
-    /// Chunks written to a pack that is not yet indexed: this sink's own, or shared by sinks
+    /// Chunks written to a pack that is not yet indexed: this writer's own, or shared by writers
     /// that run at once (the volumes of an image), so that none stores what another already is.
     pending: Pending,
     /// Store chunks even when the index knows them (prune moving live chunks to new packs).
@@ -136,7 +136,7 @@ pub(crate) struct ChunkWriter<'a> {
     pub stats: WriterStats,
 }
 
-/// Chunk ids written to packs not yet indexed, shareable between sinks.
+/// Chunk ids written to packs not yet indexed, shareable between writers.
 pub(crate) type Pending = std::sync::Arc<std::sync::Mutex<HashSet<ChunkId>>>;
 
 /// A full pack to make durable and index.
@@ -234,34 +234,34 @@ impl<'a> ChunkWriter<'a> {
         })
     }
 
-    /// A sink whose pending chunks are shared with other sinks running at once. A snapshot
-    /// stored through it may reference chunks another sink is still writing: commit it only
-    /// after every sink sharing `pending` has finished.
+    /// A writer whose pending chunks are shared with other writers running at once. A snapshot
+    /// stored through it may reference chunks another writer is still writing: commit it only
+    /// after every writer sharing `pending` has finished.
     pub fn sharing(
         store: &'a Store,
         codec: &'a ChunkCodec,
         index: &'a Index,
         pending: Pending,
     ) -> Result<Self> {
-        let mut sink = Self::new(store, codec, index)?;
-        sink.pending = pending;
-        Ok(sink)
+        let mut writer = Self::new(store, codec, index)?;
+        writer.pending = pending;
+        Ok(writer)
     }
 
-    /// A sink that writes every chunk it is given, and points the index at the new copies.
+    /// A writer that writes every chunk it is given, and points the index at the new copies.
     pub fn relocating(store: &'a Store, codec: &'a ChunkCodec, index: &'a Index) -> Result<Self> {
-        let mut sink = Self::new(store, codec, index)?;
-        sink.relocate = true;
-        Ok(sink)
+        let mut writer = Self::new(store, codec, index)?;
+        writer.relocate = true;
+        Ok(writer)
     }
 
-    /// The chunks taken on by this sink (and those sharing its set) but not indexed yet. An
-    /// encoder need not compress those: the sink would drop the records.
+    /// The chunks taken on by this writer (and those sharing its set) but not indexed yet. An
+    /// encoder need not compress those: the writer would drop the records.
     pub fn pending(&self) -> Pending {
         self.pending.clone()
     }
 
-    /// What this sink dedups against: lookups for an encoder that runs ahead of it.
+    /// What this writer dedups against: lookups for an encoder that runs ahead of it.
     pub fn dedup(&self) -> Dedup {
         self.dedup.clone()
     }
@@ -309,7 +309,7 @@ impl<'a> ChunkWriter<'a> {
         self.write_records(fresh)
     }
 
-    /// True if the sink should store `id` (it is neither stored nor pending); marks it pending.
+    /// True if the writer should store `id` (it is neither stored nor pending); marks it pending.
     fn claim(&mut self, id: &ChunkId) -> Result<bool> {
         let mut pending = self.pending.lock().expect("not poisoned");
         if pending.contains(id) || (!self.relocate && self.dedup.contains(id)?) {
@@ -458,7 +458,7 @@ impl MetaWriter {
         &mut self,
         buf: &mut Vec<u8>,
         last: bool,
-        sink: &mut ChunkWriter<'_>,
+        writer: &mut ChunkWriter<'_>,
     ) -> Result<()> {
         if !last && buf.len() < 2 * self.chunker.min_window() {
             return Ok(());
@@ -468,17 +468,17 @@ impl MetaWriter {
         let mut p = 0;
         for len in cuts {
             let data = buf[p..p + len].to_vec();
-            let id = sink.codec.chunk_id(&data);
+            let id = writer.codec.chunk_id(&data);
             self.chunks.push(id);
             chunks.push((id, data));
             p += len;
         }
         buf.drain(..p);
         self.bytes += p as u64;
-        let before = sink.stats;
-        sink.put(chunks)?;
+        let before = writer.stats;
+        writer.put(chunks)?;
         // Metadata chunks are not the volume's chunks: keep the counters about the volume.
-        let after = &mut sink.stats;
+        let after = &mut writer.stats;
         after.chunks = before.chunks;
         after.chunks_new = before.chunks_new;
         after.bytes_new = before.bytes_new;

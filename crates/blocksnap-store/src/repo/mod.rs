@@ -56,7 +56,7 @@ pub struct Store {
     backend: Arc<dyn Backend>,
     place: Place,
     config: ConfigDoc,
-    /// Documents found damaged while listing (skipped, reported once through a progress sink).
+    /// Documents found damaged while listing (skipped, reported once through a [`crate::Progress`]).
     pub(crate) damaged: Arc<objects::DamageLog>,
     /// Why the store cannot be written, once asked (see `readonly.rs`).
     pub(crate) read_only: OnceLock<Option<String>>,

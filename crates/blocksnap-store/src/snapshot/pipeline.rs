@@ -46,7 +46,7 @@ struct Encoded {
 }
 
 /// The encoder stage: hands each batch the reader produces to the rayon pool, at most
-/// [`ENCODING`] at once (a slot is taken from `slots` per batch; the sink gives it back), and
+/// [`ENCODING`] at once (a slot is taken from `slots` per batch; the pack stage gives it back), and
 /// sends the results tagged with the batch's position, since they may finish out of order.
 fn encode(
     rx: &Receiver<Result<ReadBatch>>,
@@ -59,11 +59,11 @@ fn encode(
     rayon::in_place_scope(|scope| {
         for (seq, batch) in rx.iter().enumerate() {
             if slots.recv().is_err() {
-                return; // the sink stopped
+                return; // the pack stage stopped
             }
             let tx = tx.clone();
             scope.spawn(move |_| {
-                // A closed channel means the sink stopped: the result is not wanted.
+                // A closed channel means the pack stage stopped: the result is not wanted.
                 let _ = tx.send((
                     seq,
                     batch.and_then(|b| encode_batch(&b, codec, dedup, pending)),
@@ -74,8 +74,8 @@ fn encode(
 }
 
 /// Ids for every data piece of a batch and compression of those neither the index nor the
-/// sink's pending set has, in parallel. The sink decides for good what to store: a chunk whose
-/// first copy is in a batch still being encoded is compressed twice and the second record
+/// writer's pending set has, in parallel. The writer decides for good what to store: a chunk
+/// whose first copy is in a batch still being encoded is compressed twice and the second record
 /// dropped, nothing worse.
 fn encode_batch(
     batch: &ReadBatch,
@@ -140,7 +140,7 @@ impl Store {
         self.store_pieces_with(codec, index, None, produce, progress)
     }
 
-    /// [`Store::store_pieces`], with the pending chunks shared with other sinks when given.
+    /// [`Store::store_pieces`], with the pending chunks shared with other writers when given.
     pub(crate) fn store_pieces_with(
         &self,
         codec: &ChunkCodec,
@@ -149,7 +149,7 @@ impl Store {
         produce: impl FnOnce(&Sender<Result<ReadBatch>>) + Send,
         progress: &dyn Progress,
     ) -> Result<Stored> {
-        let mut sink = match pending {
+        let mut writer = match pending {
             Some(p) => ChunkWriter::sharing(self, codec, index, p)?,
             None => ChunkWriter::new(self, codec, index)?,
         };
@@ -158,7 +158,7 @@ impl Store {
         let mut meta_buf = Vec::new();
         let (mut bytes_read, mut bytes_hole, mut data_bytes) = (0u64, 0u64, 0u64);
         // Three stages overlap: the producer reads and cuts (its own thread); the encoder hashes
-        // and compresses what neither the index nor the sink has, in parallel (the rayon pool,
+        // and compresses what neither the index nor the writer has, in parallel (the rayon pool,
         // fed by its own thread); this thread puts the batches back in order, builds the extent list and seals
         // and writes packs.
         let (tx, rx) = crossbeam_channel::bounded(1);
@@ -171,8 +171,8 @@ impl Store {
         }
         std::thread::scope(|scope| -> Result<()> {
             let reader = scope.spawn(move || produce(&tx));
-            let pending = sink.pending();
-            let dedup = sink.dedup();
+            let pending = writer.pending();
+            let dedup = writer.dedup();
             let encoder = scope.spawn(move || encode(&rx, &etx, &slots, codec, &dedup, &pending));
             let result = (|| {
                 let mut done = BTreeMap::new();
@@ -197,9 +197,9 @@ impl Store {
                                 }
                             }
                         }
-                        sink.put_compressed(batch.data_chunks, batch.records)?;
+                        writer.put_compressed(batch.data_chunks, batch.records)?;
                         meta_buf.extend(extents.take());
-                        meta.write(&mut meta_buf, false, &mut sink)?;
+                        meta.write(&mut meta_buf, false, &mut writer)?;
                         progress.advance(batch.volume_bytes);
                     }
                 }
@@ -217,9 +217,9 @@ impl Store {
         })?;
         let (tail, count, size) = extents.finish();
         meta_buf.extend(tail);
-        meta.write(&mut meta_buf, true, &mut sink)?;
-        let missing = sink.dedup().missing();
-        let stats = sink.finish()?;
+        meta.write(&mut meta_buf, true, &mut writer)?;
+        let missing = writer.dedup().missing();
+        let stats = writer.finish()?;
         if !missing.is_empty() {
             let packs: Vec<String> = missing.keys().map(ToString::to_string).collect();
             progress.message(&format!(

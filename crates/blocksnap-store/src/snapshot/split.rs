@@ -9,10 +9,11 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::error::Result;
 
 /// Batches encoded at once. With one, the cores that finish their share of a batch wait at its
-/// end for the slowest chunk, and for the sink to take it and the next batch to be handed out;
-/// with more they go on with the next. Each holds a read buffer (about 2 MiB) and its records
-/// until the sink takes it. Measured on a first snapshot (2 cores): one batch of 4 MiB kept
-/// 1.70 cores busy; four of 2 MiB 1.78, at the same peak RSS; six 1.81, at 10 MiB more.
+/// end for the slowest chunk, and for the pack stage to take it and the next batch to be handed
+/// out; with more they go on with the next. Each holds a read buffer (about 2 MiB) and its
+/// records until the pack stage takes it. Measured on a first snapshot (2 cores): one batch of
+/// 4 MiB kept 1.70 cores busy; four of 2 MiB 1.78, at the same peak RSS; six 1.81, at 10 MiB
+/// more.
 pub(crate) const ENCODING: usize = 4;
 
 /// Zero runs at least this long (whole aligned 4 KiB blocks) are holes even inside allocated
