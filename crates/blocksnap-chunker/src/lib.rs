@@ -26,8 +26,10 @@ mod zero;
 
 pub use zero::{ZERO_BLOCK, is_zero, zero_runs};
 
-/// The chunking algorithm of a store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The chunking algorithm of a store: one type from the chunker through the documents (`"kind":
+/// "cdc"` in `config` and snapshot documents) to the command line (`init --chunker cdc`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ChunkerKind {
     /// FastCDC 2020, content-defined.
     Cdc,
@@ -36,12 +38,20 @@ pub enum ChunkerKind {
 }
 
 impl ChunkerKind {
+    /// Every kind, the default first.
+    pub const ALL: [ChunkerKind; 2] = [ChunkerKind::Cdc, ChunkerKind::Fixed];
+
     /// The name used in configuration and on the command line (`cdc`, `fixed`).
     pub fn name(self) -> &'static str {
         match self {
             ChunkerKind::Cdc => "cdc",
             ChunkerKind::Fixed => "fixed",
         }
+    }
+
+    /// The kind of that [`ChunkerKind::name`].
+    pub fn from_name(name: &str) -> Option<ChunkerKind> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use blocksnap_chunker::ChunkerKind;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -170,23 +171,13 @@ pub(crate) fn validate_time(doc: &'static str, field: &str, text: &str) -> Resul
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkerDoc {
     /// `cdc` or `fixed`.
-    pub kind: ChunkerKindDoc,
+    pub kind: ChunkerKind,
     /// Smallest chunk.
     pub min: u32,
     /// Average chunk.
     pub avg: u32,
     /// Largest chunk.
     pub max: u32,
-}
-
-/// The chunker algorithm's name in documents.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ChunkerKindDoc {
-    /// FastCDC 2020.
-    Cdc,
-    /// Fixed-size.
-    Fixed,
 }
 
 impl ChunkerDoc {
@@ -586,7 +577,7 @@ mod tests {
             key: Some(KeyId(1)),
             owner: "alice".into(),
             chunker: ChunkerDoc {
-                kind: ChunkerKindDoc::Cdc,
+                kind: ChunkerKind::Cdc,
                 min: 16384,
                 avg: 65536,
                 max: 262144,
@@ -685,9 +676,9 @@ mod tests {
                     owner: "alice".into(),
                     chunker: ChunkerDoc {
                         kind: if fixed {
-                            ChunkerKindDoc::Fixed
+                            ChunkerKind::Fixed
                         } else {
-                            ChunkerKindDoc::Cdc
+                            ChunkerKind::Cdc
                         },
                         min: 4096,
                         avg: 32768,

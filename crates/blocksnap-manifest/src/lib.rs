@@ -23,9 +23,8 @@ mod policy;
 mod trash;
 
 pub use docs::{
-    AccountDoc, ChunkerDoc, ChunkerKindDoc, ConfigDoc, Document, ExtentsDoc, GrantDoc, HeadDoc,
-    KeyDoc, MAX_NAME_LEN, MAX_TAGS, MAX_VOLUME_SIZE, SnapshotDoc, VolumeDoc, validate_name,
-    validate_tags,
+    AccountDoc, ChunkerDoc, ConfigDoc, Document, ExtentsDoc, GrantDoc, HeadDoc, KeyDoc,
+    MAX_NAME_LEN, MAX_TAGS, MAX_VOLUME_SIZE, SnapshotDoc, VolumeDoc, validate_name, validate_tags,
 };
 pub use error::{DocError, ExtentError};
 pub use extent::{EXTENT_MAGIC, Extent, ExtentDecoder, ExtentEncoder, MAX_DATA_EXTENT};

@@ -1,16 +1,20 @@
 //! `blocksnap init`: create a store with its first account and a key named `default`.
 
 use blocksnap_store::{ChunkerKind, InitOptions, Store};
-use clap::{Args, ValueEnum};
+use clap::Args;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 
 use crate::Ctx;
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum ChunkerArg {
-    /// FastCDC 2020: content-defined boundaries, robust to shifted data.
-    Cdc,
-    /// Fixed-size chunks aligned to the start of the disk.
-    Fixed,
+/// `--chunker`: a [`ChunkerKind`] by its name, each described in `--help`.
+fn chunker_kind() -> impl TypedValueParser<Value = ChunkerKind> {
+    PossibleValuesParser::new(ChunkerKind::ALL.map(|k| {
+        PossibleValue::new(k.name()).help(match k {
+            ChunkerKind::Cdc => "FastCDC 2020: content-defined boundaries, robust to shifted data",
+            ChunkerKind::Fixed => "Fixed-size chunks aligned to the start of the disk",
+        })
+    }))
+    .try_map(|name| ChunkerKind::from_name(&name).ok_or("not a chunker"))
 }
 
 #[derive(Debug, Args)]
@@ -19,8 +23,8 @@ pub(crate) struct InitArgs {
     #[arg(long)]
     pub(crate) no_encryption: bool,
     /// How to cut images into chunks.
-    #[arg(long, value_enum, default_value = "cdc")]
-    pub(crate) chunker: ChunkerArg,
+    #[arg(long, value_parser = chunker_kind(), default_value = "cdc")]
+    pub(crate) chunker: ChunkerKind,
     /// Average chunk size for cdc (a power of two), exact size for fixed: 4KiB to 4MiB.
     #[arg(long, value_name = "SIZE", value_parser = crate::parse::size_u32, default_value = "32KiB")]
     pub(crate) chunk_size: u32,
@@ -34,10 +38,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, a: &InitArgs) -> anyhow::Result<()> {
     let (path, _) = ctx.store_path();
     let opts = InitOptions {
         encryption: !a.no_encryption,
-        chunker: match a.chunker {
-            ChunkerArg::Cdc => ChunkerKind::Cdc,
-            ChunkerArg::Fixed => ChunkerKind::Fixed,
-        },
+        chunker: a.chunker,
         chunk_size: a.chunk_size,
         account: a
             .account

@@ -17,8 +17,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
 use blocksnap_backend::{Backend, LocalBackend};
-use blocksnap_chunker::{ChunkerKind, ChunkerParams};
-use blocksnap_manifest::{ChunkerDoc, ChunkerKindDoc, ConfigDoc, Document};
+use blocksnap_chunker::ChunkerParams;
+use blocksnap_manifest::{ChunkerDoc, ConfigDoc, Document};
 
 use crate::error::{Result, StoreError};
 
@@ -179,12 +179,8 @@ impl Store {
     /// The chunker parameters of this store.
     pub fn chunker_params(&self) -> ChunkerParams {
         let c = self.config.chunker;
-        let kind = match c.kind {
-            ChunkerKindDoc::Cdc => ChunkerKind::Cdc,
-            ChunkerKindDoc::Fixed => ChunkerKind::Fixed,
-        };
         ChunkerParams {
-            kind,
+            kind: c.kind,
             min: c.min,
             avg: c.avg,
             max: c.max,
@@ -228,13 +224,10 @@ pub(crate) fn recovery_hint(place: &Place) -> String {
     )
 }
 
+/// The chunker settings `p` as documents record them.
 pub(crate) fn chunker_doc(p: ChunkerParams) -> ChunkerDoc {
-    let kind = match p.kind {
-        ChunkerKind::Cdc => ChunkerKindDoc::Cdc,
-        ChunkerKind::Fixed => ChunkerKindDoc::Fixed,
-    };
     ChunkerDoc {
-        kind,
+        kind: p.kind,
         min: p.min,
         avg: p.avg,
         max: p.max,
