@@ -46,9 +46,9 @@ pub use error::{ErrorKind, Result, StoreError};
 pub use health::check::CheckReport;
 pub use health::repair::{RepairPacksReport, RepairReport};
 pub use images::copy::{CopyOptions, TAG_COPIED_FROM};
-pub use images::image::{
-    Audience, DeregisterReport, ImageOptions, ImageReport, RebuildReport, RebuiltVolume,
-};
+pub use images::image::{ImageOptions, ImageReport};
+pub use images::launch::{RebuildReport, RebuiltVolume};
+pub use images::sharing::{Audience, DeregisterReport};
 pub use init::{InitOptions, InitReport, default_account_name};
 pub use lifecycle::policy::{PolicyAction, PolicyRunReport, TAG_POLICY, TAG_SCHEDULE};
 pub use lifecycle::prune::{PruneOptions, PruneReport};

@@ -2,4 +2,6 @@
 
 pub(crate) mod copy;
 pub(crate) mod image;
+pub(crate) mod launch;
+pub(crate) mod sharing;
 pub(crate) mod volumes;
