@@ -9,7 +9,8 @@
 //! the chunks that are lost).
 //!
 //! sled opens a database in one process at a time. [`Index::open`] therefore waits, calling
-//! back so the caller can tell the user, until the other process lets go.
+//! back so the caller can tell the user, until the other process lets go; when it gives up, the
+//! error ([`IndexError::Busy`]) names that process ([`Holder`]) where the system says which it is.
 //!
 //! ```
 //! use blocksnap_index::{Index, Location};
@@ -64,19 +65,41 @@ impl Location {
     }
 }
 
+/// The process that holds an index open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// Its process id.
+    pub pid: u32,
+    /// Its command line (at most 200 characters of it), empty if it cannot be read.
+    pub command: String,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.command.is_empty() {
+            write!(f, "pid {}", self.pid)
+        } else {
+            write!(f, "pid {}: {}", self.pid, self.command)
+        }
+    }
+}
+
 /// Index errors.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
     /// Another process held the index for longer than we were willing to wait.
     #[error(
-        "the index at {path} is in use by another blocksnap process; waited {waited:?}. \
-         Try again when it finishes, or raise BLOCKSNAP_LOCK_WAIT (seconds)"
+        "the index at {path} is in use by another blocksnap process{}; waited {waited:?}. \
+         Try again when it finishes, or raise BLOCKSNAP_LOCK_WAIT (seconds)",
+        holder.as_ref().map_or(String::new(), |h| format!(" ({h})"))
     )]
     Busy {
         /// The index directory.
         path: PathBuf,
         /// How long we waited.
         waited: Duration,
+        /// The process holding it, when the system says (Linux: `/proc/locks`).
+        holder: Option<Holder>,
     },
     /// sled failed, or an entry is damaged.
     #[error(
@@ -126,6 +149,7 @@ impl Index {
                         return Err(IndexError::Busy {
                             path: path.to_path_buf(),
                             waited,
+                            holder: holder(path),
                         });
                     }
                     if last_note.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
@@ -305,9 +329,79 @@ fn is_lock_error(e: &std::io::Error) -> bool {
         || e.to_string().contains("lock")
 }
 
+/// The process holding sled's lock (an exclusive `flock` on `path/db`), from `/proc/locks`:
+/// the flock on that file's device and inode, taken by a process that has the file open (a pid
+/// in `/proc/locks` can be stale or, across pid namespaces, another process's).
+fn holder(path: &Path) -> Option<Holder> {
+    use std::os::unix::fs::MetadataExt;
+    let db = path.join("db");
+    let meta = std::fs::metadata(&db).ok()?;
+    let dev = meta.dev();
+    // Linux's dev_t encoding, as /proc/locks prints it: hex major, hex minor, decimal inode.
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let file = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    let real = std::fs::canonicalize(&db).ok()?;
+    std::fs::read_to_string("/proc/locks")
+        .ok()?
+        .lines()
+        .filter_map(|line| {
+            // "1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF"; waiters have "->" after "1:".
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.len() >= 6 && f[1] == "FLOCK" && f[5] == file)
+                .then(|| f[4].parse::<u32>().ok())
+                .flatten()
+        })
+        .find(|pid| holds_open(*pid, &real))
+        .map(|pid| Holder {
+            pid,
+            command: command_line(pid),
+        })
+}
+
+/// True if process `pid` has `file` open.
+fn holds_open(pid: u32, file: &Path) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == file))
+}
+
+/// The command line of process `pid`, its arguments joined by spaces, at most 200 characters.
+fn command_line(pid: u32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let text = String::from_utf8_lossy(&raw);
+    let words: Vec<&str> = text.split('\0').filter(|w| !w.is_empty()).collect();
+    words.join(" ").chars().take(200).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_names_the_process_holding_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = Index::open(dir.path(), Duration::from_secs(1), |_| {}).unwrap();
+        // A second open, even in this process, meets sled's lock on another file description.
+        let Err(e) = Index::open(dir.path(), Duration::ZERO, |_| {}) else {
+            panic!("a held index opened twice");
+        };
+        let IndexError::Busy { holder, .. } = &e else {
+            panic!("not Busy: {e}");
+        };
+        let holder = holder.as_ref().expect("the holder is found in /proc/locks");
+        assert_eq!(holder.pid, std::process::id());
+        assert!(!holder.command.is_empty());
+        assert!(
+            e.to_string().contains(&format!(
+                "in use by another blocksnap process (pid {}",
+                holder.pid
+            )),
+            "{e}"
+        );
+    }
 
     #[test]
     fn insert_get_remove_clear() {

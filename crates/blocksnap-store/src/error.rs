@@ -12,7 +12,9 @@ pub enum ErrorKind {
     Denied,
     /// Stored data is damaged (exit 1 from restore; `check` reports it as 4).
     Damaged,
-    /// Another command, on another host, holds the store in a conflicting way (exit 1).
+    /// Another command holds the store in a conflicting way (a lock object of another host, or
+    /// of this host past `BLOCKSNAP_LOCK_WAIT`), or another process holds this user's index of
+    /// it past that wait (exit 1).
     Locked,
     /// A filesystem is full (ENOSPC) (exit 1; the CLI adds what frees space).
     NoSpace,
@@ -43,7 +45,9 @@ pub enum StoreError {
     #[error("{0}")]
     Damaged(String),
     /// A lock of another host (or one this blocksnap cannot read) conflicts with the command:
-    /// the message names the holder, its age and the command that clears it.
+    /// the message names the holder, its age and the command that clears it. Also another
+    /// process holding the index past the wait: the message names its pid and command line
+    /// where the system says.
     #[error("{0}")]
     Locked(String),
     /// An I/O error on a named path.
@@ -237,6 +241,9 @@ impl StoreError {
 impl From<blocksnap_index::IndexError> for StoreError {
     fn from(e: blocksnap_index::IndexError) -> Self {
         match e {
+            // Another process holds the index (the message names it, and says to try again or
+            // raise BLOCKSNAP_LOCK_WAIT): a lock, by kind, not by its words.
+            blocksnap_index::IndexError::Busy { .. } => StoreError::Locked(e.to_string()),
             // sled reports its I/O errors as text only: a full disk is known by the OS's words.
             blocksnap_index::IndexError::Damaged {
                 ref path,
@@ -252,3 +259,44 @@ impl From<blocksnap_index::IndexError> for StoreError {
 
 /// Short for `Result<T, StoreError>`.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blocksnap_index::{Holder, IndexError};
+
+    #[test]
+    fn a_busy_index_is_locked_naming_its_holder() {
+        let busy = IndexError::Busy {
+            path: "/home/u/.cache/blocksnap/store-1/index".into(),
+            waited: std::time::Duration::from_secs(3600),
+            holder: Some(Holder {
+                pid: 4242,
+                command: "blocksnap snapshot create disk.img".into(),
+            }),
+        };
+        let e = StoreError::from(busy);
+        assert_eq!(e.kind(), ErrorKind::Locked);
+        let text = e.to_string();
+        assert!(
+            text.contains("pid 4242: blocksnap snapshot create disk.img"),
+            "{text}"
+        );
+        assert!(text.contains("BLOCKSNAP_LOCK_WAIT"), "{text}");
+        // The kind survives the context a caller adds.
+        assert_eq!(e.context("snapshot").kind(), ErrorKind::Locked);
+    }
+
+    #[test]
+    fn a_damaged_index_is_other_and_a_full_one_no_space() {
+        let damaged = |detail: &str| IndexError::Damaged {
+            path: "/i".into(),
+            detail: detail.into(),
+        };
+        assert_eq!(StoreError::from(damaged("bad")).kind(), ErrorKind::Other);
+        assert_eq!(
+            StoreError::from(damaged("No space left on device (os error 28)")).kind(),
+            ErrorKind::NoSpace
+        );
+    }
+}
