@@ -7,6 +7,7 @@ use super::{CheckReport, DAMAGED_SUFFIX};
 use crate::error::Result;
 use crate::repo::Store;
 use crate::repo::layout::Kind;
+use crate::repo::lock::LockStatus;
 
 /// The snapshots and images the documents phase read, each with where it is (`""`, or
 /// `", in the trash"`).
@@ -77,7 +78,7 @@ impl Store {
     /// (taking check's lock already removed stale ones of this host).
     fn check_lock_objects(&self, report: &mut CheckReport) -> Result<()> {
         for e in self.locks()? {
-            if e.status == crate::LockStatus::Damaged {
+            if e.status == LockStatus::Damaged {
                 report.problems.push(format!(
                     "damaged lock file {}: {}; `blocksnap unlock` removes it",
                     e.file.display(),
