@@ -1,18 +1,20 @@
 //! The blocksnap store: the one crate that orchestrates.
 //!
-//! A store is a directory of immutable objects — packs of encrypted, compressed chunks and JSON
-//! documents — plus a local sled index that is only a cache. This crate creates and opens
-//! stores, holds accounts and keys, and runs the snapshot and restore pipelines:
+//! A store is a set of objects behind a [`blocksnap_backend::Backend`] (a local directory today) —
+//! packs of encrypted, compressed chunks and JSON documents — plus a sled index that is only each
+//! user's cache, kept outside the store. This crate creates and opens stores, holds accounts and
+//! keys, and runs the snapshot and restore pipelines (the layers: docs/ARCHITECTURE.md):
 //!
 //! ```text
 //! snapshot: source -> extents -> chunks -> ids -> lookup -> encode -> pack -> commit
 //! restore:  snapshot -> extents -> locations -> read -> decrypt -> decompress -> verify -> pwrite
 //! ```
 //!
-//! The write order is the commit protocol: a pack is written to a temporary name, fsynced,
-//! renamed into place and its directory fsynced; only then do its chunks enter the index; the
-//! snapshot document is written (atomically, the same way) after every pack it needs is durable
-//! and the index flushed. A snapshot exists if and only if its document does.
+//! The write order is the commit protocol: a pack is committed create-only and durable (in a
+//! local directory: a temporary name, fsync, a no-replace rename, a directory fsync); only then
+//! do its chunks enter the index; after every pack a snapshot needs is durable and the index
+//! flushed, the volume's head is swapped to name it and the snapshot document is created. A
+//! snapshot exists if and only if its document does.
 //!
 //! ```no_run
 //! use blocksnap_store::{InitOptions, NoProgress, SnapshotOptions, Store};
