@@ -4,7 +4,8 @@
 //! there — and what is left is judged with the plain [`LocalBackend`]:
 //!
 //! - every snapshot committed before (live, or in the trash where the operation may move it
-//!   there) and every snapshot the stopped run committed restores byte-identical to its source;
+//!   there) and every snapshot the stopped run committed restores byte-identical to its source,
+//!   and names as its parent only a snapshot that was committed;
 //! - `check --read-data` finds no problem (notes about leftovers are fine);
 //! - the same operation run again on what the stop left completes, and leaves a sound store.
 //!
@@ -340,6 +341,12 @@ impl Ctx<'_> {
         Ok(Store::open_in(backend, Place::Local(path))?.with_cache_home(&self.cache))
     }
 
+    /// True when this judgement runs with the index cache the stopped run left (false: with
+    /// none).
+    pub fn cache_kept(&self) -> bool {
+        self.root == self.lab.point_dir()
+    }
+
     /// The first account of store `name` (an error once the backend has stopped).
     pub fn access(&self, store: &Store, name: &str) -> Result<Access> {
         let (account, identity) = &self.lab.accounts[name];
@@ -406,6 +413,17 @@ impl Ctx<'_> {
                 );
             }
             for doc in &live {
+                // A parent is a snapshot that was committed (a head naming one a stop kept
+                // from being written is not trusted).
+                if let Some(p) = doc.parent {
+                    assert!(
+                        live_ids.contains(&p)
+                            || trashed.contains(&p)
+                            || self.lab.expected.contains_key(&p),
+                        "{when}: snapshot {} names {p} as its parent, which was never committed",
+                        doc.id
+                    );
+                }
                 if (!healed && sc.damaged.contains(&doc.id))
                     || self.restored.borrow().contains(&doc.id)
                 {
