@@ -104,6 +104,7 @@ fn a_chunk_the_store_has_is_never_stored_again() {
         store: m.reopen(),
         dir: tempfile::tempdir().unwrap(),
         backend: m.backend.clone(),
+        via: m.via.clone(),
         access: m.access.clone(),
     };
     let again = m2.snapshot("disk.img", &img, "disk");

@@ -17,7 +17,10 @@ use blocksnap_store::{
 /// A store in memory and a directory for everything outside it.
 pub struct Mem {
     pub dir: tempfile::TempDir,
+    /// The objects, for tests to look at and damage behind the store's back.
     pub backend: Arc<MemoryBackend>,
+    /// What the store reads and writes through: `backend`, or a wrapper of it.
+    pub via: Arc<dyn Backend>,
     pub store: Store,
     /// The first account, `alice`.
     pub access: Access,
@@ -46,10 +49,20 @@ impl Mem {
 
     /// A store made with `opts` in `backend`.
     pub fn in_backend(backend: Arc<MemoryBackend>, opts: &mut InitOptions) -> Mem {
+        Mem::through(backend.clone(), backend, opts)
+    }
+
+    /// A store made with `opts` whose objects are `backend`'s, read and written through `via`
+    /// (a wrapper of it: a counting or failing backend).
+    pub fn through(
+        backend: Arc<MemoryBackend>,
+        via: Arc<dyn Backend>,
+        opts: &mut InitOptions,
+    ) -> Mem {
         let dir = tempfile::tempdir().unwrap();
         opts.identity = Some(dir.path().join(format!("{}.key", opts.account)));
         let (store, report) = Store::init_in(
-            backend.clone(),
+            via.clone(),
             Place::Remote(format!("memory://{}", opts.account)),
             opts,
         )
@@ -61,6 +74,7 @@ impl Mem {
         Mem {
             dir,
             backend,
+            via,
             store,
             access,
         }
@@ -68,7 +82,7 @@ impl Mem {
 
     /// The store opened again from its objects (same cache).
     pub fn reopen(&self) -> Store {
-        Store::open_in(self.backend.clone(), self.store.place().clone())
+        Store::open_in(self.via.clone(), self.store.place().clone())
             .unwrap()
             .with_cache_home(self.dir.path().join("cache"))
     }
