@@ -18,7 +18,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use blocksnap_store::{ErrorKind, InitOptions, Store, StoreError};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use commands::{
     account, bench, check, image, init, key, policy, prune, recovery, repair, serve, snapshot,
     trash, unlock, volume,
@@ -110,6 +110,17 @@ pub(crate) enum Command {
 /// Runs the command line; returns the exit status of CLI.md.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(flag) = parse::repeated_global(&Cli::command(), std::env::args_os()) {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "the argument '{flag}' cannot be used multiple times (it is given both \
+                     before and after the command): give it once"
+                ),
+            )
+            .exit();
+    }
     signals::install();
     let result = run(&cli);
     if !signals::finish() {
