@@ -7,6 +7,15 @@
 //! text or JSON) and the mapping of errors to exit statuses. Each command group lives in its own
 //! file under `commands/`, with its clap definitions and its glue.
 
+/// `eprintln!` that never panics: after SIGHUP the terminal may be gone, and a line on stderr
+/// that cannot be written must not turn a clean stop into a crash.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod commands;
 mod parse;
 mod progress;
@@ -145,9 +154,9 @@ pub fn main() -> ExitCode {
             && e.downcast_ref::<DamageFound>().is_none()
             && e.downcast_ref::<NotVerified>().is_none()
         {
-            eprintln!("blocksnap: error: {}", message(&e));
+            say!("blocksnap: error: {}", message(&e));
         }
-        eprintln!("blocksnap: interrupted");
+        say!("blocksnap: interrupted");
         return ExitCode::from(u8::try_from(128 + sig).unwrap_or(130));
     }
     if e.downcast_ref::<DamageFound>().is_some() {
@@ -161,9 +170,9 @@ pub fn main() -> ExitCode {
         Some(ErrorKind::Denied) => 3,
         _ => 1,
     };
-    eprintln!("blocksnap: error: {}", message(&e));
+    say!("blocksnap: error: {}", message(&e));
     if let Some(path) = store_error.and_then(StoreError::no_space_path) {
-        eprintln!("{}", no_space_hint(&cli, path));
+        say!("{}", no_space_hint(&cli, path));
     }
     ExitCode::from(code)
 }
@@ -273,7 +282,7 @@ impl Drop for Ctx<'_> {
 impl Ctx<'_> {
     pub(crate) fn note(&self, text: &str) {
         if !self.cli.quiet {
-            eprintln!("{text}");
+            say!("{text}");
         }
     }
 

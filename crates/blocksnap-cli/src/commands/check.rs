@@ -18,7 +18,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, a: &CheckArgs) -> anyhow::Result<()> {
     let r = store.check(&access, a.read_data, &ctx.progress)?;
     // What was not verified is said even under -q: a green result would be false.
     for s in &r.not_verified {
-        eprintln!("not verified: {s}");
+        say!("not verified: {s}");
     }
     if r.unindexed_chunks > 0 {
         ctx.note(&format!(

@@ -51,7 +51,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &RepairCmd) -> anyhow::Result<()> {
             let access = ctx.access(&store)?;
             let r = store.repair_packs(&access, *read_data, &ctx.progress)?;
             for p in &r.not_repaired {
-                eprintln!("not repaired: {p}");
+                say!("not repaired: {p}");
             }
             ctx.output(&r, || {
                 let mut t = String::new();
