@@ -131,7 +131,23 @@ impl Store {
     /// The path of a snapshot's source, and the registered volume it names if it is one.
     fn source_path(&self, opts: &SnapshotOptions) -> Result<(PathBuf, Option<VolumeDoc>)> {
         let registered = match opts.source.to_str() {
-            Some(name) if !opts.source.exists() => self.volume(name)?,
+            Some(name) if !opts.source.exists() => {
+                let v = self.volume(name)?;
+                if v.is_none() {
+                    // Not a file, not a registered volume: maybe a quarantined one.
+                    if let Some((_, at)) = self
+                        .quarantined(crate::repo::layout::Kind::Volume)?
+                        .into_iter()
+                        .find(|(n, _)| n == name)
+                    {
+                        return Err(StoreError::Usage(format!(
+                            "no such disk image or volume: {name}; {}",
+                            self.quarantined_volume_hint(name, &at)
+                        )));
+                    }
+                }
+                v
+            }
             _ => None,
         };
         let path = registered
