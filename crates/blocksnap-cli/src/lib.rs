@@ -251,7 +251,8 @@ impl std::fmt::Display for DamageFound {
 
 impl std::error::Error for DamageFound {}
 
-/// `check` found no damage but could not verify everything: exit status 5 (already said).
+/// `check` found no damage but could not verify everything, or `repair packs` could not
+/// examine or repair everything: exit status 5 (already said).
 #[derive(Debug)]
 pub(crate) struct NotVerified;
 
