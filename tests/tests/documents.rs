@@ -232,6 +232,12 @@ fn a_quarantined_volume_document_is_named_by_the_commands_that_need_it() {
     let (_, err) = json_err(&env, &["policy", "run"]);
     assert_warns(&err, &doc, "policy run");
     assert!(err.contains("repair documents"), "{err}");
+    // Unrelated work goes on: a snapshot of another disk, the volume list.
+    let other = env.path("other.img");
+    write_at(&other, 2 << 20, 0, &random_bytes(1 << 20, 10));
+    env.snapshot(&other, "other");
+    let (_, err) = json_err(&env, &["volume", "list"]);
+    assert_warns(&err, &doc, "volume list");
 
     // Quarantined: no longer registered, and each command says where it went and what to do.
     let r = env.json(&["repair", "documents"]);

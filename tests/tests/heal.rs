@@ -357,6 +357,22 @@ fn check_without_a_grant_exits_5_and_names_what_was_not_verified() {
         "{stdout}"
     );
 
+    // No identity at all for the account: the same, naming the identity file it looked for.
+    let missing = f.env.path("no-such.key");
+    let (code, v, err) = check_with(
+        &f.env,
+        &["--identity", missing.to_str().unwrap()],
+        &["--read-data"],
+    );
+    assert_eq!(code, Some(5), "{v}\n{err}");
+    assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
+    assert!(
+        text(&v, "not_verified").contains(missing.to_str().unwrap())
+            && err.contains(missing.to_str().unwrap()),
+        "{v}\n{err}"
+    );
+    assert!(ids(&v, "unverified_snapshots").contains(&f.snap), "{v}");
+
     // What needs no key is checked all the same: a truncated pack is damage (4 wins over 5).
     let pack = largest_pack(&f.env);
     let len = fs::metadata(&pack).unwrap().len();
