@@ -183,6 +183,110 @@ fn a_damaged_snapshot_document_stops_nothing_but_prune_until_quarantined() {
     env.restore(&a1, &out);
 }
 
+/// A registered volume whose document is damaged, then quarantined by `repair documents`:
+/// every command that needs that volume (snapshot create NAME, image create DEVICE=NAME, policy
+/// run, volume list) names the damaged file or the quarantined one, and the command that fixes
+/// it; registered again, it works as before.
+#[test]
+fn a_quarantined_volume_document_is_named_by_the_commands_that_need_it() {
+    let env = Env::new("docs-volume-quarantined");
+    env.init(&[]);
+    let disk = env.path("vb.img");
+    write_at(&disk, 4 << 20, 0, &random_bytes(1 << 20, 9));
+    let real = fs::canonicalize(&disk).unwrap();
+    env.json(&[
+        "volume",
+        "add",
+        "vb",
+        disk.to_str().unwrap(),
+        "--tag",
+        "tier=gold",
+    ]);
+    env.json(&[
+        "policy",
+        "create",
+        "nightly",
+        "--target-tag",
+        "tier=gold",
+        "--schedule",
+        "d: every 1d keep 3",
+    ]);
+    let first = id(&env.json(&["snapshot", "create", "vb"]));
+    let doc = env.store.join("volumes").join("vb.json");
+    fs::write(&doc, b"{\"format\": \"blocksnap.volume/v1\", \"name\":").unwrap();
+    let needs: [&[&str]; 2] = [
+        &["snapshot", "create", "vb"],
+        &["image", "create", "im", "--volume", "/dev/vda=vb"],
+    ];
+
+    // Damaged: the file and `repair documents` are named.
+    for args in needs {
+        let out = env.run(args);
+        let err = stderr(&out);
+        assert_ne!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(
+            err.contains(doc.to_str().unwrap()) && err.contains("blocksnap repair documents"),
+            "{args:?}: {err}"
+        );
+    }
+    let (_, err) = json_err(&env, &["policy", "run"]);
+    assert_warns(&err, &doc, "policy run");
+    assert!(err.contains("repair documents"), "{err}");
+    // Unrelated work goes on: a snapshot of another disk, the volume list.
+    let other = env.path("other.img");
+    write_at(&other, 2 << 20, 0, &random_bytes(1 << 20, 10));
+    env.snapshot(&other, "other");
+    let (_, err) = json_err(&env, &["volume", "list"]);
+    assert_warns(&err, &doc, "volume list");
+
+    // Quarantined: no longer registered, and each command says where it went and what to do.
+    let r = env.json(&["repair", "documents"]);
+    let moved_to = env.store.join("quarantine").join("volumes").join("vb.json");
+    assert_eq!(r["moved"][0]["to"], moved_to.to_str().unwrap(), "{r}");
+    let fix = format!("blocksnap volume add vb {}", real.display());
+    for args in needs {
+        let out = env.run(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        for w in [
+            "no such disk image or volume: vb",
+            moved_to.to_str().unwrap(),
+            "repair documents",
+            &fix,
+        ] {
+            assert!(err.contains(w), "{args:?}: lacks {w:?}: {err}");
+        }
+    }
+    for args in [&["policy", "run"][..], &["volume", "list"][..]] {
+        let (v, err) = json_err(&env, args);
+        assert!(
+            err.contains("warning")
+                && err.contains(moved_to.to_str().unwrap())
+                && err.contains(&fix),
+            "{args:?}: {err}"
+        );
+        if args[0] == "policy" {
+            assert!(v["taken"].as_array().unwrap().is_empty(), "{v}");
+        }
+    }
+    assert_eq!(env.json(&["image", "list"]), serde_json::json!([]));
+
+    // Registered again: snapshots continue the chain and the warnings stop.
+    env.json(&[
+        "volume",
+        "add",
+        "vb",
+        disk.to_str().unwrap(),
+        "--tag",
+        "tier=gold",
+    ]);
+    let (s, err) = json_err(&env, &["snapshot", "create", "vb"]);
+    assert_eq!(s["parent"], first.as_str(), "{s}");
+    assert!(!err.contains("warning"), "{err}");
+    let (_, err) = json_err(&env, &["volume", "list"]);
+    assert!(!err.contains("warning"), "{err}");
+}
+
 #[test]
 fn a_damaged_document_of_another_volume_keeps_the_parent() {
     let env = Env::new("docs-parent");

@@ -162,6 +162,76 @@ fn every_flag_given_twice_is_kept_or_refused() {
     assert_eq!(found, expected, "the repeatable flags");
 }
 
+/// A global flag given once before and once after the command is a usage error naming it:
+/// clap alone would keep the later value silently (`--store A snapshot list --store B` lists B,
+/// `--store A init --store B` creates B). Nothing is created, and the flag once on either side
+/// still works.
+#[test]
+fn global_flag_before_and_after_the_command_is_refused() {
+    let env = Env::new("flags_global_twice");
+    env.init(&[]);
+    let other = env.path("other-store");
+    let other_s = other.to_str().unwrap();
+    let key = env.path("other.key");
+    let key_s = key.to_str().unwrap();
+    // env.cmd() gives `--store` before the command.
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+    let cases: &[Case] = &[
+        ("--store", &[], &["snapshot", "list"], &["--store", other_s]),
+        (
+            "--store",
+            &[],
+            &["init", "--account", "x"],
+            &[&format!("--store={other_s}")],
+        ),
+        (
+            "--identity",
+            &["--identity", key_s],
+            &["snapshot", "list"],
+            &["--identity", key_s],
+        ),
+        ("--json", &["--json"], &["volume", "list"], &["--json"]),
+        ("--quiet", &["-q"], &["snapshot", "list"], &["--quiet"]),
+        ("--quiet", &["--quiet"], &["check"], &["-q"]),
+    ];
+    for (flag, before, command, after) in cases {
+        let out = env
+            .cmd()
+            .args(*before)
+            .args(*command)
+            .args(*after)
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{before:?} {command:?} {after:?}: {err}"
+        );
+        assert!(
+            err.contains(&format!("'{flag}' cannot be used multiple times"))
+                && err.contains("before and after the command"),
+            "{before:?} {command:?} {after:?}: {err}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "{command:?} printed {:?}",
+            out.stdout
+        );
+        assert!(!other.exists(), "{command:?} created {}", other.display());
+        assert!(!key.exists(), "{command:?} created {}", key.display());
+    }
+    // Once, on either side of the command, is fine.
+    for args in [
+        &["snapshot", "list", "--json"][..],
+        &["--json", "snapshot", "list", "-q"][..],
+        &["volume", "list", "--quiet", "--json"][..],
+    ] {
+        let out = env.run(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+}
+
 fn small_image(env: &Env, name: &str, seed: u64) -> String {
     let p = env.path(name);
     write_at(&p, 1 << 20, 4096, &random_bytes(64 << 10, seed));

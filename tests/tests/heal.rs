@@ -357,6 +357,22 @@ fn check_without_a_grant_exits_5_and_names_what_was_not_verified() {
         "{stdout}"
     );
 
+    // No identity at all for the account: the same, naming the identity file it looked for.
+    let missing = f.env.path("no-such.key");
+    let (code, v, err) = check_with(
+        &f.env,
+        &["--identity", missing.to_str().unwrap()],
+        &["--read-data"],
+    );
+    assert_eq!(code, Some(5), "{v}\n{err}");
+    assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
+    assert!(
+        text(&v, "not_verified").contains(missing.to_str().unwrap())
+            && err.contains(missing.to_str().unwrap()),
+        "{v}\n{err}"
+    );
+    assert!(ids(&v, "unverified_snapshots").contains(&f.snap), "{v}");
+
     // What needs no key is checked all the same: a truncated pack is damage (4 wins over 5).
     let pack = largest_pack(&f.env);
     let len = fs::metadata(&pack).unwrap().len();
@@ -370,6 +386,99 @@ fn check_without_a_grant_exits_5_and_names_what_was_not_verified() {
     assert_eq!(code, Some(4), "{v}");
     assert!(text(&v, "problems").contains(&name_of(&pack)), "{v}");
     assert!(!v["not_verified"].as_array().unwrap().is_empty(), "{v}");
+}
+
+/// `repair packs` by an account without a grant on some packs' key cannot examine them: it
+/// repairs what it can (a damaged pack under a key it holds), then exits 5 naming the packs it
+/// could not examine and the account that can; that account's run repairs them.
+#[test]
+fn repair_packs_without_a_grant_exits_5_naming_the_packs_and_who_can() {
+    let f = fixture("heal_repair_no_grant");
+    let before: Vec<PathBuf> = f.env.packs();
+    f.env.json(&["key", "create", "private"]);
+    // Two snapshots under `private`, each writing its own pack.
+    let other = f.env.path("other.img");
+    for seed in [31, 32] {
+        write_at(&other, 8 << 20, 0, &random_bytes(3 << 20, seed));
+        f.env.json(&[
+            "snapshot",
+            "create",
+            other.to_str().unwrap(),
+            "--volume",
+            "other",
+            "--key",
+            "private",
+        ]);
+    }
+    let private: Vec<PathBuf> = f
+        .env
+        .packs()
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert!(private.len() >= 2, "{private:?}");
+    add_bob(&f.env);
+    f.env.json(&["key", "grant", "default", "bob"]);
+    // A pack of `default` and one of `private` lose their tail; the other `private` one is
+    // intact.
+    let truncate = |p: &PathBuf| {
+        let len = fs::metadata(p).unwrap().len();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_len(len - 100)
+            .unwrap();
+    };
+    let public = largest_pack(&f.env);
+    assert!(!private.contains(&public), "the largest pack is default's");
+    truncate(&public);
+    truncate(&private[0]);
+
+    let out = f
+        .env
+        .run(&["--account", "bob", "--json", "repair", "packs"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids(&r, "damaged_packs"), vec![name_of(&public)], "{r}");
+    let mut expected: Vec<String> = private.iter().map(|p| name_of(p)).collect();
+    expected.sort();
+    let mut got = ids(&r, "not_examined");
+    got.sort();
+    assert_eq!(got, expected, "{r}");
+    let line = text(&r, "not_repaired");
+    for w in [
+        name_of(&private[0]).as_str(),
+        name_of(&private[1]).as_str(),
+        "not examined",
+        "is damaged, but its chunks cannot be moved",
+        "holds no grant on key 'private'",
+        "blocksnap --account alice repair packs",
+    ] {
+        assert!(line.contains(w), "not_repaired lacks {w:?}: {r}");
+        assert!(err.contains(w), "stderr lacks {w:?}: {err}");
+    }
+    assert!(
+        err.contains("not repaired") && err.contains("exit 5"),
+        "{err}"
+    );
+    assert!(private[0].exists(), "bob could not examine it: it stays");
+
+    // Human form, -q: still said, still 5.
+    let out = f.env.run(&["-q", "--account", "bob", "repair", "packs"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&name_of(&private[0])),
+        "{}",
+        stderr(&out)
+    );
+
+    // alice holds both keys: her run repairs the private pack and ends 0.
+    let r = f.env.json(&["repair", "packs"]);
+    assert_eq!(ids(&r, "damaged_packs"), vec![name_of(&private[0])], "{r}");
+    assert!(r["not_examined"].as_array().unwrap().is_empty(), "{r}");
+    assert!(!private[0].exists());
 }
 
 #[test]

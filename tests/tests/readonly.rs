@@ -363,12 +363,10 @@ fn a_read_only_bind_mount_serves_every_reading_command() {
     );
 }
 
-#[test]
-fn a_user_without_write_permission_reads_the_store() {
-    let env = Env::new("ro-user");
-    let f = fixture(&env);
-    // The unprivileged user gets its own copy of the binary, of alice's identity (mode 0600,
-    // its own) and a directory for the results.
+/// The unprivileged user 65534 (nobody) with its own copy of the binary, of alice's identity
+/// (mode 0600, its own) and a home with `out/` for results; returns the home and the command
+/// (through `setpriv`) that acts as alice on `store`.
+fn as_nobody(env: &Env, store: &Path) -> (PathBuf, impl Fn() -> Command + use<>) {
     let home = env.path("nobody");
     fs::create_dir_all(home.join("out")).unwrap();
     let bin = home.join("blocksnap");
@@ -394,20 +392,20 @@ fn a_user_without_write_permission_reads_the_store() {
         let mode = fs::metadata(d).unwrap().mode();
         fs::set_permissions(d, fs::Permissions::from_mode(mode | 0o755)).unwrap();
     }
-    let before = state(&env.store);
-    let cmd = || {
+    let (h, store) = (home.clone(), store.to_path_buf());
+    let cmd = move || {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(&bin)
-            .env("HOME", &home)
-            .env("XDG_CONFIG_HOME", home.join("config"))
-            .env("XDG_CACHE_HOME", home.join("cache"))
-            .env("XDG_DATA_HOME", home.join("data"))
+            .env("HOME", &h)
+            .env("XDG_CONFIG_HOME", h.join("config"))
+            .env("XDG_CACHE_HOME", h.join("cache"))
+            .env("XDG_DATA_HOME", h.join("data"))
             .env_remove("BLOCKSNAP_STORE")
             .env_remove("BLOCKSNAP_ACCOUNT")
             .env_remove("BLOCKSNAP_IDENTITY")
             .arg("--store")
-            .arg(&env.store)
+            .arg(&store)
             .arg("--identity")
             .arg(&identity);
         c
@@ -421,6 +419,15 @@ fn a_user_without_write_permission_reads_the_store() {
         "setpriv (these tests need root): {}",
         stderr(&who)
     );
+    (home, cmd)
+}
+
+#[test]
+fn a_user_without_write_permission_reads_the_store() {
+    let env = Env::new("ro-user");
+    let f = fixture(&env);
+    let before = state(&env.store);
+    let (home, cmd) = as_nobody(&env, &env.store);
     reads_everything(&cmd, &f, &home.join("out"));
     writes_nothing(&cmd, &f, &env.store, "this user may not write to");
     assert!(
@@ -429,4 +436,150 @@ fn a_user_without_write_permission_reads_the_store() {
     );
     // root still writes to it.
     env.snapshot(&f.disk_b, "disk");
+}
+
+/// Runs `check --json [args]` through `cmd`; returns the status, the report and stderr.
+fn check_of(cmd: &dyn Fn() -> Command, args: &[&str]) -> (Option<i32>, Value, String) {
+    let out = cmd().args(["--json", "check"]).args(args).output().unwrap();
+    let err = stderr(&out);
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("check --json printed no JSON ({e}): {err}"));
+    assert!(!err.contains("panicked"), "{err}");
+    (out.status.code(), v, err)
+}
+
+/// The human report's `result:` line of `check [args]` through `cmd`, and its status.
+fn check_result(cmd: &dyn Fn() -> Command, args: &[&str]) -> (Option<i32>, String) {
+    let out = cmd().arg("check").args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("result:"))
+        .unwrap_or_else(|| panic!("no result line: {text}{}", stderr(&out)))
+        .to_string();
+    (out.status.code(), line)
+}
+
+/// `check` of a store that cannot be written (so it reads the packs' trailers instead of the
+/// index) tells damage from what it could not read, as README's exit-status paragraph says:
+/// 5 (nothing found damaged, but not everything verified) for a pack it may not read and for
+/// snapshots under a key the account holds no grant on; 4 for a pack that is damaged or gone.
+/// The result line says which.
+#[test]
+fn check_of_a_read_only_store_tells_damage_from_what_it_could_not_verify() {
+    let env = Env::new("ro-check");
+    let f = fixture(&env);
+    // A snapshot under a key only alice holds, and bob, who holds a grant on `default` only.
+    env.json(&["key", "create", "private"]);
+    let other = env.path("other.img");
+    write_at(&other, 8 << 20, 0, &random_bytes(3 << 20, 77));
+    let private = env.json(&[
+        "snapshot",
+        "create",
+        other.to_str().unwrap(),
+        "--volume",
+        "other",
+        "--key",
+        "private",
+    ]);
+    let private = private["id"].as_str().unwrap().to_string();
+    env.json(&["account", "create", "bob"]);
+    env.json(&["key", "grant", "default", "bob"]);
+    let ro = env.path("ro-store");
+    let mount = RoMount::new(&env.store, &ro);
+    let root_cmd = || env.cmd_at(&ro);
+
+    // Sound: 0 for alice, 5 for bob (the private key's snapshot and packs), no damage.
+    let (code, v, err) = check_of(&root_cmd, &["--read-data"]);
+    assert_eq!(code, Some(0), "{v}\n{err}");
+    let bob = || {
+        let mut c = env.cmd_at(&ro);
+        c.args(["--account", "bob"]);
+        c
+    };
+    for args in [&[][..], &["--read-data"][..]] {
+        let (code, v, err) = check_of(&bob, args);
+        assert_eq!(code, Some(5), "bob {args:?}: {v}\n{err}");
+        assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
+        assert!(
+            v["not_verified"].to_string().contains(&private),
+            "bob {args:?}: {v}"
+        );
+        assert!(
+            err.contains("not verified") && err.contains("key grant"),
+            "{err}"
+        );
+        assert_eq!(v["intact_snapshots"].as_array().unwrap().len(), 2, "{v}");
+    }
+    let (code, line) = check_result(&bob, &[]);
+    assert_eq!(code, Some(5));
+    assert!(
+        line.contains("no problems found") && line.contains("exit 5"),
+        "{line}"
+    );
+
+    // A pack the user may not read: 5, naming it, nothing called damaged.
+    let packs = env.packs();
+    let unreadable = packs
+        .iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap()
+        .clone();
+    let name = unreadable
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    fs::set_permissions(&unreadable, fs::Permissions::from_mode(0o000)).unwrap();
+    let (_, nobody) = as_nobody(&env, &ro);
+    for args in [&[][..], &["--read-data"][..]] {
+        let (code, v, err) = check_of(&nobody, args);
+        assert_eq!(code, Some(5), "unreadable pack, {args:?}: {v}\n{err}");
+        assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
+        assert!(v["damaged_snapshots"].as_array().unwrap().is_empty(), "{v}");
+        assert!(v["not_verified"].to_string().contains(&name), "{v}");
+        assert!(
+            err.contains(&name) && err.contains("could not be read"),
+            "{err}"
+        );
+    }
+    let (code, line) = check_result(&nobody, &[]);
+    assert_eq!(code, Some(5), "{line}");
+    assert!(line.contains("exit 5"), "{line}");
+    fs::set_permissions(&unreadable, fs::Permissions::from_mode(0o644)).unwrap();
+    drop(mount);
+
+    // A damaged pack (one flipped byte in a record) and a deleted one: 4, naming them.
+    let mut bytes = fs::read(&unreadable).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x20;
+    fs::write(&unreadable, &bytes).unwrap();
+    let mount = RoMount::new(&env.store, &ro);
+    let (code, v, err) = check_of(&root_cmd, &["--read-data"]);
+    assert_eq!(code, Some(4), "flipped byte: {v}\n{err}");
+    assert!(v["problems"].to_string().contains(&name), "{v}");
+    assert_eq!(v["chunks_damaged"], 1, "{v}");
+    let (code, line) = check_result(&root_cmd, &["--read-data"]);
+    assert_eq!(code, Some(4));
+    // The pack's problem, and one per snapshot using the chunk.
+    let problems = v["problems"].as_array().unwrap().len();
+    assert!(
+        line.contains(&format!("{problems} problems")) && line.contains("exit 4, damage found"),
+        "{line}"
+    );
+    drop(mount);
+    fs::remove_file(&unreadable).unwrap();
+    let _mount = RoMount::new(&env.store, &ro);
+    let (code, v, err) = check_of(&root_cmd, &[]);
+    assert_eq!(code, Some(4), "deleted pack: {v}\n{err}");
+    assert!(
+        !v["damaged_snapshots"].as_array().unwrap().is_empty(),
+        "{v}"
+    );
+    assert!(
+        !v["problems"].to_string().contains("not in the index"),
+        "a read-only store's check uses no index: {v}"
+    );
+    let _ = f;
 }

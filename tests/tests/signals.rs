@@ -1,6 +1,6 @@
-//! SIGINT and SIGTERM stop any command cleanly: its lock objects and temporary files are
-//! removed, "interrupted" is printed, the exit status is 130 (SIGINT) or 143 (SIGTERM), and the
-//! store goes on working. A command blocked in I/O is ended by the handler after a grace period,
+//! SIGINT, SIGTERM and SIGHUP stop any command cleanly: its lock objects and temporary files
+//! are removed, "interrupted" is printed, the exit status is 130 (SIGINT), 143 (SIGTERM) or 129
+//! (SIGHUP), and the store goes on working; under `nohup` SIGHUP stays ignored. A command blocked in I/O is ended by the handler after a grace period,
 //! with the same clean-up.
 
 mod common;
@@ -221,6 +221,51 @@ fn sigint_stops_snapshot_and_restore_cleanly_with_130() {
 #[test]
 fn sigterm_stops_snapshot_and_restore_cleanly_with_143() {
     interrupt_snapshot_and_restore("sig_term", Signal::TERM, 143);
+}
+
+#[test]
+fn sighup_stops_snapshot_and_restore_cleanly_with_129() {
+    interrupt_snapshot_and_restore("sig_hup", Signal::HUP, 129);
+}
+
+/// Started with SIGHUP ignored (`nohup blocksnap …`), a command keeps running through a SIGHUP
+/// and commits its snapshot.
+#[test]
+fn under_nohup_sighup_is_ignored_and_the_snapshot_completes() {
+    let env = Env::new("sig_nohup");
+    env.init(&[]);
+    let img = big_image(&env, "big.img", 256);
+    let base = env.cmd();
+    let mut cmd = std::process::Command::new("nohup");
+    cmd.arg(base.get_program()).args(base.get_args());
+    for (k, v) in base.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let mut child = cmd
+        .args([
+            "snapshot",
+            "create",
+            img.to_str().unwrap(),
+            "--volume",
+            "big",
+        ])
+        .current_dir(&env.dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nohup (coreutils) is installed");
+    wait_until(&mut child, 60, "the snapshot wrote a pack", || {
+        !lock_objects(&env).is_empty() && !tmp_files(&env.store.join("packs")).is_empty()
+    });
+    send(&child, Signal::HUP);
+    let (status, err) = finish(child, 120);
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(!err.contains("interrupted"), "{err}");
+    assert_eq!(env.json(&["snapshot", "list"]).as_array().unwrap().len(), 1);
+    assert_clean(&env, "the snapshot under nohup");
 }
 
 /// A running `serve nbd` and the address it listens on.

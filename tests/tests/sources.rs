@@ -482,6 +482,47 @@ fn a_source_that_grows_during_the_snapshot_fails_it() {
     assert_eq!(env.json(&["snapshot", "list"]), serde_json::json!([]));
 }
 
+/// A source cut shorter while it is read (a read past its new end, or a size that differs at
+/// the end) fails the snapshot with one clear message: the source, its sizes, that nothing was
+/// committed and what to do. Not a bare "failed to fill whole buffer".
+#[test]
+fn a_source_that_shrinks_during_the_snapshot_fails_it_clearly() {
+    let env = Env::new("source-shrinks");
+    env.init(&[]);
+    let disk = env.path("shrinking.img");
+    let size = 128u64 << 20;
+    fs::write(&disk, random_bytes(size as usize, 23)).unwrap();
+    let d = disk.clone();
+    let mut len = size;
+    let out = while_running(
+        &env,
+        &["snapshot", "create", disk.to_str().unwrap()],
+        move || {
+            len = len.saturating_sub(64 << 10).max(1 << 20);
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&d)
+                .unwrap()
+                .set_len(len)
+                .unwrap();
+        },
+    );
+    let err = refused(
+        &out,
+        1,
+        &[
+            disk.to_str().unwrap(),
+            "shrank while being read",
+            "nothing was committed",
+            "not being resized",
+        ],
+    );
+    assert!(!err.contains("fill whole buffer"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one message: {err}");
+    assert_eq!(env.json(&["snapshot", "list"]), serde_json::json!([]));
+    assert_eq!(lock_objects(&env), Vec::<String>::new());
+}
+
 #[test]
 fn a_block_device_that_changes_size_during_the_snapshot_fails_it() {
     require_root("losetup");

@@ -441,6 +441,157 @@ fn image_rebuild_checks_every_output_before_writing_any() {
     assert_same(&b, &out.join("sdb.img"));
 }
 
+/// `image rebuild IMAGE OUTDIR` creates OUTDIR only once every check passed: a refused rebuild
+/// (OUTDIR under /dev through a symbolic link, inside the store directly or through a link,
+/// below a regular file, a missing image, an account without permission and grant) creates
+/// nothing at all; and a rebuild that fails after creating it removes what it created.
+#[test]
+fn a_refused_image_rebuild_creates_nothing() {
+    require_root("writing to /dev");
+    let (env, disk, _) = fixture("target-rebuild-none");
+    env.json(&[
+        "image",
+        "create",
+        "one",
+        "--volume",
+        &format!("/dev/sda={}", disk.display()),
+    ]);
+    env.json(&["account", "create", "bob"]);
+    let pid = std::process::id();
+    let dev_link = env.path("dev-link");
+    std::os::unix::fs::symlink("/dev", &dev_link).unwrap();
+    let store_link = env.path("store-link");
+    std::os::unix::fs::symlink(&env.store, &store_link).unwrap();
+    let a_file = env.path("a-file");
+    fs::write(&a_file, b"x").unwrap();
+    let store_before = tree(&env.store);
+
+    // (OUTDIR, what must not exist afterwards, account, exit status, words of the message)
+    let in_dev = dev_link
+        .join(format!("blocksnap-rebuild-{pid}"))
+        .join("sub");
+    let dev_made = PathBuf::from(format!("/dev/blocksnap-rebuild-{pid}"));
+    let in_store = env.store.join("new-dir").join("sub");
+    let via_link = store_link.join("other-dir");
+    let below_file = a_file.join("sub");
+    let fresh = env.path("fresh").join("sub");
+    type Case<'a> = (&'a Path, &'a Path, &'a str, &'a str, i32, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            &in_dev,
+            &dev_made,
+            "alice",
+            "one",
+            2,
+            vec!["dev-link", "/dev", "nothing was created"],
+        ),
+        (
+            &in_store,
+            &in_store,
+            "alice",
+            "one",
+            2,
+            vec!["new-dir", "inside the store"],
+        ),
+        (
+            &via_link,
+            &via_link,
+            "alice",
+            "one",
+            2,
+            vec!["store-link", "inside the store"],
+        ),
+        (
+            &below_file,
+            &below_file,
+            "alice",
+            "one",
+            2,
+            vec!["a-file", "not a directory"],
+        ),
+        (
+            &fresh,
+            &fresh,
+            "alice",
+            "no-such-image",
+            2,
+            vec!["no-such-image"],
+        ),
+        (
+            &fresh,
+            &fresh,
+            "bob",
+            "one",
+            3,
+            vec!["launch permission", "key grant default bob"],
+        ),
+    ];
+    for (outdir, made, account, image, code, words) in cases {
+        for force in [false, true] {
+            let mut args = vec!["--account", account, "image", "rebuild", image];
+            args.push(outdir.to_str().unwrap());
+            if force {
+                args.push("--force");
+            }
+            let out = env.run(&args);
+            let created = fs::symlink_metadata(made).is_ok();
+            if created && made.starts_with("/dev") {
+                fs::remove_dir_all(made).unwrap(); // clean /dev before failing
+            }
+            refused(&out, code, &words);
+            assert!(
+                !created,
+                "a refused `{}` created {}",
+                args.join(" "),
+                made.display()
+            );
+            assert!(
+                fs::symlink_metadata(env.path("fresh")).is_err(),
+                "a refused `{}` created {}",
+                args.join(" "),
+                env.path("fresh").display()
+            );
+        }
+    }
+    assert_eq!(
+        tree(&env.store),
+        store_before,
+        "a refused rebuild changed the store"
+    );
+    assert_eq!(fs::read(&a_file).unwrap(), b"x");
+
+    // A rebuild that fails once it has created the directory (its pack is gone) removes the
+    // directories it created, and only those.
+    for p in env.packs() {
+        fs::remove_file(p).unwrap();
+    }
+    let out = env.run(&["image", "rebuild", "one", fresh.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        fs::symlink_metadata(env.path("fresh")).is_err(),
+        "a failed rebuild left {}",
+        env.path("fresh").display()
+    );
+    assert!(env.dir.is_dir());
+}
+
+/// Every path under `dir` (not the index cache, which is outside the store).
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if fs::symlink_metadata(&p).unwrap().is_dir() {
+                todo.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
 #[test]
 fn a_full_target_filesystem_is_named_and_nothing_is_left_there() {
     let env = Env::new("target-full");

@@ -7,6 +7,15 @@
 //! text or JSON) and the mapping of errors to exit statuses. Each command group lives in its own
 //! file under `commands/`, with its clap definitions and its glue.
 
+/// `eprintln!` that never panics: after SIGHUP the terminal may be gone, and a line on stderr
+/// that cannot be written must not turn a clean stop into a crash.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod commands;
 mod parse;
 mod progress;
@@ -18,7 +27,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use blocksnap_store::{ErrorKind, InitOptions, Store, StoreError};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use commands::{
     account, bench, check, image, init, key, policy, prune, recovery, repair, serve, snapshot,
     trash, unlock, volume,
@@ -110,6 +119,17 @@ pub(crate) enum Command {
 /// Runs the command line; returns the exit status of CLI.md.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(flag) = parse::repeated_global(&Cli::command(), std::env::args_os()) {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "the argument '{flag}' cannot be used multiple times (it is given both \
+                     before and after the command): give it once"
+                ),
+            )
+            .exit();
+    }
     signals::install();
     let result = run(&cli);
     if !signals::finish() {
@@ -134,9 +154,9 @@ pub fn main() -> ExitCode {
             && e.downcast_ref::<DamageFound>().is_none()
             && e.downcast_ref::<NotVerified>().is_none()
         {
-            eprintln!("blocksnap: error: {}", message(&e));
+            say!("blocksnap: error: {}", message(&e));
         }
-        eprintln!("blocksnap: interrupted");
+        say!("blocksnap: interrupted");
         return ExitCode::from(u8::try_from(128 + sig).unwrap_or(130));
     }
     if e.downcast_ref::<DamageFound>().is_some() {
@@ -150,9 +170,9 @@ pub fn main() -> ExitCode {
         Some(ErrorKind::Denied) => 3,
         _ => 1,
     };
-    eprintln!("blocksnap: error: {}", message(&e));
+    say!("blocksnap: error: {}", message(&e));
     if let Some(path) = store_error.and_then(StoreError::no_space_path) {
-        eprintln!("{}", no_space_hint(&cli, path));
+        say!("{}", no_space_hint(&cli, path));
     }
     ExitCode::from(code)
 }
@@ -231,7 +251,8 @@ impl std::fmt::Display for DamageFound {
 
 impl std::error::Error for DamageFound {}
 
-/// `check` found no damage but could not verify everything: exit status 5 (already said).
+/// `check` found no damage but could not verify everything, or `repair packs` could not
+/// examine or repair everything: exit status 5 (already said).
 #[derive(Debug)]
 pub(crate) struct NotVerified;
 
@@ -262,7 +283,7 @@ impl Drop for Ctx<'_> {
 impl Ctx<'_> {
     pub(crate) fn note(&self, text: &str) {
         if !self.cli.quiet {
-            eprintln!("{text}");
+            say!("{text}");
         }
     }
 

@@ -47,6 +47,51 @@ pub fn mapping(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// The first global flag (`--store`, `--identity`, `--json`, `-q`) given more than once in
+/// `args` (the whole command line, program name first), as `--long`. clap refuses a flag given
+/// twice on one level itself, but lets a global flag given before and after the command
+/// (`--store A snapshot list --store B`) keep the later value silently. Call it once clap has
+/// accepted `args`: a token that looks like a flag was then parsed as one (no argument takes
+/// values that start with `-`), up to a `--` after which all are positional.
+pub fn repeated_global(
+    cmd: &clap::Command,
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Option<String> {
+    let globals: Vec<(&str, Option<char>)> = cmd
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .filter_map(|a| a.get_long().map(|l| (l, a.get_short())))
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for arg in args.into_iter().skip(1) {
+        let arg = arg.to_string_lossy();
+        if arg == "--" {
+            break;
+        }
+        let given: Vec<&str> = if let Some(long) = arg.strip_prefix("--") {
+            let name = long.split('=').next().unwrap_or(long);
+            globals
+                .iter()
+                .filter(|g| g.0 == name)
+                .map(|g| g.0)
+                .collect()
+        } else if let Some(shorts) = arg.strip_prefix('-') {
+            shorts
+                .chars()
+                .filter_map(|c| globals.iter().find(|g| g.1 == Some(c)).map(|g| g.0))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for long in given {
+            if !seen.insert(long) {
+                return Some(format!("--{long}"));
+            }
+        }
+    }
+    None
+}
+
 /// Formats bytes for people: `1.5 GiB`.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -86,5 +131,29 @@ mod tests {
         assert!(tag("x").is_err());
         assert_eq!(human(1536), "1.5 KiB");
         assert_eq!(human(10), "10 B");
+    }
+
+    #[test]
+    fn repeated_globals() {
+        use clap::{Arg, ArgAction, Command};
+        let cmd = Command::new("b")
+            .arg(Arg::new("store").long("store").global(true))
+            .arg(
+                Arg::new("quiet")
+                    .short('q')
+                    .long("quiet")
+                    .global(true)
+                    .action(ArgAction::SetTrue),
+            )
+            .arg(Arg::new("account").long("account"));
+        let run = |a: &[&str]| repeated_global(&cmd, a.iter().map(|s| s.into()));
+        assert_eq!(
+            run(&["b", "--store", "A", "ls", "--store=B"]),
+            Some("--store".into())
+        );
+        assert_eq!(run(&["b", "-q", "ls", "--quiet"]), Some("--quiet".into()));
+        assert_eq!(run(&["b", "--store", "A", "ls", "-q"]), None);
+        assert_eq!(run(&["b", "--account", "x", "ls", "--account", "y"]), None);
+        assert_eq!(run(&["b", "--store", "A", "ls", "--", "--store"]), None);
     }
 }

@@ -56,7 +56,7 @@ impl Progress for Bar {
         }
         match self.bar.lock().expect("not poisoned").as_ref() {
             Some(b) => b.println(text),
-            None => eprintln!("{text}"),
+            None => say!("{text}"),
         }
     }
 }

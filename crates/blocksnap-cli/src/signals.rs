@@ -1,4 +1,4 @@
-//! SIGINT and SIGTERM: the command stops cleanly and blocksnap exits 130 or 143.
+//! SIGINT, SIGTERM and SIGHUP: the command stops cleanly and blocksnap exits 130, 143 or 129.
 //!
 //! A thread waits for the signals (signal-hook). The first one sets the store's cancellation
 //! flag ([`blocksnap_store::cancel`]): the command stops at its next batch boundary, its Drop
@@ -11,7 +11,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 /// How long a command may take to stop after the first signal.
@@ -23,12 +23,18 @@ static SIGNAL: AtomicI32 = AtomicI32::new(0);
 static ENDING: AtomicBool = AtomicBool::new(false);
 
 /// Installs the handlers; without them (which cannot happen on Linux) signals keep their
-/// default effect.
+/// default effect. SIGHUP is handled like the others (a closed terminal or `kill -HUP` must not
+/// kill a command half-way, leaving its lock objects and temporary files behind), unless the
+/// command was started with it ignored (`nohup blocksnap …`): then it stays ignored.
 pub fn install() {
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+    let mut wanted = vec![SIGINT, SIGTERM];
+    if !ignored_at_start(SIGHUP) {
+        wanted.push(SIGHUP);
+    }
+    let mut signals = match Signals::new(&wanted) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("blocksnap: warning: cannot handle SIGINT and SIGTERM ({e})");
+            say!("blocksnap: warning: cannot handle SIGINT, SIGTERM and SIGHUP ({e})");
             return;
         }
     };
@@ -53,8 +59,21 @@ pub fn install() {
             }
         });
     if let Err(e) = spawned {
-        eprintln!("blocksnap: warning: cannot handle SIGINT and SIGTERM ({e})");
+        say!("blocksnap: warning: cannot handle SIGINT, SIGTERM and SIGHUP ({e})");
     }
+}
+
+/// Whether signal `sig` is ignored by this process (inherited from its parent, as `nohup`
+/// does): bit `sig - 1` of the `SigIgn` mask in `/proc/self/status`. False if unreadable.
+fn ignored_at_start(sig: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| sig >= 1 && mask >> (sig - 1) & 1 == 1)
 }
 
 /// The command did not stop in time: remove what it left and exit at once.

@@ -18,7 +18,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, a: &CheckArgs) -> anyhow::Result<()> {
     let r = store.check(&access, a.read_data, &ctx.progress)?;
     // What was not verified is said even under -q: a green result would be false.
     for s in &r.not_verified {
-        eprintln!("not verified: {s}");
+        say!("not verified: {s}");
     }
     if r.unindexed_chunks > 0 {
         ctx.note(&format!(
@@ -108,12 +108,16 @@ fn check_text(r: &blocksnap_store::CheckReport, read_data: bool) -> String {
         match (r.problems.len(), r.not_verified.len()) {
             (0, 0) => "no problems".to_string(),
             (0, n) => format!(
-                "no problems found, but not everything was verified ({n} {}, on stderr)",
+                "no problems found, but not everything was verified ({n} {}, on stderr): \
+                 exit 5, could not verify",
                 plural(n, "item", "items")
             ),
-            (p, 0) => format!("{p} {}", plural(p, "problem", "problems")),
+            (p, 0) => format!(
+                "{p} {}: exit 4, damage found",
+                plural(p, "problem", "problems")
+            ),
             (p, n) => format!(
-                "{p} {}; not everything was verified ({n} {}, on stderr)",
+                "{p} {}; not everything was verified ({n} {}, on stderr): exit 4, damage found",
                 plural(p, "problem", "problems"),
                 plural(n, "item", "items")
             ),

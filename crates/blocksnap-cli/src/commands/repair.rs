@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 
-use crate::Ctx;
+use crate::{Ctx, NotVerified};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RepairCmd {
@@ -51,7 +51,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &RepairCmd) -> anyhow::Result<()> {
             let access = ctx.access(&store)?;
             let r = store.repair_packs(&access, *read_data, &ctx.progress)?;
             for p in &r.not_repaired {
-                eprintln!("not repaired: {p}");
+                say!("not repaired: {p}");
             }
             ctx.output(&r, || {
                 let mut t = String::new();
@@ -85,10 +85,18 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &RepairCmd) -> anyhow::Result<()> {
             if r.not_repaired.is_empty() {
                 Ok(())
             } else {
-                anyhow::bail!(
-                    "{} packs could not be examined or repaired (listed above)",
-                    r.not_repaired.len()
-                )
+                // Exit 5, like `check`: it could not do everything it was asked to.
+                say!(
+                    "blocksnap: error: not everything could be examined or repaired ({} {}, \
+                     listed above as `not repaired`): exit 5",
+                    r.not_repaired.len(),
+                    if r.not_repaired.len() == 1 {
+                        "item"
+                    } else {
+                        "items"
+                    }
+                );
+                Err(NotVerified.into())
             }
         }
         RepairCmd::Documents { dry_run } => {

@@ -35,6 +35,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &VolumeCmd) -> anyhow::Result<()> {
         }
         VolumeCmd::List => {
             let vols = store.list_volumes()?;
+            store.warn_quarantined_volumes(&ctx.progress)?;
             ctx.output(&vols, || {
                 let mut t = format!("{:<20} {:<40} {}", "NAME", "PATH", "TAGS");
                 for v in &vols {

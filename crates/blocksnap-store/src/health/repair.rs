@@ -36,8 +36,12 @@ pub struct RepairPacksReport {
     pub chunks_forgotten: u64,
     /// Records decrypted and verified (`--read-data`).
     pub chunks_verified: u64,
-    /// What could not be examined or repaired, and why.
+    /// What could not be examined or repaired, and why (and who can).
     pub not_repaired: Vec<String>,
+    /// Packs left as they were for want of their key (the acting account holds no grant on
+    /// it): not examined (damage in them is neither found nor repaired by this run), or found
+    /// damaged but not repaired. An account holding the key repairs them.
+    pub not_examined: Vec<PackId>,
 }
 
 /// A damaged pack found by `repair packs`.
@@ -108,6 +112,8 @@ impl Store {
         report.packs = packs.len() as u64;
         let present: HashSet<PackId> = packs.iter().map(|p| p.id).collect();
         let mut damaged: Vec<Damaged> = Vec::new();
+        // Packs whose key this account cannot use, by key, with the reason.
+        let mut keyless: BTreeMap<Option<KeyId>, (String, Vec<PackId>)> = BTreeMap::new();
         progress.start(
             if read_data {
                 "repair packs: read data"
@@ -152,11 +158,11 @@ impl Store {
             let codec = match codec {
                 Ok(c) => c,
                 Err(e) => {
-                    if read_data {
-                        report
-                            .not_repaired
-                            .push(format!("pack {id}: its records were not verified: {e}"));
-                    }
+                    keyless
+                        .entry(key)
+                        .or_insert_with(|| (e.to_string(), Vec::new()))
+                        .1
+                        .push(*id);
                     continue;
                 }
             };
@@ -210,6 +216,12 @@ impl Store {
             }
         }
         progress.finish();
+        for (key, (why, ids)) in keyless {
+            report
+                .not_repaired
+                .push(self.not_examined(access, key, &why, &ids, read_data));
+            report.not_examined.extend(ids);
+        }
 
         // The index: entries into missing packs go; entries into damaged packs are collected.
         let damaged_ids: HashSet<PackId> = damaged.iter().map(|d| d.id).collect();
@@ -244,10 +256,11 @@ impl Store {
                         Err(e) => {
                             report.not_repaired.push(format!(
                                 "pack {} is damaged, but its chunks cannot be moved without its \
-                                 key: {e}; an account holding the key can run `blocksnap repair \
-                                 packs`",
-                                d.id
+                                 key: {e}; {}",
+                                d.id,
+                                self.who_can_repair(access, key, read_data)
                             ));
+                            report.not_examined.push(d.id);
                             continue;
                         }
                     }
@@ -268,6 +281,63 @@ impl Store {
         }
         progress.finish();
         Ok(report)
+    }
+
+    /// The line for the packs `ids` under `key` that could not be examined (`why`: the key
+    /// cannot be used by this account), naming them and who can repair them.
+    fn not_examined(
+        &self,
+        access: &Access,
+        key: Option<KeyId>,
+        why: &str,
+        ids: &[PackId],
+        read_data: bool,
+    ) -> String {
+        const SHOWN: usize = 10;
+        let mut shown: Vec<String> = ids.iter().take(SHOWN).map(ToString::to_string).collect();
+        if ids.len() > SHOWN {
+            shown.push(format!("and {} more", ids.len() - SHOWN));
+        }
+        format!(
+            "{} under key {} not examined ({}): {why}. Damage in {} is neither found nor \
+             repaired by this run; {}",
+            if ids.len() == 1 {
+                "1 pack".to_string()
+            } else {
+                format!("{} packs", ids.len())
+            },
+            key.map_or("-".into(), |k| k.to_string()),
+            shown.join(", "),
+            if ids.len() == 1 { "it" } else { "them" },
+            self.who_can_repair(access, key, read_data)
+        )
+    }
+
+    /// Who can repair packs under `key`: the accounts holding a grant on it, with the command.
+    fn who_can_repair(&self, access: &Access, key: Option<KeyId>, read_data: bool) -> String {
+        let holders: Vec<String> = key
+            .and_then(|k| self.key_by_id(k).ok())
+            .map(|d| {
+                d.grants
+                    .iter()
+                    .map(|g| g.account.clone())
+                    .filter(|a| *a != access.account)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let rd = if read_data { " --read-data" } else { "" };
+        match holders.first() {
+            Some(first) => format!(
+                "an account holding the key ({}) can run `blocksnap --account {first} repair \
+                 packs{rd}`",
+                holders.join(", ")
+            ),
+            None => format!(
+                "no other account holds a grant on the key: with the right identity for \
+                 account '{}' (--identity FILE), run `blocksnap repair packs{rd}` again",
+                access.account
+            ),
+        }
     }
 
     /// Reads every chunk of a damaged pack that may still be intact (where the index places

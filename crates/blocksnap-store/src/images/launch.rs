@@ -126,35 +126,53 @@ impl Store {
         for s in &snaps {
             self.codec(access, s.key)?;
         }
-        match fs::metadata(outdir) {
-            Ok(m) if !m.is_dir() => {
-                return Err(StoreError::Usage(format!(
-                    "{} is not a directory; give a directory for the image's devices",
-                    outdir.display()
-                )));
-            }
-            Ok(_) => {}
-            Err(_) => {
-                let abs = std::path::absolute(outdir).unwrap_or_else(|_| outdir.to_path_buf());
-                if abs.starts_with("/dev") && !abs.starts_with("/dev/shm") {
-                    return Err(StoreError::Usage(format!(
-                        "{} does not exist, and blocksnap does not create directories under /dev (a mistyped name would become files in memory); give a directory outside /dev",
-                        outdir.display()
-                    )));
-                }
-            }
-        }
-        fs::create_dir_all(outdir).map_err(StoreError::io("cannot create", outdir))?;
+        // Every check before anything is created: the directory, then each output in it.
+        let created = self.plan_outdir(outdir)?;
         let mut targets = Vec::new();
         for (v, snap) in doc.volumes.iter().zip(&snaps) {
             let output = outdir.join(device_file_name(&v.device));
-            let target = self
-                .plan_target(&output, snap, opts)
-                .map_err(|e| e.context(&format!("image {} device {}", doc.name, v.device)))?;
+            let target = if created.is_some() {
+                // A new directory holds only new files.
+                self.new_file_target(&output, snap)
+            } else {
+                self.plan_target(&output, snap, opts)
+                    .map_err(|e| e.context(&format!("image {} device {}", doc.name, v.device)))?
+            };
             targets.push(target);
         }
+        if created.is_some() {
+            fs::create_dir_all(outdir).map_err(StoreError::io("cannot create", outdir))?;
+        }
+        let result = self.rebuild_into(access, &doc, &snaps, targets, progress);
+        if let (Err(_), Some(first)) = (&result, &created) {
+            // Nothing was rebuilt: remove the directories this run created, if still empty.
+            let abs = std::path::absolute(outdir).unwrap_or_else(|_| outdir.to_path_buf());
+            for d in abs.ancestors() {
+                if fs::remove_dir(d).is_err() || d == first {
+                    break;
+                }
+            }
+        }
+        let volumes = result?;
+        Ok(RebuildReport {
+            id: doc.id,
+            name: doc.name,
+            volumes,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Restores each of an image's snapshots into its planned target.
+    fn rebuild_into(
+        &self,
+        access: &Access,
+        doc: &ImageDoc,
+        snaps: &[SnapshotDoc],
+        targets: Vec<crate::snapshot::target::Target>,
+        progress: &dyn Progress,
+    ) -> Result<Vec<RebuiltVolume>> {
         let mut volumes = Vec::new();
-        for ((v, snap), target) in doc.volumes.iter().zip(&snaps).zip(targets) {
+        for ((v, snap), target) in doc.volumes.iter().zip(snaps).zip(targets) {
             let r: RestoreReport = self
                 .restore_into(access, snap, target, progress)
                 .map_err(|e| e.context(&format!("image {} device {}", doc.name, v.device)))?;
@@ -171,12 +189,7 @@ impl Store {
                 source_changed: r.source_changed,
             });
         }
-        Ok(RebuildReport {
-            id: doc.id,
-            name: doc.name,
-            volumes,
-            seconds: started.elapsed().as_secs_f64(),
-        })
+        Ok(volumes)
     }
 
     /// The snapshot of each volume of an image, checked against the mapping: present, of the

@@ -134,6 +134,8 @@ impl Store {
             ..Default::default()
         };
         let volumes = self.list_volumes()?;
+        // A volume set aside by `repair documents` has no tags any more: no policy selects it.
+        self.warn_quarantined_volumes(progress)?;
         for policy in self.list_policies()? {
             let targets: Vec<_> = volumes.iter().filter(|v| policy.targets(&v.tags)).collect();
             for schedule in &policy.schedules {

@@ -118,12 +118,14 @@ impl Store {
         }
     }
 
-    /// Opens the dedup index as it is.
+    /// Opens the dedup index as it is (after moving an old one out of the store: every way to
+    /// the index passes here, a restore's too).
     pub(crate) fn open_index_raw(
         &self,
         wait: Duration,
         progress: &dyn Progress,
     ) -> std::result::Result<Index, IndexError> {
+        self.migrate_index(progress);
         if let Some(parent) = self.index_path().parent() {
             let _ = std::fs::create_dir_all(parent);
         }

@@ -32,6 +32,9 @@ struct OpenPack {
 pub(crate) enum Locator<'a> {
     Index(&'a Index),
     Map(HashMap<ChunkId, Location>),
+    /// A map read from the trailers because the index places chunks in packs that are gone;
+    /// the index then only names the pack a lost chunk was in.
+    Lagging(HashMap<ChunkId, Location>, &'a Index),
     /// A map read from the trailers that several readers share (`check` of a read-only store).
     Shared(&'a HashMap<ChunkId, Location>),
 }
@@ -40,7 +43,7 @@ impl Locator<'_> {
     pub(crate) fn get(&self, id: &ChunkId) -> Result<Option<Location>> {
         match self {
             Locator::Index(index) => Ok(index.get(id)?),
-            Locator::Map(map) => Ok(map.get(id).copied()),
+            Locator::Map(map) | Locator::Lagging(map, _) => Ok(map.get(id).copied()),
             Locator::Shared(map) => Ok(map.get(id).copied()),
         }
     }
@@ -104,11 +107,9 @@ impl<'a> ChunkReader<'a> {
 
     /// Reads, decrypts, decompresses and verifies one chunk.
     pub fn read(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let loc = self.locator.get(id)?.ok_or_else(|| {
-            StoreError::Damaged(format!(
-                "chunk {id} is not in the index; run `blocksnap repair index`, then `blocksnap check` if it stays missing"
-            ))
-        })?;
+        let Some(loc) = self.locator.get(id)? else {
+            return Err(self.lost(id));
+        };
         let pack = self.pack(&loc.pack)?;
         let mut record = vec![0u8; loc.stored_len as usize];
         pack.object.read_exact_at(&mut record, loc.offset).map_err(|e| {
@@ -123,6 +124,31 @@ impl<'a> ChunkReader<'a> {
                     self.store.describe_pack(&loc.pack)
                 ))
             })
+    }
+
+    /// The error for a chunk the locator does not place: the index may lag behind the packs;
+    /// read from the trailers, no pack holds it.
+    fn lost(&self, id: &ChunkId) -> StoreError {
+        let in_no_pack = |was: String| {
+            StoreError::Damaged(format!(
+                "chunk {id} is in none of the store's packs (no pack trailer lists it){was}; \
+                 `blocksnap check` lists the packs and snapshots affected"
+            ))
+        };
+        match &self.locator {
+            Locator::Index(_) => StoreError::Damaged(format!(
+                "chunk {id} is not in the index; run `blocksnap repair index`, then `blocksnap check` if it stays missing"
+            )),
+            Locator::Lagging(_, index) => match index.get(id) {
+                Ok(Some(loc)) => in_no_pack(format!(
+                    ": the index places it in pack {}, which is missing ({})",
+                    loc.pack,
+                    self.store.describe_pack(&loc.pack)
+                )),
+                _ => in_no_pack(String::new()),
+            },
+            Locator::Map(_) | Locator::Shared(_) => in_no_pack(String::new()),
+        }
     }
 
     /// Streams a snapshot's extents to `f` in volume order, reading its metadata chunks.
@@ -188,14 +214,14 @@ impl Store {
     ) -> Result<Locator<'i>> {
         Ok(match index {
             Some(index) if self.index_serves(index, doc, codec)? => Locator::Index(index),
-            Some(_) => {
+            Some(index) => {
                 progress.message(&format!(
                     "the index places chunks of {} in packs the store does not hold (it is a \
                      cache that can lag behind the store): reading their locations from the pack \
                      trailers",
                     doc.id
                 ));
-                Locator::Map(self.locations_for(doc, codec)?)
+                Locator::Lagging(self.locations_naming(doc, codec, Some(index))?, index)
             }
             None => {
                 progress.message(&format!(
@@ -244,18 +270,30 @@ impl Store {
         doc: &SnapshotDoc,
         codec: &ChunkCodec,
     ) -> Result<HashMap<ChunkId, Location>> {
+        self.locations_naming(doc, codec, None)
+    }
+
+    /// [`Store::locations_for`]; a lagging `index`, if given, names the missing pack of an
+    /// extent-list chunk no trailer lists.
+    fn locations_naming(
+        &self,
+        doc: &SnapshotDoc,
+        codec: &ChunkCodec,
+        index: Option<&Index>,
+    ) -> Result<HashMap<ChunkId, Location>> {
         let meta: HashSet<ChunkId> = doc.extents.chunks.iter().copied().collect();
         let meta_locs = self.locations_from_trailers(codec, &meta)?;
         let mut needed = meta;
-        ChunkReader::with_locator(self, codec, Locator::Map(meta_locs)).for_each_extent(
-            doc,
-            |_, e| {
-                if let Extent::Data { id, .. } = e {
-                    needed.insert(id);
-                }
-                Ok(())
-            },
-        )?;
+        let locator = match index {
+            Some(index) => Locator::Lagging(meta_locs, index),
+            None => Locator::Map(meta_locs),
+        };
+        ChunkReader::with_locator(self, codec, locator).for_each_extent(doc, |_, e| {
+            if let Extent::Data { id, .. } = e {
+                needed.insert(id);
+            }
+            Ok(())
+        })?;
         self.locations_from_trailers(codec, &needed)
     }
 

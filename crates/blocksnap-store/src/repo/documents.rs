@@ -185,4 +185,65 @@ impl Store {
             }
         }
     }
+
+    /// The documents of `kind` that `repair documents` set aside in `quarantine/` and that
+    /// have not been written again since: each name with where its quarantined copy is (as a
+    /// person finds it), by name.
+    pub(crate) fn quarantined(&self, kind: Kind) -> Result<Vec<(String, String)>> {
+        let prefix = Kind::Quarantine.key(&kind.prefix());
+        let mut out: Vec<(String, String)> = Vec::new();
+        let listed = self
+            .backend()
+            .list(&prefix)
+            .map_err(self.object_error(&prefix))?;
+        for m in listed {
+            let Some(file) = m.key.strip_prefix(&prefix) else {
+                continue;
+            };
+            // `NAME.json`, or `NAME.json.N` when that was taken.
+            let Some((name, _)) = file.split_once(".json") else {
+                continue;
+            };
+            if name.is_empty() || name.contains('/') || out.iter().any(|(n, _)| n == name) {
+                continue;
+            }
+            if self.get_object(&kind.key(name))?.is_some() {
+                continue; // written again since
+            }
+            out.push((name.to_string(), self.describe(&m.key)));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The sentence for volume `name`, whose document is in quarantine at `at`: what happened
+    /// and how to register it again (with the path its latest snapshot read, if known).
+    pub(crate) fn quarantined_volume_hint(&self, name: &str, at: &str) -> String {
+        let path = self
+            .latest_snapshot(name)
+            .ok()
+            .flatten()
+            .and_then(|s| s.source_path)
+            .unwrap_or_else(|| "PATH".into());
+        format!(
+            "volume '{name}' is not registered any more: its document was damaged and \
+             `blocksnap repair documents` moved it to {at}. Register it again with \
+             `blocksnap volume add {name} {path}` (add its --tag K=V for policies), or repair \
+             that file by hand and move it back to volumes/{name}.json (or delete it, if the \
+             volume is gone for good)"
+        )
+    }
+
+    /// Warns, through `progress`, of every volume whose document is in quarantine: it is not
+    /// registered, so nothing (no policy, no `snapshot create NAME`) reaches it until it is
+    /// registered again.
+    pub fn warn_quarantined_volumes(&self, progress: &dyn Progress) -> Result<()> {
+        for (name, at) in self.quarantined(Kind::Volume)? {
+            progress.message(&format!(
+                "warning: {}",
+                self.quarantined_volume_hint(&name, &at)
+            ));
+        }
+        Ok(())
+    }
 }

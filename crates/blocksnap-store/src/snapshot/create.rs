@@ -131,7 +131,23 @@ impl Store {
     /// The path of a snapshot's source, and the registered volume it names if it is one.
     fn source_path(&self, opts: &SnapshotOptions) -> Result<(PathBuf, Option<VolumeDoc>)> {
         let registered = match opts.source.to_str() {
-            Some(name) if !opts.source.exists() => self.volume(name)?,
+            Some(name) if !opts.source.exists() => {
+                let v = self.volume(name)?;
+                if v.is_none() {
+                    // Not a file, not a registered volume: maybe a quarantined one.
+                    if let Some((_, at)) = self
+                        .quarantined(crate::repo::layout::Kind::Volume)?
+                        .into_iter()
+                        .find(|(n, _)| n == name)
+                    {
+                        return Err(StoreError::Usage(format!(
+                            "no such disk image or volume: {name}; {}",
+                            self.quarantined_volume_hint(name, &at)
+                        )));
+                    }
+                }
+                v
+            }
             _ => None,
         };
         let path = registered
@@ -256,13 +272,12 @@ impl Store {
             |tx| source.read_into(&chunker, tx),
             progress,
         )?;
-        if stored.size != source.size {
-            return Err(StoreError::Other(format!(
-                "{} changed size while being read ({} bytes, then {}); nothing was committed. Snapshot it when it is not being resized",
-                source.id.path, source.size, stored.size
-            )));
-        }
+        // A size that differs now is the error (with both sizes); one read short of the size
+        // seen at the start is the same error, with what was read.
         let changed = source.changed_while_read()?;
+        if stored.size != source.size {
+            return Err(source.resized(stored.size));
+        }
         if changed {
             progress.message(&format!(
                 "warning: {} was written while it was being read: the snapshot is committed, but may not be consistent (like a disk pulled from a running machine). For a consistent one, snapshot it quiet: the VM paused or shut down, or an LVM or filesystem snapshot of it",

@@ -217,14 +217,28 @@ impl Source {
     pub fn changed_while_read(&self) -> Result<bool> {
         let now = self.stamp()?;
         if now.size != self.before.size {
-            return Err(StoreError::Other(format!(
-                "{} changed size while being read ({} bytes, then {}); nothing was committed. Snapshot it when it is not being resized",
-                self.path.display(),
-                self.before.size,
-                now.size
-            )));
+            return Err(self.resized(now.size));
         }
         Ok(now != self.before)
+    }
+
+    /// The error for a source whose size went from the one read at the start to `now`: what
+    /// was read is neither the old disk nor the new one.
+    pub(crate) fn resized(&self, now: u64) -> StoreError {
+        resized(&self.path.display().to_string(), self.before.size, now)
+    }
+
+    /// A read that failed: a source cut shorter meanwhile is said as such, anything else is
+    /// the I/O error on the source.
+    fn read_failed(&self, e: std::io::Error) -> StoreError {
+        match self.stamp() {
+            Ok(now) if now.size < self.before.size => self.resized(now.size),
+            _ => StoreError::Io {
+                what: "cannot read",
+                path: self.path.clone(),
+                source: e,
+            },
+        }
     }
 
     /// The next allocated range at or after `pos`, or none.
@@ -294,11 +308,7 @@ impl Source {
                 split.read(n, cur, |buf| {
                     self.file
                         .read_exact_at(buf, cur)
-                        .map_err(|e| StoreError::Io {
-                            what: "cannot read (did the image shrink while being read?)",
-                            path: self.path.clone(),
-                            source: e,
-                        })
+                        .map_err(|e| self.read_failed(e))
                 })?;
                 cur += n as u64;
                 if split.batch_bytes() >= window as u64 && tx.send(Ok(split.take_batch())).is_err()
@@ -311,4 +321,13 @@ impl Source {
         let _ = tx.send(Ok(split.finish()));
         Ok(())
     }
+}
+
+/// The error for a source (`shown`) that changed size while being read, from `before` bytes to
+/// `now`: nothing was committed, and it must be snapshotted while nothing resizes it.
+pub(crate) fn resized(shown: &str, before: u64, now: u64) -> StoreError {
+    StoreError::Other(format!(
+        "{shown} {} while being read (it changed size from {before} to {now} bytes); nothing was committed. Snapshot it when it is not being resized: with the VM shut down or paused, or from an LVM or filesystem snapshot of it",
+        if now < before { "shrank" } else { "grew" }
+    ))
 }

@@ -109,6 +109,15 @@ pub(crate) fn mount_point(dir: &Path) -> PathBuf {
     cur
 }
 
+/// Whether an error inspecting a path means that it does not exist (ENOENT, or ENOTDIR: a
+/// part of it is not a directory).
+fn absent(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+    )
+}
+
 /// Whether `path` (absolute) is in `/dev` (but not `/dev/shm`, a place for files).
 pub(crate) fn in_dev(path: &Path) -> bool {
     path.starts_with("/dev") && !path.starts_with("/dev/shm")
@@ -200,19 +209,7 @@ impl Store {
         opts: &RestoreOptions,
     ) -> Result<Target> {
         let shown = output.display();
-        let mut target = Target {
-            output: output.to_path_buf(),
-            path: output.to_path_buf(),
-            kind: TargetKind::File,
-            replaces: false,
-            device: None,
-            size: doc.size,
-            data_bytes: doc.data_bytes,
-            store_dev: self
-                .local_root()
-                .and_then(|r| fs::metadata(r).ok())
-                .map(|m| m.dev()),
-        };
+        let mut target = self.new_file_target(output, doc);
         if output.as_os_str().is_empty() || output.as_os_str().as_encoded_bytes().ends_with(b"/") {
             return Err(StoreError::Usage(format!(
                 "'{shown}' is not a file name; give the file (or block device) to restore into"
@@ -329,6 +326,104 @@ impl Store {
         }
         target.device = Some((file, dev_size));
         Ok(target)
+    }
+
+    /// A new regular file at `output` for a snapshot of `doc`, as yet unchecked.
+    pub(crate) fn new_file_target(&self, output: &Path, doc: &SnapshotDoc) -> Target {
+        Target {
+            output: output.to_path_buf(),
+            path: output.to_path_buf(),
+            kind: TargetKind::File,
+            replaces: false,
+            device: None,
+            size: doc.size,
+            data_bytes: doc.data_bytes,
+            store_dev: self
+                .local_root()
+                .and_then(|r| fs::metadata(r).ok())
+                .map(|m| m.dev()),
+        }
+    }
+
+    /// Checks the directory `image rebuild` writes into, before anything is created. An
+    /// existing directory is used as it is (each output in it is then checked by
+    /// [`Store::plan_target`]). One that does not exist is created later, and only if the
+    /// path it resolves to (symbolic links in its existing part followed) is neither under
+    /// `/dev` (but `/dev/shm`) nor inside the store. Returns the directory that will be
+    /// created first (the highest missing one), or `None` when `dir` exists.
+    pub(crate) fn plan_outdir(&self, dir: &Path) -> Result<Option<PathBuf>> {
+        let shown = dir.display();
+        match fs::metadata(dir) {
+            Ok(m) if m.is_dir() => return Ok(None),
+            Ok(m) => {
+                return Err(StoreError::Usage(format!(
+                    "{shown} is {}, not a directory; give a directory for the image's devices",
+                    kind_name(m.file_type())
+                )));
+            }
+            Err(e) if absent(&e) => {}
+            Err(e) => return Err(StoreError::io("cannot inspect", dir)(e)),
+        }
+        // The nearest ancestor that exists, and the missing parts below it.
+        let abs = std::path::absolute(dir).map_err(StoreError::io("cannot resolve", dir))?;
+        let mut base = abs.as_path();
+        let mut missing = Vec::new();
+        loop {
+            match fs::symlink_metadata(base) {
+                Ok(m) if m.file_type().is_symlink() && fs::metadata(base).is_err() => {
+                    return Err(StoreError::Usage(format!(
+                        "cannot create {shown}: {} is a symbolic link to {}, which does not exist; blocksnap does not create directories through a dangling link",
+                        base.display(),
+                        fs::read_link(base).unwrap_or_default().display()
+                    )));
+                }
+                Ok(_) => break,
+                Err(e) if absent(&e) => {}
+                Err(e) => return Err(StoreError::io("cannot inspect", base)(e)),
+            }
+            let (Some(up), Some(name)) = (base.parent(), base.file_name()) else {
+                break;
+            };
+            missing.push(name.to_os_string());
+            base = up;
+        }
+        let real_base = fs::canonicalize(base).map_err(StoreError::io("cannot resolve", base))?;
+        if !real_base.is_dir() {
+            return Err(StoreError::Usage(format!(
+                "cannot create {shown}: {} is not a directory",
+                base.display()
+            )));
+        }
+        // The missing parts hold no links: `..` among them goes up lexically, as
+        // `create_dir_all` will.
+        let mut resolved = real_base.clone();
+        for part in missing.iter().rev() {
+            if part == ".." {
+                resolved.pop();
+            } else if part != "." {
+                resolved.push(part);
+            }
+        }
+        let via = if resolved == abs {
+            String::new()
+        } else {
+            format!(" (it resolves to {})", resolved.display())
+        };
+        if in_dev(&resolved) {
+            return Err(StoreError::Usage(format!(
+                "{shown} does not exist{via}, and blocksnap does not create directories under /dev (a mistyped name would become files in memory); nothing was created. Give a directory outside /dev"
+            )));
+        }
+        if let Some(root) = self.local_root().and_then(|r| fs::canonicalize(r).ok()) {
+            if resolved.starts_with(&root) {
+                return Err(StoreError::Usage(format!(
+                    "{shown}{via} is inside the store ({}); nothing was created. Rebuild outside it",
+                    root.display()
+                )));
+            }
+        }
+        let first = missing.last().map_or(abs.clone(), |name| base.join(name));
+        Ok(Some(first))
     }
 
     /// Refuses a target inside the store's directory.

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use blocksnap_index::{Index, Location};
-use blocksnap_manifest::{ChunkId, PackId};
+use blocksnap_manifest::{ChunkId, KeyId, PackId};
 use blocksnap_pack::{ChunkCodec, Entry, PackError, PackHeader, read_layout, read_trailer};
 use rayon::prelude::*;
 
@@ -31,6 +31,11 @@ pub(super) struct Packs {
     /// Where the trailers read place each chunk: the chunk locations of a store without an index
     /// (read-only); empty when there is an index.
     pub trailer_locations: HashMap<ChunkId, Location>,
+    /// Packs whose trailer was not read for want of their key, by key: without an index, a
+    /// chunk of that key found in no trailer may be in one of them.
+    pub keyless: HashMap<Option<KeyId>, Vec<PackId>>,
+    /// Packs that could not be read at all (permissions, I/O errors), by id.
+    pub unreadable: Vec<PackId>,
 }
 
 impl Store {
@@ -56,6 +61,8 @@ impl Store {
             damaged: HashMap::new(),
             per_pack: PerPack::default(),
             trailer_locations: HashMap::new(),
+            keyless: HashMap::new(),
+            unreadable: Vec::new(),
         };
         progress.start(
             if read_data {
@@ -69,6 +76,9 @@ impl Store {
             crate::cancel::check()?;
             progress.advance(1);
             let state = self.check_pack(&p.id, index, keys, read_data, &mut packs, report)?;
+            if matches!(state, PackState::Unreadable) {
+                packs.unreadable.push(p.id);
+            }
             packs.states.insert(p.id, state);
         }
         progress.finish();
@@ -113,6 +123,7 @@ impl Store {
         };
         let key = layout.header.key_id;
         let Some(codec) = keys.get(key) else {
+            packs.keyless.entry(key).or_default().push(*id);
             let u = keys.unverified.entry(key).or_default();
             u.packs += 1;
             u.chunks += layout.entries;

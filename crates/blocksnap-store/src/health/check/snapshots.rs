@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashSet};
 
 use blocksnap_index::Location;
-use blocksnap_manifest::{ChunkId, Extent, PackId, SnapshotDoc};
+use blocksnap_manifest::{ChunkId, Extent, KeyId, PackId, SnapshotDoc};
 
 use super::packs::Packs;
 use super::{CheckReport, Keys, MAX_PER_SNAPSHOT, PackState};
@@ -60,7 +60,7 @@ impl Store {
     ) -> Result<Findings> {
         let mut f = Findings::default();
         for id in &doc.extents.chunks {
-            f.note(judge(id, &locator(), packs)?, referenced);
+            f.note(judge(id, doc.key, &locator(), packs)?, referenced);
         }
         let codec = keys.get(doc.key);
         f.no_key = codec.is_none();
@@ -68,7 +68,7 @@ impl Store {
             let reader = ChunkReader::with_locator(self, codec, locator());
             let walk = reader.for_each_extent(doc, |_, extent| {
                 if let Extent::Data { id, .. } = extent {
-                    f.note(judge(&id, &locator(), packs)?, referenced);
+                    f.note(judge(&id, doc.key, &locator(), packs)?, referenced);
                 }
                 Ok(())
             });
@@ -125,24 +125,39 @@ fn file_snapshot(
             .push(doc.id);
     } else if !f.unknown.is_empty() {
         report.unverified_snapshots.push(doc.id);
-        report
-            .not_verified
-            .push(format!("{what}: {}", f.unknown.join("; ")));
+        let more = f.unknown_count - f.unknown.len();
+        report.not_verified.push(format!(
+            "{what}: {}{}",
+            f.unknown.join("; "),
+            if more > 0 {
+                format!("; and {more} more chunks not verified")
+            } else {
+                String::new()
+            }
+        ));
     } else {
         report.snapshots += 1;
         report.intact_snapshots.push(doc.id);
     }
 }
 
-/// The state of chunk `id`: where `locator` places it, judged against what the packs phase
-/// (and the index-entries phase) found.
-fn judge(id: &ChunkId, locator: &Locator<'_>, packs: &Packs) -> Result<ChunkState> {
+/// The state of chunk `id` (of a snapshot under `key`): where `locator` places it, judged
+/// against what the packs phase (and the index-entries phase) found.
+fn judge(
+    id: &ChunkId,
+    key: Option<KeyId>,
+    locator: &Locator<'_>,
+    packs: &Packs,
+) -> Result<ChunkState> {
     Ok(match locator.get(id)? {
-        None => ChunkState::Damaged(format!(
+        None if matches!(locator, Locator::Index(_)) => ChunkState::Damaged(format!(
             "chunk {id} is not in the index (its pack is missing or damaged, or an \
              interrupted run left it unindexed: `blocksnap repair index` finds it if a \
              pack holds it)"
         )),
+        // Without an index (a read-only store) chunks are placed by the trailers read: one
+        // found in none may still be in a pack whose trailer could not be read.
+        None => unlocated(id, key, packs),
         Some(loc) => match packs.states.get(&loc.pack) {
             // Marks the missing pack as used: its stale entries are then damage.
             None => ChunkState::InDamagedRecord(
@@ -167,13 +182,62 @@ fn judge(id: &ChunkId, locator: &Locator<'_>, packs: &Packs) -> Result<ChunkStat
     })
 }
 
+/// A chunk in no trailer the packs phase read: not verified if a pack it may be in (one that
+/// could not be read, or one of its key that the account holds no grant on) was not read;
+/// else damaged (no pack of the store holds it).
+fn unlocated(id: &ChunkId, key: Option<KeyId>, packs: &Packs) -> ChunkState {
+    let shown = |v: &[PackId]| {
+        let mut s: Vec<String> = v.iter().take(3).map(ToString::to_string).collect();
+        if v.len() > 3 {
+            s.push(format!("and {} more", v.len() - 3));
+        }
+        s.join(", ")
+    };
+    let mut maybe = Vec::new();
+    if !packs.unreadable.is_empty() {
+        maybe.push(format!(
+            "{} that could not be read ({})",
+            if packs.unreadable.len() == 1 {
+                "a pack"
+            } else {
+                "packs"
+            },
+            shown(&packs.unreadable)
+        ));
+    }
+    if let Some(keyless) = packs.keyless.get(&key).filter(|v| !v.is_empty()) {
+        maybe.push(format!(
+            "{} of its key whose trailer needs a grant this account lacks ({})",
+            if keyless.len() == 1 {
+                "a pack"
+            } else {
+                "packs"
+            },
+            shown(keyless)
+        ));
+    }
+    if maybe.is_empty() {
+        ChunkState::Damaged(format!(
+            "chunk {id} is in no pack of the store (every pack's trailer was read, the store \
+             being read-only): its pack is missing or damaged"
+        ))
+    } else {
+        ChunkState::Unknown(format!(
+            "chunk {id} is in none of the packs read, and may be in {}",
+            maybe.join(" or in ")
+        ))
+    }
+}
+
 /// What was found about one snapshot's chunks.
 #[derive(Default)]
 struct Findings {
     /// The first damaged chunks, described.
     found: Vec<String>,
-    /// Chunks that could not be checked.
+    /// The first chunks that could not be checked, described.
     unknown: Vec<String>,
+    /// Chunks that could not be checked, in all.
+    unknown_count: usize,
     /// Damaged chunks in all.
     count: usize,
     /// Its extent list was read to the end and every data chunk judged.
@@ -199,7 +263,12 @@ impl Findings {
                     self.found.push(text);
                 }
             }
-            ChunkState::Unknown(text) => self.unknown.push(text),
+            ChunkState::Unknown(text) => {
+                self.unknown_count += 1;
+                if self.unknown.len() < MAX_PER_SNAPSHOT {
+                    self.unknown.push(text);
+                }
+            }
         }
     }
 }
