@@ -3,6 +3,7 @@
 //! `crash_lab` for what is asserted after each.
 
 mod crash_lab;
+mod support;
 
 use std::collections::BTreeMap;
 

@@ -641,36 +641,7 @@ pub fn assert_same(expected: &Path, actual: &Path, what: &str) {
     }
 }
 
-/// Pseudo-random bytes from `seed`.
-pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        out.extend_from_slice(&s.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// Text-like, compressible bytes from `seed`.
-pub fn text_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let words = [
-        "block", "snapshot", "volume", "chunk", "pack", "the", "disk", "image", "restore", "\n",
-    ];
-    let r = random_bytes(len / 4 + 16, seed);
-    let mut out = Vec::with_capacity(len + 16);
-    let mut i = 0;
-    while out.len() < len {
-        out.extend_from_slice(words[r[i % r.len()] as usize % words.len()].as_bytes());
-        out.push(b' ');
-        i += 1;
-    }
-    out.truncate(len);
-    out
-}
+pub use crate::support::{random_bytes, text_bytes};
 
 fn tool(name: &str) -> PathBuf {
     for d in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {

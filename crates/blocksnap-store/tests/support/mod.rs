@@ -281,6 +281,23 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// Text-like, compressible bytes from `seed`.
+pub fn text_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let words = [
+        "block", "snapshot", "volume", "chunk", "pack", "the", "disk", "image", "restore", "\n",
+    ];
+    let r = random_bytes(len / 4 + 16, seed);
+    let mut out = Vec::with_capacity(len + 16);
+    let mut i = 0;
+    while out.len() < len {
+        out.extend_from_slice(words[r[i % r.len()] as usize % words.len()].as_bytes());
+        out.push(b' ');
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
 /// A disk-like image: random blocks, text, and runs of zeros.
 pub fn disk_image(len: usize, seed: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(len);
