@@ -1,0 +1,121 @@
+//! Finding the parent of a new snapshot reads O(1) objects: the volume's head and the snapshot
+//! it names, not every snapshot document (on an object store each is a request). Counted with
+//! the operation log of a [`FaultBackend`] around a memory backend: a snapshot create in a store
+//! of 3 snapshots and in one of 30 (of the same volume and of others) reads the same number of
+//! snapshot documents, lists none, and records the right parent. Without the head (the fallback
+//! for stores made before heads existed) the same count grows with the store: the measure sees
+//! the difference.
+
+use std::sync::Arc;
+
+use crate::support::*;
+use blocksnap_backend::{FaultBackend, FaultPlan, MemoryBackend};
+use blocksnap_store::{ChunkerKind, SnapshotId};
+
+/// A store over a counting backend holding `n` snapshots, half of them of volume `disk`.
+fn store_with(n: usize) -> (Mem, FaultBackend, SnapshotId) {
+    let objects = Arc::new(MemoryBackend::new());
+    let counting = FaultBackend::new(objects.clone(), FaultPlan::default());
+    let m = Mem::through(
+        objects,
+        Arc::new(counting.clone()),
+        &mut small_chunks(ChunkerKind::Cdc),
+    );
+    let mut last = None;
+    for i in 0..n {
+        let data = random_bytes(8192, i as u64);
+        if i % 2 == 0 {
+            last = Some(m.snapshot("disk.img", &data, "disk").id);
+        } else {
+            m.snapshot(&format!("other{i}.img"), &data, &format!("other{i}"));
+        }
+    }
+    (m, counting, last.expect("n >= 1"))
+}
+
+/// One snapshot create of volume `disk`: its parent, and the operations it made on snapshot
+/// documents (`snapshots/…`).
+fn create_counting(m: &Mem, counting: &FaultBackend) -> (Option<SnapshotId>, Vec<String>) {
+    let (parent, all) = create_logged(m, counting);
+    let ops = all
+        .into_iter()
+        .filter(|l| {
+            l.split(' ')
+                .nth(2)
+                .is_some_and(|k| k.starts_with("snapshots/"))
+        })
+        .collect();
+    (parent, ops)
+}
+
+/// One snapshot create of volume `disk`: its parent, and every operation it made.
+fn create_logged(m: &Mem, counting: &FaultBackend) -> (Option<SnapshotId>, Vec<String>) {
+    let from = counting.log().len();
+    let r = m.snapshot("disk.img", &random_bytes(8192, 999), "disk");
+    (r.parent, counting.log()[from..].to_vec())
+}
+
+#[test]
+fn the_parent_of_a_new_snapshot_is_found_reading_the_same_few_objects_however_many_there_are() {
+    let (small, small_log, small_last) = store_with(3);
+    let (large, large_log, large_last) = store_with(30);
+    let (parent_small, ops_small) = create_counting(&small, &small_log);
+    let (parent_large, ops_large) = create_counting(&large, &large_log);
+    assert_eq!(parent_small, Some(small_last));
+    assert_eq!(parent_large, Some(large_last));
+    assert_eq!(
+        ops_small.len(),
+        ops_large.len(),
+        "3 snapshots: {ops_small:?}\n30 snapshots: {ops_large:?}"
+    );
+    assert!(
+        ops_large.iter().all(|l| !l.contains(" list ")),
+        "no listing of the snapshots: {ops_large:?}"
+    );
+    // The head names the parent; its document is read (by the source check and the parent
+    // lookup), and the new one created.
+    let reads = ops_large.iter().filter(|l| !l.contains(" create ")).count();
+    assert!(reads <= 3, "{ops_large:?}");
+    assert_eq!(
+        ops_large.iter().filter(|l| l.contains(" create ")).count(),
+        1,
+        "{ops_large:?}"
+    );
+}
+
+#[test]
+fn a_whole_snapshot_create_makes_as_many_requests_in_a_large_store_as_in_a_small_one() {
+    let (small, small_log, _) = store_with(3);
+    let (large, large_log, _) = store_with(30);
+    let (_, ops_small) = create_logged(&small, &small_log);
+    let (_, ops_large) = create_logged(&large, &large_log);
+    assert_eq!(
+        ops_small.len(),
+        ops_large.len(),
+        "3 snapshots: {ops_small:?}\n30 snapshots: {ops_large:?}"
+    );
+    // The only listings are of the few lock objects, the keys and the packs (one request each),
+    // never of the snapshots or other documents.
+    for l in ops_large.iter().filter(|l| l.contains(" list ")) {
+        let prefix = l.rsplit(' ').next().unwrap();
+        assert!(
+            ["locks/", "packs/", "keys/"].contains(&prefix),
+            "{l} in {ops_large:?}"
+        );
+    }
+}
+
+#[test]
+fn without_a_head_the_same_measure_grows_with_the_store() {
+    // Stores made before heads existed: the parent is found by listing, as the count shows.
+    let (m, log, last) = store_with(30);
+    m.store.backend().delete("heads/disk.json").unwrap();
+    let (parent, ops) = create_counting(&m, &log);
+    assert_eq!(parent, Some(last), "the fallback finds the same parent");
+    let reads = ops.iter().filter(|l| l.contains(" get ")).count();
+    assert!(reads >= 30, "every document is read: {ops:?}");
+    // The head is back: the next one reads O(1) again.
+    let (parent2, ops2) = create_counting(&m, &log);
+    assert!(parent2.is_some() && parent2 != parent);
+    assert!(ops2.len() <= 4, "{ops2:?}");
+}

@@ -1,0 +1,26 @@
+//! End-to-end tests: one binary (one link) that drives the blocksnap binary on real disk images.
+//! Each module is one area; `cargo test --test e2e MODULE::` runs one of them.
+
+mod common;
+
+mod accounts;
+mod bench;
+mod crash;
+mod damage_and_access;
+mod diff;
+mod documents;
+mod flags;
+mod heal;
+mod images;
+mod index_busy;
+mod lifecycle;
+mod locks;
+mod messages;
+mod migration;
+mod nbd;
+mod readonly;
+mod recovery;
+mod signals;
+mod snapshot_restore;
+mod sources;
+mod targets;

@@ -1,0 +1,146 @@
+//! `serve nbd`: a snapshot of a real ext4 disk served read-only over NBD and read back by
+//! qemu-img (an independent NBD client) byte-identical; images by IMAGE:DEVICE with their launch
+//! rules; a client sending garbage does not take the server down.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use crate::common::*;
+
+/// A running `serve nbd`, killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+    export: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(env: &Env, args: &[&str]) -> Server {
+    let mut child = env
+        .cmd()
+        .arg("--json")
+        .args(["serve", "nbd"])
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The first JSON document on stdout says where it listens.
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "serve nbd exited: {text}"
+        );
+        text += &line;
+        if line.trim_end() == "}" {
+            break;
+        }
+    }
+    let info: serde_json::Value = serde_json::from_str(&text).unwrap();
+    Server {
+        child,
+        addr: info["listen"].as_str().unwrap().to_string(),
+        export: info["export"].as_str().unwrap().to_string(),
+    }
+}
+
+fn qemu_read(server: &Server, out: &Path) -> std::process::Output {
+    Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw"])
+        .arg(format!("nbd://{}/{}", server.addr, server.export))
+        .arg(out)
+        .output()
+        .expect("qemu-img is installed (qemu-utils; .ci/run installs it)")
+}
+
+#[test]
+fn qemu_reads_a_served_ext4_snapshot_byte_identical() {
+    let env = Env::new("nbd-ext4");
+    env.init(&[]);
+    let tree = env.path("tree");
+    make_tree(&tree, 30, 21);
+    let disk = env.path("disk.img");
+    make_ext4(&disk, 64 << 20, &tree);
+    let snap = env.snapshot(&disk, "disk")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let server = serve(&env, &[&snap]);
+    assert_eq!(server.export, snap);
+    // A client that speaks nonsense, and one that hangs up mid-handshake, change nothing.
+    let mut junk = TcpStream::connect(&server.addr).unwrap();
+    let mut greeting = [0u8; 18];
+    junk.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting[..8], b"NBDMAGIC");
+    junk.write_all(&[0xff; 64]).unwrap();
+    drop(junk);
+    drop(TcpStream::connect(&server.addr).unwrap());
+
+    let out = env.path("via-nbd.img");
+    let r = qemu_read(&server, &out);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_same(&disk, &out);
+    // Again, with the default export name.
+    let out2 = env.path("via-nbd-2.img");
+    let r = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw"])
+        .arg(format!("nbd://{}", server.addr))
+        .arg(&out2)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_same(&disk, &out2);
+}
+
+#[test]
+fn an_image_device_is_served_only_to_who_may_launch_it() {
+    let env = Env::new("nbd-image");
+    env.init(&[]);
+    let disk = env.path("d.img");
+    write_at(&disk, 16 << 20, 3 << 20, &random_bytes(2 << 20, 9));
+    env.json(&[
+        "image",
+        "create",
+        "web",
+        "--volume",
+        &format!("/dev/vda={}", disk.display()),
+    ]);
+    let server = serve(&env, &["web:/dev/vda"]);
+    let out = env.path("vda.img");
+    let r = qemu_read(&server, &out);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_same(&disk, &out);
+    drop(server);
+
+    env.json(&["account", "create", "bob"]);
+    let denied = env.run(&[
+        "--account",
+        "bob",
+        "serve",
+        "nbd",
+        "web:/dev/vda",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(denied.status.code(), Some(3), "{}", stderr(&denied));
+    let missing = env.run(&["serve", "nbd", "web:/dev/vdz", "--listen", "127.0.0.1:0"]);
+    assert_eq!(missing.status.code(), Some(2), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("/dev/vda"),
+        "{}",
+        stderr(&missing)
+    );
+}
