@@ -219,6 +219,7 @@ impl Store {
         let walk =
             self.check_snapshots(&docs.snapshots, locator, &packs, &mut keys, &mut report)?;
         images::check_images(&docs, &mut report);
+        Self::report_refused_keys(&keys, &mut report);
 
         summary::report_unverified(&keys, &mut report);
         self.report_stale_entries(&stale, &walk, &mut report);

@@ -32,7 +32,25 @@ impl Store {
 
     /// The snapshot `id`, or `None` if it has no document.
     pub(crate) fn snapshot_doc(&self, id: SnapshotId) -> Result<Option<SnapshotDoc>> {
-        self.doc(Kind::Snapshot, &id.to_string())
+        let doc: Option<SnapshotDoc> = self.doc(Kind::Snapshot, &id.to_string())?;
+        if let Some(d) = &doc {
+            self.check_named(d, &id.to_string())?;
+        }
+        Ok(doc)
+    }
+
+    /// Refuses a snapshot document stored under another snapshot's name (an older one copied
+    /// over a newer one: its MAC, bound to its own id, is valid, but it is not the snapshot
+    /// asked for).
+    fn check_named(&self, doc: &SnapshotDoc, name: &str) -> Result<()> {
+        if doc.id.to_string() == name {
+            return Ok(());
+        }
+        Err(self.tampered(
+            "snapshot",
+            name,
+            &format!("its document holds snapshot {} instead", doc.id),
+        ))
     }
 
     /// Resolves a snapshot by full id or unique prefix (`snap-0f3a`, `0f3a`).
@@ -47,12 +65,15 @@ impl Store {
             |n| n.parse::<SnapshotId>().is_ok().then(|| n.clone()),
             |_| None,
         )?;
-        self.doc(Kind::Snapshot, id)?
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "snapshot",
-                name: text.into(),
-                hint: " (it was deleted meanwhile)".into(),
-            })
+        let doc: SnapshotDoc =
+            self.doc(Kind::Snapshot, id)?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "snapshot",
+                    name: text.into(),
+                    hint: " (it was deleted meanwhile)".into(),
+                })?;
+        self.check_named(&doc, id)?;
+        Ok(doc)
     }
 
     /// The newest snapshot of a volume: the one its head names, else (no head, or a head whose

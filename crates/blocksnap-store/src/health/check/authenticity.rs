@@ -32,6 +32,12 @@ impl Store {
         for doc in self.docs::<PolicyDoc>(Kind::Policy).unwrap_or_default() {
             self.judge_document(&doc.1, "", keys, report);
         }
+    }
+
+    /// Lists the keys this account could not use because they failed authentication (their
+    /// document, or what this client pinned), and plaintext asked of an encrypted store: after
+    /// every phase that asked for keys.
+    pub(super) fn report_refused_keys(keys: &Keys<'_>, report: &mut CheckReport) {
         // Keys whose document failed verification, or that are not the key this client pinned.
         let mut refused: Vec<String> = keys
             .codecs
