@@ -140,16 +140,35 @@ impl ChunkerParams {
 }
 
 /// Cuts buffers into chunks according to [`ChunkerParams`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Chunker {
     params: ChunkerParams,
+    /// FastCDC's gear seed: 0 for the published gear table; otherwise every gear value is
+    /// mixed with it, so cut points depend on a secret and do not reveal known content.
+    seed: u64,
+}
+
+impl std::fmt::Debug for Chunker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chunker")
+            .field("params", &self.params)
+            .field("seeded", &(self.seed != 0))
+            .finish()
+    }
 }
 
 impl Chunker {
-    /// A chunker for validated parameters.
+    /// A chunker for validated parameters, with FastCDC's published gear table.
     pub fn new(params: ChunkerParams) -> Result<Self, ParamsError> {
+        Self::with_seed(params, 0)
+    }
+
+    /// A chunker whose FastCDC gear table is mixed with `seed` (a secret derived from the data
+    /// key): the same content cuts the same way under one seed, differently under another.
+    /// Seed 0 is [`Chunker::new`]. Fixed chunks ignore it.
+    pub fn with_seed(params: ChunkerParams, seed: u64) -> Result<Self, ParamsError> {
         params.validate()?;
-        Ok(Chunker { params })
+        Ok(Chunker { params, seed })
     }
 
     /// The parameters.
@@ -184,11 +203,13 @@ impl Chunker {
                 }
                 out
             }
-            ChunkerKind::Cdc => fastcdc::v2020::FastCDC::new(
+            ChunkerKind::Cdc => fastcdc::v2020::FastCDC::with_level_and_seed(
                 data,
                 self.params.min,
                 self.params.avg,
                 self.params.max,
+                fastcdc::v2020::Normalization::Level1,
+                self.seed,
             )
             .map(|c| c.length)
             .collect(),
@@ -222,6 +243,19 @@ mod tests {
         let c = Chunker::new(ChunkerParams::fixed(4096)).unwrap();
         assert_eq!(c.cut(&[1u8; 5000], 1000, true), vec![3096, 1904]);
         assert_eq!(c.cut(&[1u8; 5000], 1000, false), vec![3096]);
+    }
+
+    #[test]
+    fn a_seed_moves_cut_points_and_the_same_seed_keeps_them() {
+        let p = ChunkerParams::cdc(16 * 1024);
+        let data = seeded(512 * 1024, 7);
+        let plain = Chunker::new(p).unwrap().cut(&data, 0, true);
+        let a = Chunker::with_seed(p, 0x1234_5678_9abc_def1).unwrap();
+        let b = Chunker::with_seed(p, 0x0fed_cba9_8765_4321).unwrap();
+        assert_eq!(a.cut(&data, 0, true), a.cut(&data, 0, true));
+        assert_ne!(a.cut(&data, 0, true), plain);
+        assert_ne!(a.cut(&data, 0, true), b.cut(&data, 0, true));
+        assert_eq!(a.cut(&data, 0, true).iter().sum::<usize>(), data.len());
     }
 
     #[test]

@@ -180,6 +180,11 @@ pub struct ChunkerDoc {
     pub avg: u32,
     /// Largest chunk.
     pub max: u32,
+    /// FastCDC's gear table is seeded from the data key (stores made since 2026-12-02): cut
+    /// points do not reveal known content. Absent (false) in older stores, which keep the
+    /// published table so that their dedup carries on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub seeded: bool,
 }
 
 impl ChunkerDoc {
@@ -626,6 +631,7 @@ pub(crate) mod tests {
                 min: 16384,
                 avg: 65536,
                 max: 262144,
+                seeded: false,
             },
             tags: BTreeMap::from([("env".into(), "prod".into())]),
             description: String::new(),
@@ -730,6 +736,7 @@ pub(crate) mod tests {
                         min: 4096,
                         avg: 32768,
                         max: 131072,
+                        seeded: false,
                     },
                     tags,
                     description: "a snapshot".into(),

@@ -10,8 +10,8 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::error::PackError;
 use crate::format::{
-    CODEC_RAW, CODEC_ZSTD, CONTEXT_CHUNK_ID, CONTEXT_DOC_MAC, CONTEXT_KEY_CHECK, CONTEXT_PACK_KEY,
-    MAX_CHUNK_LEN, TAG_LEN,
+    CODEC_RAW, CODEC_ZSTD, CONTEXT_CHUNK_ID, CONTEXT_CHUNKER_SEED, CONTEXT_DOC_MAC,
+    CONTEXT_KEY_CHECK, CONTEXT_PACK_KEY, MAX_CHUNK_LEN, TAG_LEN,
 };
 
 /// A 256-bit data key. Zeroed when dropped; never printed.
@@ -144,6 +144,14 @@ impl ChunkCodec {
             h.update(part);
         }
         Some(*h.finalize().as_bytes())
+    }
+
+    /// FastCDC's gear seed for this key (never 0), none for a plain store.
+    pub fn chunker_seed(&self) -> Option<u64> {
+        let (_, key, _) = self.key.as_ref()?;
+        let bytes = Zeroizing::new(blake3::derive_key(CONTEXT_CHUNKER_SEED, key.expose()));
+        let seed = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        Some(seed.max(1))
     }
 
     /// The key's check value (16 bytes of a BLAKE3 key derivation, in hex), none for a plain

@@ -43,6 +43,8 @@ pub const CONTEXT_DOC_MAC: &str = "blocksnap 2026-12-02 document mac key v1";
 /// BLAKE3 key-derivation context for a data key's check value: what a client pins to know it
 /// unwrapped the same key as before, without keeping the key.
 pub const CONTEXT_KEY_CHECK: &str = "blocksnap 2026-12-02 key check v1";
+/// BLAKE3 key-derivation context for FastCDC's gear seed (the first 8 bytes, little-endian).
+pub const CONTEXT_CHUNKER_SEED: &str = "blocksnap 2026-12-02 chunker gear seed v1";
 /// The trailer's nonce; record nonces are their byte offsets, which never reach it.
 pub const TRAILER_NONCE: [u8; 12] = [0xff; 12];
 

@@ -33,6 +33,9 @@ pub struct InitOptions {
     pub account: String,
     /// Where to write the first account's identity; default under the config directory.
     pub identity: Option<PathBuf>,
+    /// This client's config directory (identities, trust state) instead of `$XDG_CONFIG_HOME`
+    /// (see [`Store::with_config_home`]).
+    pub config_home: Option<PathBuf>,
 }
 
 impl Default for InitOptions {
@@ -43,6 +46,7 @@ impl Default for InitOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
             account: default_account_name(),
             identity: None,
+            config_home: None,
         }
     }
 }
@@ -133,13 +137,20 @@ impl Store {
             id,
             created: fsutil::now_rfc3339(),
             encryption: opts.encryption,
-            chunker: chunker_doc(params),
+            // New encrypted stores seed FastCDC's gear table from each data key.
+            chunker: ChunkerDoc {
+                seeded: opts.encryption && params.kind == ChunkerKind::Cdc,
+                ..chunker_doc(params)
+            },
             pack_size: DEFAULT_PACK_SIZE,
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             default_account: opts.account.clone(),
             trash_retention_days: 7,
         };
-        let store = Store::with_config(backend, place.clone(), config);
+        let mut store = Store::with_config(backend, place.clone(), config);
+        if let Some(home) = &opts.config_home {
+            store = store.with_config_home(home);
+        }
         let identity = opts
             .identity
             .clone()

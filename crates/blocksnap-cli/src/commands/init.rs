@@ -46,6 +46,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, a: &InitArgs) -> anyhow::Result<()> {
             .or_else(|| cli.account.clone())
             .unwrap_or_else(blocksnap_store::default_account_name),
         identity: cli.identity.clone(),
+        config_home: None,
     };
     let (_, r) = Store::init(&path, &opts)?;
     ctx.output(&r, || {

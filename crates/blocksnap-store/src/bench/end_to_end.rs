@@ -87,6 +87,8 @@ fn bench_store(dir: &Path) -> Result<(Store, Access)> {
         &InitOptions {
             account: "bench".into(),
             identity: Some(identity.clone()),
+            // The trust state of this throwaway store stays in `dir` too.
+            config_home: Some(dir.join("config")),
             ..InitOptions::default()
         },
     )?;

@@ -464,6 +464,7 @@ mod tests {
         let opts = InitOptions {
             account: "alice".into(),
             identity: Some(dir.path().join("alice.key")),
+            config_home: Some(dir.path().join("config")),
             encryption: false,
             ..InitOptions::default()
         };

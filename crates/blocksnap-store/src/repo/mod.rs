@@ -209,6 +209,20 @@ impl Store {
         }
     }
 
+    /// The chunker for data under `codec`: FastCDC with its gear table seeded from the key when
+    /// the store says so (stores made since 2026-12-02), else the published table.
+    pub(crate) fn chunker_for(
+        &self,
+        codec: &blocksnap_pack::ChunkCodec,
+    ) -> std::result::Result<blocksnap_chunker::Chunker, blocksnap_chunker::ParamsError> {
+        let seed = if self.config.chunker.seeded {
+            codec.chunker_seed().unwrap_or(0)
+        } else {
+            0
+        };
+        blocksnap_chunker::Chunker::with_seed(self.chunker_params(), seed)
+    }
+
     /// Where an account's identity lives unless `--identity` says otherwise:
     /// `$XDG_CONFIG_HOME/blocksnap/<store id>/<account>.key`.
     pub fn default_identity_path(&self, account: &str) -> PathBuf {
@@ -250,6 +264,7 @@ pub(crate) fn chunker_doc(p: ChunkerParams) -> ChunkerDoc {
         min: p.min,
         avg: p.avg,
         max: p.max,
+        seeded: false,
     }
 }
 
@@ -287,12 +302,54 @@ mod tests {
     use super::*;
     use crate::{InitOptions, NoProgress, SnapshotOptions};
 
+    /// A new encrypted store seeds FastCDC from its key: two stores cut the same bytes at
+    /// different points, each always at the same ones; a store made before keeps the published
+    /// table (its dedup carries on).
+    #[test]
+    fn new_stores_seed_the_chunker_from_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let make = |name: &str| {
+            let opts = InitOptions {
+                account: "alice".into(),
+                identity: Some(dir.path().join(format!("{name}.key"))),
+                config_home: Some(dir.path().join("config")),
+                ..InitOptions::default()
+            };
+            let (store, report) = Store::init(&dir.path().join(name), &opts).unwrap();
+            let access = store.access(Some("alice"), Some(&report.identity)).unwrap();
+            let codec = store.codec(&access, report.key).unwrap();
+            (store, codec)
+        };
+        let (a, codec_a) = make("a");
+        let (b, codec_b) = make("b");
+        assert!(a.config().chunker.seeded);
+        let mut x = 7u64;
+        let data: Vec<u8> = (0..1_000_000)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                (x >> 56) as u8
+            })
+            .collect();
+        let cuts = |s: &Store, c| s.chunker_for(c).unwrap().cut(&data, 0, true);
+        assert_eq!(cuts(&a, &codec_a), cuts(&a, &codec_a));
+        assert_ne!(cuts(&a, &codec_a), cuts(&b, &codec_b));
+        let published = blocksnap_chunker::Chunker::new(a.chunker_params())
+            .unwrap()
+            .cut(&data, 0, true);
+        assert_ne!(cuts(&a, &codec_a), published);
+        let mut older = a.config().clone();
+        older.chunker.seeded = false;
+        let older = Store::with_config(a.backend().clone(), a.place().clone(), older);
+        assert_eq!(cuts(&older, &codec_a), published);
+    }
+
     #[test]
     fn init_open_snapshot_restore_through_the_library() {
         let dir = tempfile::tempdir().unwrap();
         let opts = InitOptions {
             account: "alice".into(),
             identity: Some(dir.path().join("alice.key")),
+            config_home: Some(dir.path().join("config")),
             chunk_size: 16 * 1024,
             ..InitOptions::default()
         };

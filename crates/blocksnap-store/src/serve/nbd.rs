@@ -414,6 +414,7 @@ mod tests {
             encryption: false,
             account: "alice".into(),
             identity: Some(dir.path().join("alice.key")),
+            config_home: Some(dir.path().join("config")),
             ..InitOptions::default()
         };
         let (store, _) = Store::init(&dir.path().join("store"), &opts).unwrap();

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use blocksnap_chunker::Chunker;
 use blocksnap_index::Index;
 use blocksnap_manifest::{Document, KeyId, SnapshotDoc, SnapshotId, VolumeDoc};
 
@@ -15,7 +14,7 @@ use crate::error::{Result, StoreError};
 use crate::fsutil;
 use crate::packs::writer::Pending;
 use crate::progress::Progress;
-use crate::repo::{Store, chunker_doc};
+use crate::repo::Store;
 use crate::snapshot::pipeline::Stored;
 use crate::snapshot::source::{Source, SourceId};
 
@@ -269,7 +268,8 @@ impl Store {
             .map_err(|e| StoreError::Usage(e.to_string()))?;
         let codec = self.codec_for_new(access, opts.key.as_deref())?;
         let parent = self.parent_for(&volume, progress)?;
-        let chunker = Chunker::new(self.chunker_params())
+        let chunker = self
+            .chunker_for(&codec)
             .map_err(|e| StoreError::Damaged(format!("store config: {e}")))?;
         let stored = self.store_pieces_with(
             &codec,
@@ -299,7 +299,7 @@ impl Store {
             parent,
             key: codec.key_id(),
             owner: access.account.clone(),
-            chunker: chunker_doc(self.chunker_params()),
+            chunker: self.config().chunker,
             tags: opts.tags.clone(),
             description: opts.description.clone(),
             data_bytes: stored.data_bytes,

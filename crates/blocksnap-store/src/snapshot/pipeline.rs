@@ -260,6 +260,7 @@ mod tests {
         let opts = InitOptions {
             account: "alice".into(),
             identity: Some(dir.join("alice.key")),
+            config_home: Some(dir.join("config")),
             ..InitOptions::default()
         };
         let (store, _) = Store::init(&dir.join("store"), &opts).unwrap();

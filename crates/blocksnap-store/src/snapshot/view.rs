@@ -169,6 +169,7 @@ mod tests {
         let opts = InitOptions {
             account: "alice".into(),
             identity: Some(dir.path().join("alice.key")),
+            config_home: Some(dir.path().join("config")),
             chunk_size: 16 * 1024,
             ..InitOptions::default()
         };

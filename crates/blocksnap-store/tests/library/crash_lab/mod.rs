@@ -141,6 +141,7 @@ impl Lab {
         let opts = InitOptions {
             account: account.into(),
             identity: Some(identity.clone()),
+            config_home: Some(self.template_cache()),
             chunk_size: CHUNK,
             ..InitOptions::default()
         };

@@ -61,6 +61,7 @@ impl Mem {
     ) -> Mem {
         let dir = tempfile::tempdir().unwrap();
         opts.identity = Some(dir.path().join(format!("{}.key", opts.account)));
+        opts.config_home = Some(dir.path().join("config"));
         let (store, report) = Store::init_in(
             via.clone(),
             Place::Remote(format!("memory://{}", opts.account)),
