@@ -290,6 +290,38 @@ pub struct AccountDoc {
     pub recipient: String,
     /// When it was created.
     pub created: String,
+    /// The account's Ed25519 public key (hex), derived from its identity: what its signatures
+    /// (of this document, of its images' launch permissions) are checked with. Absent in
+    /// accounts made before signatures, until their owner runs `blocksnap migrate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<String>,
+    /// The account's signature of this document (without this field), hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+impl AccountDoc {
+    /// The bytes its signature covers: the compact JSON without `signature`.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut plain = self.clone();
+        plain.signature = None;
+        serde_json::to_vec(&plain).expect("documents always serialize")
+    }
+}
+
+/// Checks a hex field of `len` digits.
+pub(crate) fn validate_hex(
+    doc: &'static str,
+    field: &str,
+    value: Option<&str>,
+    len: usize,
+) -> Result<(), DocError> {
+    match value {
+        Some(v) if v.len() != len || !v.bytes().all(|b| b.is_ascii_hexdigit()) => Err(
+            DocError::invalid(doc, field, format!("is not {len} hex digits")),
+        ),
+        _ => Ok(()),
+    }
 }
 
 impl Document for AccountDoc {
@@ -298,6 +330,8 @@ impl Document for AccountDoc {
     fn validate(&self) -> Result<(), DocError> {
         validate_name(Self::KIND, "name", &self.name)?;
         validate_time(Self::KIND, "created", &self.created)?;
+        validate_hex(Self::KIND, "signing_key", self.signing_key.as_deref(), 64)?;
+        validate_hex(Self::KIND, "signature", self.signature.as_deref(), 128)?;
         if !self.recipient.starts_with("age1")
             || self.recipient.len() > 200
             || !self.recipient.is_ascii()

@@ -71,9 +71,22 @@ pub struct ImageDoc {
     /// migrated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// The owner's Ed25519 signature (hex) of the document without `mac` and this field: the
+    /// launch permissions are valid only as the owner signed them, whoever else holds the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_signature: Option<String>,
 }
 
 impl ImageDoc {
+    /// The bytes the owner's signature covers: the compact JSON without `mac` and
+    /// `owner_signature`.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut plain = self.clone();
+        plain.mac = None;
+        plain.owner_signature = None;
+        serde_json::to_vec(&plain).expect("documents always serialize")
+    }
+
     /// True if `account` may launch the image: it owns it, it is public, or it is shared with it.
     pub fn may_launch(&self, account: &str) -> bool {
         self.owner == account
@@ -134,6 +147,12 @@ impl Document for ImageDoc {
     const FORMAT: &'static str = "blocksnap.image/v1";
     fn validate(&self) -> Result<(), DocError> {
         crate::seal::validate_mac(Self::KIND, self.mac.as_deref())?;
+        crate::docs::validate_hex(
+            Self::KIND,
+            "owner_signature",
+            self.owner_signature.as_deref(),
+            128,
+        )?;
         let k = Self::KIND;
         validate_name(k, "name", &self.name)?;
         validate_name(k, "owner", &self.owner)?;
@@ -239,6 +258,7 @@ pub(crate) mod tests {
             },
             key: Some(KeyId(9)),
             mac: None,
+            owner_signature: None,
         }
     }
 
@@ -323,6 +343,7 @@ pub(crate) mod tests {
                     },
                     key: key.map(KeyId),
                     mac: None,
+                    owner_signature: None,
                 }
             })
     }

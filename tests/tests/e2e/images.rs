@@ -135,7 +135,8 @@ fn launching_needs_the_permission_and_the_key_grant() {
         "web"
     );
 
-    // Carol edits the image document to give herself launch permission: still no key.
+    // Carol edits the image document to give herself launch permission: the owner did not
+    // sign that (exit 6, tampered), and she has no key anyway.
     let doc_path = env
         .store
         .join("images")
@@ -146,8 +147,12 @@ fn launching_needs_the_permission_and_the_key_grant() {
     fs::write(&doc_path, forged).unwrap();
     let carol_out = env.path("carol-out");
     let denied = rebuild_as(&env, "carol", "web", &carol_out);
-    assert_eq!(denied.status.code(), Some(3), "{}", stderr(&denied));
-    assert!(stderr(&denied).contains("key grant default carol"));
+    assert_eq!(denied.status.code(), Some(6), "{}", stderr(&denied));
+    assert!(
+        stderr(&denied).contains("did not sign it as it is"),
+        "{}",
+        stderr(&denied)
+    );
     let self_grant = env.run(&["--account", "carol", "key", "grant", "default", "carol"]);
     assert_eq!(self_grant.status.code(), Some(3), "{}", stderr(&self_grant));
     assert!(!carol_out.join("sda.img").exists());

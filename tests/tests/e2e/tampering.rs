@@ -304,7 +304,7 @@ fn an_image_pointed_at_a_foreign_snapshot_is_refused() {
     doc["key"] = Value::Null;
     write_json(&file, &doc);
     let out = env.run(&["image", "rebuild", "web", env.path("out").to_str().unwrap()]);
-    assert_tampered(&out, "names no key");
+    assert_tampered(&out, id);
 }
 
 #[test]
@@ -323,18 +323,28 @@ fn a_grant_redirected_to_another_recipient_is_refused() {
     ]);
     assert_eq!(granted["grantee_fingerprint"], bob_fingerprint.as_str());
 
-    // Mallory swaps bob's recipient for his own.
+    // Mallory swaps bob's account document for one of his own making: an account named bob
+    // whose recipient and signing key are Mallory's, properly self-signed (made with his own
+    // identity in a store of his own).
     attacker(&env, "mallory");
-    let mallory = json_file(&env.store.join("accounts/mallory.json"));
-    let file = env.store.join("accounts/bob.json");
-    let mut doc = json_file(&file);
-    doc["recipient"] = mallory["recipient"].clone();
-    write_json(&file, &doc);
+    let elsewhere = Env::new("tamper-grant-mallory");
+    elsewhere.init(&[]);
+    let made = elsewhere.json(&["account", "create", "bob"]);
+    let mallory_fingerprint = made["fingerprint"].as_str().unwrap().to_string();
+    fs::copy(
+        elsewhere.store.join("accounts/bob.json"),
+        env.store.join("accounts/bob.json"),
+    )
+    .unwrap();
+    // Merely swapping the recipient breaks the document's signature.
+    let mut half = json_file(&env.store.join("accounts/bob.json"));
+    half["recipient"] = json_file(&env.store.join("accounts/mallory.json"))["recipient"].clone();
+    write_json(&env.path("half.json"), &half);
 
     // A grant of another key to bob: this client pinned bob's recipient at the first grant.
     assert!(env.run(&["key", "create", "k2"]).status.success());
     let out = env.run(&["key", "grant", "k2", "bob"]);
-    assert_tampered(&out, "bob");
+    assert_tampered(&out, "another signing key");
     // A client that never granted to bob is stopped by the fingerprint bob gave.
     let fresh = env
         .cmd()
@@ -342,7 +352,11 @@ fn a_grant_redirected_to_another_recipient_is_refused() {
         .args(["key", "grant", "k2", "bob", "--expect", &bob_fingerprint])
         .output()
         .unwrap();
-    assert_tampered(&fresh, &bob_fingerprint);
+    assert_tampered(&fresh, &mallory_fingerprint);
+    // A document whose recipient alone was swapped fails its own signature.
+    fs::copy(env.path("half.json"), env.store.join("accounts/bob.json")).unwrap();
+    let out = env.run(&["key", "grant", "k2", "bob"]);
+    assert_tampered(&out, "signature does not match");
     // Mallory cannot read k2: no grant went to him.
     let keys = env.json(&["key", "list"]);
     let k2 = keys

@@ -3,10 +3,11 @@
 //! snapshot, image, volume, policy and key document that has no MAC yet under its key, then
 //! the config's format goes up; from then on a document without a MAC is refused. Documents
 //! under a key the account does not hold are listed, and the format stays until an account
-//! holding them runs it too.
+//! holding them runs it too. The acting account also signs its own account document and the
+//! images it owns (their launch permissions); another owner's unsigned image waits for them.
 
 use blocksnap_manifest::{
-    ConfigDoc, Document, ImageDoc, KeyDoc, PolicyDoc, Sealed, SnapshotDoc, VolumeDoc,
+    AccountDoc, ConfigDoc, Document, ImageDoc, KeyDoc, PolicyDoc, Sealed, SnapshotDoc, VolumeDoc,
 };
 use serde::Serialize;
 
@@ -41,13 +42,16 @@ impl Store {
             from: self.config().format.clone(),
             ..MigrateReport::default()
         };
+        // The acting account signs its own account document and its own images; images of
+        // other owners wait for them.
+        self.sign_own_account(access, &mut report)?;
         if self.config().encryption {
             self.seal_all::<KeyDoc>(access, Kind::Key, &mut report)?;
             self.seal_all::<SnapshotDoc>(access, Kind::Snapshot, &mut report)?;
-            self.seal_all::<ImageDoc>(access, Kind::Image, &mut report)?;
             self.seal_all::<VolumeDoc>(access, Kind::Volume, &mut report)?;
             self.seal_all::<PolicyDoc>(access, Kind::Policy, &mut report)?;
         }
+        self.migrate_images(access, &mut report)?;
         if report.left.is_empty() && !self.config().authenticated() {
             let (bytes, version) = self
                 .backend()
@@ -67,6 +71,62 @@ impl Store {
         };
         self.check_trust()?;
         Ok(report)
+    }
+
+    /// Signs (as their owner) and seals the images that lack it; another owner's unsigned
+    /// image is left for that owner.
+    fn migrate_images(&self, access: &Access, report: &mut MigrateReport) -> Result<()> {
+        let encrypted = self.config().encryption;
+        for (name, doc) in self.docs::<ImageDoc>(Kind::Image)? {
+            let unsigned = doc.owner_signature.is_none();
+            if !unsigned && (doc.mac.is_some() || !encrypted) {
+                report.already += 1;
+                continue;
+            }
+            if unsigned && doc.owner != access.account {
+                report.left.push(self.describe(&Kind::Image.key(&name)));
+                continue;
+            }
+            self.verify_unkeyed(&doc)?;
+            let codec = match self.codec(access, doc.key) {
+                Ok(c) => c,
+                Err(e) if e.kind() == crate::ErrorKind::Denied => {
+                    report.left.push(self.describe(&Kind::Image.key(&name)));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            // Only what the MAC says is the owner's is signed: an image changed by someone
+            // without the key is not vouched for now.
+            self.verify(&codec, &doc)?;
+            self.update_doc::<ImageDoc>(Kind::Image, &name, |d| {
+                if d.owner_signature.is_none() {
+                    self.sign_image(access, d)?;
+                }
+                self.seal(&codec, d)
+            })?;
+            report.sealed += 1;
+        }
+        Ok(())
+    }
+
+    /// Signs the acting account's document if it is not signed yet.
+    fn sign_own_account(&self, access: &Access, report: &mut MigrateReport) -> Result<()> {
+        let doc = self.account(&access.account)?;
+        if doc.signature.is_some() {
+            report.already += 1;
+            return Ok(());
+        }
+        access.prove(self)?;
+        let identity = access.load_identity()?;
+        self.update_doc::<AccountDoc>(Kind::Account, &access.account, |d| {
+            if d.signature.is_none() {
+                super::signing::sign_account(d, &identity);
+            }
+            Ok(())
+        })?;
+        report.sealed += 1;
+        Ok(())
     }
 
     /// Seals every document of `kind` that has no MAC and whose key `access` holds.

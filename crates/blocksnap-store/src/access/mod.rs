@@ -4,6 +4,7 @@
 
 pub(crate) mod migrate;
 pub(crate) mod recovery;
+pub(crate) mod signing;
 pub(crate) mod trust;
 pub(crate) mod verify;
 
@@ -32,7 +33,7 @@ pub struct Access {
 }
 
 impl Access {
-    fn load_identity(&self) -> Result<age::x25519::Identity> {
+    pub(crate) fn load_identity(&self) -> Result<age::x25519::Identity> {
         let path = &self.identity;
         let meta = fs::metadata(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
@@ -71,7 +72,7 @@ impl Access {
     /// the store records for the account.
     pub fn prove(&self, store: &Store) -> Result<()> {
         let identity = self.load_identity()?;
-        let account = store.account(&self.account)?;
+        let account = store.verified_account(&self.account)?;
         if identity.to_public().to_string() != account.recipient {
             return Err(StoreError::Denied(format!(
                 "identity {} is not the identity of account '{}'; pass the right --identity or --account",
@@ -168,12 +169,15 @@ impl Store {
         f.write_all(secret.as_bytes())
             .and_then(|()| f.sync_all())
             .map_err(StoreError::io("cannot write", identity_path))?;
-        let doc = AccountDoc {
+        let mut doc = AccountDoc {
             format: AccountDoc::FORMAT.into(),
             name: name.into(),
             recipient,
             created,
+            signing_key: None,
+            signature: None,
         };
+        signing::sign_account(&mut doc, &identity);
         self.create_doc(Kind::Account, name, &doc)?;
         Ok(doc)
     }
@@ -223,7 +227,7 @@ impl Store {
     ) -> Result<(KeyDoc, String)> {
         self.require_writable("key grant")?;
         let doc = self.resolve_key_for_use(key)?;
-        let target = self.account(grantee)?;
+        let target = self.verified_account(grantee)?;
         let found = fingerprint(&target.recipient);
         match expect {
             Some(want) if normalize_fingerprint(want) != normalize_fingerprint(&found) => {

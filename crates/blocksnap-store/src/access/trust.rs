@@ -65,6 +65,9 @@ pub(crate) struct TrustState {
     /// The highest snapshot number seen per volume.
     #[serde(default)]
     volumes: BTreeMap<String, u64>,
+    /// The Ed25519 public keys of accounts, as first seen.
+    #[serde(default)]
+    signers: BTreeMap<String, String>,
 }
 
 /// The trust state of one open store: loaded on first use, saved after every change.
@@ -139,6 +142,7 @@ impl Store {
                         keys: BTreeMap::new(),
                         recipients: BTreeMap::new(),
                         volumes: BTreeMap::new(),
+                        signers: BTreeMap::new(),
                     },
                     true,
                 ));
@@ -317,6 +321,32 @@ impl Store {
         self.update_trust(|state, _| {
             state.recipients.insert(account.into(), recipient.into());
             Ok(true)
+        })
+    }
+
+    /// Checks the signing key of `account` (none: its document has none) against the one this
+    /// client saw before (pinning it on first sight).
+    pub(crate) fn pin_signer(&self, account: &str, key: Option<&String>) -> Result<()> {
+        self.update_trust(|state, store| match (state.signers.get(account), key) {
+            (Some(p), Some(k)) if p == k => Ok(false),
+            (None, None) => Ok(false),
+            (None, Some(k)) => {
+                state.signers.insert(account.into(), k.clone());
+                Ok(true)
+            }
+            (Some(_), found) => Err(store.tampered(
+                "account",
+                account,
+                &format!(
+                    "{} ({}), not the one this client saw before: it may have been replaced",
+                    if found.is_some() {
+                        "it has another signing key"
+                    } else {
+                        "it has lost its signing key"
+                    },
+                    store.describe(&Kind::Account.key(account))
+                ),
+            )),
         })
     }
 

@@ -139,7 +139,7 @@ impl Store {
         );
         copy.description.clone_from(&doc.description);
         copy.tags.clone_from(&doc.tags);
-        target.write_new_image(&target_codec, &mut copy)?;
+        target.write_new_image(target_access, &target_codec, &mut copy)?;
         Ok(ImageReport {
             image: copy,
             snapshots: reports,

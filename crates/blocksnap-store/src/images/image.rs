@@ -78,12 +78,20 @@ pub(crate) fn new_image(
         launch_permissions: LaunchPermissions::default(),
         key,
         mac: None,
+        owner_signature: None,
     }
 }
 
 impl Store {
-    /// Seals a new image's document under `codec` (the image's key) and creates it.
-    pub(crate) fn write_new_image(&self, codec: &ChunkCodec, doc: &mut ImageDoc) -> Result<()> {
+    /// Signs a new image's document as its owner `access`, seals it under `codec` (the image's
+    /// key) and creates it.
+    pub(crate) fn write_new_image(
+        &self,
+        access: &Access,
+        codec: &ChunkCodec,
+        doc: &mut ImageDoc,
+    ) -> Result<()> {
+        self.sign_image(access, doc)?;
         self.seal(codec, doc)?;
         self.write_image(doc)
     }
@@ -284,7 +292,7 @@ impl Store {
         let mut doc = new_image(&opts.name, &access.account, root, volumes, codec.key_id());
         doc.description.clone_from(&opts.description);
         doc.tags.clone_from(&opts.tags);
-        self.write_new_image(&codec, &mut doc)?;
+        self.write_new_image(access, &codec, &mut doc)?;
         Ok(ImageReport {
             image: doc,
             snapshots: reports,
@@ -333,7 +341,7 @@ impl Store {
             .collect();
         let root = root_device.unwrap_or(devices[0]);
         let mut doc = new_image(name, &access.account, root, volumes, key);
-        self.write_new_image(&codec, &mut doc)?;
+        self.write_new_image(access, &codec, &mut doc)?;
         Ok(ImageReport {
             image: doc,
             snapshots: Vec::new(),

@@ -64,6 +64,8 @@ impl Store {
     /// and a grant on the image's key. The message names what is missing and the commands that
     /// grant it. Whether the grant really unwraps is proven when the key is used.
     pub fn check_launch(&self, access: &Access, image: &ImageDoc) -> Result<()> {
+        // The launch permissions count only as the owner signed them.
+        self.verify_image_signature(image)?;
         let who = &access.account;
         let permitted = image.may_launch(who);
         let key = match image.key {

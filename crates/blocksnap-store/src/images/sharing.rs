@@ -74,6 +74,7 @@ impl Store {
                     }
                 }
             }
+            self.sign_image(access, doc)?;
             self.seal(&codec, doc)
         })?
         .ok_or_else(|| StoreError::NotFound {

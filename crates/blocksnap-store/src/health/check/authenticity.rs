@@ -25,6 +25,20 @@ impl Store {
         }
         for (doc, place) in &docs.images {
             self.judge_document(doc, place, keys, report);
+            // Launch permissions count only as the owner signed them.
+            if let Err(e) = self.verify_image_signature(doc) {
+                let what = format!("{e}{place}");
+                if !report.tampered.contains(&what) {
+                    report.tampered.push(what.clone());
+                    report.problems.push(what);
+                }
+            }
+        }
+        for name in self.names(Kind::Account).unwrap_or_default() {
+            if let Err(e @ crate::StoreError::Tampered(_)) = self.verified_account(&name) {
+                report.tampered.push(e.to_string());
+                report.problems.push(e.to_string());
+            }
         }
         for doc in self.docs::<VolumeDoc>(Kind::Volume).unwrap_or_default() {
             self.judge_document(&doc.1, "", keys, report);
