@@ -2,6 +2,7 @@
 //! (X25519) to the grantee's recipient. Without the identity that unwraps a grant, a key cannot
 //! be had, whatever any document says.
 
+mod private_file;
 pub(crate) mod recovery;
 
 use std::fs;
@@ -31,29 +32,16 @@ pub struct Access {
 impl Access {
     fn load_identity(&self) -> Result<age::x25519::Identity> {
         let path = &self.identity;
-        let meta = fs::metadata(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
+        // Not through a symbolic link, owned by this user, mode 0600 or narrower.
+        let text = private_file::read_private(path, "identity file").map_err(|r| {
+            r.into_error(path, || {
                 StoreError::Denied(format!(
                     "no identity file for account '{}' at {}; pass --identity FILE or set BLOCKSNAP_IDENTITY",
                     self.account,
                     path.display()
                 ))
-            } else {
-                StoreError::Io { what: "cannot read identity", path: path.clone(), source: e }
-            }
+            })
         })?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            if meta.permissions().mode() & 0o077 != 0 {
-                return Err(StoreError::Usage(format!(
-                    "identity file {} is readable by other users; run `chmod 600 {}`",
-                    path.display(),
-                    path.display()
-                )));
-            }
-        }
-        let text = Zeroizing::new(fsutil::read(path)?);
         let text = std::str::from_utf8(&text).map_err(|_| self.bad_identity("it is not text"))?;
         let line = text
             .lines()
@@ -405,12 +393,12 @@ impl Store {
                 doc.name
             ))
         })?);
-        let bytes: [u8; 32] = plain[..].try_into().map_err(|_| {
+        // Straight from the zeroizing buffer into the key, with no copy on the stack.
+        DataKey::from_slice(&plain).ok_or_else(|| {
             StoreError::Damaged(format!(
                 "key {key_id}: the unwrapped key has the wrong length"
             ))
-        })?;
-        Ok(DataKey::from_bytes(bytes))
+        })
     }
 
     /// The codec for chunks under `key` (none: a plain store) as `access` may use it.
