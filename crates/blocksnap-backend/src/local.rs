@@ -108,6 +108,24 @@ impl LocalBackend {
         Ok(())
     }
 
+    /// Opens the object `key` for reading: only a regular file is an object. A FIFO, a device
+    /// or a directory someone put in the store is refused without blocking (the file is opened
+    /// non-blocking, then checked) and without reading it (a link to `/dev/zero` never ends).
+    fn open_file(&self, key: &str) -> Result<(File, u64)> {
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(self.path(key)?)
+            .map_err(self.io("read", key))?;
+        let meta = f.metadata().map_err(self.io("read", key))?;
+        if !meta.is_file() {
+            return Err(self.io("read", key)(std::io::Error::other(
+                "not a regular file, so not a store object (remove it from the store)",
+            )));
+        }
+        Ok((f, meta.len()))
+    }
+
     /// Exactly `len` bytes from `offset` of the open object `f` of `size` bytes.
     fn read_exact_at(
         &self,
@@ -225,12 +243,12 @@ impl Backend for LocalBackend {
     }
 
     fn get(&self, key: &str) -> Result<Vec<u8>> {
-        fs::read(self.path(key)?).map_err(self.io("read", key))
+        let (f, size) = self.open_file(key)?;
+        self.read_exact_at(&f, key, size, 0, size)
     }
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let f = File::open(self.path(key)?).map_err(self.io("read", key))?;
-        let size = f.metadata().map_err(self.io("read", key))?.len();
+        let (f, size) = self.open_file(key)?;
         self.read_exact_at(&f, key, size, offset, len)
     }
 
@@ -279,8 +297,7 @@ impl Backend for LocalBackend {
     }
 
     fn open(&self, key: &str) -> Result<Arc<dyn crate::ObjectReader>> {
-        let f = File::open(self.path(key)?).map_err(self.io("read", key))?;
-        let size = f.metadata().map_err(self.io("read", key))?.len();
+        let (f, size) = self.open_file(key)?;
         Ok(Arc::new(LocalReader {
             backend: self.clone(),
             key: key.into(),
@@ -315,6 +332,22 @@ impl Backend for LocalBackend {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(self.io("delete", name)(e)),
         }
+    }
+
+    fn get_versioned_bounded(&self, key: &str, max: u64) -> Result<(Vec<u8>, Version)> {
+        // The size of the file opened, then at most that many bytes of it: one version.
+        let reader = self.open(key)?;
+        let size = reader.size();
+        if size > max {
+            return Err(BackendError::TooLarge {
+                key: key.into(),
+                size,
+                max,
+            });
+        }
+        let data = reader.read_at(0, size)?;
+        let v = content_version(&data);
+        Ok((data, v))
     }
 
     fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, Version)> {

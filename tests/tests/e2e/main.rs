@@ -11,6 +11,7 @@ mod diff;
 mod documents;
 mod flags;
 mod heal;
+mod hostile_store;
 mod images;
 mod index_busy;
 mod lifecycle;

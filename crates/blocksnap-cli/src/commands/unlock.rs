@@ -26,6 +26,10 @@ pub(crate) fn run(ctx: &Ctx<'_>, a: &UnlockArgs) -> anyhow::Result<()> {
                 e.describe(),
                 match e.status {
                     blocksnap_store::LockStatus::Running => " (running on this host)",
+                    blocksnap_store::LockStatus::UnknownFormat
+                    | blocksnap_store::LockStatus::Unreadable => {
+                        " (this blocksnap cannot read it: `blocksnap unlock --all` removes it)"
+                    }
                     _ => " (another host's: `blocksnap unlock --all` removes it)",
                 }
             );
