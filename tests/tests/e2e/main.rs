@@ -24,4 +24,5 @@ mod recovery;
 mod signals;
 mod snapshot_restore;
 mod sources;
+mod store_modes;
 mod targets;

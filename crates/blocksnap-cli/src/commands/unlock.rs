@@ -14,7 +14,9 @@ pub(crate) struct UnlockArgs {
 }
 
 pub(crate) fn run(ctx: &Ctx<'_>, a: &UnlockArgs) -> anyhow::Result<()> {
-    let r = ctx.open()?.unlock(a.all)?;
+    let store = ctx.open()?;
+    ctx.writing(&store);
+    let r = store.unlock(a.all)?;
     ctx.output(&r, || {
         let mut t = String::new();
         for e in &r.removed {

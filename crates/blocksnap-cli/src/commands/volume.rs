@@ -30,6 +30,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &VolumeCmd) -> anyhow::Result<()> {
     };
     match cmd {
         VolumeCmd::Add { name, path, tags } => {
+            ctx.writing(&store);
             let v = store.add_volume(name, path, blocksnap_store::tag_map(tags)?)?;
             ctx.output(&v, || format!("added volume {}", row(&v)))
         }
