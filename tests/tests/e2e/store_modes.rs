@@ -133,7 +133,10 @@ fn an_unencrypted_store_says_so_on_every_write_and_keeps_its_files_private() {
             }
         }
     }
-    assert!(checked >= 4, "the config and cache folders and two identities");
+    assert!(
+        checked >= 4,
+        "the config and cache folders and two identities"
+    );
 }
 
 #[test]
