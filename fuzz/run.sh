@@ -7,7 +7,8 @@ cd "$(dirname "$0")"
 secs=${1:-60}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # The checked-in seeds stay as they are; the corpus grows in target/ (ignored by git).
-for t in documents extent_stream pack_trailer chunk_decode; do
+for src in fuzz_targets/*.rs; do
+  t=$(basename "$src" .rs)
   work="target/corpus/$t"
   mkdir -p "$work"
   cp -n corpus/"$t"/* "$work"/

@@ -23,6 +23,10 @@ pub const CHECKS: &[Check] = &[
     ("create_is_create_only", create_is_create_only),
     ("racing_creates_one_wins", racing_creates_one_wins),
     ("missing_objects_are_typed", missing_objects_are_typed),
+    (
+        "bounded_reads_refuse_larger_objects",
+        bounded_reads_refuse_larger_objects,
+    ),
     ("range_reads_at_the_edges", range_reads_at_the_edges),
     ("listing_by_prefix", listing_by_prefix),
     (
@@ -97,6 +101,39 @@ fn racing_creates_one_wins(b: &dyn Backend) {
         assert_eq!(data.len(), 4096);
         assert!(data.iter().all(|&x| x == data[0]), "a mix of two writes");
     }
+}
+
+fn bounded_reads_refuse_larger_objects(b: &dyn Backend) {
+    b.create("locks/big.json", &[b' '; 5000]).unwrap();
+    assert_eq!(b.get_bounded("locks/big.json", 5000).unwrap().len(), 5000);
+    let (data, v) = b.get_versioned_bounded("locks/big.json", 5000).unwrap();
+    assert_eq!(
+        (data.len(), &v),
+        (5000, &b.get_versioned("locks/big.json").unwrap().1)
+    );
+    for e in [
+        b.get_bounded("locks/big.json", 4999).unwrap_err(),
+        b.get_versioned_bounded("locks/big.json", 4999).unwrap_err(),
+    ] {
+        assert!(
+            matches!(
+                &e,
+                BackendError::TooLarge {
+                    size: 5000,
+                    max: 4999,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("locks/big.json"), "{e}");
+    }
+    assert!(b.get_bounded("nope", 10).unwrap_err().is_not_found());
+    assert!(
+        b.get_versioned_bounded("nope", 10)
+            .unwrap_err()
+            .is_not_found()
+    );
 }
 
 fn missing_objects_are_typed(b: &dyn Backend) {

@@ -34,6 +34,17 @@ pub enum BackendError {
         /// The object's size.
         size: u64,
     },
+    /// A bounded read ([`crate::Backend::get_bounded`]) met an object larger than its bound:
+    /// found from the object's size, before anything was read.
+    #[error("{key}: {size} bytes, more than the {max} bytes such an object can be")]
+    TooLarge {
+        /// The key.
+        key: String,
+        /// The object's size.
+        size: u64,
+        /// The bound.
+        max: u64,
+    },
     /// A key that breaks the naming rules.
     #[error("{key:?} is not a valid object name: {reason}")]
     InvalidKey {

@@ -118,6 +118,16 @@ impl Backend for FaultBackend {
         self.inner.get(key)
     }
 
+    fn get_bounded(&self, key: &str, max: u64) -> Result<Vec<u8>> {
+        self.op("get", key)?;
+        self.inner.get_bounded(key, max)
+    }
+
+    fn get_versioned_bounded(&self, key: &str, max: u64) -> Result<(Vec<u8>, Version)> {
+        self.op("get_versioned", key)?;
+        self.inner.get_versioned_bounded(key, max)
+    }
+
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         self.op("get_range", key)?;
         self.inner.get_range(key, offset, len)

@@ -21,9 +21,10 @@
 //!   overwrite. Of several racing creates of one key exactly one succeeds.
 //! - **Objects appear whole.** A reader sees no object or the whole object, never a part; when
 //!   create returns `Ok` the object is durable (it survives a crash of the machine).
-//! - **Reads** return the whole object ([`Backend::get`]) or an exact byte range
-//!   ([`Backend::get_range`]); a range beyond the end is [`BackendError::OutOfRange`], a missing
-//!   object [`BackendError::NotFound`].
+//! - **Reads** return the whole object ([`Backend::get`]), the whole object only if it is no
+//!   larger than a bound ([`Backend::get_bounded`], else [`BackendError::TooLarge`] before
+//!   anything is read) or an exact byte range ([`Backend::get_range`]); a range beyond the end
+//!   is [`BackendError::OutOfRange`], a missing object [`BackendError::NotFound`].
 //! - **Listing** ([`Backend::list`]) returns every object whose key starts with a prefix, sorted
 //!   by key, with its size. An object that exists for the whole listing appears exactly once; one
 //!   created or deleted meanwhile may or may not appear. Temporaries never appear.
@@ -99,6 +100,46 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// The whole object.
     fn get(&self, key: &str) -> Result<Vec<u8>>;
+
+    /// The whole object if it is at most `max` bytes, else [`BackendError::TooLarge`], known
+    /// from its size before anything is read: what a store holds may be hostile, and a
+    /// document or lock object of many gigabytes must not be read into memory.
+    fn get_bounded(&self, key: &str, max: u64) -> Result<Vec<u8>> {
+        let reader = self.open(key)?;
+        let size = reader.size();
+        if size > max {
+            return Err(BackendError::TooLarge {
+                key: key.into(),
+                size,
+                max,
+            });
+        }
+        reader.read_at(0, size)
+    }
+
+    /// [`Backend::get_versioned`] of an object of at most `max` bytes, else
+    /// [`BackendError::TooLarge`]. The default asks the size first; a backend that can read
+    /// the size and the content of one version at once does so.
+    fn get_versioned_bounded(&self, key: &str, max: u64) -> Result<(Vec<u8>, Version)> {
+        if let Some(meta) = self.head(key)? {
+            if meta.size > max {
+                return Err(BackendError::TooLarge {
+                    key: key.into(),
+                    size: meta.size,
+                    max,
+                });
+            }
+        }
+        let (data, version) = self.get_versioned(key)?;
+        if data.len() as u64 > max {
+            return Err(BackendError::TooLarge {
+                key: key.into(),
+                size: data.len() as u64,
+                max,
+            });
+        }
+        Ok((data, version))
+    }
 
     /// Exactly `len` bytes of the object from `offset`; [`BackendError::OutOfRange`] when the
     /// range does not lie within it.

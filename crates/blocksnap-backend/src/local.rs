@@ -33,6 +33,7 @@ pub struct LocalBackend {
     root: PathBuf,
     location: String,
     mode: u32,
+    dir_mode: u32,
     temp_hook: Option<TempHook>,
 }
 
@@ -41,19 +42,23 @@ impl std::fmt::Debug for LocalBackend {
         f.debug_struct("LocalBackend")
             .field("root", &self.root)
             .field("mode", &self.mode)
+            .field("dir_mode", &self.dir_mode)
             .finish()
     }
 }
 
 impl LocalBackend {
     /// The backend of the directory `root` (which need not exist yet: the first write creates
-    /// it). Objects are created with mode 0644 (see [`LocalBackend::with_mode`]).
+    /// it). Objects are created with mode 0640 and directories with 0750 (narrowed further by
+    /// the umask): never readable by other users than the owner and the group, in any store
+    /// (see [`LocalBackend::with_mode`]).
     pub fn new(root: impl Into<PathBuf>) -> Self {
         let root = root.into();
         LocalBackend {
             location: root.display().to_string(),
             root,
-            mode: 0o644,
+            mode: 0o640,
+            dir_mode: 0o750,
             temp_hook: None,
         }
     }
@@ -70,6 +75,12 @@ impl LocalBackend {
     /// whose objects only its owner may read).
     pub fn with_mode(mut self, mode: u32) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// The same backend creating directories with permission bits `mode` (e.g. 0700).
+    pub fn with_dir_mode(mut self, mode: u32) -> Self {
+        self.dir_mode = mode;
         self
     }
 
@@ -97,7 +108,9 @@ impl LocalBackend {
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             self.ensure_dir(parent, key)?;
         }
-        match fs::create_dir(dir) {
+        let mut builder = fs::DirBuilder::new();
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, self.dir_mode);
+        match builder.create(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
             Err(e) => return Err(self.io("create", key)(e)),
@@ -106,6 +119,24 @@ impl LocalBackend {
             sync_dir(parent).map_err(self.io("create", key))?;
         }
         Ok(())
+    }
+
+    /// Opens the object `key` for reading: only a regular file is an object. A FIFO, a device
+    /// or a directory someone put in the store is refused without blocking (the file is opened
+    /// non-blocking, then checked) and without reading it (a link to `/dev/zero` never ends).
+    fn open_file(&self, key: &str) -> Result<(File, u64)> {
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(self.path(key)?)
+            .map_err(self.io("read", key))?;
+        let meta = f.metadata().map_err(self.io("read", key))?;
+        if !meta.is_file() {
+            return Err(self.io("read", key)(std::io::Error::other(
+                "not a regular file, so not a store object (remove it from the store)",
+            )));
+        }
+        Ok((f, meta.len()))
     }
 
     /// Exactly `len` bytes from `offset` of the open object `f` of `size` bytes.
@@ -225,12 +256,12 @@ impl Backend for LocalBackend {
     }
 
     fn get(&self, key: &str) -> Result<Vec<u8>> {
-        fs::read(self.path(key)?).map_err(self.io("read", key))
+        let (f, size) = self.open_file(key)?;
+        self.read_exact_at(&f, key, size, 0, size)
     }
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let f = File::open(self.path(key)?).map_err(self.io("read", key))?;
-        let size = f.metadata().map_err(self.io("read", key))?.len();
+        let (f, size) = self.open_file(key)?;
         self.read_exact_at(&f, key, size, offset, len)
     }
 
@@ -279,8 +310,7 @@ impl Backend for LocalBackend {
     }
 
     fn open(&self, key: &str) -> Result<Arc<dyn crate::ObjectReader>> {
-        let f = File::open(self.path(key)?).map_err(self.io("read", key))?;
-        let size = f.metadata().map_err(self.io("read", key))?.len();
+        let (f, size) = self.open_file(key)?;
         Ok(Arc::new(LocalReader {
             backend: self.clone(),
             key: key.into(),
@@ -315,6 +345,22 @@ impl Backend for LocalBackend {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(self.io("delete", name)(e)),
         }
+    }
+
+    fn get_versioned_bounded(&self, key: &str, max: u64) -> Result<(Vec<u8>, Version)> {
+        // The size of the file opened, then at most that many bytes of it: one version.
+        let reader = self.open(key)?;
+        let size = reader.size();
+        if size > max {
+            return Err(BackendError::TooLarge {
+                key: key.into(),
+                size,
+                max,
+            });
+        }
+        let data = reader.read_at(0, size)?;
+        let v = content_version(&data);
+        Ok((data, v))
     }
 
     fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, Version)> {
@@ -536,7 +582,7 @@ impl CasLock {
             .create(true)
             .truncate(false)
             .write(true)
-            .mode(0o644)
+            .mode(0o640)
             .open(root.join(".cas.lock"))?;
         rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)?;
         Ok(CasLock(f))
@@ -582,6 +628,32 @@ mod tests {
         b.remove_temporary("packs/ab/.tmp-dead").unwrap();
         assert!(b.temporaries().unwrap().is_empty());
         assert_eq!(b.list("").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn objects_and_directories_are_not_world_readable_by_default() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(d.path().join("store"));
+        b.create("packs/ab/abcd", b"x").unwrap();
+        b.replace("heads/v.json", b"{}", None).unwrap();
+        let mut staged = b.stage("packs/").unwrap();
+        staged.write_all(b"y").unwrap();
+        staged.commit("packs/cd/cdef").unwrap();
+        let mode = |p: &str| {
+            fs::metadata(d.path().join("store").join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        for f in ["packs/ab/abcd", "heads/v.json", "packs/cd/cdef"] {
+            assert_eq!(mode(f) & 0o007, 0, "{f}: {:o}", mode(f));
+            assert_eq!(mode(f) & !0o640, 0, "{f}: {:o}", mode(f));
+        }
+        for dir in ["", "packs", "packs/ab", "heads"] {
+            assert_eq!(mode(dir) & 0o007, 0, "{dir}: {:o}", mode(dir));
+        }
     }
 
     #[test]

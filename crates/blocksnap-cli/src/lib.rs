@@ -294,6 +294,18 @@ impl Ctx<'_> {
         }
     }
 
+    /// For a command about to write to `store`: a one-line note on stderr when the store is
+    /// unencrypted (its packs and documents are plain), so no write to such a store goes unsaid.
+    pub(crate) fn writing(&self, store: &Store) {
+        if !store.config().encryption {
+            self.note(&format!(
+                "note: the store {} is unencrypted: what this command writes is readable by \
+                 anyone who can read the store's files",
+                store.place()
+            ));
+        }
+    }
+
     /// The acting account's access to `store`.
     pub(crate) fn access(&self, store: &Store) -> anyhow::Result<blocksnap_store::Access> {
         Ok(store.access(self.cli.account.as_deref(), self.cli.identity.as_deref())?)

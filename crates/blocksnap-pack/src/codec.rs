@@ -23,6 +23,18 @@ impl DataKey {
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         DataKey(bytes)
     }
+
+    /// Copies a key out of `bytes` (an unwrapped grant, held in a zeroizing buffer by the
+    /// caller) straight into its place, with no other copy on the way; none unless it is 32
+    /// bytes long.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        let mut key = DataKey([0u8; 32]);
+        if bytes.len() != key.0.len() {
+            return None;
+        }
+        key.0.copy_from_slice(bytes);
+        Some(key)
+    }
     /// The key's bytes, for wrapping to a grantee.
     pub fn expose(&self) -> &[u8; 32] {
         &self.0
@@ -37,8 +49,48 @@ impl std::fmt::Debug for DataKey {
 
 /// Encodes and decodes chunks for one key (or for a plain store).
 pub struct ChunkCodec {
-    key: Option<(KeyId, DataKey, Zeroizing<[u8; 32]>)>,
+    key: Option<(KeyId, DataKey, IdHasher)>,
     level: i32,
+}
+
+/// The keyed BLAKE3 hasher of chunk ids, set up once with the id key. Each id is hashed by a
+/// clone of it that is zeroed after use, so no copy of the id key outlives its hash; the
+/// template is zeroed when dropped.
+struct IdHasher(blake3::Hasher);
+
+impl IdHasher {
+    fn new(key: &DataKey) -> Self {
+        let id_key = derive_key(CONTEXT_CHUNK_ID, &[key.expose()]);
+        IdHasher(blake3::Hasher::new_keyed(&id_key))
+    }
+
+    fn hash(&self, data: &[u8]) -> blake3::Hash {
+        let mut h = self.0.clone();
+        h.update(data);
+        let out = h.finalize();
+        h.zeroize();
+        out
+    }
+}
+
+impl Drop for IdHasher {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+/// BLAKE3's key derivation of `context` over the concatenated `parts`, with the hasher (which
+/// holds the key material it was fed) zeroed before it is dropped.
+fn derive_key(context: &str, parts: &[&[u8]]) -> Zeroizing<[u8; 32]> {
+    let mut hasher = blake3::Hasher::new_derive_key(context);
+    for p in parts {
+        hasher.update(p);
+    }
+    let mut hash = hasher.finalize();
+    hasher.zeroize();
+    let out = Zeroizing::new(*hash.as_bytes());
+    hash.zeroize();
+    out
 }
 
 impl std::fmt::Debug for ChunkCodec {
@@ -74,9 +126,9 @@ impl ChunkCodec {
     /// A codec for data key `key`: ids are BLAKE3 keyed by a subkey of it, records are sealed
     /// with AES-256-GCM under a per-pack subkey.
     pub fn encrypted(key_id: KeyId, key: DataKey, level: i32) -> Self {
-        let id_key = Zeroizing::new(blake3::derive_key(CONTEXT_CHUNK_ID, key.expose()));
+        let ids = IdHasher::new(&key);
         ChunkCodec {
-            key: Some((key_id, key, id_key)),
+            key: Some((key_id, key, ids)),
             level,
         }
     }
@@ -94,7 +146,7 @@ impl ChunkCodec {
     /// The chunk's id.
     pub fn chunk_id(&self, data: &[u8]) -> ChunkId {
         let hash = match &self.key {
-            Some((_, _, id_key)) => blake3::keyed_hash(id_key, data),
+            Some((_, _, ids)) => ids.hash(data),
             None => blake3::hash(data),
         };
         ChunkId(*hash.as_bytes())
@@ -137,19 +189,21 @@ impl ChunkCodec {
     /// name.
     pub fn document_mac(&self, kind: &str, name: &str, body: &[u8]) -> Option<[u8; 32]> {
         let (_, key, _) = self.key.as_ref()?;
-        let mac_key = Zeroizing::new(blake3::derive_key(CONTEXT_DOC_MAC, key.expose()));
+        let mac_key = derive_key(CONTEXT_DOC_MAC, &[key.expose()]);
         let mut h = blake3::Hasher::new_keyed(&mac_key);
         for part in [kind.as_bytes(), name.as_bytes(), body] {
             h.update(&(part.len() as u64).to_le_bytes());
             h.update(part);
         }
-        Some(*h.finalize().as_bytes())
+        let mac = *h.finalize().as_bytes();
+        h.zeroize(); // the keyed hasher holds the MAC key
+        Some(mac)
     }
 
     /// FastCDC's gear seed for this key (never 0), none for a plain store.
     pub fn chunker_seed(&self) -> Option<u64> {
         let (_, key, _) = self.key.as_ref()?;
-        let bytes = Zeroizing::new(blake3::derive_key(CONTEXT_CHUNKER_SEED, key.expose()));
+        let bytes = derive_key(CONTEXT_CHUNKER_SEED, &[key.expose()]);
         let seed = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
         Some(seed.max(1))
     }
@@ -158,17 +212,14 @@ impl ChunkCodec {
     /// store: equal check values mean the same key; it reveals nothing of the key.
     pub fn key_check(&self) -> Option<String> {
         let (_, key, _) = self.key.as_ref()?;
-        let check = blake3::derive_key(CONTEXT_KEY_CHECK, key.expose());
+        let check = derive_key(CONTEXT_KEY_CHECK, &[key.expose()]);
         Some(hex_encode(&check[..16]))
     }
 
     /// The cipher of a pack with `salt`; none for a plain store.
     pub fn pack_cipher(&self, salt: &[u8; 32]) -> Option<PackCipher> {
         self.key.as_ref().map(|(_, key, _)| {
-            let mut hasher = blake3::Hasher::new_derive_key(CONTEXT_PACK_KEY);
-            hasher.update(key.expose());
-            hasher.update(salt);
-            let subkey = Zeroizing::new(*hasher.finalize().as_bytes());
+            let subkey = derive_key(CONTEXT_PACK_KEY, &[key.expose(), salt]);
             PackCipher(Aes256Gcm::new(GenericArray::from_slice(&subkey[..])))
         })
     }
@@ -261,3 +312,48 @@ impl PackCipher {
 /// A sealed buffer failed authentication: it was changed, or sealed under another key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuthFailed;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The zeroize features are on: these bounds hold only with them.
+    const _: fn() = || {
+        fn zeroed_on_drop<T: ZeroizeOnDrop>() {}
+        fn zeroizable<T: Zeroize>() {}
+        zeroed_on_drop::<aes::Aes256>();
+        zeroizable::<blake3::Hasher>();
+        zeroizable::<blake3::Hash>();
+        zeroed_on_drop::<DataKey>();
+    };
+
+    #[test]
+    fn key_derivation_is_blake3s_and_ids_are_keyed_hashes() {
+        // The zeroizing derivation and id hasher give exactly what BLAKE3's one-shot functions
+        // give: stores written before them read the same.
+        let key = DataKey::from_bytes([7; 32]);
+        let id_key = blake3::derive_key(CONTEXT_CHUNK_ID, key.expose());
+        assert_eq!(*derive_key(CONTEXT_CHUNK_ID, &[key.expose()]), id_key);
+        let mut salted = key.expose().to_vec();
+        salted.extend_from_slice(&[9; 32]);
+        assert_eq!(
+            *derive_key(CONTEXT_PACK_KEY, &[key.expose(), &[9; 32]]),
+            blake3::derive_key(CONTEXT_PACK_KEY, &salted)
+        );
+        let codec = ChunkCodec::encrypted(KeyId(1), key, 3);
+        for data in [&b""[..], b"x", &[5u8; 100_000]] {
+            assert_eq!(
+                codec.chunk_id(data).0,
+                *blake3::keyed_hash(&id_key, data).as_bytes()
+            );
+        }
+    }
+
+    #[test]
+    fn data_keys_from_slices_are_32_bytes() {
+        assert_eq!(DataKey::from_slice(&[3; 32]).unwrap().expose(), &[3; 32]);
+        assert!(DataKey::from_slice(&[3; 31]).is_none());
+        assert!(DataKey::from_slice(&[3; 33]).is_none());
+        assert_eq!(format!("{:?}", DataKey::from_bytes([1; 32])), "DataKey(..)");
+    }
+}

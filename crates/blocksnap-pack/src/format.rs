@@ -25,6 +25,14 @@ pub const MAX_CHUNK_LEN: u32 = 16 << 20;
 pub const MAX_RECORD_LEN: u32 = MAX_CHUNK_LEN + 1 + TAG_LEN as u32;
 /// The largest pack accepted.
 pub const MAX_PACK_LEN: u64 = 4 << 30;
+/// The most records one pack holds: a writer closes a pack that reaches it, and a reader
+/// refuses a trailer that says more, so a trailer never needs more than
+/// [`MAX_TRAILER_LEN`] bytes of memory (192 MiB), whatever a crafted footer says. A pack of the
+/// largest configured size (1 GiB) reaches it only with records of under 256 bytes.
+pub const MAX_PACK_ENTRIES: u64 = 1 << 22;
+/// The longest sealed trailer: head, [`MAX_PACK_ENTRIES`] entries, tag.
+pub const MAX_TRAILER_LEN: u64 =
+    TRAILER_HEAD_LEN as u64 + MAX_PACK_ENTRIES * ENTRY_LEN as u64 + TAG_LEN as u64;
 /// Cipher byte: no encryption.
 pub const CIPHER_NONE: u8 = 0;
 /// Cipher byte: AES-256-GCM with a per-pack subkey.

@@ -37,7 +37,8 @@ mod pack;
 pub use codec::{AuthFailed, ChunkCodec, DataKey, PackCipher, decompress, nonce_for};
 pub use error::PackError;
 pub use pack::{
-    Entry, PackHeader, PackLayout, PackWriter, parse_trailer, read_layout, read_trailer,
+    Entry, PackHeader, PackLayout, PackWriter, check_record_place, parse_trailer, read_layout,
+    read_trailer,
 };
 
 #[cfg(test)]
@@ -189,6 +190,142 @@ mod tests {
             PackHeader::decode(&h).unwrap().key_id,
             Some(KeyId(0x0102030405060708))
         );
+    }
+
+    /// A file of `len` bytes, all zero but the bytes `patches` give, that counts what is read
+    /// from it: a crafted pack of gigabytes costs no memory in a test.
+    struct Crafted {
+        len: u64,
+        pos: u64,
+        patches: Vec<(u64, Vec<u8>)>,
+        read: u64,
+    }
+
+    impl std::io::Read for Crafted {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
+            buf[..n].fill(0);
+            for (at, bytes) in &self.patches {
+                for (i, b) in bytes.iter().enumerate() {
+                    let p = at + i as u64;
+                    if p >= self.pos && p < self.pos + n as u64 {
+                        buf[(p - self.pos) as usize] = *b;
+                    }
+                }
+            }
+            self.pos += n as u64;
+            self.read += n as u64;
+            Ok(n)
+        }
+    }
+
+    impl std::io::Seek for Crafted {
+        fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+            self.pos = match to {
+                std::io::SeekFrom::Start(p) => p,
+                std::io::SeekFrom::End(d) => self.len.checked_add_signed(d).unwrap(),
+                std::io::SeekFrom::Current(d) => self.pos.checked_add_signed(d).unwrap(),
+            };
+            Ok(self.pos)
+        }
+    }
+
+    /// A plain pack of `len` bytes whose footer says its trailer is `tlen` bytes long.
+    fn crafted(len: u64, tlen: u32) -> Crafted {
+        let header = PackHeader {
+            key_id: None,
+            salt: [0; 32],
+        }
+        .encode()
+        .to_vec();
+        let mut footer = tlen.to_le_bytes().to_vec();
+        footer.extend_from_slice(&[0; 4]);
+        footer.extend_from_slice(&format::FOOTER_MAGIC);
+        Crafted {
+            len,
+            pos: 0,
+            patches: vec![(0, header), (len - 16, footer)],
+            read: 0,
+        }
+    }
+
+    #[test]
+    fn crafted_trailer_lengths_are_refused_before_allocating() {
+        let plain = ChunkCodec::plain(3);
+        // A 3 GiB pack (no memory: the file is made up as it is read) whose footer gives a
+        // trailer of almost all of it: more entries than a pack holds, refused having read only
+        // the header and the footer.
+        let tlen = (3u64 << 30) - 100;
+        let tlen = tlen - (tlen - format::TRAILER_HEAD_LEN as u64) % format::ENTRY_LEN as u64;
+        let mut big = crafted(3 << 30, tlen as u32);
+        let e = read_trailer(&mut big, |_| Some(&plain)).unwrap_err();
+        assert!(
+            matches!(&e, PackError::BadTrailer(m) if m.contains("more than a pack holds")),
+            "{e}"
+        );
+        assert!(big.read <= 1024, "read {} bytes", big.read);
+        // Footers that lie about the trailer in other ways.
+        for (len, tlen) in [
+            (4096, u32::MAX),
+            (4096, 4096),
+            (4096, 0),
+            (4096, 7),
+            (4096, 8 + 47),
+        ] {
+            let mut f = crafted(len, tlen);
+            assert!(
+                matches!(
+                    read_trailer(&mut f, |_| Some(&plain)),
+                    Err(PackError::BadTrailer(_))
+                ),
+                "trailer length {tlen} of {len}"
+            );
+            assert!(f.read <= 1024);
+        }
+        // A file longer than any pack is not read at all.
+        let mut huge = crafted(format::MAX_PACK_LEN + 1, 8);
+        assert!(matches!(
+            read_trailer(&mut huge, |_| Some(&plain)),
+            Err(PackError::NotAPack(_))
+        ));
+        assert_eq!(huge.read, 0);
+    }
+
+    #[test]
+    fn a_trailer_counting_more_entries_than_it_holds_is_refused() {
+        for count in [u32::MAX, (format::MAX_PACK_ENTRIES + 1) as u32, 2] {
+            let mut t = format::TRAILER_MAGIC.to_vec();
+            t.extend_from_slice(&count.to_le_bytes());
+            t.extend_from_slice(&[0; 48]);
+            assert!(matches!(
+                parse_trailer(&t, 1 << 20),
+                Err(PackError::BadTrailer(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn record_places_from_outside_the_trailer_are_checked() {
+        let id = blocksnap_manifest::ChunkId([1; 32]);
+        let len = 10_000;
+        check_record_place(&id, 64, 100, 200, len).unwrap();
+        for (offset, stored, raw) in [
+            (64, 0, 1),
+            (64, u32::MAX, 1),
+            (64, format::MAX_RECORD_LEN + 1, 1),
+            (64, 100, 0),
+            (64, 100, u32::MAX),
+            (0, 100, 1),
+            (63, 100, 1),
+            (9_990, 100, 1),
+            (u64::MAX - 10, 100, 1),
+        ] {
+            let e = check_record_place(&id, offset, stored, raw, len).unwrap_err();
+            assert!(
+                matches!(e, PackError::BadRecord { .. }),
+                "{offset} {stored} {raw}"
+            );
+        }
     }
 
     proptest::proptest! {

@@ -263,6 +263,11 @@ pub fn read_layout<R: Read + Seek>(mut r: R) -> Result<PackLayout, PackError> {
             )));
         }
     };
+    if entries > MAX_PACK_ENTRIES {
+        return Err(PackError::BadTrailer(format!(
+            "trailer length {tlen} means {entries} entries, more than a pack holds ({MAX_PACK_ENTRIES})"
+        )));
+    }
     let records_end = len - FOOTER_LEN as u64 - tlen;
     // Every record takes at least one byte (plus a tag when sealed).
     if entries.saturating_mul(1 + tag) > records_end - HEADER_LEN as u64 {
@@ -324,6 +329,11 @@ pub fn parse_trailer(t: &[u8], records_end: u64) -> Result<Vec<Entry>, PackError
         return Err(bad("the trailer magic is missing".into()));
     }
     let count = u32::from_le_bytes(t[4..8].try_into().expect("4 bytes")) as usize;
+    if count as u64 > MAX_PACK_ENTRIES {
+        return Err(bad(format!(
+            "{count} entries are more than a pack holds ({MAX_PACK_ENTRIES})"
+        )));
+    }
     if (t.len() - TRAILER_HEAD_LEN) != count.saturating_mul(ENTRY_LEN) {
         return Err(bad(format!(
             "{count} entries do not fit a trailer of {} bytes",
@@ -363,4 +373,41 @@ pub fn parse_trailer(t: &[u8], records_end: u64) -> Result<Vec<Entry>, PackError
         return Err(bad("the records do not end where the trailer starts".into()));
     }
     Ok(entries)
+}
+
+/// Checks where a record is said to be — by the index, or anything else that is not the pack's
+/// own checked trailer — against the format's limits and the pack's length `pack_len`, before
+/// anything is allocated or read: a crafted length cannot make a reader allocate gigabytes or
+/// read outside the records.
+pub fn check_record_place(
+    id: &ChunkId,
+    offset: u64,
+    stored_len: u32,
+    raw_len: u32,
+    pack_len: u64,
+) -> Result<(), PackError> {
+    let bad = |why: String| PackError::BadRecord {
+        id: *id,
+        offset,
+        detail: why,
+    };
+    if stored_len == 0 || stored_len > MAX_RECORD_LEN {
+        return Err(bad(format!(
+            "a stored length of {stored_len} bytes is outside what a record can be (1 to {MAX_RECORD_LEN})"
+        )));
+    }
+    if raw_len == 0 || raw_len > MAX_CHUNK_LEN {
+        return Err(bad(format!(
+            "a length of {raw_len} bytes is outside what a chunk can be (1 to {MAX_CHUNK_LEN})"
+        )));
+    }
+    let records_end = pack_len.saturating_sub((FOOTER_LEN + TRAILER_HEAD_LEN) as u64);
+    let end = offset.checked_add(u64::from(stored_len));
+    if offset < HEADER_LEN as u64 || end.is_none_or(|end| end > records_end) {
+        return Err(bad(format!(
+            "{stored_len} bytes at offset {offset} do not lie within the records of a pack of \
+             {pack_len} bytes"
+        )));
+    }
+    Ok(())
 }

@@ -76,6 +76,16 @@ pub fn create_new(path: &Path, mode: u32) -> Result<File> {
     o.open(path).map_err(StoreError::io("cannot create", path))
 }
 
+/// Creates `dir` and its missing parents with mode 0700 (a user's cache of a store: the index
+/// names every chunk the user stored).
+pub fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
+    let mut b = fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
 /// Reads a whole file, naming it in the error.
 pub fn read(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(StoreError::io("cannot read", path))

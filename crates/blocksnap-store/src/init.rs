@@ -96,6 +96,23 @@ impl Store {
                 path.display()
             )));
         }
+        if !path.exists() && !Self::exists(path) {
+            // The store's own directory: an unencrypted store's only to its owner (its packs and
+            // documents are plain; widen it by hand to share it), an encrypted one's to the
+            // owner's group too. Objects are 0640 and folders 0750 inside (the local backend).
+            let mode = if opts.encryption { 0o750 } else { 0o700 };
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent)
+                    .map_err(StoreError::io("cannot create directory", parent))?;
+            }
+            let mut b = fs::DirBuilder::new();
+            std::os::unix::fs::DirBuilderExt::mode(&mut b, mode);
+            match b.create(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(StoreError::io("cannot create directory", path)(e)),
+            }
+        }
         Self::init_in(
             Arc::new(local_backend(path)),
             Place::Local(path.clone()),

@@ -282,6 +282,41 @@ fn world_readable_identity_is_refused() {
 }
 
 #[test]
+fn linked_identity_is_refused_naming_the_target() {
+    // The identity is opened without following a link (O_NOFOLLOW): a link someone put in its
+    // place is not read, and the error names where it points and what to pass instead.
+    let f = fixture("linked_identity");
+    let key = walk_keys(&f.env.dir.join("config"));
+    let moved = f.env.path("moved.key");
+    fs::rename(&key, &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &key).unwrap();
+    let out = f.env.run(&[
+        "snapshot",
+        "restore",
+        &f.snap,
+        f.env.path("o.img").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("symbolic link"), "{err}");
+    assert!(
+        err.contains(&format!("--identity {}", moved.display())),
+        "{err}"
+    );
+    assert!(!f.env.path("o.img").exists());
+    // Passing the file itself works.
+    let out = f.env.run(&[
+        "--identity",
+        moved.to_str().unwrap(),
+        "snapshot",
+        "restore",
+        &f.snap,
+        f.env.path("o.img").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
 fn bad_input_gets_clear_errors() {
     let f = fixture("bad_input");
     let cases: &[(&[&str], i32, &str)] = &[

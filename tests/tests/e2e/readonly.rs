@@ -362,8 +362,8 @@ fn a_read_only_bind_mount_serves_every_reading_command() {
 }
 
 /// The unprivileged user 65534 (nobody) with its own copy of the binary, of alice's identity
-/// (mode 0600, its own) and a home with `out/` for results; returns the home and the command
-/// (through `setpriv`) that acts as alice on `store`.
+/// (mode 0600, its own) and a home with `out/` for results, the test's store given to its group; returns
+/// the home and the command (through `setpriv`) that acts as alice on `store`.
 fn as_nobody(env: &Env, store: &Path) -> (PathBuf, impl Fn() -> Command + use<>) {
     let home = env.path("nobody");
     fs::create_dir_all(home.join("out")).unwrap();
@@ -385,6 +385,15 @@ fn as_nobody(env: &Env, store: &Path) -> (PathBuf, impl Fn() -> Command + use<>)
         .status()
         .unwrap();
     assert!(chown.success());
+    // The store is shared with nobody the way a store is shared with other users: through its
+    // group (blocksnap makes its files 0640 and folders 0750, never world-readable).
+    // (`store` may be a read-only mount of the test's store: its group is given beneath.)
+    let chgrp = Command::new("chgrp")
+        .args(["-R", "65534"])
+        .arg(&env.store)
+        .status()
+        .unwrap();
+    assert!(chgrp.success());
     fs::set_permissions(&identity, fs::Permissions::from_mode(0o600)).unwrap();
     for d in [&env.dir, &env.dir.parent().unwrap().to_path_buf()] {
         let mode = fs::metadata(d).unwrap().mode();

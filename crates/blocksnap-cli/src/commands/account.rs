@@ -21,6 +21,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &AccountCmd) -> anyhow::Result<()> {
     let store = ctx.open()?;
     match cmd {
         AccountCmd::Create { name } => {
+            ctx.writing(&store);
             let (doc, path) = store.create_account(name, ctx.cli.identity.as_deref())?;
             #[derive(Serialize)]
             struct Created<'a> {

@@ -189,6 +189,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ImageCmd) -> anyhow::Result<()> {
             description,
             source_moved,
         } => {
+            ctx.writing(&store);
             let opts = ImageOptions {
                 name: name.clone(),
                 volumes: volumes
@@ -209,6 +210,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ImageCmd) -> anyhow::Result<()> {
             volumes,
             root_device,
         } => {
+            ctx.writing(&store);
             let r = store.register_image(
                 &ctx.access(&store)?,
                 name,
@@ -290,10 +292,12 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ImageCmd) -> anyhow::Result<()> {
             })
         }
         ImageCmd::Share { image, audience: a } => {
+            ctx.writing(&store);
             let i = store.share_image(&ctx.access(&store)?, image, &audience(a))?;
             ctx.output(&i, || describe(&i))
         }
         ImageCmd::Unshare { image, audience: a } => {
+            ctx.writing(&store);
             let i = store.unshare_image(&ctx.access(&store)?, image, &audience(a))?;
             ctx.output(&i, || describe(&i))
         }
@@ -306,6 +310,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ImageCmd) -> anyhow::Result<()> {
             to_identity,
         } => {
             let target = Store::open(to)?;
+            ctx.writing(&target);
             let target_access = target.access(to_account.as_deref(), to_identity.as_deref())?;
             let opts = CopyOptions {
                 key: key.clone(),
@@ -325,6 +330,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ImageCmd) -> anyhow::Result<()> {
             image,
             delete_snapshots,
         } => {
+            ctx.writing(&store);
             let r = store.deregister_image(&ctx.access(&store)?, image, *delete_snapshots)?;
             ctx.output(&r, || {
                 let mut t = format!(

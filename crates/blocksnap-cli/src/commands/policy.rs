@@ -56,6 +56,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &PolicyCmd) -> anyhow::Result<()> {
             target_tags,
             schedules,
         } => {
+            ctx.writing(&store);
             let p = store.create_policy(&ctx.access(&store)?, name, target_tags, schedules)?;
             ctx.output(&p, || format!("created policy {}", describe(&p)))
         }
@@ -70,12 +71,14 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &PolicyCmd) -> anyhow::Result<()> {
             ctx.output(&p, || describe(&p))
         }
         PolicyCmd::Delete { name } => {
+            ctx.writing(&store);
             let p = store.delete_policy(name)?;
             ctx.output(&p, || {
                 format!("deleted policy {} (its snapshots stay)", p.name)
             })
         }
         PolicyCmd::Run { at } => {
+            ctx.writing(&store);
             let access = ctx.access(&store)?;
             let r = store.run_policies(&access, at.as_deref(), &ctx.progress)?;
             for e in &r.errors {

@@ -17,6 +17,9 @@ pub(crate) struct PruneArgs {
 
 pub(crate) fn run(ctx: &Ctx<'_>, a: &PruneArgs) -> anyhow::Result<()> {
     let store = ctx.open()?;
+    if !a.dry_run {
+        ctx.writing(&store);
+    }
     let access = ctx.access(&store)?;
     let opts = blocksnap_store::PruneOptions {
         dry_run: a.dry_run,

@@ -48,6 +48,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &RepairCmd) -> anyhow::Result<()> {
         }
         RepairCmd::Packs { read_data } => {
             let store = ctx.open()?;
+            ctx.writing(&store);
             let access = ctx.access(&store)?;
             let r = store.repair_packs(&access, *read_data, &ctx.progress)?;
             for p in &r.not_repaired {
@@ -100,7 +101,11 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &RepairCmd) -> anyhow::Result<()> {
             }
         }
         RepairCmd::Documents { dry_run } => {
-            let r = ctx.open()?.repair_documents(*dry_run, &ctx.progress)?;
+            let store = ctx.open()?;
+            if !dry_run {
+                ctx.writing(&store);
+            }
+            let r = store.repair_documents(*dry_run, &ctx.progress)?;
             for d in &r.left {
                 ctx.note(&format!(
                     "left {}: {} (a newer blocksnap reads it)",

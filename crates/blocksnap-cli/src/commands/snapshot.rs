@@ -134,6 +134,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &SnapshotCmd) -> anyhow::Result<()> {
     let access = || ctx.access(&store);
     match cmd {
         SnapshotCmd::Create(a) => {
+            ctx.writing(&store);
             let opts = SnapshotOptions {
                 source: a.source.clone(),
                 volume: a.volume.clone(),
@@ -224,6 +225,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &SnapshotCmd) -> anyhow::Result<()> {
             })
         }
         SnapshotCmd::Delete { snapshot } => {
+            ctx.writing(&store);
             let e = store.delete_snapshot(&access()?, snapshot)?;
             ctx.output(&e, || {
                 format!(

@@ -42,10 +42,12 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &TrashCmd) -> anyhow::Result<()> {
             ctx.output(&entries, || table(&entries))
         }
         TrashCmd::Restore { id } => {
+            ctx.writing(&store);
             let e = store.restore_trash(id)?;
             ctx.output(&e, || format!("restored {} from the trash", e.id))
         }
         TrashCmd::Empty { expired } => {
+            ctx.writing(&store);
             let removed = store.empty_trash(*expired)?;
             ctx.output(&removed, || format!("removed {} entries from the trash for good; `blocksnap prune` reclaims their space", removed.len()))
         }

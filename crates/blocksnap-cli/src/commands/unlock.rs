@@ -14,7 +14,9 @@ pub(crate) struct UnlockArgs {
 }
 
 pub(crate) fn run(ctx: &Ctx<'_>, a: &UnlockArgs) -> anyhow::Result<()> {
-    let r = ctx.open()?.unlock(a.all)?;
+    let store = ctx.open()?;
+    ctx.writing(&store);
+    let r = store.unlock(a.all)?;
     ctx.output(&r, || {
         let mut t = String::new();
         for e in &r.removed {
@@ -26,6 +28,10 @@ pub(crate) fn run(ctx: &Ctx<'_>, a: &UnlockArgs) -> anyhow::Result<()> {
                 e.describe(),
                 match e.status {
                     blocksnap_store::LockStatus::Running => " (running on this host)",
+                    blocksnap_store::LockStatus::UnknownFormat
+                    | blocksnap_store::LockStatus::Unreadable => {
+                        " (this blocksnap cannot read it: `blocksnap unlock --all` removes it)"
+                    }
                     _ => " (another host's: `blocksnap unlock --all` removes it)",
                 }
             );

@@ -30,6 +30,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &VolumeCmd) -> anyhow::Result<()> {
     };
     match cmd {
         VolumeCmd::Add { name, path, tags } => {
+            ctx.writing(&store);
             let v = store.add_volume(
                 &ctx.access(&store)?,
                 name,

@@ -3,6 +3,7 @@
 //! be had, whatever any document says.
 
 pub(crate) mod migrate;
+mod private_file;
 pub(crate) mod recovery;
 pub(crate) mod signing;
 pub(crate) mod trust;
@@ -35,29 +36,16 @@ pub struct Access {
 impl Access {
     pub(crate) fn load_identity(&self) -> Result<age::x25519::Identity> {
         let path = &self.identity;
-        let meta = fs::metadata(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
+        // Not through a symbolic link, owned by this user, mode 0600 or narrower.
+        let text = private_file::read_private(path, "identity file").map_err(|r| {
+            r.into_error(path, || {
                 StoreError::Denied(format!(
                     "no identity file for account '{}' at {}; pass --identity FILE or set BLOCKSNAP_IDENTITY",
                     self.account,
                     path.display()
                 ))
-            } else {
-                StoreError::Io { what: "cannot read identity", path: path.clone(), source: e }
-            }
+            })
         })?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            if meta.permissions().mode() & 0o077 != 0 {
-                return Err(StoreError::Usage(format!(
-                    "identity file {} is readable by other users; run `chmod 600 {}`",
-                    path.display(),
-                    path.display()
-                )));
-            }
-        }
-        let text = Zeroizing::new(fsutil::read(path)?);
         let text = std::str::from_utf8(&text).map_err(|_| self.bad_identity("it is not text"))?;
         let line = text
             .lines()
@@ -466,12 +454,12 @@ impl Store {
                 doc.name
             ))
         })?);
-        let bytes: [u8; 32] = plain[..].try_into().map_err(|_| {
+        // Straight from the zeroizing buffer into the key, with no copy on the stack.
+        let key = DataKey::from_slice(&plain).ok_or_else(|| {
             StoreError::Damaged(format!(
                 "key {key_id}: the unwrapped key has the wrong length"
             ))
         })?;
-        let key = DataKey::from_bytes(bytes);
         // The key document is authenticated under the key it wraps, and the key is the one
         // this client used under that id before.
         let codec = ChunkCodec::encrypted(key_id, key.clone(), self.config().compression_level);

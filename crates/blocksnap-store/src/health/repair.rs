@@ -380,9 +380,13 @@ impl Store {
             let data = if d.bad.contains(&offset) {
                 None
             } else {
-                let mut rec = vec![0u8; loc.stored_len as usize];
-                file.read_exact_at(&mut rec, loc.offset)
+                let mut rec = Vec::new();
+                crate::packs::reader::check_place(&loc, &id, file.size())
                     .ok()
+                    .and_then(|()| {
+                        rec.resize(loc.stored_len as usize, 0);
+                        file.read_exact_at(&mut rec, loc.offset).ok()
+                    })
                     .and_then(|()| {
                         codec
                             .decode(cipher.as_ref(), &id, loc.offset, loc.raw_len, rec)
@@ -415,11 +419,13 @@ impl Store {
     fn set_pack_aside(&self, id: &PackId) -> Result<PathBuf> {
         let key = pack_key(id);
         let aside = damaged_pack_key(id);
-        let bytes = self.get_object(&key)?.unwrap_or_default();
-        match self.backend().create(&aside, &bytes) {
+        // In pieces: a pack can be gigabytes long.
+        match self.copy_object(&key, &aside) {
             Ok(()) => {}
             // Set aside before, by a run that stopped before deleting the pack.
             Err(e) if e.is_already_exists() => {}
+            // Gone meanwhile: nothing left to set aside.
+            Err(e) if e.is_not_found() => {}
             Err(e) => return Err(self.object_error(&aside)(e)),
         }
         self.delete_object(&key)?;

@@ -127,7 +127,7 @@ impl Store {
     ) -> std::result::Result<Index, IndexError> {
         self.migrate_index(progress);
         if let Some(parent) = self.index_path().parent() {
-            let _ = std::fs::create_dir_all(parent);
+            let _ = crate::fsutil::create_private_dirs(parent);
         }
         Index::open(&self.index_path(), wait, |waited| {
             progress.message(&format!(
@@ -151,7 +151,7 @@ impl Store {
         }
         let new = self.index_path();
         if let Some(parent) = new.parent() {
-            let _ = std::fs::create_dir_all(parent);
+            let _ = crate::fsutil::create_private_dirs(parent);
         }
         if !new.exists() && std::fs::rename(&old, &new).is_ok() {
             progress.message(&format!(

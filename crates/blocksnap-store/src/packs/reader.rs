@@ -111,6 +111,7 @@ impl<'a> ChunkReader<'a> {
             return Err(self.lost(id));
         };
         let pack = self.pack(&loc.pack)?;
+        check_place(&loc, id, pack.object.size())?;
         let mut record = vec![0u8; loc.stored_len as usize];
         pack.object.read_exact_at(&mut record, loc.offset).map_err(|e| {
             StoreError::Damaged(format!("pack {}: cannot read chunk {id} at offset {} ({e}); the pack is truncated or damaged", loc.pack, loc.offset))
@@ -171,6 +172,19 @@ impl<'a> ChunkReader<'a> {
         }
         Ok(())
     }
+}
+
+/// Checks a location (from the index, a cache that can be damaged or edited) against the
+/// format's limits and its pack's length before a buffer for the record is allocated.
+pub(crate) fn check_place(loc: &Location, id: &ChunkId, pack_len: u64) -> Result<()> {
+    blocksnap_pack::check_record_place(id, loc.offset, loc.stored_len, loc.raw_len, pack_len)
+        .map_err(|e| {
+            StoreError::Damaged(format!(
+                "the index places chunk {id} in pack {} where no record can be ({e}); run \
+                 `blocksnap repair index`",
+                loc.pack
+            ))
+        })
 }
 
 impl Store {
@@ -316,5 +330,70 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{InitOptions, NoProgress, SnapshotOptions};
+
+    #[test]
+    fn a_crafted_index_entry_is_refused_before_allocating() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = InitOptions {
+            account: "alice".into(),
+            identity: Some(dir.path().join("alice.key")),
+            ..InitOptions::default()
+        };
+        let (store, _) = Store::init(&dir.path().join("store"), &opts).unwrap();
+        let store = store.with_cache_home(dir.path().join("cache"));
+        let access = store
+            .access(None, Some(&dir.path().join("alice.key")))
+            .unwrap();
+        let img = dir.path().join("disk.img");
+        std::fs::write(&img, b"some data of a disk ".repeat(10_000)).unwrap();
+        let r = store
+            .snapshot(
+                &access,
+                &SnapshotOptions {
+                    source: img,
+                    ..Default::default()
+                },
+                &NoProgress,
+            )
+            .unwrap();
+        let doc = store.resolve_snapshot(&r.id.to_string()).unwrap();
+        let codec = store.codec(&access, doc.key).unwrap();
+        let index = store.open_index(&access, &NoProgress).unwrap();
+        let (id, loc) = index.iter().next().unwrap().unwrap();
+        for bad in [
+            Location {
+                stored_len: u32::MAX,
+                ..loc
+            },
+            Location {
+                raw_len: u32::MAX,
+                ..loc
+            },
+            Location {
+                offset: u64::MAX - 4,
+                ..loc
+            },
+            Location { offset: 0, ..loc },
+        ] {
+            index.insert_batch(&[(id, bad)]).unwrap();
+            let e = ChunkReader::new(&store, &codec, &index)
+                .read(&id)
+                .unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Damaged);
+            let msg = e.to_string();
+            assert!(
+                msg.contains("where no record can be") && msg.contains("blocksnap repair index"),
+                "{msg}"
+            );
+        }
+        index.insert_batch(&[(id, loc)]).unwrap();
+        ChunkReader::new(&store, &codec, &index).read(&id).unwrap();
     }
 }

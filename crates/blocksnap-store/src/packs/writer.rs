@@ -328,7 +328,9 @@ impl<'a> ChunkWriter<'a> {
         for (id, raw_len, record) in records {
             let full = self.pack.as_ref().is_some_and(|p| {
                 let len = p.writer.sealed_len(record.len()) as u64;
-                !p.writer.is_empty() && p.writer.offset() + len > target
+                !p.writer.is_empty()
+                    && (p.writer.offset() + len > target
+                        || p.writer.len() as u64 >= blocksnap_pack::format::MAX_PACK_ENTRIES)
             });
             if full {
                 self.close_pack()?;

@@ -69,10 +69,14 @@ impl Store {
         for kind in Kind::DOCUMENTS {
             for name in self.names(kind)? {
                 let key = kind.key(&name);
-                let Some(bytes) = self.get_object(&key)? else {
+                let Some(bytes) = self.doc_bytes(&key)? else {
                     continue;
                 };
-                if let Some(e) = problem(kind, &bytes) {
+                let found = match bytes {
+                    Ok(bytes) => problem(kind, &bytes),
+                    Err(too_large) => Some(too_large),
+                };
+                if let Some(e) = found {
                     out.push(DamagedDoc::new(self, &key, &e));
                 }
             }
@@ -166,21 +170,30 @@ impl Store {
     /// (create-only, durable), then deleted; returns its new key. A crash between the two leaves
     /// it in both places, never in neither.
     pub(crate) fn quarantine(&self, key: &str) -> Result<String> {
-        let Some(bytes) = self.get_object(key)? else {
-            return Err(StoreError::NotFound {
-                kind: "document",
-                name: self.describe(key),
-                hint: String::new(),
-            });
+        let not_found = || StoreError::NotFound {
+            kind: "document",
+            name: self.describe(key),
+            hint: String::new(),
+        };
+        // A document larger than any can be is copied in pieces, never read whole.
+        let bytes = match self.get_bounded(key, super::objects::MAX_DOCUMENT_LEN)? {
+            None => return Err(not_found()),
+            Some(Ok(bytes)) => Some(bytes),
+            Some(Err(_)) => None,
         };
         loop {
             let to = self.quarantine_key(key)?;
-            match self.backend().create(&to, &bytes) {
+            let copied = match &bytes {
+                Some(bytes) => self.backend().create(&to, bytes),
+                None => self.copy_object(key, &to),
+            };
+            match copied {
                 Ok(()) => {
                     self.delete_object(key)?;
                     return Ok(to);
                 }
                 Err(e) if e.is_already_exists() => continue,
+                Err(e) if e.is_not_found() => return Err(not_found()),
                 Err(e) => return Err(self.object_error(&to)(e)),
             }
         }

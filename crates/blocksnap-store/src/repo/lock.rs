@@ -13,9 +13,14 @@
 //!   snapshots of this host and they wait for it;
 //! - an object of another host that conflicts makes the command fail at once
 //!   ([`StoreError::Locked`]), naming the holder, its age and `blocksnap unlock --all`;
-//! - an object of an unknown format (a newer blocksnap) conflicts with everything;
-//! - a damaged object (not a valid `blocksnap.lock/v1`) is ignored with a note: blocksnap
-//!   writes lock objects whole, so no running blocksnap holds the store through it.
+//! - an object of an unknown format (a newer blocksnap) conflicts with everything, and so does
+//!   one that cannot be read (another user's, say): it may be a real lock;
+//! - a damaged object (not a valid `blocksnap.lock/v1`, or longer than [`MAX_LOCK_LEN`]: it is
+//!   then not read at all) is ignored with a note: blocksnap writes lock objects whole, so no
+//!   running blocksnap holds the store through it.
+//!
+//! Whatever is in `locks/`, no command fails on it without naming the lock file and the
+//! command that clears it (`blocksnap unlock`, or `blocksnap unlock --all`).
 //!
 //! Writing before reading means two commands starting conflicting work at once both see the
 //! other's object: both back off (each after its own random delay) and one of them wins the
@@ -67,7 +72,13 @@ pub enum LockStatus {
     Damaged,
     /// Written by a newer blocksnap (a format this one does not know); honoured as exclusive.
     UnknownFormat,
+    /// Cannot be read (no permission, an I/O error); honoured as exclusive, as it may be real.
+    Unreadable,
 }
+
+/// The longest lock object read (one is a few hundred bytes): a longer one is damaged, and is
+/// not read into memory.
+pub const MAX_LOCK_LEN: u64 = 64 << 10;
 
 /// One lock object in `locks/`, as `unlock` reports it.
 #[derive(Clone, Debug, Serialize)]
@@ -105,14 +116,16 @@ impl LockEntry {
             &self.started,
         ) {
             (Some(host), Some(pid), Some(kind), Some(command), Some(started)) => format!(
-                "{command} ({}) on host {host}, pid {pid}, started {started} ({} ago){}",
+                "{command} ({}) on host {host}, pid {pid}, started {started} ({} ago){} (lock \
+                 file {})",
                 kind.as_str(),
                 self.age(),
                 if self.status == LockStatus::Stale {
                     format!(": stale, {}", self.detail)
                 } else {
                     String::new()
-                }
+                },
+                self.file.display()
             ),
             _ => format!("lock file {}: {}", self.file.display(), self.detail),
         }
@@ -157,12 +170,45 @@ fn scan(store: &Store, me: &Me, skip: Option<&str>) -> Result<Vec<LockEntry>> {
         if Some(key.as_str()) == skip {
             continue;
         }
-        let Some(bytes) = store.get_object(&key)? else {
-            continue;
+        let file: PathBuf = store.describe(&key).into();
+        let entry = match store.get_bounded(&key, MAX_LOCK_LEN) {
+            Ok(None) => continue,
+            Ok(Some(Ok(bytes))) => classify(file, key, &bytes, me),
+            Ok(Some(Err(size))) => unparsed(
+                file,
+                key,
+                LockStatus::Damaged,
+                format!(
+                    "it is {size} bytes long, more than a lock object can be ({MAX_LOCK_LEN} \
+                     bytes); it was not read"
+                ),
+            ),
+            Err(e) => unparsed(
+                file,
+                key,
+                LockStatus::Unreadable,
+                format!("cannot be read: {e}"),
+            ),
         };
-        out.push(classify(store.describe(&key).into(), key, &bytes, me));
+        out.push(entry);
     }
     Ok(out)
+}
+
+/// The entry of a lock object whose content is not known.
+fn unparsed(file: PathBuf, key: String, status: LockStatus, detail: String) -> LockEntry {
+    LockEntry {
+        file,
+        key,
+        status,
+        host: None,
+        pid: None,
+        kind: None,
+        command: None,
+        started: None,
+        age_seconds: None,
+        detail,
+    }
 }
 
 fn classify(file: PathBuf, key: String, bytes: &[u8], me: &Me) -> LockEntry {
@@ -189,22 +235,16 @@ fn classify(file: PathBuf, key: String, bytes: &[u8], me: &Me) -> LockEntry {
                 detail,
             }
         }
-        Err(e) => LockEntry {
+        Err(e) => unparsed(
             file,
             key,
-            status: if matches!(e, DocError::UnknownFormat { .. }) {
+            if matches!(e, DocError::UnknownFormat { .. }) {
                 LockStatus::UnknownFormat
             } else {
                 LockStatus::Damaged
             },
-            host: None,
-            pid: None,
-            kind: None,
-            command: None,
-            started: None,
-            age_seconds: None,
-            detail: e.to_string(),
-        },
+            e.to_string(),
+        ),
     }
 }
 
@@ -259,7 +299,7 @@ impl Store {
                             others.push(e);
                         }
                     }
-                    LockStatus::UnknownFormat => others.push(e),
+                    LockStatus::UnknownFormat | LockStatus::Unreadable => others.push(e),
                     LockStatus::Damaged => progress.message(&format!(
                         "ignored a damaged lock file {}: {}; `blocksnap unlock` removes it",
                         e.file.display(),
@@ -354,8 +394,15 @@ impl Store {
             msg += "\n  ";
             msg += &e.describe();
         }
+        let unknown = holders
+            .iter()
+            .any(|e| matches!(e.status, LockStatus::UnknownFormat | LockStatus::Unreadable));
         msg += if waited {
             "\nTry again when they finish."
+        } else if unknown {
+            "\nA lock this blocksnap cannot read is honoured, as it may be real. If no blocksnap \
+             (a newer one, or another user's) is running on this store, `blocksnap unlock --all` \
+             removes it."
         } else {
             "\nIf that is still running, wait for it to finish and try again. If it is not \
              (its host crashed or was switched off), `blocksnap unlock --all` removes its lock."
@@ -386,7 +433,7 @@ impl Store {
                     LockStatus::OtherHost | LockStatus::Running => {
                         e.kind == Some(LockKind::Exclusive)
                     }
-                    LockStatus::UnknownFormat => true,
+                    LockStatus::UnknownFormat | LockStatus::Unreadable => true,
                     _ => false,
                 };
                 if conflicts {
@@ -431,7 +478,7 @@ impl Store {
         for e in self.locks()? {
             let go = match e.status {
                 LockStatus::Stale | LockStatus::Damaged => true,
-                LockStatus::OtherHost | LockStatus::UnknownFormat => all,
+                LockStatus::OtherHost | LockStatus::UnknownFormat | LockStatus::Unreadable => all,
                 LockStatus::Running => false,
             };
             if go {
@@ -583,6 +630,155 @@ mod tests {
         let r = store.unlock(true).unwrap();
         assert_eq!(r.removed[0].status, LockStatus::UnknownFormat);
         assert!(store.locks().unwrap().is_empty());
+    }
+
+    /// A local backend that cannot read the lock object `locks/theirs.json` (as another user's
+    /// lock without read permission would be to a user who is not root).
+    #[derive(Debug)]
+    struct NoRead(blocksnap_backend::LocalBackend);
+
+    impl NoRead {
+        fn refuse(&self, key: &str) -> blocksnap_backend::Result<()> {
+            if key == "locks/theirs.json" {
+                return Err(blocksnap_backend::BackendError::from_io(
+                    "read",
+                    key,
+                    "here",
+                    std::io::Error::other("permission denied (simulated)"),
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    impl Backend for NoRead {
+        fn location(&self) -> String {
+            self.0.location()
+        }
+        fn create(&self, key: &str, data: &[u8]) -> blocksnap_backend::Result<()> {
+            self.0.create(key, data)
+        }
+        fn stage(
+            &self,
+            under: &str,
+        ) -> blocksnap_backend::Result<Box<dyn blocksnap_backend::Staged>> {
+            self.0.stage(under)
+        }
+        fn get(&self, key: &str) -> blocksnap_backend::Result<Vec<u8>> {
+            self.refuse(key)?;
+            self.0.get(key)
+        }
+        fn get_bounded(&self, key: &str, max: u64) -> blocksnap_backend::Result<Vec<u8>> {
+            self.refuse(key)?;
+            self.0.get_bounded(key, max)
+        }
+        fn get_range(
+            &self,
+            key: &str,
+            offset: u64,
+            len: u64,
+        ) -> blocksnap_backend::Result<Vec<u8>> {
+            self.refuse(key)?;
+            self.0.get_range(key, offset, len)
+        }
+        fn head(
+            &self,
+            key: &str,
+        ) -> blocksnap_backend::Result<Option<blocksnap_backend::ObjectMeta>> {
+            self.0.head(key)
+        }
+        fn list(
+            &self,
+            prefix: &str,
+        ) -> blocksnap_backend::Result<Vec<blocksnap_backend::ObjectMeta>> {
+            self.0.list(prefix)
+        }
+        fn delete(&self, key: &str) -> blocksnap_backend::Result<()> {
+            self.0.delete(key)
+        }
+        fn get_versioned(
+            &self,
+            key: &str,
+        ) -> blocksnap_backend::Result<(Vec<u8>, blocksnap_backend::Version)> {
+            self.refuse(key)?;
+            self.0.get_versioned(key)
+        }
+        fn open(
+            &self,
+            key: &str,
+        ) -> blocksnap_backend::Result<Arc<dyn blocksnap_backend::ObjectReader>> {
+            self.refuse(key)?;
+            self.0.open(key)
+        }
+        fn replace(
+            &self,
+            key: &str,
+            data: &[u8],
+            expected: Option<&blocksnap_backend::Version>,
+        ) -> blocksnap_backend::Result<blocksnap_backend::Version> {
+            self.0.replace(key, data, expected)
+        }
+    }
+
+    #[test]
+    fn unreadable_and_oversized_locks_name_themselves_and_the_fix() {
+        let (_d, store) = store();
+        let root = store.local_root().unwrap().to_path_buf();
+        // Longer than a lock object can be: not read (a sparse file of 1 GiB), ignored with a
+        // note naming it and `blocksnap unlock`, removed by it.
+        let big = root.join("locks").join("big.json");
+        fs::create_dir_all(big.parent().unwrap()).unwrap();
+        fs::File::create(&big).unwrap().set_len(1 << 30).unwrap();
+        let notes = Notes::default();
+        drop(store.lock_exclusive("prune", &notes).unwrap());
+        let notes = notes.0.into_inner().unwrap();
+        assert!(
+            notes[0].contains("big.json")
+                && notes[0].contains("more than a lock object can be")
+                && notes[0].contains("`blocksnap unlock`"),
+            "{notes:?}"
+        );
+
+        // One that cannot be read stops what it may conflict with, named with `unlock --all`.
+        fs::write(root.join("locks").join("theirs.json"), b"{}").unwrap();
+        let store = Store::open_in(
+            Arc::new(NoRead(blocksnap_backend::LocalBackend::new(&root))),
+            crate::repo::Place::Local(root.clone()),
+        )
+        .unwrap();
+        let err = store.lock_shared("snapshot", &NoProgress).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.kind(), crate::ErrorKind::Locked);
+        assert!(
+            msg.contains("theirs.json")
+                && msg.contains("cannot be read")
+                && msg.contains("blocksnap unlock --all"),
+            "{msg}"
+        );
+        let r = store.unlock(false).unwrap();
+        assert_eq!(r.removed.len(), 1, "the big one");
+        assert_eq!(r.kept[0].status, LockStatus::Unreadable);
+        let r = store.unlock(true).unwrap();
+        assert_eq!(r.removed[0].status, LockStatus::Unreadable);
+        drop(store.lock_exclusive("prune", &NoProgress).unwrap());
+    }
+
+    #[test]
+    fn every_holder_is_named_with_its_file() {
+        let (_d, store) = store();
+        put(
+            &store,
+            "h.json",
+            &lock_doc("otherhost", 7, LockKind::Exclusive),
+        );
+        let msg = store
+            .lock_shared("snapshot", &NoProgress)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("h.json") && msg.contains("unlock --all"),
+            "{msg}"
+        );
     }
 
     #[test]

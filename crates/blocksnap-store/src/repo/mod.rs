@@ -105,8 +105,16 @@ impl Store {
     /// Opens the store in `backend`.
     pub fn open_in(backend: Arc<dyn Backend>, place: Place) -> Result<Store> {
         let described = |key: &str| describe(&place, key);
-        let bytes = match backend.get(CONFIG) {
+        let bytes = match backend.get_bounded(CONFIG, objects::MAX_DOCUMENT_LEN) {
             Ok(b) => b,
+            Err(blocksnap_backend::BackendError::TooLarge { size, max, .. }) => {
+                return Err(StoreError::Damaged(format!(
+                    "{}: it is {size} bytes long, more than a config can be ({max} bytes): it \
+                     was not read, and the store cannot be opened without it. {}",
+                    described(CONFIG),
+                    recovery_hint(&place)
+                )));
+            }
             Err(e) if e.is_not_found() => {
                 if let Some(held) = objects::store_data_held(&*backend) {
                     return Err(StoreError::Damaged(format!(

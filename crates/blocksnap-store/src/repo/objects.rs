@@ -18,6 +18,26 @@ use crate::progress::Progress;
 use crate::repo::Store;
 use crate::repo::layout::Kind;
 
+/// The largest document read, in bytes. Documents are small (a snapshot's extent list is
+/// stored as chunks; a key with the most grants allowed is a few MiB): anything larger in the
+/// store is damage, or hostile, and is not read into memory.
+pub(crate) const MAX_DOCUMENT_LEN: u64 = 16 << 20;
+
+/// The problem of the document `key`, `size` bytes long, larger than any document.
+fn too_large(key: &str, size: u64) -> DocError {
+    let kind = Kind::DOCUMENTS
+        .into_iter()
+        .find(|k| k.name_of(key).is_some())
+        .map_or("store", Kind::noun);
+    DocError::Malformed {
+        doc: kind,
+        detail: format!(
+            "it is {size} bytes long, more than any document can be ({MAX_DOCUMENT_LEN} bytes); \
+             it was not read"
+        ),
+    }
+}
+
 /// A document that cannot be read: not JSON, invalid, or of a format this blocksnap does not know.
 #[derive(Clone, Debug, Serialize)]
 pub struct DamagedDoc {
@@ -121,13 +141,41 @@ impl Store {
         move |e| StoreError::backend(e).context(&described)
     }
 
-    /// The raw bytes of `key`, or `None` if there is no such object.
-    pub(crate) fn get_object(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        match self.backend().get(key) {
-            Ok(b) => Ok(Some(b)),
+    /// The bytes of `key` if it is at most `max` bytes long (`Err(size)` if longer, found
+    /// before reading it), or `None` if there is no such object.
+    pub(crate) fn get_bounded(
+        &self,
+        key: &str,
+        max: u64,
+    ) -> Result<Option<std::result::Result<Vec<u8>, u64>>> {
+        match self.backend().get_bounded(key, max) {
+            Ok(b) => Ok(Some(Ok(b))),
+            Err(BackendError::TooLarge { size, .. }) => Ok(Some(Err(size))),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(self.object_error(key)(e)),
         }
+    }
+
+    /// The bytes of the document (or other small object) `key`, or `None` if there is no such
+    /// object. One larger than [`MAX_DOCUMENT_LEN`] is not read: it is
+    /// [`StoreError::Damaged`], naming it and the command that sets it aside.
+    pub(crate) fn get_object(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self.get_bounded(key, MAX_DOCUMENT_LEN)? {
+            None => Ok(None),
+            Some(Ok(bytes)) => Ok(Some(bytes)),
+            Some(Err(size)) => Err(self.damaged_doc(key, &too_large(key, size))),
+        }
+    }
+
+    /// The bytes of the document `key` of `kind`: `None` if there is none, `Some(Err)` if it is
+    /// larger than any document can be (then it is damaged, like one that does not parse).
+    pub(crate) fn doc_bytes(
+        &self,
+        key: &str,
+    ) -> Result<Option<std::result::Result<Vec<u8>, DocError>>> {
+        Ok(self
+            .get_bounded(key, MAX_DOCUMENT_LEN)?
+            .map(|r| r.map_err(|size| too_large(key, size))))
     }
 
     /// The document of `kind` named `name`, or `None` if there is none. One that does not
@@ -149,9 +197,12 @@ impl Store {
         name: &str,
     ) -> Result<Option<(D, Version)>> {
         let key = kind.key(name);
-        let (bytes, version) = match self.backend().get_versioned(&key) {
+        let (bytes, version) = match self.backend().get_versioned_bounded(&key, MAX_DOCUMENT_LEN) {
             Ok(v) => v,
             Err(e) if e.is_not_found() => return Ok(None),
+            Err(BackendError::TooLarge { size, .. }) => {
+                return Err(self.damaged_doc(&key, &too_large(&key, size)));
+            }
             Err(e) => return Err(self.object_error(&key)(e)),
         };
         let doc = D::from_json(&bytes).map_err(|e| self.damaged_doc(&key, &e))?;
@@ -227,6 +278,33 @@ impl Store {
         }
     }
 
+    /// Copies the object `from` to `to` (create-only, durable), in pieces of at most 8 MiB:
+    /// never whole in memory, whatever its size. `to` existing is
+    /// [`BackendError::AlreadyExists`].
+    pub(crate) fn copy_object(
+        &self,
+        from: &str,
+        to: &str,
+    ) -> std::result::Result<(), BackendError> {
+        const PIECE: u64 = 8 << 20;
+        let backend = self.backend();
+        let reader = backend.open(from)?;
+        let under = to
+            .rsplit_once('/')
+            .map_or(String::new(), |(dir, _)| format!("{dir}/"));
+        let mut staged = backend.stage(&under)?;
+        let size = reader.size();
+        let mut at = 0;
+        while at < size {
+            let n = (size - at).min(PIECE);
+            let piece = reader.read_at(at, n)?;
+            std::io::Write::write_all(&mut staged, &piece)
+                .map_err(|e| BackendError::from_io("create", to, &backend.location(), e))?;
+            at += n;
+        }
+        staged.commit(to)
+    }
+
     /// Deletes the object `key` (a missing one is fine).
     pub(crate) fn delete_object(&self, key: &str) -> Result<()> {
         self.backend()
@@ -252,10 +330,10 @@ impl Store {
         let mut out = Vec::new();
         for name in self.names(kind)? {
             let key = kind.key(&name);
-            let Some(bytes) = self.get_object(&key)? else {
+            let Some(bytes) = self.doc_bytes(&key)? else {
                 continue;
             };
-            match D::from_json(&bytes) {
+            match bytes.and_then(|b| D::from_json(&b)) {
                 Ok(doc) => out.push((name, doc)),
                 Err(e) => self.note_damaged(DamagedDoc::new(self, &key, &e)),
             }

@@ -35,9 +35,16 @@ impl Store {
             };
             for name in names {
                 let key = kind.key(&name);
-                let bytes = match self.get_object(&key) {
-                    Ok(Some(b)) => b,
+                let bytes = match self.doc_bytes(&key) {
+                    Ok(Some(Ok(b))) => b,
                     Ok(None) => continue,
+                    // Larger than any document: damage, not read.
+                    Ok(Some(Err(e))) => {
+                        report
+                            .problems
+                            .push(format!("{}: {e}", self.describe(&key)));
+                        continue;
+                    }
                     Err(e) => {
                         report.not_verified.push(e.to_string());
                         continue;

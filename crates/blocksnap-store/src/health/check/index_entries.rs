@@ -86,6 +86,8 @@ fn read_record(
     loc: &Location,
 ) -> std::result::Result<(), String> {
     let file = store.open_pack(&loc.pack).map_err(|e| e.to_string())?;
+    blocksnap_pack::check_record_place(id, loc.offset, loc.stored_len, loc.raw_len, file.size())
+        .map_err(|e| e.to_string())?;
     let mut rec = vec![0u8; loc.stored_len as usize];
     file.read_exact_at(&mut rec, loc.offset)
         .map_err(|e| format!("chunk {id} at offset {}: cannot read: {e}", loc.offset))?;

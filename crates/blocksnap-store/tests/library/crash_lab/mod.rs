@@ -488,6 +488,18 @@ impl Backend for Tied {
         self.alive()?;
         self.inner.get(key)
     }
+    fn get_bounded(&self, key: &str, max: u64) -> blocksnap_backend::Result<Vec<u8>> {
+        self.alive()?;
+        self.inner.get_bounded(key, max)
+    }
+    fn get_versioned_bounded(
+        &self,
+        key: &str,
+        max: u64,
+    ) -> blocksnap_backend::Result<(Vec<u8>, Version)> {
+        self.alive()?;
+        self.inner.get_versioned_bounded(key, max)
+    }
     fn get_range(&self, key: &str, offset: u64, len: u64) -> blocksnap_backend::Result<Vec<u8>> {
         self.alive()?;
         self.inner.get_range(key, offset, len)
