@@ -66,7 +66,7 @@ pub use repo::{
 };
 pub use serve::nbd::ServeInfo;
 pub use snapshot::create::{SnapshotOptions, SnapshotReport};
-pub use snapshot::diff::DiffReport;
+pub use snapshot::diff::{DEFAULT_DIFF_GRANULARITY, DiffOptions, DiffReport};
 pub use snapshot::restore::RestoreReport;
 pub use snapshot::target::{RestoreOptions, TargetKind};
 

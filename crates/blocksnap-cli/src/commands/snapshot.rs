@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::Ctx;
 use crate::parse::human;
+use crate::table::{Table, count};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SnapshotCmd {
@@ -22,9 +23,15 @@ pub(crate) enum SnapshotCmd {
         /// Snapshot id or unique prefix.
         snapshot: String,
     },
-    /// The byte ranges whose content differs between two snapshots (of the same disk, or of
-    /// any two disks), merged and sorted. Equal chunk ids are not read; the rest is compared
-    /// byte for byte, so the ranges are exact (also across keys).
+    /// The ranges whose content differs between two snapshots (of the same disk, or of any two
+    /// disks), in 4 KiB blocks, merged and sorted.
+    ///
+    /// The volume is cut into blocks from offset 0 (4 KiB, or --granularity); a block is
+    /// changed if any byte of it differs, and touching changed blocks make one range. --exact
+    /// gives the exact byte ranges instead. Equal chunk ids are not read; the rest is compared
+    /// byte for byte (also across keys). SNAPSHOT_A is read as zeros past its end, so a tail
+    /// the volume grew by is changed only where it holds data; a volume that shrank is said
+    /// to have.
     Diff {
         /// The older snapshot (id or unique prefix).
         #[arg(value_name = "SNAPSHOT_A")]
@@ -32,6 +39,12 @@ pub(crate) enum SnapshotCmd {
         /// The newer snapshot (id or unique prefix).
         #[arg(value_name = "SNAPSHOT_B")]
         b: String,
+        /// The block size ranges are rounded out to, aligned to the start of the volume.
+        #[arg(long, value_name = "SIZE", value_parser = crate::parse::size, default_value = "4KiB")]
+        granularity: u64,
+        /// The exact byte ranges that differ, not rounded out to blocks.
+        #[arg(long, conflicts_with = "granularity")]
+        exact: bool,
     },
     /// Move a snapshot to the trash (restorable with `trash restore` until it expires).
     Delete {
@@ -204,24 +217,17 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &SnapshotCmd) -> anyhow::Result<()> {
                 t.trim_end().to_string()
             })
         }
-        SnapshotCmd::Diff { a, b } => {
-            let r = store.diff(&access()?, a, b, &ctx.progress)?;
-            ctx.output(&r, || {
-                let total: u64 = r.changed.iter().map(|c| c[1]).sum();
-                let mut t = String::new();
-                for [off, len] in &r.changed {
-                    t += &format!("{off:>16} {len:>12}  ({})\n", human(*len));
-                }
-                t + &format!(
-                    "{} ranges, {} of {} changed from {} to {} ({} read to compare)",
-                    r.changed.len(),
-                    human(total),
-                    human(r.size),
-                    r.a,
-                    r.b,
-                    human(r.bytes_read)
-                )
-            })
+        SnapshotCmd::Diff {
+            a,
+            b,
+            granularity,
+            exact,
+        } => {
+            let opts = blocksnap_store::DiffOptions {
+                granularity: if *exact { 1 } else { *granularity },
+            };
+            let r = store.diff_with(&access()?, a, b, &opts, &ctx.progress)?;
+            ctx.output(&r, || diffed(&r))
         }
         SnapshotCmd::Delete { snapshot } => {
             let e = store.delete_snapshot(&access()?, snapshot)?;
@@ -242,6 +248,60 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &SnapshotCmd) -> anyhow::Result<()> {
             ctx.output(&r, || restored(&r))
         }
     }
+}
+
+/// A diff's ranges as a table, then what they add up to.
+fn diffed(r: &blocksnap_store::DiffReport) -> String {
+    let mut t = String::new();
+    if !r.changed.is_empty() {
+        let mut table = Table::new(&["OFFSET", "LENGTH", ""]).right(&[0, 1]);
+        for [off, len] in &r.changed {
+            table.row([off.to_string(), len.to_string(), human(*len)]);
+        }
+        t = table.render() + "\n";
+    }
+    let unit = if r.granularity == 1 {
+        "exact bytes".to_string()
+    } else {
+        format!("whole {} blocks", human(r.granularity))
+    };
+    t += &if r.changed.is_empty() {
+        format!(
+            "no change from {} to {} ({}; {} read to compare)",
+            r.a,
+            r.b,
+            human(r.size),
+            human(r.bytes_read)
+        )
+    } else {
+        format!(
+            "{} of {} changed from {} to {}: {} of {unit} ({} read to compare)",
+            human(r.bytes_changed),
+            human(r.size),
+            r.a,
+            r.b,
+            count(r.changed.len() as u64, "range"),
+            human(r.bytes_read)
+        )
+    };
+    if r.shrank() {
+        t += &format!(
+            "\nthe volume shrank from {} to {}: {}'s last {} are not in {}",
+            human(r.size_a),
+            human(r.size),
+            r.a,
+            human(r.size_a - r.size),
+            r.b
+        );
+    } else if r.size > r.size_a {
+        t += &format!(
+            "\nthe volume grew from {} to {} (its new tail is compared as if {} held zeros there)",
+            human(r.size_a),
+            human(r.size),
+            r.a
+        );
+    }
+    t
 }
 
 /// What a restore wrote where, in a sentence.
