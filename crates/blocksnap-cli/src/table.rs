@@ -72,6 +72,32 @@ impl Table {
     }
 }
 
+/// `name  value` lines, the values lined up after the longest name; an empty value shows as
+/// `-`. For `show` commands.
+pub(crate) fn fields(pairs: &[(&str, String)]) -> String {
+    let width = pairs
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let v = if v.is_empty() { "-" } else { v.as_str() };
+            format!("{k:<width$}  {v}").trim_end().to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Tags as `k=v,k=v` (empty for none).
+pub(crate) fn tags<'a>(tags: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
+    tags.into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// `n` and the noun, singular for one: `count(1, "snapshot")` is "1 snapshot", `count(2,
 /// "snapshot")` "2 snapshots"; nouns ending in a consonant and `y` take "ies" ("entries").
 pub(crate) fn count(n: u64, noun: &str) -> String {
@@ -114,5 +140,13 @@ mod tests {
         assert_eq!(count(2, "entry"), "2 entries");
         assert_eq!(count(1, "entry"), "1 entry");
         assert_eq!(count(3, "key"), "3 keys");
+    }
+
+    #[test]
+    fn fields_line_up_their_values() {
+        assert_eq!(
+            fields(&[("id", "snap-1".into()), ("description", String::new())]),
+            "id           snap-1\ndescription  -"
+        );
     }
 }

@@ -72,6 +72,6 @@ pub use snapshot::target::{RestoreOptions, TargetKind};
 
 pub use blocksnap_chunker::ChunkerKind;
 pub use blocksnap_manifest::{
-    AccountDoc, Document, ImageDoc, ImageId, KeyDoc, LockDoc, LockKind, PolicyDoc, SnapshotDoc,
-    SnapshotId, VolumeDoc,
+    AccountDoc, Document, ImageDoc, ImageId, KeyDoc, LaunchPermissions, LockDoc, LockKind,
+    PolicyDoc, SnapshotDoc, SnapshotId, VolumeDoc,
 };

@@ -23,4 +23,5 @@ mod recovery;
 mod signals;
 mod snapshot_restore;
 mod sources;
+mod tables;
 mod targets;

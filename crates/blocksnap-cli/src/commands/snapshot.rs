@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::Ctx;
 use crate::parse::human;
-use crate::table::{Table, count};
+use crate::table::{Table, count, fields, tags};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SnapshotCmd {
@@ -179,42 +179,73 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &SnapshotCmd) -> anyhow::Result<()> {
             let snaps = store.snapshots_with_tags(a.volume.as_deref(), &a.tags)?;
             let views: Vec<_> = snaps.iter().map(view).collect();
             ctx.output(&views, || {
-                let mut t = format!(
-                    "{:<22} {:<20} {:>10} {:<20} {}",
-                    "ID", "VOLUME", "SIZE", "CREATED", "TAGS"
-                );
-                for v in &views {
-                    let tags: Vec<_> = v.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    t += &format!(
-                        "\n{:<22} {:<20} {:>10} {:<20} {}",
-                        v.id,
-                        v.volume,
-                        human(v.size),
-                        v.created,
-                        tags.join(",")
-                    );
+                if views.is_empty() {
+                    let filtered = a.volume.is_some() || !a.tags.is_empty();
+                    return if filtered {
+                        "no snapshots match".to_string()
+                    } else {
+                        "no snapshots yet: `blocksnap snapshot create PATH` takes one".to_string()
+                    };
                 }
-                t
+                let mut t = Table::new(&["ID", "VOLUME", "SIZE", "CREATED", "TAGS"]).right(&[2]);
+                for v in &views {
+                    t.row([
+                        v.id.clone(),
+                        v.volume.to_string(),
+                        human(v.size),
+                        v.created.to_string(),
+                        tags(v.tags),
+                    ]);
+                }
+                t.render()
             })
         }
         SnapshotCmd::Show { snapshot } => {
             let s = store.resolve_snapshot(snapshot)?;
             let v = view(&s);
             ctx.output(&v, || {
-                let mut t = String::new();
-                for (k, val) in serde_json::to_value(&v)
-                    .ok()
-                    .and_then(|j| j.as_object().cloned())
-                    .unwrap_or_default()
-                {
-                    let shown = match val {
-                        serde_json::Value::String(s) => s,
-                        serde_json::Value::Null => "-".into(),
-                        other => other.to_string(),
-                    };
-                    t += &format!("{k:<12} {shown}\n");
+                let bytes = |n: u64| format!("{} ({n} bytes)", human(n));
+                let mut f = vec![
+                    ("id", v.id.clone()),
+                    ("volume", v.volume.to_string()),
+                    ("size", bytes(v.size)),
+                    ("data", bytes(v.data_bytes)),
+                    ("created", v.created.to_string()),
+                    ("owner", v.owner.to_string()),
+                    ("parent", v.parent.clone().unwrap_or_default()),
+                    (
+                        "key",
+                        v.key.clone().unwrap_or_else(|| "none (plain store)".into()),
+                    ),
+                    (
+                        "chunker",
+                        format!(
+                            "{} {}",
+                            format!("{:?}", s.chunker.kind).to_lowercase(),
+                            human(s.chunker.avg.into())
+                        ),
+                    ),
+                    ("tags", tags(v.tags)),
+                    ("description", v.description.to_string()),
+                ];
+                if let Some(p) = v.source_path {
+                    f.push((
+                        "source",
+                        match v.source_host {
+                            Some(h) => format!("{p} on {h}"),
+                            None => p.to_string(),
+                        },
+                    ));
                 }
-                t.trim_end().to_string()
+                if v.source_changed {
+                    f.push((
+                        "warning",
+                        "the source was written while it was read: the image may not be \
+                         consistent"
+                            .into(),
+                    ));
+                }
+                fields(&f)
             })
         }
         SnapshotCmd::Diff {
