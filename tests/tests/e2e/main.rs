@@ -18,6 +18,7 @@ mod locks;
 mod messages;
 mod migration;
 mod nbd;
+mod progress;
 mod readonly;
 mod recovery;
 mod signals;
