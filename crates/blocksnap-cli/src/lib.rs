@@ -30,8 +30,8 @@ use anyhow::Context;
 use blocksnap_store::{ErrorKind, InitOptions, Store, StoreError};
 use clap::{CommandFactory, Parser, Subcommand};
 use commands::{
-    account, bench, check, image, init, key, policy, prune, recovery, repair, serve, snapshot,
-    trash, unlock, volume,
+    account, bench, check, image, init, key, migrate, policy, prune, recovery, repair, serve,
+    snapshot, trash, unlock, volume,
 };
 use progress::Bar;
 use serde::Serialize;
@@ -111,6 +111,12 @@ pub(crate) enum Command {
     /// gone, and damaged ones. (Locks left by killed commands of this host are also removed
     /// automatically by the next command.)
     Unlock(unlock::UnlockArgs),
+    /// Authenticate a store made before documents carried MACs (config format v1): seal every
+    /// snapshot, image, volume, policy and key document under its key, then raise the
+    /// config's format so that a document without a MAC is refused from then on. Run it as an
+    /// account holding every key (or as each key's holder in turn); running it again is
+    /// harmless.
+    Migrate(migrate::MigrateArgs),
     /// Measure this machine: each stage's throughput on one core and on all cores, then an
     /// end-to-end snapshot, incremental snapshot and restore of a generated image.
     #[command(long_about = bench::BENCH_ABOUT)]
@@ -169,6 +175,7 @@ pub fn main() -> ExitCode {
     let code = match kind {
         Some(ErrorKind::Usage | ErrorKind::NotFound | ErrorKind::Ambiguous) => 2,
         Some(ErrorKind::Denied) => 3,
+        Some(ErrorKind::Tampered) => 6,
         _ => 1,
     };
     say!("blocksnap: error: {}", message(&e));
@@ -375,6 +382,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Prune(a) => prune::run(&ctx, a),
         Command::Check(a) => check::run(&ctx, a),
         Command::Unlock(a) => unlock::run(&ctx, a),
+        Command::Migrate(a) => migrate::run(&ctx, a),
         Command::Bench(a) => bench::run(&ctx, a),
     }
 }

@@ -31,6 +31,8 @@ pub trait Document: Serialize + DeserializeOwned {
     const KIND: &'static str;
     /// The format name this version writes and reads (`blocksnap.snapshot/v1`).
     const FORMAT: &'static str;
+    /// Older format names this version still reads (and never writes).
+    const OLDER_FORMATS: &'static [&'static str] = &[];
 
     /// Checks every field; called by [`Document::from_json`].
     fn validate(&self) -> Result<(), DocError>;
@@ -47,7 +49,7 @@ pub trait Document: Serialize + DeserializeOwned {
         };
         let peek: Peek = serde_json::from_slice(bytes).map_err(malformed)?;
         match peek.format {
-            Some(f) if f == Self::FORMAT => {}
+            Some(f) if f == Self::FORMAT || Self::OLDER_FORMATS.contains(&f.as_str()) => {}
             Some(f) => {
                 return Err(DocError::UnknownFormat {
                     doc: Self::KIND,
@@ -202,7 +204,8 @@ impl ChunkerDoc {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigDoc {
-    /// `blocksnap.config/v1`.
+    /// `blocksnap.config/v2` (documents are authenticated), or `blocksnap.config/v1` for a
+    /// store made before that and not yet migrated.
     pub format: String,
     /// The store's id.
     pub id: StoreId,
@@ -227,9 +230,21 @@ fn default_trash_days() -> u32 {
     7
 }
 
+impl ConfigDoc {
+    /// The format of stores made before documents were authenticated.
+    pub const FORMAT_V1: &'static str = "blocksnap.config/v1";
+
+    /// True if every snapshot, image, volume, policy and key document of the store must carry a
+    /// valid MAC (format v2); false for a store made before, until `blocksnap migrate`.
+    pub fn authenticated(&self) -> bool {
+        self.format == Self::FORMAT
+    }
+}
+
 impl Document for ConfigDoc {
     const KIND: &'static str = "config";
-    const FORMAT: &'static str = "blocksnap.config/v1";
+    const FORMAT: &'static str = "blocksnap.config/v2";
+    const OLDER_FORMATS: &'static [&'static str] = &[Self::FORMAT_V1];
     fn validate(&self) -> Result<(), DocError> {
         validate_time(Self::KIND, "created", &self.created)?;
         self.chunker.validate(Self::KIND)?;
@@ -318,6 +333,17 @@ pub struct KeyDoc {
     pub created_by: String,
     /// One wrapped copy per account that holds a grant.
     pub grants: Vec<GrantDoc>,
+    /// Counts the changes to the grants (each grant and revoke adds one), under the MAC: a
+    /// client that saw revision N refuses a document with a lower one (an old copy put back).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revision: u64,
+    /// MAC under the key itself (see [`crate::Sealed`]); absent in stores not yet migrated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Document for KeyDoc {
@@ -327,6 +353,7 @@ impl Document for KeyDoc {
         validate_name(Self::KIND, "name", &self.name)?;
         validate_name(Self::KIND, "created_by", &self.created_by)?;
         validate_time(Self::KIND, "created", &self.created)?;
+        crate::seal::validate_mac(Self::KIND, self.mac.as_deref())?;
         if self.grants.len() > MAX_GRANTS {
             return Err(DocError::invalid(
                 Self::KIND,
@@ -417,6 +444,15 @@ pub struct SnapshotDoc {
     /// moved): the snapshot may not be consistent, like a disk pulled from a running machine.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub source_changed: bool,
+    /// The volume's snapshot number (1, 2, …), under the MAC: numbers only grow, so a client
+    /// that pinned number N notices an older volume head put back. Absent in snapshots taken
+    /// before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// MAC under the snapshot's data key (see [`crate::Sealed`]); absent in plain stores and in
+    /// stores not yet migrated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 impl Document for SnapshotDoc {
@@ -428,6 +464,7 @@ impl Document for SnapshotDoc {
         validate_time(Self::KIND, "created", &self.created)?;
         validate_tags(Self::KIND, &self.tags)?;
         validate_text(Self::KIND, "description", &self.description)?;
+        crate::seal::validate_mac(Self::KIND, self.mac.as_deref())?;
         self.chunker.validate(Self::KIND)?;
         if self.size > MAX_VOLUME_SIZE {
             return Err(DocError::invalid(
@@ -516,6 +553,13 @@ pub struct VolumeDoc {
     /// before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// The data key whose MAC the document carries (the key of the account that wrote it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<KeyId>,
+    /// MAC under `key` (see [`crate::Sealed`]); absent in plain stores and in stores not yet
+    /// migrated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 impl Document for VolumeDoc {
@@ -526,6 +570,7 @@ impl Document for VolumeDoc {
         validate_tags(Self::KIND, &self.tags)?;
         validate_time(Self::KIND, "created", &self.created)?;
         validate_abs_path(Self::KIND, "path", &self.path)?;
+        crate::seal::validate_mac(Self::KIND, self.mac.as_deref())?;
         if let Some(h) = &self.host {
             validate_host(Self::KIND, "host", h)?;
         }
@@ -563,7 +608,7 @@ impl Document for HeadDoc {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample_snapshot() -> SnapshotDoc {
@@ -593,6 +638,8 @@ mod tests {
             source_path: None,
             source_host: None,
             source_changed: false,
+            seq: None,
+            mac: None,
         }
     }
 
@@ -699,6 +746,8 @@ mod tests {
                     source_path: fixed.then(|| "/vm/disk.img".into()),
                     source_host: fixed.then(|| "host-1".into()),
                     source_changed: fixed,
+                    seq: None,
+                    mac: None,
                 }
             })
     }

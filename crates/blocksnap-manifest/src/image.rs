@@ -67,6 +67,10 @@ pub struct ImageDoc {
     pub launch_permissions: LaunchPermissions,
     /// The key every volume's data is encrypted with; none in a plain store.
     pub key: Option<KeyId>,
+    /// MAC under `key` (see [`crate::Sealed`]); absent in plain stores and in stores not yet
+    /// migrated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 impl ImageDoc {
@@ -129,6 +133,7 @@ impl Document for ImageDoc {
     const KIND: &'static str = "image";
     const FORMAT: &'static str = "blocksnap.image/v1";
     fn validate(&self) -> Result<(), DocError> {
+        crate::seal::validate_mac(Self::KIND, self.mac.as_deref())?;
         let k = Self::KIND;
         validate_name(k, "name", &self.name)?;
         validate_name(k, "owner", &self.owner)?;
@@ -233,6 +238,7 @@ pub(crate) mod tests {
                 accounts: vec!["bob".into()],
             },
             key: Some(KeyId(9)),
+            mac: None,
         }
     }
 
@@ -316,6 +322,7 @@ pub(crate) mod tests {
                         accounts: accounts.into_iter().collect(),
                     },
                     key: key.map(KeyId),
+                    mac: None,
                 }
             })
     }

@@ -20,6 +20,7 @@ mod id;
 mod image;
 mod lock;
 mod policy;
+mod seal;
 mod trash;
 
 pub use docs::{
@@ -34,4 +35,5 @@ pub use image::{
 };
 pub use lock::{LockDoc, LockKind, MAX_HOST_LEN, validate_host};
 pub use policy::{Keep, Period, PolicyDoc, Schedule, TagValues, TargetTags, Unit};
+pub use seal::Sealed;
 pub use trash::TrashDoc;

@@ -244,6 +244,13 @@ pub struct PolicyDoc {
     pub schedules: Vec<Schedule>,
     /// When it was created.
     pub created: String,
+    /// The data key whose MAC the document carries (the key of the account that wrote it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<crate::KeyId>,
+    /// MAC under `key` (see [`crate::Sealed`]); absent in plain stores and in stores not yet
+    /// migrated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 impl PolicyDoc {
@@ -317,6 +324,7 @@ impl Document for PolicyDoc {
 
     fn validate(&self) -> Result<(), DocError> {
         validate_name(Self::KIND, "name", &self.name)?;
+        crate::seal::validate_mac(Self::KIND, self.mac.as_deref())?;
         if self.format != Self::FORMAT && self.format != Self::FORMAT_V2 {
             return Err(DocError::invalid(
                 Self::KIND,

@@ -10,7 +10,8 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::error::PackError;
 use crate::format::{
-    CODEC_RAW, CODEC_ZSTD, CONTEXT_CHUNK_ID, CONTEXT_PACK_KEY, MAX_CHUNK_LEN, TAG_LEN,
+    CODEC_RAW, CODEC_ZSTD, CONTEXT_CHUNK_ID, CONTEXT_DOC_MAC, CONTEXT_KEY_CHECK, CONTEXT_PACK_KEY,
+    MAX_CHUNK_LEN, TAG_LEN,
 };
 
 /// A 256-bit data key. Zeroed when dropped; never printed.
@@ -130,6 +131,29 @@ impl ChunkCodec {
         })
     }
 
+    /// The MAC of a document under this key, none for a plain store: keyed BLAKE3 (under a
+    /// subkey for documents) over the document's kind, its name in the store and its canonical
+    /// bytes, each length-prefixed, so that no document can stand in for one of another kind or
+    /// name.
+    pub fn document_mac(&self, kind: &str, name: &str, body: &[u8]) -> Option<[u8; 32]> {
+        let (_, key, _) = self.key.as_ref()?;
+        let mac_key = Zeroizing::new(blake3::derive_key(CONTEXT_DOC_MAC, key.expose()));
+        let mut h = blake3::Hasher::new_keyed(&mac_key);
+        for part in [kind.as_bytes(), name.as_bytes(), body] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        Some(*h.finalize().as_bytes())
+    }
+
+    /// The key's check value (16 bytes of a BLAKE3 key derivation, in hex), none for a plain
+    /// store: equal check values mean the same key; it reveals nothing of the key.
+    pub fn key_check(&self) -> Option<String> {
+        let (_, key, _) = self.key.as_ref()?;
+        let check = blake3::derive_key(CONTEXT_KEY_CHECK, key.expose());
+        Some(hex_encode(&check[..16]))
+    }
+
     /// The cipher of a pack with `salt`; none for a plain store.
     pub fn pack_cipher(&self, salt: &[u8; 32]) -> Option<PackCipher> {
         self.key.as_ref().map(|(_, key, _)| {
@@ -165,6 +189,10 @@ impl ChunkCodec {
         }
         Ok(data)
     }
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The nonce of the record at `offset`: offsets strictly increase inside a pack, and each pack

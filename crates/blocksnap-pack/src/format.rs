@@ -37,6 +37,12 @@ pub const CODEC_ZSTD: u8 = 1;
 pub const CONTEXT_CHUNK_ID: &str = "blocksnap 2026-11-23 chunk id key v1";
 /// BLAKE3 key-derivation context for a pack's subkey (input: data key, then the pack's salt).
 pub const CONTEXT_PACK_KEY: &str = "blocksnap 2026-11-23 pack key v1";
+/// BLAKE3 key-derivation context for the key that authenticates a store's documents (snapshot,
+/// image, volume, policy and key documents) under a data key.
+pub const CONTEXT_DOC_MAC: &str = "blocksnap 2026-12-02 document mac key v1";
+/// BLAKE3 key-derivation context for a data key's check value: what a client pins to know it
+/// unwrapped the same key as before, without keeping the key.
+pub const CONTEXT_KEY_CHECK: &str = "blocksnap 2026-12-02 key check v1";
 /// The trailer's nonce; record nonces are their byte offsets, which never reach it.
 pub const TRAILER_NONCE: [u8; 12] = [0xff; 12];
 

@@ -28,6 +28,10 @@ pub enum ErrorKind {
     ReadOnly,
     /// A failure of the store's backend that may pass (a timeout, throttling): try again (exit 1).
     Transient,
+    /// A document or pack fails authentication, or the store contradicts what this client
+    /// pinned (its encryption, a key, a recipient, a volume's snapshot count): someone who can
+    /// write to the store may have tampered with it (exit 6).
+    Tampered,
     /// Anything else (exit 1).
     Other,
 }
@@ -50,6 +54,10 @@ pub enum StoreError {
     /// where the system says.
     #[error("{0}")]
     Locked(String),
+    /// A document or pack that fails authentication, or a store that contradicts what this
+    /// client pinned: the message names the object, what is wrong and what to do.
+    #[error("{0}")]
+    Tampered(String),
     /// An I/O error on a named path.
     #[error("{what} {path}: {source}")]
     Io {
@@ -134,6 +142,7 @@ impl StoreError {
             StoreError::Usage(_) => ErrorKind::Usage,
             StoreError::Denied(_) => ErrorKind::Denied,
             StoreError::Damaged(_) => ErrorKind::Damaged,
+            StoreError::Tampered(_) => ErrorKind::Tampered,
             StoreError::Locked(_) => ErrorKind::Locked,
             StoreError::Io { source, .. } if is_no_space(source) => ErrorKind::NoSpace,
             StoreError::Io { .. } | StoreError::Other(_) => ErrorKind::Other,
@@ -170,6 +179,7 @@ impl StoreError {
             StoreError::Usage(m) => StoreError::Usage(format!("{what}: {m}")),
             StoreError::Denied(m) => StoreError::Denied(format!("{what}: {m}")),
             StoreError::Damaged(m) => StoreError::Damaged(format!("{what}: {m}")),
+            StoreError::Tampered(m) => StoreError::Tampered(format!("{what}: {m}")),
             StoreError::Other(m) => StoreError::Other(format!("{what}: {m}")),
             StoreError::Locked(m) => StoreError::Locked(format!("{what}: {m}")),
             e @ StoreError::Io { .. } => {

@@ -42,8 +42,9 @@ mod repo;
 mod serve;
 mod snapshot;
 
-pub use access::Access;
+pub use access::migrate::MigrateReport;
 pub use access::recovery::{RECOVERY_FORMAT, RecoveryExportReport, RecoveryImportReport};
+pub use access::{Access, fingerprint};
 pub use error::{ErrorKind, Result, StoreError};
 pub use health::check::CheckReport;
 pub use health::repair::{RepairPacksReport, RepairReport};

@@ -25,4 +25,5 @@ mod signals;
 mod snapshot_restore;
 mod sources;
 mod tables;
+mod tampering;
 mod targets;

@@ -27,18 +27,21 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &AccountCmd) -> anyhow::Result<()> {
             struct Created<'a> {
                 name: &'a str,
                 recipient: &'a str,
+                fingerprint: String,
                 identity: &'a std::path::Path,
             }
             let out = Created {
                 name: &doc.name,
                 recipient: &doc.recipient,
+                fingerprint: blocksnap_store::fingerprint(&doc.recipient),
                 identity: &path,
             };
             ctx.output(&out, || {
                 format!(
-                    "created account '{}' ({}); its identity is {} (keep it secret and backed up)",
+                    "created account '{}' ({}, fingerprint {}); its identity is {} (keep it secret and backed up)",
                     doc.name,
                     doc.recipient,
+                    out.fingerprint,
                     path.display()
                 )
             })
@@ -49,6 +52,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &AccountCmd) -> anyhow::Result<()> {
             struct Row<'a> {
                 name: &'a str,
                 recipient: &'a str,
+                fingerprint: String,
                 created: &'a str,
             }
             let rows: Vec<_> = accounts
@@ -56,13 +60,14 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &AccountCmd) -> anyhow::Result<()> {
                 .map(|a| Row {
                     name: &a.name,
                     recipient: &a.recipient,
+                    fingerprint: blocksnap_store::fingerprint(&a.recipient),
                     created: &a.created,
                 })
                 .collect();
             ctx.output(&rows, || {
-                let mut t = Table::new(&["NAME", "RECIPIENT", "CREATED"]);
+                let mut t = Table::new(&["NAME", "RECIPIENT", "FINGERPRINT", "CREATED"]);
                 for r in &rows {
-                    t.row([r.name, r.recipient, r.created]);
+                    t.row([r.name, r.recipient, &r.fingerprint, r.created]);
                 }
                 t.render()
             })

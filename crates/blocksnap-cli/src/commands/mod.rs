@@ -10,6 +10,7 @@ pub(crate) mod check;
 pub(crate) mod image;
 pub(crate) mod init;
 pub(crate) mod key;
+pub(crate) mod migrate;
 pub(crate) mod policy;
 pub(crate) mod prune;
 pub(crate) mod recovery;

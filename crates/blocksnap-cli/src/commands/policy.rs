@@ -57,7 +57,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &PolicyCmd) -> anyhow::Result<()> {
             target_tags,
             schedules,
         } => {
-            let p = store.create_policy(name, target_tags, schedules)?;
+            let p = store.create_policy(&ctx.access(&store)?, name, target_tags, schedules)?;
             ctx.output(&p, || format!("created policy {}", describe(&p)))
         }
         PolicyCmd::List => {

@@ -27,7 +27,12 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &VolumeCmd) -> anyhow::Result<()> {
     let store = ctx.open()?;
     match cmd {
         VolumeCmd::Add { name, path, tags } => {
-            let v = store.add_volume(name, path, blocksnap_store::tag_map(tags)?)?;
+            let v = store.add_volume(
+                &ctx.access(&store)?,
+                name,
+                path,
+                blocksnap_store::tag_map(tags)?,
+            )?;
             ctx.output(&v, || {
                 let tagged = if v.tags.is_empty() {
                     String::new()

@@ -2,7 +2,10 @@
 //! (X25519) to the grantee's recipient. Without the identity that unwraps a grant, a key cannot
 //! be had, whatever any document says.
 
+pub(crate) mod migrate;
 pub(crate) mod recovery;
+pub(crate) mod trust;
+pub(crate) mod verify;
 
 use std::fs;
 use std::io::Write;
@@ -117,6 +120,7 @@ impl Store {
                 hint: format!(" in store {}; see `blocksnap account list`", self.place()),
             });
         }
+        self.check_trust()?;
         let identity =
             identity.map_or_else(|| self.default_identity_path(&account), Path::to_path_buf);
         Ok(Access { account, identity })
@@ -208,58 +212,90 @@ impl Store {
 
     /// Grants `key` to `grantee`: the acting account unwraps the data key with its own identity
     /// and wraps it to the grantee's public key. Only an account holding the key can grant it.
-    pub fn grant_key(&self, access: &Access, key: &str, grantee: &str) -> Result<KeyDoc> {
+    /// The grantee's recipient must be the one this client granted to before (pinned on the
+    /// first grant), or `expect` (its fingerprint, which the grantee's owner confirms).
+    pub fn grant_key(
+        &self,
+        access: &Access,
+        key: &str,
+        grantee: &str,
+        expect: Option<&str>,
+    ) -> Result<(KeyDoc, String)> {
         self.require_writable("key grant")?;
-        let doc = self.resolve_key(key)?;
+        let doc = self.resolve_key_for_use(key)?;
         let target = self.account(grantee)?;
-        let data_key = self.unwrap_key(access, &doc)?;
-        let wrapped = wrap(data_key.expose(), &target)?;
-        // A compare-and-swap: a grant or revoke by another process meanwhile is kept.
-        self.update_doc::<KeyDoc>(Kind::Key, &doc.id.to_string(), |doc| {
-            if doc.grants.iter().any(|g| g.account == grantee) {
-                return Err(StoreError::Usage(format!(
-                    "account '{grantee}' already holds a grant on key '{}'",
-                    doc.name
+        let found = fingerprint(&target.recipient);
+        match expect {
+            Some(want) if normalize_fingerprint(want) != normalize_fingerprint(&found) => {
+                return Err(StoreError::Tampered(format!(
+                    "account '{grantee}' has recipient fingerprint {found}, not {want}: its document ({}) is not the account you meant (it may have been replaced to redirect the grant). Nothing was granted.",
+                    self.describe(&Kind::Account.key(grantee))
                 )));
             }
-            doc.grants.push(GrantDoc {
-                account: grantee.into(),
-                wrapped: wrapped.clone(),
-            });
-            Ok(())
-        })?
-        .ok_or_else(|| self.missing_key(doc.id))
+            Some(_) => self.repin_recipient(grantee, &target.recipient)?,
+            None => self.pin_recipient(grantee, &target.recipient)?,
+        }
+        let data_key = self.unwrap_key(access, &doc)?;
+        let codec =
+            ChunkCodec::encrypted(doc.id, data_key.clone(), self.config().compression_level);
+        let wrapped = wrap(data_key.expose(), &target)?;
+        // A compare-and-swap: a grant or revoke by another process meanwhile is kept.
+        let doc = self
+            .update_doc::<KeyDoc>(Kind::Key, &doc.id.to_string(), |doc| {
+                self.verify(&codec, doc)?;
+                if doc.grants.iter().any(|g| g.account == grantee) {
+                    return Err(StoreError::Usage(format!(
+                        "account '{grantee}' already holds a grant on key '{}'",
+                        doc.name
+                    )));
+                }
+                doc.grants.push(GrantDoc {
+                    account: grantee.into(),
+                    wrapped: wrapped.clone(),
+                });
+                doc.revision += 1;
+                self.seal(&codec, doc)
+            })?
+            .ok_or_else(|| self.missing_key(doc.id))?;
+        self.pin_grant_change(doc.id, grantee, true, doc.revision)?;
+        Ok((doc, found))
     }
 
     /// Removes `grantee`'s wrapped copy of `key`. The acting account must hold the key; the
     /// last grant cannot be removed (the key, and all data under it, would be lost).
     pub fn revoke_key(&self, access: &Access, key: &str, grantee: &str) -> Result<KeyDoc> {
         self.require_writable("key revoke")?;
-        let doc = self.resolve_key(key)?;
+        let doc = self.resolve_key_for_use(key)?;
         if !doc.grants.iter().any(|g| g.account == grantee) {
             return Err(StoreError::Usage(format!(
                 "account '{grantee}' holds no grant on key '{}'",
                 doc.name
             )));
         }
-        self.unwrap_key(access, &doc)?;
-        self.update_doc::<KeyDoc>(Kind::Key, &doc.id.to_string(), |doc| {
-            if !doc.grants.iter().any(|g| g.account == grantee) {
-                return Err(StoreError::Usage(format!(
-                    "account '{grantee}' holds no grant on key '{}'",
-                    doc.name
-                )));
-            }
-            if doc.grants.len() == 1 {
-                return Err(StoreError::Usage(format!(
-                    "'{grantee}' holds the last grant on key '{}'; revoking it would make all data under the key unreadable",
-                    doc.name
-                )));
-            }
-            doc.grants.retain(|g| g.account != grantee);
-            Ok(())
-        })?
-        .ok_or_else(|| self.missing_key(doc.id))
+        let data_key = self.unwrap_key(access, &doc)?;
+        let codec = ChunkCodec::encrypted(doc.id, data_key, self.config().compression_level);
+        let doc = self
+            .update_doc::<KeyDoc>(Kind::Key, &doc.id.to_string(), |doc| {
+                self.verify(&codec, doc)?;
+                if !doc.grants.iter().any(|g| g.account == grantee) {
+                    return Err(StoreError::Usage(format!(
+                        "account '{grantee}' holds no grant on key '{}'",
+                        doc.name
+                    )));
+                }
+                if doc.grants.len() == 1 {
+                    return Err(StoreError::Usage(format!(
+                        "'{grantee}' holds the last grant on key '{}'; revoking it would make all data under the key unreadable",
+                        doc.name
+                    )));
+                }
+                doc.grants.retain(|g| g.account != grantee);
+                doc.revision += 1;
+                self.seal(&codec, doc)
+            })?
+            .ok_or_else(|| self.missing_key(doc.id))?;
+        self.pin_grant_change(doc.id, grantee, false, doc.revision)?;
+        Ok(doc)
     }
 
     /// Reads an account document.
@@ -288,7 +324,7 @@ impl Store {
         let account = self.account(&access.account)?;
         let wrapped = wrap(&key, &account)?;
         let id = KeyId(u64::from_le_bytes(fsutil::random_bytes()));
-        let doc = KeyDoc {
+        let mut doc = KeyDoc {
             format: KeyDoc::FORMAT.into(),
             id,
             name: name.into(),
@@ -298,8 +334,19 @@ impl Store {
                 account: access.account.clone(),
                 wrapped,
             }],
+            revision: 0,
+            mac: None,
         };
+        let codec = ChunkCodec::encrypted(
+            id,
+            DataKey::from_bytes(*key),
+            self.config().compression_level,
+        );
+        self.seal(&codec, &mut doc)?;
         self.create_doc(Kind::Key, &id.to_string(), &doc)?;
+        if let Some(check) = codec.key_check() {
+            self.pin_key(&doc, &check)?;
+        }
         Ok(id)
     }
 
@@ -353,6 +400,16 @@ impl Store {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The key to encrypt (or grant) with, named `text`: a name this client pinned resolves to
+    /// the pinned key's id, whatever other key documents say they are called (a key someone
+    /// added under the same name is never picked); anything else as [`Store::resolve_key`].
+    pub(crate) fn resolve_key_for_use(&self, text: &str) -> Result<KeyDoc> {
+        if let Some(id) = self.pinned_key_named(text)? {
+            return self.key_by_id(id);
+        }
+        self.resolve_key(text)
     }
 
     /// The error for key `id`, which documents name but the store lacks.
@@ -410,13 +467,28 @@ impl Store {
                 "key {key_id}: the unwrapped key has the wrong length"
             ))
         })?;
-        Ok(DataKey::from_bytes(bytes))
+        let key = DataKey::from_bytes(bytes);
+        // The key document is authenticated under the key it wraps, and the key is the one
+        // this client used under that id before.
+        let codec = ChunkCodec::encrypted(key_id, key.clone(), self.config().compression_level);
+        self.verify(&codec, doc)?;
+        if let Some(check) = codec.key_check() {
+            self.pin_key(doc, &check)?;
+        }
+        Ok(key)
     }
 
     /// The codec for chunks under `key` (none: a plain store) as `access` may use it.
     pub fn codec(&self, access: &Access, key: Option<KeyId>) -> Result<ChunkCodec> {
         let level = self.config().compression_level;
+        self.check_trust()?;
         let Some(key_id) = key else {
+            if self.config().encryption {
+                return Err(StoreError::Tampered(format!(
+                    "store {} is encrypted, but something in it (a document or a pack) asks to be read as plaintext: someone who can write to the store may have planted it. Nothing was read on its word; `blocksnap check` names it.",
+                    self.place()
+                )));
+            }
             return Ok(ChunkCodec::plain(level));
         };
         let doc = self.key_by_id(key_id)?;
@@ -437,9 +509,28 @@ impl Store {
             }
             return self.codec(access, None);
         }
-        let doc = self.resolve_key(key.unwrap_or("default"))?;
+        let doc = self.resolve_key_for_use(key.unwrap_or("default"))?;
         self.codec(access, Some(doc.id))
     }
+}
+
+/// The fingerprint of an account's recipient, as `key grant` shows it and `--expect` takes it:
+/// 16 bytes of its BLAKE3 hash, in hex groups of four (`3f2a:91bc:…`).
+pub fn fingerprint(recipient: &str) -> String {
+    let hash = blake3::hash(recipient.as_bytes());
+    hash.as_bytes()[..16]
+        .chunks(2)
+        .map(hex::encode)
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A fingerprint as typed: lower case, without separators.
+fn normalize_fingerprint(text: &str) -> String {
+    text.chars()
+        .filter(char::is_ascii_hexdigit)
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
 }
 
 fn wrap(key: &[u8; 32], account: &AccountDoc) -> Result<String> {
@@ -454,7 +545,7 @@ fn wrap(key: &[u8; 32], account: &AccountDoc) -> Result<String> {
     Ok(hex::encode(ct))
 }
 
-fn create_private_dir(dir: &Path) -> Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
     let mut b = fs::DirBuilder::new();
     b.recursive(true);
     #[cfg(unix)]

@@ -12,6 +12,7 @@
 //! damaged) is damaged, but its records are judged one by one through the index entries that
 //! point into it (those past its end are lost; with `--read-data` the others are decoded).
 
+mod authenticity;
 mod documents;
 mod images;
 mod index_entries;
@@ -94,6 +95,9 @@ pub struct CheckReport {
     pub images: u64,
     /// Images with a device that cannot be rebuilt.
     pub damaged_images: Vec<ImageId>,
+    /// Documents and keys that fail authentication (each also in `problems`): someone who can
+    /// write to the store may have changed them.
+    pub tampered: Vec<String>,
 }
 
 /// How far a pack could be read.
@@ -198,6 +202,7 @@ impl Store {
         };
 
         let docs = self.check_documents(&mut report)?;
+        self.check_authenticity(&docs, &mut keys, &mut report);
         let mut packs =
             self.check_packs(index.as_ref(), &mut keys, read_data, progress, &mut report)?;
         let stale = match &index {
@@ -214,6 +219,7 @@ impl Store {
         let walk =
             self.check_snapshots(&docs.snapshots, locator, &packs, &mut keys, &mut report)?;
         images::check_images(&docs, &mut report);
+        Self::report_refused_keys(&keys, &mut report);
 
         summary::report_unverified(&keys, &mut report);
         self.report_stale_entries(&stale, &walk, &mut report);

@@ -55,8 +55,11 @@ impl Store {
         let started = Instant::now();
         let doc = self.resolve_image(image)?;
         self.check_launch(access, &doc)?;
+        let source_codec = self.image_codec(access, &doc)?;
         let snaps = self.image_snapshots(&doc)?;
-        let source_codec = self.codec(access, doc.key)?;
+        for s in &snaps {
+            self.verify(&source_codec, s)?;
+        }
         let name = opts.name.clone().unwrap_or_else(|| doc.name.clone());
         let devices: Vec<&str> = doc.volumes.iter().map(|v| v.device.as_str()).collect();
         target.check_new_image(&name, &devices, Some(&doc.root_device))?;
@@ -137,7 +140,7 @@ impl Store {
         );
         copy.description.clone_from(&doc.description);
         copy.tags.clone_from(&doc.tags);
-        target.write_image(&copy)?;
+        target.write_new_image(&target_codec, &mut copy)?;
         Ok(ImageReport {
             image: copy,
             snapshots: reports,
@@ -191,8 +194,10 @@ impl Store {
             source_path: snap.source_path.clone(),
             source_host: snap.source_host.clone(),
             source_changed: snap.source_changed,
+            seq: None,
+            mac: None,
         };
-        target.commit_snapshot(doc, &stored, started)
+        target.commit_snapshot(target_access, doc, &stored, started)
     }
 }
 

@@ -11,6 +11,7 @@ use blocksnap_manifest::{
     Document, ImageDoc, ImageId, ImageVolume, LaunchPermissions, SnapshotDoc, SnapshotId,
     validate_device,
 };
+use blocksnap_pack::ChunkCodec;
 use serde::Serialize;
 
 use crate::access::Access;
@@ -76,11 +77,18 @@ pub(crate) fn new_image(
         volumes,
         launch_permissions: LaunchPermissions::default(),
         key,
+        mac: None,
     }
 }
 
 impl Store {
-    /// Creates an image's document (a new image, or one back from the trash).
+    /// Seals a new image's document under `codec` (the image's key) and creates it.
+    pub(crate) fn write_new_image(&self, codec: &ChunkCodec, doc: &mut ImageDoc) -> Result<()> {
+        self.seal(codec, doc)?;
+        self.write_image(doc)
+    }
+
+    /// Creates an image's document (a new image, or one back from the trash, sealed).
     pub(crate) fn write_image(&self, doc: &ImageDoc) -> Result<()> {
         self.create_doc(Kind::Image, &doc.id.to_string(), doc)
             .map(|_| ())
@@ -195,7 +203,7 @@ impl Store {
                 source_moved: opts.source_moved,
             };
             let source = self
-                .open_source(&snap, progress)
+                .open_source(access, &snap, progress)
                 .map_err(|e| e.context(&format!("device {device}")))?;
             if let Some((other, _, _)) = jobs.iter().find(
                 |(_, _, s): &&(String, SnapshotOptions, crate::snapshot::source::Source)| {
@@ -263,7 +271,7 @@ impl Store {
         }
         let mut reports: Vec<SnapshotReport> = Vec::new();
         for (doc, s, started) in stored {
-            reports.push(self.commit_snapshot(doc, &s, started)?);
+            reports.push(self.commit_snapshot(access, doc, &s, started)?);
         }
         progress.finish();
         let volumes = devices
@@ -279,7 +287,7 @@ impl Store {
         let mut doc = new_image(&opts.name, &access.account, root, volumes, codec.key_id());
         doc.description.clone_from(&opts.description);
         doc.tags.clone_from(&opts.tags);
-        self.write_image(&doc)?;
+        self.write_new_image(&codec, &mut doc)?;
         Ok(ImageReport {
             image: doc,
             snapshots: reports,
@@ -311,8 +319,12 @@ impl Store {
                 snaps[0].id, other.id
             )));
         }
-        // The registering account must be able to read what it registers.
-        self.codec(access, key)?;
+        // The registering account must be able to read what it registers, and every snapshot
+        // must be one the key's holders wrote.
+        let codec = self.codec(access, key)?;
+        for s in &snaps {
+            self.verify(&codec, s)?;
+        }
         let volumes = devices
             .iter()
             .zip(&snaps)
@@ -323,8 +335,8 @@ impl Store {
             })
             .collect();
         let root = root_device.unwrap_or(devices[0]);
-        let doc = new_image(name, &access.account, root, volumes, key);
-        self.write_image(&doc)?;
+        let mut doc = new_image(name, &access.account, root, volumes, key);
+        self.write_new_image(&codec, &mut doc)?;
         Ok(ImageReport {
             image: doc,
             snapshots: Vec::new(),

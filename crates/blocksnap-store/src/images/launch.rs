@@ -122,9 +122,10 @@ impl Store {
         let started = Instant::now();
         let doc = self.resolve_image(image)?;
         self.check_launch(access, &doc)?;
+        let codec = self.image_codec(access, &doc)?;
         let snaps = self.image_snapshots(&doc)?;
         for s in &snaps {
-            self.codec(access, s.key)?;
+            self.verify(&codec, s)?;
         }
         // Every check before anything is created: the directory, then each output in it.
         let created = self.plan_outdir(outdir)?;

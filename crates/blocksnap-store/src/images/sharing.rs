@@ -59,8 +59,10 @@ impl Store {
         if let Audience::Account(name) = to {
             self.account(name)?;
         }
+        let codec = self.image_codec(access, &doc)?;
         // A compare-and-swap: a share by another process meanwhile is kept.
         self.update_doc::<ImageDoc>(Kind::Image, &doc.id.to_string(), |doc| {
+            self.verify(&codec, doc)?;
             let perms = &mut doc.launch_permissions;
             match to {
                 Audience::Public => perms.public = share,
@@ -72,7 +74,7 @@ impl Store {
                     }
                 }
             }
-            Ok(())
+            self.seal(&codec, doc)
         })?
         .ok_or_else(|| StoreError::NotFound {
             kind: "image",

@@ -66,6 +66,7 @@ impl Store {
     /// kept, also several values of one key: a volume carrying any of them is targeted.
     pub fn create_policy(
         &self,
+        access: &Access,
         name: &str,
         target_tags: &[(String, String)],
         schedules: &[String],
@@ -77,15 +78,20 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()
             .map_err(StoreError::Usage)?;
         let target_tags = PolicyDoc::target_tags_from(target_tags.iter().cloned());
-        let doc = PolicyDoc {
+        let key = self.document_key()?;
+        let mut doc = PolicyDoc {
             format: PolicyDoc::format_for(&target_tags).into(),
             name: name.into(),
             target_tags,
             schedules,
             created: fsutil::now_rfc3339(),
+            key,
+            mac: None,
         };
         doc.validate()
             .map_err(|e| StoreError::Usage(e.to_string()))?;
+        let codec = self.codec(access, key)?;
+        self.seal(&codec, &mut doc)?;
         self.create_doc(Kind::Policy, name, &doc)?;
         Ok(doc)
     }
@@ -137,6 +143,9 @@ impl Store {
         // A volume set aside by `repair documents` has no tags any more: no policy selects it.
         self.warn_quarantined_volumes(progress)?;
         for policy in self.list_policies()? {
+            // What a policy keeps decides what prune deletes: one changed by someone without
+            // the key is not run.
+            self.verify_with_access(access, &policy)?;
             let targets: Vec<_> = volumes.iter().filter(|v| policy.targets(&v.tags)).collect();
             for schedule in &policy.schedules {
                 let slot = slot_start(schedule, at)?;

@@ -97,6 +97,9 @@ impl Store {
             crate::cancel::check()?;
             if let std::collections::hash_map::Entry::Vacant(slot) = codecs.entry(doc.key) {
                 let codec = self.codec(access, doc.key).map_err(|e| {
+                    if e.kind() != crate::ErrorKind::Denied {
+                        return e;
+                    }
                     StoreError::Denied(format!(
                         "prune must read every snapshot, and snapshot {} is under a key it cannot use: {e}",
                         doc.id
@@ -104,6 +107,9 @@ impl Store {
                 })?;
                 slot.insert(codec);
             }
+            // A document changed by someone without the key could make prune delete what the
+            // real snapshot needs: prune deletes nothing unless every snapshot verifies.
+            self.verify(&codecs[&doc.key], doc)?;
             let reader = ChunkReader::new(self, &codecs[&doc.key], &index);
             live.extend(doc.extents.chunks.iter().copied());
             reader

@@ -65,6 +65,11 @@ pub struct Store {
     /// Where the per-user caches of stores live (default `$XDG_CACHE_HOME`, see
     /// [`Store::with_cache_home`]).
     cache_home: PathBuf,
+    /// Where this client keeps its identities and trust state of stores (default
+    /// `$XDG_CONFIG_HOME`, see [`Store::with_config_home`]).
+    config_home: PathBuf,
+    /// What this client pinned about the store (see `access/trust.rs`).
+    pub(crate) trust: crate::access::trust::Trust,
 }
 
 impl std::fmt::Debug for Store {
@@ -138,7 +143,24 @@ impl Store {
             read_only: OnceLock::new(),
             read_only_noted: AtomicBool::new(false),
             cache_home: cache_home(),
+            config_home: config_home(),
+            trust: Default::default(),
         }
+    }
+
+    /// The same store keeping this client's identities and trust state under `dir` instead of
+    /// `$XDG_CONFIG_HOME`: for tests and embedders that run several clients in one process.
+    pub fn with_config_home(mut self, dir: impl Into<PathBuf>) -> Store {
+        self.config_home = dir.into();
+        self
+    }
+
+    /// This client's directory for the store: `$XDG_CONFIG_HOME/blocksnap/<store id>/`
+    /// (identities, trust state).
+    pub fn client_dir(&self) -> PathBuf {
+        self.config_home
+            .join("blocksnap")
+            .join(self.config.id.to_string())
     }
 
     /// The same store keeping its cache (the dedup index) under `dir` instead of
@@ -190,10 +212,7 @@ impl Store {
     /// Where an account's identity lives unless `--identity` says otherwise:
     /// `$XDG_CONFIG_HOME/blocksnap/<store id>/<account>.key`.
     pub fn default_identity_path(&self, account: &str) -> PathBuf {
-        config_home()
-            .join("blocksnap")
-            .join(self.config.id.to_string())
-            .join(format!("{account}.key"))
+        self.client_dir().join(format!("{account}.key"))
     }
 
     /// This store's local cache: `$XDG_CACHE_HOME/blocksnap/<store id>/` (the dedup index).

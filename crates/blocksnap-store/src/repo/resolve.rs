@@ -26,11 +26,28 @@ pub(crate) fn resolve<'a, T>(
     if text.is_empty() {
         return Err(not_found());
     }
-    if let Some(hit) = items
-        .iter()
-        .find(|i| name(i) == Some(text) || id(i).as_deref() == Some(text))
-    {
+    let ambiguous = |many: &[&T]| StoreError::Ambiguous {
+        kind,
+        text: text.into(),
+        candidates: many
+            .iter()
+            .map(|i| match (id(i), name(i)) {
+                (Some(id), Some(n)) => format!("{id} ({n})"),
+                (Some(id), None) => id,
+                (None, n) => n.unwrap_or_default().to_string(),
+            })
+            .collect(),
+    };
+    if let Some(hit) = items.iter().find(|i| id(i).as_deref() == Some(text)) {
         return Ok(hit);
+    }
+    // Two objects of one name (a store written by hand, or by someone adding a key named like
+    // the owner's) are never resolved by guessing: both are listed.
+    let named: Vec<&T> = items.iter().filter(|i| name(i) == Some(text)).collect();
+    match named.as_slice() {
+        [one] => return Ok(one),
+        [] => {}
+        many => return Err(ambiguous(many)),
     }
     // An id prefix: the type prefix may be left out, but not all that follows it.
     let want = if type_prefix.is_empty() || text.starts_with(type_prefix) {
@@ -48,18 +65,7 @@ pub(crate) fn resolve<'a, T>(
     match hits.as_slice() {
         [one] => Ok(one),
         [] => Err(not_found()),
-        many => Err(StoreError::Ambiguous {
-            kind,
-            text: text.into(),
-            candidates: many
-                .iter()
-                .map(|i| match (id(i), name(i)) {
-                    (Some(id), Some(n)) => format!("{id} ({n})"),
-                    (Some(id), None) => id,
-                    (None, n) => n.unwrap_or_default().to_string(),
-                })
-                .collect(),
-        }),
+        many => Err(ambiguous(many)),
     }
 }
 

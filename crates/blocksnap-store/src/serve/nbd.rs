@@ -332,7 +332,7 @@ impl Store {
         ready: impl FnOnce(&ServeInfo),
     ) -> Result<()> {
         let doc = self.export_snapshot(access, what)?;
-        let codec: ChunkCodec = self.codec(access, doc.key)?;
+        let codec: ChunkCodec = self.snapshot_codec(access, &doc)?;
         let _lock = self.lock_reading("serve", progress)?;
         let locator = Locator::Map(self.locations_for(&doc, &codec)?);
         let reader = ChunkReader::with_locator(self, &codec, locator);
@@ -392,7 +392,10 @@ impl Store {
                 )));
             };
             self.check_launch(access, &doc)?;
-            return self.resolve_snapshot(&v.snapshot.to_string());
+            let codec = self.image_codec(access, &doc)?;
+            let snap = self.resolve_snapshot(&v.snapshot.to_string())?;
+            self.verify(&codec, &snap)?;
+            return Ok(snap);
         }
         self.resolve_snapshot(what)
     }

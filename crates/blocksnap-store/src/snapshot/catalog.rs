@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use blocksnap_manifest::{Document, HeadDoc, SnapshotDoc, SnapshotId};
+use blocksnap_pack::ChunkCodec;
 
 use crate::error::{Result, StoreError};
 use crate::fsutil;
@@ -31,7 +32,25 @@ impl Store {
 
     /// The snapshot `id`, or `None` if it has no document.
     pub(crate) fn snapshot_doc(&self, id: SnapshotId) -> Result<Option<SnapshotDoc>> {
-        self.doc(Kind::Snapshot, &id.to_string())
+        let doc: Option<SnapshotDoc> = self.doc(Kind::Snapshot, &id.to_string())?;
+        if let Some(d) = &doc {
+            self.check_named(d, &id.to_string())?;
+        }
+        Ok(doc)
+    }
+
+    /// Refuses a snapshot document stored under another snapshot's name (an older one copied
+    /// over a newer one: its MAC, bound to its own id, is valid, but it is not the snapshot
+    /// asked for).
+    fn check_named(&self, doc: &SnapshotDoc, name: &str) -> Result<()> {
+        if doc.id.to_string() == name {
+            return Ok(());
+        }
+        Err(self.tampered(
+            "snapshot",
+            name,
+            &format!("its document holds snapshot {} instead", doc.id),
+        ))
     }
 
     /// Resolves a snapshot by full id or unique prefix (`snap-0f3a`, `0f3a`).
@@ -46,12 +65,15 @@ impl Store {
             |n| n.parse::<SnapshotId>().is_ok().then(|| n.clone()),
             |_| None,
         )?;
-        self.doc(Kind::Snapshot, id)?
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "snapshot",
-                name: text.into(),
-                hint: " (it was deleted meanwhile)".into(),
-            })
+        let doc: SnapshotDoc =
+            self.doc(Kind::Snapshot, id)?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "snapshot",
+                    name: text.into(),
+                    hint: " (it was deleted meanwhile)".into(),
+                })?;
+        self.check_named(&doc, id)?;
+        Ok(doc)
     }
 
     /// The newest snapshot of a volume: the one its head names, else (no head, or a head whose
@@ -154,9 +176,14 @@ impl Store {
 
     /// Commits a snapshot whose data is durable: swaps its volume's head to name it, then
     /// creates its document (the commit point). Returns the document's size.
-    pub(crate) fn write_snapshot(&self, doc: &SnapshotDoc) -> Result<u64> {
-        self.point_head(&doc.volume, doc.id, true)?;
-        self.create_doc(Kind::Snapshot, &doc.id.to_string(), doc)
+    /// Its number in the volume (`seq`) is set here and it is sealed under `codec` (its key's).
+    pub(crate) fn write_snapshot(&self, codec: &ChunkCodec, doc: &mut SnapshotDoc) -> Result<u64> {
+        let seq = self.point_head(&doc.volume, doc.id, true)?;
+        doc.seq = Some(seq);
+        self.seal(codec, doc)?;
+        let n = self.create_doc(Kind::Snapshot, &doc.id.to_string(), &*doc)?;
+        self.pin_seq(&doc.volume, seq)?;
+        Ok(n)
     }
 
     /// Writes the document of a snapshot back from the trash (or a copy): it becomes the
@@ -169,7 +196,10 @@ impl Store {
 
     /// Swaps the head of `volume` to name `snapshot`; with `count`, one more snapshot of the
     /// volume was begun (its sequence number goes up).
-    fn point_head(&self, volume: &str, snapshot: SnapshotId, count: bool) -> Result<()> {
+    /// Returns the head's number. With `count`, a head numbered below what this client pinned
+    /// for the volume is refused (an old head put back would reuse numbers); the new number is
+    /// above both.
+    fn point_head(&self, volume: &str, snapshot: SnapshotId, count: bool) -> Result<u64> {
         loop {
             let current = match self.doc_versioned::<HeadDoc>(Kind::Head, volume) {
                 Ok(c) => c,
@@ -180,7 +210,18 @@ impl Store {
                 }
                 Err(e) => return Err(e),
             };
-            let seq = current.as_ref().map_or(0, |(h, _)| h.seq) + u64::from(count);
+            let head_seq = current.as_ref().map_or(0, |(h, _)| h.seq);
+            let pinned = if count { self.pinned_seq(volume)? } else { 0 };
+            if current.is_some() && head_seq < pinned {
+                return Err(self.tampered(
+                    "volume head",
+                    volume,
+                    &format!(
+                        "it counts {head_seq} snapshots of the volume, but this client saw snapshot number {pinned}: an older head was put back"
+                    ),
+                ));
+            }
+            let seq = head_seq.max(pinned) + u64::from(count);
             let head = HeadDoc {
                 format: HeadDoc::FORMAT.into(),
                 volume: volume.into(),
@@ -189,7 +230,7 @@ impl Store {
                 updated: fsutil::now_rfc3339(),
             };
             match self.replace_doc(Kind::Head, volume, &head, current.as_ref().map(|(_, v)| v)) {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(seq),
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e),
             }
@@ -202,7 +243,7 @@ impl Store {
     pub(crate) fn refresh_head(&self, volume: &str) -> Result<()> {
         if let Some(latest) = self.latest_listed(volume)? {
             if self.head(volume)?.is_none_or(|h| h.snapshot != latest.id) {
-                self.point_head(volume, latest.id, false)?;
+                self.point_head(volume, latest.id, false).map(|_| ())?;
             }
         }
         Ok(())

@@ -99,7 +99,7 @@ impl Store {
     ) -> Result<SnapshotReport> {
         // The source is checked before any lock is taken: a FIFO, a directory or another
         // disk under the volume's name is refused at once.
-        let source = self.open_source(opts, progress)?;
+        let source = self.open_source(access, opts, progress)?;
         let _lock = self.lock_shared("snapshot", progress)?;
         let index = self.open_index(access, progress)?;
         progress.start("snapshot", source.bytes_to_read()?);
@@ -112,13 +112,14 @@ impl Store {
     /// that it is the disk its volume's chain was taken of.
     pub(crate) fn open_source(
         &self,
+        access: &Access,
         opts: &SnapshotOptions,
         progress: &dyn Progress,
     ) -> Result<Source> {
-        let (path, registered) = self.source_path(opts)?;
+        let (path, registered) = self.source_path(access, opts)?;
         let mut source = Source::open(&path)?;
         source.volume = volume_of(opts, registered.as_ref())?;
-        self.check_chain(&source, opts, progress)?;
+        self.check_chain(access, &source, opts, progress)?;
         if source.size == 0 {
             progress.message(&format!(
                 "note: {} is empty (0 bytes): the snapshot records an empty volume",
@@ -129,10 +130,14 @@ impl Store {
     }
 
     /// The path of a snapshot's source, and the registered volume it names if it is one.
-    fn source_path(&self, opts: &SnapshotOptions) -> Result<(PathBuf, Option<VolumeDoc>)> {
+    fn source_path(
+        &self,
+        access: &Access,
+        opts: &SnapshotOptions,
+    ) -> Result<(PathBuf, Option<VolumeDoc>)> {
         let registered = match opts.source.to_str() {
             Some(name) if !opts.source.exists() => {
-                let v = self.volume(name)?;
+                let v = self.verified_volume(access, name)?;
                 if v.is_none() {
                     // Not a file, not a registered volume: maybe a quarantined one.
                     if let Some((_, at)) = self
@@ -166,6 +171,7 @@ impl Store {
     /// as separate files): it is taken, with a note.
     fn check_chain(
         &self,
+        access: &Access,
         source: &Source,
         opts: &SnapshotOptions,
         progress: &dyn Progress,
@@ -186,7 +192,7 @@ impl Store {
             "If it is another disk, give it a volume of its own: `blocksnap snapshot create {p} --volume NEW-NAME`, or `blocksnap volume add NEW-NAME {p}` and use that name (also in `image create --volume DEVICE=NEW-NAME`). If it is the same disk, moved, renamed or now on another host, pass --source-moved: the snapshot then records its new place",
             p = here.path
         );
-        let registered = self.volume(volume)?;
+        let registered = self.verified_volume(access, volume)?;
         if let Some(mut reg) = registered.clone() {
             if differs(&reg.path, reg.host.as_deref(), here) {
                 if !moved {
@@ -198,7 +204,7 @@ impl Store {
                 }
                 reg.path.clone_from(&here.path);
                 reg.host = Some(here.host.clone());
-                self.rewrite_volume(&reg)?;
+                self.rewrite_volume(access, &reg)?;
             }
         }
         if moved {
@@ -242,7 +248,7 @@ impl Store {
     ) -> Result<SnapshotReport> {
         let (doc, stored, started) =
             self.snapshot_uncommitted(access, opts, source, index, None, progress)?;
-        self.commit_snapshot(doc, &stored, started)
+        self.commit_snapshot(access, doc, &stored, started)
     }
 
     /// Stores a snapshot's data and returns its document, not yet written. With `pending`
@@ -301,6 +307,8 @@ impl Store {
             source_path: Some(source.id.path.clone()),
             source_host: Some(source.id.host.clone()),
             source_changed: changed,
+            seq: None,
+            mac: None,
         };
         Ok((doc, stored, started))
     }
@@ -308,11 +316,13 @@ impl Store {
     /// Writes the document of a snapshot whose data is stored, durable and indexed: the commit.
     pub(crate) fn commit_snapshot(
         &self,
-        doc: SnapshotDoc,
+        access: &Access,
+        mut doc: SnapshotDoc,
         stored: &Stored,
         started: Instant,
     ) -> Result<SnapshotReport> {
-        let doc_bytes = self.write_snapshot(&doc)?;
+        let codec = self.codec(access, doc.key)?;
+        let doc_bytes = self.write_snapshot(&codec, &mut doc)?;
         Ok(SnapshotReport {
             id: doc.id,
             volume: doc.volume,

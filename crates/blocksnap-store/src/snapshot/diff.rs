@@ -249,8 +249,8 @@ impl Store {
         }
         let (doc_a, doc_b) = (self.resolve_snapshot(a)?, self.resolve_snapshot(b)?);
         let (codec_a, codec_b): (ChunkCodec, ChunkCodec) = (
-            self.codec(access, doc_a.key)?,
-            self.codec(access, doc_b.key)?,
+            self.snapshot_codec(access, &doc_a)?,
+            self.snapshot_codec(access, &doc_b)?,
         );
         let same_key = doc_a.key == doc_b.key;
         let _lock = self.lock_reading("diff", progress)?;

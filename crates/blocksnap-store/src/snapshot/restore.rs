@@ -85,7 +85,7 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<RestoreReport> {
         let doc = self.resolve_snapshot(snapshot)?;
-        self.codec(access, doc.key)?;
+        self.snapshot_codec(access, &doc)?;
         let target = self.plan_target(output, &doc, opts)?;
         self.restore_into(access, &doc, target, progress)
     }
@@ -99,7 +99,7 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<RestoreReport> {
         let started = Instant::now();
-        let codec = self.codec(access, doc.key)?;
+        let codec = self.snapshot_codec(access, doc)?;
         let _lock = self.lock_reading("restore", progress)?;
         let index = self.index_if_free(access, progress)?;
         let locator = self.locator(index.as_ref(), doc, &codec, progress)?;

@@ -53,7 +53,7 @@ fn key_grant_stopped_at_every_operation() {
         op: &|ctx, again| {
             let store = ctx.open(MAIN)?;
             let access = ctx.access(&store, MAIN)?;
-            match store.grant_key(&access, "default", "bob") {
+            match store.grant_key(&access, "default", "bob", None) {
                 // The stopped run may have granted it already.
                 Err(StoreError::Usage(m)) if again && m.contains("already holds a grant") => Ok(()),
                 r => r.map(drop),
@@ -181,10 +181,11 @@ fn policy_run_stopped_at_every_operation() {
     ext4_image(&a, 4 << 20, 10, 32, 41);
     ext4_image(&b, 4 << 20, 10, 32, 42);
     let tags = BTreeMap::from([("backup".to_string(), "daily".to_string())]);
-    store.add_volume("a", &a, tags.clone()).unwrap();
-    store.add_volume("b", &b, tags).unwrap();
+    store.add_volume(&access, "a", &a, tags.clone()).unwrap();
+    store.add_volume(&access, "b", &b, tags).unwrap();
     store
         .create_policy(
+            &access,
             "nightly",
             &[("backup".into(), "daily".into())],
             &["daily: every 1d at 03:00 keep 2".into()],

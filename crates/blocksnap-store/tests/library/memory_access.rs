@@ -55,7 +55,10 @@ fn no_snapshot_is_read_without_a_grant_on_its_key() {
     let (kind, _) = kind_of(m.store.diff(&bob, &snap, &snap, &NoProgress));
     assert_eq!(kind, ErrorKind::Denied);
 
-    let key = m.store.grant_key(&m.access, "default", "bob").unwrap();
+    let (key, _) = m
+        .store
+        .grant_key(&m.access, "default", "bob", None)
+        .unwrap();
     assert!(key.grants.iter().any(|g| g.account == "bob"));
     assert_eq!(restore(&m, &bob, &snap).unwrap(), disk);
 
@@ -91,7 +94,9 @@ fn launching_takes_the_owners_permission_and_a_grant() {
         "only the grant is missing, and the message says how to give it: {msg}"
     );
 
-    m.store.grant_key(&m.access, "default", "bob").unwrap();
+    m.store
+        .grant_key(&m.access, "default", "bob", None)
+        .unwrap();
     assert_eq!(rebuild(&m, &bob).unwrap(), disk);
 
     m.store
@@ -111,7 +116,9 @@ fn launching_takes_the_owners_permission_and_a_grant() {
 #[test]
 fn only_the_owner_changes_an_image() {
     let (m, bob, _) = alice_and_bob();
-    m.store.grant_key(&m.access, "default", "bob").unwrap();
+    m.store
+        .grant_key(&m.access, "default", "bob", None)
+        .unwrap();
     let before = m.store.resolve_image("web").unwrap();
     let (kind, msg) = kind_of(m.store.share_image(&bob, "web", &Audience::Public));
     assert_eq!(kind, ErrorKind::Denied, "{msg}");
@@ -186,6 +193,6 @@ fn a_key_of_bobs_own_is_his_alone() {
     assert_eq!(kind, ErrorKind::Denied, "{msg}");
     assert!(msg.contains("bobs"), "{msg}");
     // bob cannot grant alice's key to himself, having no grant on it.
-    let (kind, _) = kind_of(m.store.grant_key(&bob, "default", "bob"));
+    let (kind, _) = kind_of(m.store.grant_key(&bob, "default", "bob", None));
     assert_eq!(kind, ErrorKind::Denied);
 }

@@ -219,7 +219,9 @@ fn a_copy_within_one_store_under_another_key_is_readable_under_that_key_only() {
     assert_eq!(rebuild(&m, &m.store, &m.access, "web-other"), (root, data));
     // An account granted only the default key can launch the original but not the copy.
     let bob = m.add_account("bob");
-    m.store.grant_key(&m.access, "default", "bob").unwrap();
+    m.store
+        .grant_key(&m.access, "default", "bob", None)
+        .unwrap();
     for name in ["web", "web-other"] {
         m.store
             .share_image(

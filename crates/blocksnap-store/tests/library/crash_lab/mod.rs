@@ -338,7 +338,9 @@ impl Ctx<'_> {
                 fault: f.clone(),
             }),
         };
-        Ok(Store::open_in(backend, Place::Local(path))?.with_cache_home(&self.cache))
+        Ok(Store::open_in(backend, Place::Local(path))?
+            .with_cache_home(&self.cache)
+            .with_config_home(&self.cache))
     }
 
     /// True when this judgement runs with the index cache the stopped run left (false: with
@@ -594,6 +596,9 @@ pub fn open_plain(path: &Path, cache: &Path) -> Store {
     )
     .unwrap()
     .with_cache_home(cache)
+    // The client's trust state goes with its cache: a point's copy of the store is a store
+    // put back from a backup, which a client that kept its trust state would rightly refuse.
+    .with_config_home(cache)
 }
 
 /// What the stopped process's end does to its lock objects: they stay, and are now stale (the

@@ -67,7 +67,9 @@ impl Mem {
             opts,
         )
         .unwrap();
-        let store = store.with_cache_home(dir.path().join("cache"));
+        let store = store
+            .with_cache_home(dir.path().join("cache"))
+            .with_config_home(dir.path().join("config"));
         let access = store
             .access(Some(&opts.account), Some(&report.identity))
             .unwrap();
@@ -85,6 +87,7 @@ impl Mem {
         Store::open_in(self.via.clone(), self.store.place().clone())
             .unwrap()
             .with_cache_home(self.dir.path().join("cache"))
+            .with_config_home(self.dir.path().join("config"))
     }
 
     /// The same store with its config's `pack_size` set to `bytes` (the config is written once
