@@ -20,6 +20,7 @@ mod commands;
 mod parse;
 mod progress;
 mod signals;
+mod table;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -95,7 +95,7 @@ pub enum StoreError {
         hint: String,
     },
     /// A prefix that matches several objects.
-    #[error("'{text}' matches {} {kind}s: {}; give more of it", candidates.len(), candidates.join(", "))]
+    #[error("'{text}' matches {} {}: {}; give more of it", candidates.len(), plural_kind(kind), shown(candidates))]
     Ambiguous {
         /// What was looked for.
         kind: &'static str,
@@ -270,10 +270,50 @@ impl From<blocksnap_index::IndexError> for StoreError {
 /// Short for `Result<T, StoreError>`.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// A kind of object in the plural: `snapshots`, `trash entries`.
+fn plural_kind(kind: &str) -> String {
+    match kind.strip_suffix('y') {
+        Some(stem) if !stem.ends_with(['a', 'e', 'o', 'u']) => format!("{stem}ies"),
+        _ => format!("{kind}s"),
+    }
+}
+
+/// The candidates of an ambiguous prefix, the first twenty of them.
+fn shown(candidates: &[String]) -> String {
+    const SHOWN: usize = 20;
+    let mut s = candidates
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if candidates.len() > SHOWN {
+        s += &format!(" and {} more", candidates.len() - SHOWN);
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use blocksnap_index::{Holder, IndexError};
+
+    #[test]
+    fn an_ambiguous_prefix_names_its_candidates_in_the_plural() {
+        let e = |kind, n: usize| StoreError::Ambiguous {
+            kind,
+            text: "0".into(),
+            candidates: (0..n).map(|i| format!("x-{i}")).collect(),
+        };
+        assert_eq!(
+            e("trash entry", 2).to_string(),
+            "'0' matches 2 trash entries: x-0, x-1; give more of it"
+        );
+        assert!(e("key", 2).to_string().contains("2 keys: "));
+        let many = e("snapshot", 25).to_string();
+        assert!(many.contains("x-19 and 5 more"), "{many}");
+        assert!(!many.contains("x-20"), "{many}");
+    }
 
     #[test]
     fn a_busy_index_is_locked_naming_its_holder() {

@@ -67,12 +67,12 @@ pub use repo::{
 };
 pub use serve::nbd::ServeInfo;
 pub use snapshot::create::{SnapshotOptions, SnapshotReport};
-pub use snapshot::diff::DiffReport;
+pub use snapshot::diff::{DEFAULT_DIFF_GRANULARITY, DiffOptions, DiffReport};
 pub use snapshot::restore::RestoreReport;
 pub use snapshot::target::{RestoreOptions, TargetKind};
 
 pub use blocksnap_chunker::ChunkerKind;
 pub use blocksnap_manifest::{
-    AccountDoc, Document, ImageDoc, ImageId, KeyDoc, LockDoc, LockKind, PolicyDoc, SnapshotDoc,
-    SnapshotId, VolumeDoc,
+    AccountDoc, Document, ImageDoc, ImageId, KeyDoc, LaunchPermissions, LockDoc, LockKind,
+    PolicyDoc, SnapshotDoc, SnapshotId, VolumeDoc,
 };

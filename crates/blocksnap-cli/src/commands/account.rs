@@ -4,6 +4,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use crate::Ctx;
+use crate::table::Table;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum AccountCmd {
@@ -65,17 +66,11 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &AccountCmd) -> anyhow::Result<()> {
                 })
                 .collect();
             ctx.output(&rows, || {
-                let mut t = format!(
-                    "{:<20} {:<64} {:<39} {}",
-                    "NAME", "RECIPIENT", "FINGERPRINT", "CREATED"
-                );
+                let mut t = Table::new(&["NAME", "RECIPIENT", "FINGERPRINT", "CREATED"]);
                 for r in &rows {
-                    t += &format!(
-                        "\n{:<20} {:<64} {:<39} {}",
-                        r.name, r.recipient, r.fingerprint, r.created
-                    );
+                    t.row([r.name, r.recipient, &r.fingerprint, r.created]);
                 }
-                t
+                t.render()
             })
         }
     }

@@ -3,6 +3,7 @@
 use blocksnap_store::SnapshotId;
 use clap::Args;
 
+use crate::table::plural;
 use crate::{Ctx, DamageFound, NotVerified};
 
 #[derive(Debug, Args)]
@@ -110,16 +111,13 @@ fn check_text(r: &blocksnap_store::CheckReport, read_data: bool) -> String {
             (0, n) => format!(
                 "no problems found, but not everything was verified ({n} {}, on stderr): \
                  exit 5, could not verify",
-                plural(n, "item", "items")
+                plural(n as u64, "item")
             ),
-            (p, 0) => format!(
-                "{p} {}: exit 4, damage found",
-                plural(p, "problem", "problems")
-            ),
+            (p, 0) => format!("{p} {}: exit 4, damage found", plural(p as u64, "problem")),
             (p, n) => format!(
                 "{p} {}; not everything was verified ({n} {}, on stderr): exit 4, damage found",
-                plural(p, "problem", "problems"),
-                plural(n, "item", "items")
+                plural(p as u64, "problem"),
+                plural(n as u64, "item")
             ),
         }
     );
@@ -130,8 +128,4 @@ fn check_text(r: &blocksnap_store::CheckReport, read_data: bool) -> String {
         }
     }
     t
-}
-
-fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
-    if n == 1 { one } else { many }
 }

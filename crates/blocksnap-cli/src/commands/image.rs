@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 
 use crate::Ctx;
 use crate::parse::human;
+use crate::table::Table;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ImageCmd {
@@ -137,29 +138,34 @@ fn audience(a: &AudienceArgs) -> Audience {
     }
 }
 
+/// Who may launch an image, in a few words.
+fn launch(p: &blocksnap_store::LaunchPermissions) -> String {
+    let mut who = vec![if p.public { "public" } else { "owner" }.to_string()];
+    who.extend(p.accounts.iter().cloned());
+    if who.len() == 1 && !p.public {
+        return "owner only".into();
+    }
+    who.join(", ")
+}
+
 /// One image in a few lines.
 fn describe(i: &ImageDoc) -> String {
     let mut t = format!(
-        "{} '{}' owned by {}, key {}, root {}",
+        "{} '{}' owned by {}, key {}, root device {}",
         i.id,
         i.name,
         i.owner,
-        i.key.map_or("-".into(), |k| k.to_string()),
+        i.key.map_or("none (plain store)".into(), |k| k.to_string()),
         i.root_device
     );
+    let mut devices = Table::new(&["DEVICE", "SNAPSHOT", "SIZE"]).right(&[2]);
     for v in &i.volumes {
-        t += &format!("\n  {:<16} {} {:>10}", v.device, v.snapshot, human(v.size));
+        devices.row([v.device.clone(), v.snapshot.to_string(), human(v.size)]);
     }
-    let p = &i.launch_permissions;
-    t += &format!(
-        "\n  launch: {}{}",
-        if p.public { "public" } else { "owner" },
-        if p.accounts.is_empty() {
-            String::new()
-        } else {
-            format!(", {}", p.accounts.join(", "))
-        }
-    );
+    for line in devices.render().lines() {
+        t += &format!("\n  {line}");
+    }
+    t += &format!("\n  launch: {}", launch(&i.launch_permissions));
     t
 }
 
@@ -226,27 +232,27 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ImageCmd) -> anyhow::Result<()> {
                 store.visible_images(&ctx.access(&store)?)?
             };
             ctx.output(&images, || {
-                let mut t = format!(
-                    "{:<21} {:<24} {:<12} {:>7} {:>10} {}",
-                    "ID", "NAME", "OWNER", "DEVICES", "SIZE", "LAUNCH"
-                );
-                for i in &images {
-                    let p = &i.launch_permissions;
-                    t += &format!(
-                        "\n{:<21} {:<24} {:<12} {:>7} {:>10} {}",
-                        i.id,
-                        i.name,
-                        i.owner,
-                        i.volumes.len(),
-                        human(i.volumes.iter().map(|v| v.size).sum()),
-                        if p.public {
-                            "public".to_string()
-                        } else {
-                            p.accounts.join(",")
-                        }
-                    );
+                if images.is_empty() {
+                    return if *all {
+                        "no images yet: `blocksnap image create NAME --volume DEVICE=PATH` makes one"
+                            .into()
+                    } else {
+                        "no images you may launch (`--all` lists every image of the store)".into()
+                    };
                 }
-                t
+                let mut t = Table::new(&["ID", "NAME", "OWNER", "DEVICES", "SIZE", "LAUNCH"])
+                    .right(&[3, 4]);
+                for i in &images {
+                    t.row([
+                        i.id.to_string(),
+                        i.name.clone(),
+                        i.owner.clone(),
+                        i.volumes.len().to_string(),
+                        human(i.volumes.iter().map(|v| v.size).sum()),
+                        launch(&i.launch_permissions),
+                    ]);
+                }
+                t.render()
             })
         }
         ImageCmd::Show { image } => {

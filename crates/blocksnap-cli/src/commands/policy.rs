@@ -3,6 +3,7 @@
 use clap::Subcommand;
 
 use crate::Ctx;
+use crate::table::{Table, count};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum PolicyCmd {
@@ -63,7 +64,24 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &PolicyCmd) -> anyhow::Result<()> {
         PolicyCmd::List => {
             let ps = store.list_policies()?;
             ctx.output(&ps, || {
-                ps.iter().map(describe).collect::<Vec<_>>().join("\n")
+                if ps.is_empty() {
+                    return "no policies yet: `blocksnap policy create NAME --target-tag K=V \
+                            --schedule SPEC` makes one"
+                        .into();
+                }
+                let mut t = Table::new(&["NAME", "TARGETS", "SCHEDULES", "CREATED"]);
+                for p in &ps {
+                    let targets: Vec<_> =
+                        p.target_pairs().map(|(k, v)| format!("{k}={v}")).collect();
+                    let schedules: Vec<_> = p.schedules.iter().map(ToString::to_string).collect();
+                    t.row([
+                        p.name.clone(),
+                        targets.join(" or "),
+                        schedules.join("; "),
+                        p.created.clone(),
+                    ]);
+                }
+                t.render()
             })
         }
         PolicyCmd::Show { name } => {
@@ -101,14 +119,17 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &PolicyCmd) -> anyhow::Result<()> {
                 t + &format!(
                     "policy run at {}: {} taken, {} expired",
                     r.at,
-                    r.taken.len(),
+                    count(r.taken.len() as u64, "snapshot"),
                     r.expired.len()
                 )
             })?;
             if r.errors.is_empty() {
                 Ok(())
             } else {
-                anyhow::bail!("{} volumes could not be snapshotted", r.errors.len())
+                anyhow::bail!(
+                    "{} could not be snapshotted",
+                    count(r.errors.len() as u64, "volume")
+                )
             }
         }
     }

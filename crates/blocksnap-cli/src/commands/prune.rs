@@ -4,6 +4,7 @@ use clap::Args;
 
 use crate::Ctx;
 use crate::parse::human;
+use crate::table::count;
 
 #[derive(Debug, Args)]
 pub(crate) struct PruneArgs {
@@ -29,15 +30,30 @@ pub(crate) fn run(ctx: &Ctx<'_>, a: &PruneArgs) -> anyhow::Result<()> {
     for p in &r.packs_unreadable {
         ctx.note(&format!("kept, unreadable: {p}"));
     }
-    ctx.output(&r, || {
-        format!(
-            "{}{} packs deleted, {} rewritten ({} chunks moved, {} dropped): {} reclaimed",
-            if r.dry_run { "dry run: " } else { "" },
-            r.packs_deleted,
-            r.packs_rewritten,
-            r.chunks_moved,
-            r.chunks_deleted,
-            human(r.bytes_reclaimed)
-        )
-    })
+    ctx.output(&r, || pruned(&r))
+}
+
+/// What prune did, or with --dry-run would do, in a sentence.
+fn pruned(r: &blocksnap_store::PruneReport) -> String {
+    let mut t = if r.dry_run {
+        "dry run, nothing changed: would delete".to_string()
+    } else {
+        "deleted".to_string()
+    };
+    t += &format!(
+        " {} and {} {} (moving {}, dropping {}), reclaiming {}",
+        count(r.packs_deleted, "pack"),
+        if r.dry_run { "rewrite" } else { "rewrote" },
+        r.packs_rewritten,
+        count(r.chunks_moved, "live chunk"),
+        r.chunks_deleted,
+        human(r.bytes_reclaimed)
+    );
+    if r.trash_expired > 0 {
+        t += &format!(
+            "; removed {} from the trash for good",
+            count(r.trash_expired, "expired entry")
+        );
+    }
+    t
 }

@@ -6,6 +6,7 @@ use blocksnap_store::Store;
 use clap::Subcommand;
 
 use crate::Ctx;
+use crate::table::count;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RecoveryCmd {
@@ -31,12 +32,12 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &RecoveryCmd) -> anyhow::Result<()> {
             let r = ctx.open()?.export_recovery(file, &ctx.progress)?;
             ctx.output(&r, || {
                 format!(
-                    "wrote {} (store {}: its config, {} accounts, {} keys); keep it with the \
-                     identities, apart from the store",
+                    "wrote {} (store {}: its config, {}, {}); keep it with the identities, \
+                     apart from the store",
                     r.file.display(),
                     r.store,
-                    r.accounts.len(),
-                    r.keys.len()
+                    count(r.accounts.len() as u64, "account"),
+                    count(r.keys.len() as u64, "key")
                 )
             })
         }
@@ -56,8 +57,8 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &RecoveryCmd) -> anyhow::Result<()> {
                     t += &format!("put back {}\n", p.display());
                 }
                 t + &format!(
-                    "{} documents put back, {} kept as they were",
-                    r.restored.len(),
+                    "{} put back, {} kept as they were",
+                    count(r.restored.len() as u64, "document"),
                     r.kept.len()
                 )
             })

@@ -2,6 +2,7 @@
 
 use clap::Subcommand;
 
+use crate::table::count;
 use crate::{Ctx, NotVerified};
 
 #[derive(Debug, Subcommand)]
@@ -39,10 +40,10 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &RepairCmd) -> anyhow::Result<()> {
             }
             ctx.output(&r, || {
                 format!(
-                    "index rebuilt: {} chunks from {} packs, {} problems",
-                    r.chunks,
-                    r.packs,
-                    r.problems.len()
+                    "index rebuilt: {} from {}, {}",
+                    count(r.chunks, "chunk"),
+                    count(r.packs, "pack"),
+                    count(r.problems.len() as u64, "problem")
                 )
             })
         }
@@ -63,18 +64,18 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &RepairCmd) -> anyhow::Result<()> {
                     t += &format!("damaged pack {p}: set aside as {}\n", aside.display());
                 }
                 t += &format!(
-                    "{} packs examined{}: {} missing, {} damaged; {} intact chunks moved to new \
-                     packs, {} lost chunks forgotten",
-                    r.packs,
+                    "{} examined{}: {} missing, {} damaged; {} moved to new packs, {} \
+                     forgotten",
+                    count(r.packs, "pack"),
                     if *read_data {
-                        format!(", {} chunks verified", r.chunks_verified)
+                        format!(", {} verified", count(r.chunks_verified, "chunk"))
                     } else {
                         String::new()
                     },
                     r.missing_packs.len(),
                     r.damaged_packs.len(),
-                    r.chunks_moved,
-                    r.chunks_forgotten
+                    count(r.chunks_moved, "intact chunk"),
+                    count(r.chunks_forgotten, "lost chunk")
                 );
                 if r.chunks_forgotten > 0 {
                     t += "\nnext: snapshot the affected volumes again from their sources (the \
@@ -125,9 +126,13 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &RepairCmd) -> anyhow::Result<()> {
                     );
                 }
                 t + &format!(
-                    "{}{} damaged documents {}",
-                    if r.dry_run { "dry run: " } else { "" },
-                    r.moved.len(),
+                    "{}{} {}",
+                    if r.dry_run {
+                        "dry run, nothing changed: "
+                    } else {
+                        ""
+                    },
+                    count(r.moved.len() as u64, "damaged document"),
                     if r.dry_run {
                         "would be moved to quarantine/"
                     } else {

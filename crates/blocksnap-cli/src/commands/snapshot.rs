@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::Ctx;
 use crate::parse::human;
+use crate::table::{Table, count, fields, tags};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SnapshotCmd {
@@ -22,9 +23,15 @@ pub(crate) enum SnapshotCmd {
         /// Snapshot id or unique prefix.
         snapshot: String,
     },
-    /// The byte ranges whose content differs between two snapshots (of the same disk, or of
-    /// any two disks), merged and sorted. Equal chunk ids are not read; the rest is compared
-    /// byte for byte, so the ranges are exact (also across keys).
+    /// The ranges whose content differs between two snapshots (of the same disk, or of any two
+    /// disks), in 4 KiB blocks, merged and sorted.
+    ///
+    /// The volume is cut into blocks from offset 0 (4 KiB, or --granularity); a block is
+    /// changed if any byte of it differs, and touching changed blocks make one range. --exact
+    /// gives the exact byte ranges instead. Equal chunk ids are not read; the rest is compared
+    /// byte for byte (also across keys). SNAPSHOT_A is read as zeros past its end, so a tail
+    /// the volume grew by is changed only where it holds data; a volume that shrank is said
+    /// to have.
     Diff {
         /// The older snapshot (id or unique prefix).
         #[arg(value_name = "SNAPSHOT_A")]
@@ -32,6 +39,12 @@ pub(crate) enum SnapshotCmd {
         /// The newer snapshot (id or unique prefix).
         #[arg(value_name = "SNAPSHOT_B")]
         b: String,
+        /// The block size ranges are rounded out to, aligned to the start of the volume.
+        #[arg(long, value_name = "SIZE", value_parser = crate::parse::size, default_value = "4KiB")]
+        granularity: u64,
+        /// The exact byte ranges that differ, not rounded out to blocks.
+        #[arg(long, conflicts_with = "granularity")]
+        exact: bool,
     },
     /// Move a snapshot to the trash (restorable with `trash restore` until it expires).
     Delete {
@@ -167,62 +180,86 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &SnapshotCmd) -> anyhow::Result<()> {
             let snaps = store.snapshots_with_tags(a.volume.as_deref(), &a.tags)?;
             let views: Vec<_> = snaps.iter().map(view).collect();
             ctx.output(&views, || {
-                let mut t = format!(
-                    "{:<22} {:<20} {:>10} {:<20} {}",
-                    "ID", "VOLUME", "SIZE", "CREATED", "TAGS"
-                );
-                for v in &views {
-                    let tags: Vec<_> = v.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    t += &format!(
-                        "\n{:<22} {:<20} {:>10} {:<20} {}",
-                        v.id,
-                        v.volume,
-                        human(v.size),
-                        v.created,
-                        tags.join(",")
-                    );
+                if views.is_empty() {
+                    let filtered = a.volume.is_some() || !a.tags.is_empty();
+                    return if filtered {
+                        "no snapshots match".to_string()
+                    } else {
+                        "no snapshots yet: `blocksnap snapshot create PATH` takes one".to_string()
+                    };
                 }
-                t
+                let mut t = Table::new(&["ID", "VOLUME", "SIZE", "CREATED", "TAGS"]).right(&[2]);
+                for v in &views {
+                    t.row([
+                        v.id.clone(),
+                        v.volume.to_string(),
+                        human(v.size),
+                        v.created.to_string(),
+                        tags(v.tags),
+                    ]);
+                }
+                t.render()
             })
         }
         SnapshotCmd::Show { snapshot } => {
             let s = store.resolve_snapshot(snapshot)?;
             let v = view(&s);
             ctx.output(&v, || {
-                let mut t = String::new();
-                for (k, val) in serde_json::to_value(&v)
-                    .ok()
-                    .and_then(|j| j.as_object().cloned())
-                    .unwrap_or_default()
-                {
-                    let shown = match val {
-                        serde_json::Value::String(s) => s,
-                        serde_json::Value::Null => "-".into(),
-                        other => other.to_string(),
-                    };
-                    t += &format!("{k:<12} {shown}\n");
+                let bytes = |n: u64| format!("{} ({n} bytes)", human(n));
+                let mut f = vec![
+                    ("id", v.id.clone()),
+                    ("volume", v.volume.to_string()),
+                    ("size", bytes(v.size)),
+                    ("data", bytes(v.data_bytes)),
+                    ("created", v.created.to_string()),
+                    ("owner", v.owner.to_string()),
+                    ("parent", v.parent.clone().unwrap_or_default()),
+                    (
+                        "key",
+                        v.key.clone().unwrap_or_else(|| "none (plain store)".into()),
+                    ),
+                    (
+                        "chunker",
+                        format!(
+                            "{} {}",
+                            format!("{:?}", s.chunker.kind).to_lowercase(),
+                            human(s.chunker.avg.into())
+                        ),
+                    ),
+                    ("tags", tags(v.tags)),
+                    ("description", v.description.to_string()),
+                ];
+                if let Some(p) = v.source_path {
+                    f.push((
+                        "source",
+                        match v.source_host {
+                            Some(h) => format!("{p} on {h}"),
+                            None => p.to_string(),
+                        },
+                    ));
                 }
-                t.trim_end().to_string()
+                if v.source_changed {
+                    f.push((
+                        "warning",
+                        "the source was written while it was read: the image may not be \
+                         consistent"
+                            .into(),
+                    ));
+                }
+                fields(&f)
             })
         }
-        SnapshotCmd::Diff { a, b } => {
-            let r = store.diff(&access()?, a, b, &ctx.progress)?;
-            ctx.output(&r, || {
-                let total: u64 = r.changed.iter().map(|c| c[1]).sum();
-                let mut t = String::new();
-                for [off, len] in &r.changed {
-                    t += &format!("{off:>16} {len:>12}  ({})\n", human(*len));
-                }
-                t + &format!(
-                    "{} ranges, {} of {} changed from {} to {} ({} read to compare)",
-                    r.changed.len(),
-                    human(total),
-                    human(r.size),
-                    r.a,
-                    r.b,
-                    human(r.bytes_read)
-                )
-            })
+        SnapshotCmd::Diff {
+            a,
+            b,
+            granularity,
+            exact,
+        } => {
+            let opts = blocksnap_store::DiffOptions {
+                granularity: if *exact { 1 } else { *granularity },
+            };
+            let r = store.diff_with(&access()?, a, b, &opts, &ctx.progress)?;
+            ctx.output(&r, || diffed(&r))
         }
         SnapshotCmd::Delete { snapshot } => {
             ctx.writing(&store);
@@ -244,6 +281,60 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &SnapshotCmd) -> anyhow::Result<()> {
             ctx.output(&r, || restored(&r))
         }
     }
+}
+
+/// A diff's ranges as a table, then what they add up to.
+fn diffed(r: &blocksnap_store::DiffReport) -> String {
+    let mut t = String::new();
+    if !r.changed.is_empty() {
+        let mut table = Table::new(&["OFFSET", "LENGTH", ""]).right(&[0, 1]);
+        for [off, len] in &r.changed {
+            table.row([off.to_string(), len.to_string(), human(*len)]);
+        }
+        t = table.render() + "\n";
+    }
+    let unit = if r.granularity == 1 {
+        "exact bytes".to_string()
+    } else {
+        format!("whole {} blocks", human(r.granularity))
+    };
+    t += &if r.changed.is_empty() {
+        format!(
+            "no change from {} to {} ({}; {} read to compare)",
+            r.a,
+            r.b,
+            human(r.size),
+            human(r.bytes_read)
+        )
+    } else {
+        format!(
+            "{} of {} changed from {} to {}: {} of {unit} ({} read to compare)",
+            human(r.bytes_changed),
+            human(r.size),
+            r.a,
+            r.b,
+            count(r.changed.len() as u64, "range"),
+            human(r.bytes_read)
+        )
+    };
+    if r.shrank() {
+        t += &format!(
+            "\nthe volume shrank from {} to {}: {}'s last {} are not in {}",
+            human(r.size_a),
+            human(r.size),
+            r.a,
+            human(r.size_a - r.size),
+            r.b
+        );
+    } else if r.size > r.size_a {
+        t += &format!(
+            "\nthe volume grew from {} to {} (its new tail is compared as if {} held zeros there)",
+            human(r.size_a),
+            human(r.size),
+            r.a
+        );
+    }
+    t
 }
 
 /// What a restore wrote where, in a sentence.

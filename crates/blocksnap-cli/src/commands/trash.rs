@@ -3,6 +3,8 @@
 use clap::Subcommand;
 
 use crate::Ctx;
+use crate::parse::human;
+use crate::table::{Table, count};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TrashCmd {
@@ -23,23 +25,27 @@ pub(crate) enum TrashCmd {
 
 pub(crate) fn run(ctx: &Ctx<'_>, cmd: &TrashCmd) -> anyhow::Result<()> {
     let store = ctx.open()?;
-    let table = |entries: &[blocksnap_store::TrashEntry]| {
-        let mut t = format!(
-            "{:<22} {:<9} {:<20} {:<25} {}",
-            "ID", "KIND", "NAME", "DELETED", "EXPIRES"
-        );
-        for e in entries {
-            t += &format!(
-                "\n{:<22} {:<9} {:<20} {:<25} {}",
-                e.id, e.kind, e.name, e.deleted, e.expires
-            );
-        }
-        t
-    };
     match cmd {
         TrashCmd::List => {
             let entries = store.trash_entries()?;
-            ctx.output(&entries, || table(&entries))
+            ctx.output(&entries, || {
+                if entries.is_empty() {
+                    return "the trash is empty".into();
+                }
+                let mut t =
+                    Table::new(&["ID", "KIND", "NAME", "SIZE", "DELETED", "EXPIRES"]).right(&[3]);
+                for e in &entries {
+                    t.row([
+                        e.id.clone(),
+                        e.kind.clone(),
+                        e.name.clone(),
+                        human(e.size),
+                        e.deleted.clone(),
+                        e.expires.clone(),
+                    ]);
+                }
+                t.render()
+            })
         }
         TrashCmd::Restore { id } => {
             ctx.writing(&store);
@@ -49,7 +55,19 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &TrashCmd) -> anyhow::Result<()> {
         TrashCmd::Empty { expired } => {
             ctx.writing(&store);
             let removed = store.empty_trash(*expired)?;
-            ctx.output(&removed, || format!("removed {} entries from the trash for good; `blocksnap prune` reclaims their space", removed.len()))
+            ctx.output(&removed, || {
+                if removed.is_empty() {
+                    return if *expired {
+                        "nothing in the trash has expired; nothing removed".into()
+                    } else {
+                        "the trash was already empty".into()
+                    };
+                }
+                format!(
+                    "removed {} from the trash for good; `blocksnap prune` reclaims their space",
+                    count(removed.len() as u64, "entry")
+                )
+            })
         }
     }
 }

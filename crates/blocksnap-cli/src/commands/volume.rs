@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 
 use crate::Ctx;
+use crate::table::{self, Table};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum VolumeCmd {
@@ -24,10 +25,6 @@ pub(crate) enum VolumeCmd {
 
 pub(crate) fn run(ctx: &Ctx<'_>, cmd: &VolumeCmd) -> anyhow::Result<()> {
     let store = ctx.open()?;
-    let row = |v: &blocksnap_store::VolumeDoc| {
-        let tags: Vec<_> = v.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        format!("{:<20} {:<40} {}", v.name, v.path, tags.join(","))
-    };
     match cmd {
         VolumeCmd::Add { name, path, tags } => {
             ctx.writing(&store);
@@ -37,17 +34,30 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &VolumeCmd) -> anyhow::Result<()> {
                 path,
                 blocksnap_store::tag_map(tags)?,
             )?;
-            ctx.output(&v, || format!("added volume {}", row(&v)))
+            ctx.output(&v, || {
+                let tagged = if v.tags.is_empty() {
+                    String::new()
+                } else {
+                    format!(", tagged {}", table::tags(&v.tags))
+                };
+                format!(
+                    "added volume '{}' for {}{tagged}: `blocksnap snapshot create {}` snapshots it",
+                    v.name, v.path, v.name
+                )
+            })
         }
         VolumeCmd::List => {
             let vols = store.list_volumes()?;
             store.warn_quarantined_volumes(&ctx.progress)?;
             ctx.output(&vols, || {
-                let mut t = format!("{:<20} {:<40} {}", "NAME", "PATH", "TAGS");
-                for v in &vols {
-                    t += &format!("\n{}", row(v));
+                if vols.is_empty() {
+                    return "no volumes yet: `blocksnap volume add NAME PATH` adds one".into();
                 }
-                t
+                let mut t = Table::new(&["NAME", "PATH", "TAGS"]);
+                for v in &vols {
+                    t.row([v.name.clone(), v.path.clone(), table::tags(&v.tags)]);
+                }
+                t.render()
             })
         }
     }

@@ -114,13 +114,14 @@ impl Store {
         let mut damaged: Vec<Damaged> = Vec::new();
         // Packs whose key this account cannot use, by key, with the reason.
         let mut keyless: BTreeMap<Option<KeyId>, (String, Vec<PackId>)> = BTreeMap::new();
-        progress.start(
+        progress.start_count(
             if read_data {
                 "repair packs: read data"
             } else {
                 "repair packs"
             },
             packs.len() as u64,
+            "packs",
         );
         for p in &packs {
             let id = &p.id;
@@ -242,7 +243,11 @@ impl Store {
         report.missing_packs = missing.into_keys().collect();
 
         // Damaged packs: move what is intact, set the pack aside, forget the rest.
-        progress.start("repair packs: move intact chunks", damaged.len() as u64);
+        progress.start_count(
+            "repair packs: move intact chunks",
+            damaged.len() as u64,
+            "packs",
+        );
         for d in damaged {
             crate::cancel::check()?;
             progress.advance(1);

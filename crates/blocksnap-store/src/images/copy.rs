@@ -80,7 +80,8 @@ impl Store {
         };
         let source_index = source_index.as_ref().unwrap_or(&target_index);
 
-        progress.start("copy", snaps.iter().map(|s| s.size).sum());
+        // The work is the data chunks read from this store (holes cost nothing).
+        progress.start("copy", snaps.iter().map(|s| s.data_bytes).sum());
         let within = Within(progress);
         let mut reports = Vec::new();
         // Copies made before, newest first (read once), and those this loop makes (an image
@@ -90,7 +91,7 @@ impl Store {
         for snap in &snaps {
             crate::cancel::check()?;
             if let Some((_, r)) = made.iter().find(|(id, _)| *id == snap.id) {
-                progress.advance(snap.size);
+                progress.advance(snap.data_bytes);
                 reports.push(reused_report(r));
                 continue;
             }
@@ -100,7 +101,7 @@ impl Store {
             });
             let report = match existing {
                 Some(s) => {
-                    progress.advance(s.size);
+                    progress.advance(snap.data_bytes);
                     reused(s)
                 }
                 None => self

@@ -227,7 +227,10 @@ impl Store {
         }
         let _lock = self.lock_shared("image create", progress)?;
         let index = self.open_index(access, progress)?;
-        let total = jobs.iter().map(|(_, _, s)| s.size).sum();
+        let mut total = 0;
+        for (_, _, source) in &jobs {
+            total += source.bytes_to_read()?;
+        }
         progress.start("image", total);
         let within = Within(progress);
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());

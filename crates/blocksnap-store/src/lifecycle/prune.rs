@@ -92,7 +92,7 @@ impl Store {
         let mut codecs: HashMap<Option<KeyId>, ChunkCodec> = HashMap::new();
         let mut live: HashSet<ChunkId> = HashSet::new();
         let snapshots = self.referenced_snapshots()?;
-        progress.start("prune: mark", snapshots.len() as u64);
+        progress.start_count("prune: mark", snapshots.len() as u64, "snapshots");
         for doc in &snapshots {
             crate::cancel::check()?;
             if let std::collections::hash_map::Entry::Vacant(slot) = codecs.entry(doc.key) {
@@ -134,7 +134,7 @@ impl Store {
         let listed: HashSet<PackId> = packs.iter().map(|p| p.id).collect();
         let mut to_delete: Vec<(PackId, Vec<ChunkId>)> = Vec::new();
         let mut to_rewrite: Vec<Rewrite> = Vec::new();
-        progress.start("prune: sweep", packs.len() as u64);
+        progress.start_count("prune: sweep", packs.len() as u64, "packs");
         for p in &packs {
             let pack_id = &p.id;
             crate::cancel::check()?;

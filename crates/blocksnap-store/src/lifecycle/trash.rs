@@ -146,7 +146,7 @@ impl Store {
             }
             many => {
                 return Err(StoreError::Ambiguous {
-                    kind: "trash entrie",
+                    kind: "trash entry",
                     text: id.into(),
                     candidates: many.iter().map(|t| t.id.clone()).collect(),
                 });

@@ -260,7 +260,7 @@ impl Store {
             chunks: 0,
             problems: Vec::new(),
         };
-        progress.start("index packs", packs.len() as u64);
+        progress.start_count("index packs", packs.len() as u64, "packs");
         for p in packs {
             crate::cancel::check()?;
             progress.advance(1);

@@ -101,7 +101,7 @@ impl Store {
         let source = self.open_source(access, opts, progress)?;
         let _lock = self.lock_shared("snapshot", progress)?;
         let index = self.open_index(access, progress)?;
-        progress.start("snapshot", source.size);
+        progress.start("snapshot", source.bytes_to_read()?);
         let r = self.snapshot_with(access, opts, source, &index, progress)?;
         progress.finish();
         Ok(r)

@@ -42,7 +42,6 @@ struct Encoded {
     data_chunks: u64,
     bytes_read: u64,
     bytes_hole: u64,
-    volume_bytes: u64,
 }
 
 /// The encoder stage: hands each batch the reader produces to the rayon pool, at most
@@ -106,7 +105,6 @@ fn encode_batch(
         data_chunks: 0,
         bytes_read: batch.bytes_read,
         bytes_hole: batch.bytes_hole,
-        volume_bytes: batch.volume_bytes,
     };
     let mut seen = HashSet::new();
     for (piece, (id, record)) in batch.pieces.iter().zip(coded) {
@@ -200,7 +198,8 @@ impl Store {
                         writer.put_compressed(batch.data_chunks, batch.records)?;
                         meta_buf.extend(extents.take());
                         meta.write(&mut meta_buf, false, &mut writer)?;
-                        progress.advance(batch.volume_bytes);
+                        // The work is reading: holes were never counted in the total.
+                        progress.advance(batch.bytes_read);
                     }
                 }
                 Ok(())

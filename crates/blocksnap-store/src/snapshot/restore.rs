@@ -146,7 +146,14 @@ impl Store {
             e
         };
 
-        progress.start("restore", doc.size);
+        // The work is writing: data, and on a device the holes too (as zeros).
+        let to_write: u64 = view
+            .spans()
+            .iter()
+            .filter(|s| device || s.chunk.is_some())
+            .map(|s| s.len)
+            .sum();
+        progress.start("restore", to_write);
         // Writeback starts while the next batch is decoded: a syncer thread runs fdatasync after
         // each batch (at most one waiting), so the final fsync waits for the last batch alone,
         // not for the whole image. Its errors fail the restore like the final fsync's.
@@ -228,8 +235,8 @@ impl Store {
                                         .map_err(|e| target.fail("cannot write", e))?;
                                     p += n;
                                 }
+                                progress.advance(len);
                             }
-                            progress.advance(len);
                         }
                     }
                 }

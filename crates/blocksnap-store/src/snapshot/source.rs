@@ -272,6 +272,25 @@ impl Source {
         Ok(Some((start.min(self.size), end.min(self.size))))
     }
 
+    /// The bytes a read of the whole volume will read: its allocated ranges (`SEEK_DATA` /
+    /// `SEEK_HOLE`) rounded out to blocks as [`Source::read_into`] reads them; the whole size
+    /// where holes cannot be told (a block device). Asks the filesystem only where the ranges
+    /// are, reads nothing: progress counts this, so holes are not counted as work done.
+    pub fn bytes_to_read(&self) -> Result<u64> {
+        let block = ZERO_BLOCK as u64;
+        let (mut pos, mut total) = (0u64, 0u64);
+        while pos < self.size {
+            let Some((start, end)) = self.next_data(pos)? else {
+                break;
+            };
+            let start = (start - start % block).max(pos);
+            let end = end.next_multiple_of(block).min(self.size);
+            total += end.saturating_sub(start);
+            pos = end.max(pos + 1).min(self.size);
+        }
+        Ok(total)
+    }
+
     /// Reads the whole volume and sends batches of pieces. Stops when the receiver is gone (the
     /// consumer failed) or on the first error, which it sends.
     pub fn read_into(&self, chunker: &Chunker, tx: &Sender<Result<ReadBatch>>) {

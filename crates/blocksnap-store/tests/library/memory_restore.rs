@@ -191,13 +191,15 @@ fn diff_reports_exactly_the_changed_bytes() {
     let rb = m.snapshot("d.img", &b, "d");
     let d = m
         .store
-        .diff(
+        .diff_with(
             &m.access,
             &ra.id.to_string(),
             &rb.id.to_string(),
+            &blocksnap_store::DiffOptions::exact(),
             &NoProgress,
         )
         .unwrap();
+    assert_eq!(d.granularity, 1);
     let expect: Vec<[u64; 2]> = {
         // The exact bytes that differ, merged into ranges.
         let mut v: Vec<[u64; 2]> = Vec::new();
@@ -228,4 +230,21 @@ fn diff_reports_exactly_the_changed_bytes() {
         .unwrap();
     assert!(same.changed.is_empty());
     assert_eq!(same.bytes_read, 0);
+    // By default, the 4 KiB blocks holding those bytes.
+    let blocks = m
+        .store
+        .diff(
+            &m.access,
+            &ra.id.to_string(),
+            &rb.id.to_string(),
+            &NoProgress,
+        )
+        .unwrap();
+    assert_eq!(blocks.granularity, 4096);
+    assert_eq!(
+        blocks.changed,
+        vec![[299_008, 4096], [1_499_136, 4096]],
+        "300000..300100 lies in the block at 299008, 1500000 in the one at 1499136"
+    );
+    assert_eq!(blocks.bytes_changed, 8192);
 }

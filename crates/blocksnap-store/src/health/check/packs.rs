@@ -64,18 +64,16 @@ impl Store {
             keyless: HashMap::new(),
             unreadable: Vec::new(),
         };
-        progress.start(
-            if read_data {
-                "check data"
-            } else {
-                "check packs"
-            },
-            listed.len() as u64,
-        );
+        // Reading every record, the work is the packs' bytes; reading trailers, it is packs.
+        if read_data {
+            progress.start("check data", listed.iter().map(|p| p.size).sum());
+        } else {
+            progress.start_count("check packs", listed.len() as u64, "packs");
+        }
         for p in &listed {
             crate::cancel::check()?;
-            progress.advance(1);
             let state = self.check_pack(&p.id, index, keys, read_data, &mut packs, report)?;
+            progress.advance(if read_data { p.size } else { 1 });
             if matches!(state, PackState::Unreadable) {
                 packs.unreadable.push(p.id);
             }
