@@ -379,6 +379,23 @@ pub struct KeyDoc {
     /// MAC under the key itself (see [`crate::Sealed`]); absent in stores not yet migrated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// The account that made this version of the document (created the key, or granted or
+    /// revoked last) and signed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
+    /// Its Ed25519 signature (hex) of the document without `mac` and this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+impl KeyDoc {
+    /// The bytes its signature covers: the compact JSON without `mac` and `signature`.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut plain = self.clone();
+        plain.mac = None;
+        plain.signature = None;
+        serde_json::to_vec(&plain).expect("documents always serialize")
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -393,6 +410,10 @@ impl Document for KeyDoc {
         validate_name(Self::KIND, "created_by", &self.created_by)?;
         validate_time(Self::KIND, "created", &self.created)?;
         crate::seal::validate_mac(Self::KIND, self.mac.as_deref())?;
+        validate_hex(Self::KIND, "signature", self.signature.as_deref(), 128)?;
+        if let Some(a) = &self.signed_by {
+            validate_name(Self::KIND, "signed_by", a)?;
+        }
         if self.grants.len() > MAX_GRANTS {
             return Err(DocError::invalid(
                 Self::KIND,

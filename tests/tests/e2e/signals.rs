@@ -226,6 +226,31 @@ fn sighup_stops_snapshot_and_restore_cleanly_with_129() {
     interrupt_snapshot_and_restore("sig_hup", Signal::HUP, 129);
 }
 
+/// `check --read-data` (decrypting every chunk of a 384 MiB disk: seconds of work) stopped by
+/// SIGINT while it holds its lock: exit 130, "interrupted", its lock object removed, the store
+/// as clean as before; then it runs to the end.
+#[test]
+fn sigint_stops_check_read_data_cleanly_with_130() {
+    let env = Env::new("sig_check");
+    env.init(&[]);
+    let img = big_image(&env, "big.img", 384);
+    env.snapshot(&img, "big");
+    let mut child = spawn(&env, &["check", "--read-data"]);
+    wait_until(&mut child, 60, "check took its lock", || {
+        !lock_objects(&env).is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    send(&child, Signal::INT);
+    let (status, err) = finish(child, 10);
+    assert_eq!(status.code(), Some(130), "check: {err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!err.contains("did not stop within"), "{err}");
+    assert_clean(&env, "the interrupted check");
+    let full = env.json(&["check", "--read-data"]);
+    assert_eq!(full["ok"], true, "{full}");
+}
+
 /// Started with SIGHUP ignored (`nohup blocksnap …`), a command keeps running through a SIGHUP
 /// and commits its snapshot.
 #[test]

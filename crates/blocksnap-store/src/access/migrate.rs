@@ -46,7 +46,7 @@ impl Store {
         // other owners wait for them.
         self.sign_own_account(access, &mut report)?;
         if self.config().encryption {
-            self.seal_all::<KeyDoc>(access, Kind::Key, &mut report)?;
+            self.migrate_keys(access, &mut report)?;
             self.seal_all::<SnapshotDoc>(access, Kind::Snapshot, &mut report)?;
             self.seal_all::<VolumeDoc>(access, Kind::Volume, &mut report)?;
             self.seal_all::<PolicyDoc>(access, Kind::Policy, &mut report)?;
@@ -102,6 +102,33 @@ impl Store {
             self.update_doc::<ImageDoc>(Kind::Image, &name, |d| {
                 if d.owner_signature.is_none() {
                     self.sign_image(access, d)?;
+                }
+                self.seal(&codec, d)
+            })?;
+            report.sealed += 1;
+        }
+        Ok(())
+    }
+
+    /// Signs (as the acting account, which vouches for them) and seals the key documents it
+    /// holds a grant on that lack either.
+    fn migrate_keys(&self, access: &Access, report: &mut MigrateReport) -> Result<()> {
+        for (name, doc) in self.docs::<KeyDoc>(Kind::Key)? {
+            if doc.signature.is_some() && doc.mac.is_some() {
+                report.already += 1;
+                continue;
+            }
+            let codec = match self.codec(access, Some(doc.id)) {
+                Ok(c) => c,
+                Err(e) if e.kind() == crate::ErrorKind::Denied => {
+                    report.left.push(self.describe(&Kind::Key.key(&name)));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            self.update_doc::<KeyDoc>(Kind::Key, &name, |d| {
+                if d.signature.is_none() {
+                    self.sign_key_doc(access, d)?;
                 }
                 self.seal(&codec, d)
             })?;

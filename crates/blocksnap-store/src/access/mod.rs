@@ -246,6 +246,7 @@ impl Store {
                     wrapped: wrapped.clone(),
                 });
                 doc.revision += 1;
+                self.sign_key_doc(access, doc)?;
                 self.seal(&codec, doc)
             })?
             .ok_or_else(|| self.missing_key(doc.id))?;
@@ -283,6 +284,7 @@ impl Store {
                 }
                 doc.grants.retain(|g| g.account != grantee);
                 doc.revision += 1;
+                self.sign_key_doc(access, doc)?;
                 self.seal(&codec, doc)
             })?
             .ok_or_else(|| self.missing_key(doc.id))?;
@@ -328,7 +330,10 @@ impl Store {
             }],
             revision: 0,
             mac: None,
+            signed_by: None,
+            signature: None,
         };
+        self.sign_key_doc(access, &mut doc)?;
         let codec = ChunkCodec::encrypted(
             id,
             DataKey::from_bytes(*key),
@@ -464,6 +469,7 @@ impl Store {
         // this client used under that id before.
         let codec = ChunkCodec::encrypted(key_id, key.clone(), self.config().compression_level);
         self.verify(&codec, doc)?;
+        self.verify_key_signature(doc)?;
         if let Some(check) = codec.key_check() {
             self.pin_key(doc, &check)?;
         }

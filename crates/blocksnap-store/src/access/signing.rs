@@ -8,7 +8,7 @@
 //! account document, which this client pins on first sight like the recipient.
 
 use age::secrecy::ExposeSecret;
-use blocksnap_manifest::{AccountDoc, ImageDoc};
+use blocksnap_manifest::{AccountDoc, ImageDoc, KeyDoc};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use zeroize::Zeroizing;
 
@@ -121,6 +121,43 @@ impl Store {
             &doc.id.to_string(),
             &doc.signed_bytes(),
         ));
+        Ok(())
+    }
+
+    /// Signs key document `doc` as `access`, the account making this version of it.
+    pub(crate) fn sign_key_doc(&self, access: &Access, doc: &mut KeyDoc) -> Result<()> {
+        let key = signing_key_of(&access.load_identity()?);
+        doc.signed_by = Some(access.account.clone());
+        doc.signature = Some(sign(&key, "key", &doc.id.to_string(), &doc.signed_bytes()));
+        Ok(())
+    }
+
+    /// Checks that the account key document `doc` names signed it as it is. An unsigned one
+    /// is accepted only in a store not yet authenticated.
+    pub(crate) fn verify_key_signature(&self, doc: &KeyDoc) -> Result<()> {
+        let name = doc.id.to_string();
+        let (Some(by), Some(sig)) = (&doc.signed_by, &doc.signature) else {
+            if self.config().authenticated() || doc.signature.is_some() {
+                return Err(self.tampered(
+                    "key",
+                    &name,
+                    "no account signed this version of its document",
+                ));
+            }
+            return Ok(());
+        };
+        let signer = self.verified_account(by)?;
+        let ok = signer
+            .signing_key
+            .as_ref()
+            .is_some_and(|k| verifies(k, sig, "key", &name, &doc.signed_bytes()));
+        if !ok {
+            return Err(self.tampered(
+                "key",
+                &name,
+                &format!("account '{by}' did not sign its document as it is"),
+            ));
+        }
         Ok(())
     }
 

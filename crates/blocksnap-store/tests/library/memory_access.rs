@@ -200,3 +200,50 @@ fn a_key_of_bobs_own_is_his_alone() {
     let (kind, _) = kind_of(m.store.grant_key(&bob, "default", "bob", None));
     assert_eq!(kind, ErrorKind::Denied);
 }
+
+/// bob, holding a grant on alice's key, rewrites the key document (alice's grant dropped) and,
+/// holding the key, recomputes its MAC: the document is no longer the one its signer signed,
+/// so it is refused (tampered) wherever it is used, and `check` lists it.
+#[test]
+fn a_key_holder_cannot_rewrite_a_key_document_another_account_signed() {
+    use blocksnap_manifest::Sealed;
+    let (m, bob, _) = alice_and_bob();
+    let (kdoc, _) = m
+        .store
+        .grant_key(&m.access, "default", "bob", None)
+        .unwrap();
+    assert_eq!(kdoc.signed_by.as_deref(), Some("alice"));
+
+    let text = std::fs::read_to_string(&bob.identity).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .unwrap();
+    let identity: age::x25519::Identity = line.parse().unwrap();
+    let grant = kdoc.grants.iter().find(|g| g.account == "bob").unwrap();
+    let key = age::decrypt(&identity, &hex::decode(&grant.wrapped).unwrap()).unwrap();
+    let codec = blocksnap_pack::ChunkCodec::encrypted(
+        kdoc.id,
+        blocksnap_pack::DataKey::from_slice(&key).unwrap(),
+        3,
+    );
+    let mut forged = kdoc.clone();
+    forged.grants.retain(|g| g.account == "bob");
+    forged.mac = None;
+    let mac = codec
+        .document_mac("key", &forged.seal_name(), &forged.sealed_bytes())
+        .unwrap();
+    forged.mac = Some(hex::encode(mac));
+    m.put(&format!("keys/{}.json", kdoc.id), &forged.to_json());
+
+    let (kind, msg) = kind_of(restore(&m, &bob, &web_snapshot(&m)));
+    assert_eq!(kind, ErrorKind::Tampered, "{msg}");
+    assert!(msg.contains("did not sign its document as it is"), "{msg}");
+    let report = m.store.check(&bob, false, &NoProgress).unwrap();
+    assert!(!report.ok);
+    assert!(
+        report.tampered.iter().any(|t| t.contains("did not sign")),
+        "{:?}",
+        report.tampered
+    );
+}
