@@ -116,6 +116,19 @@ fn a_forged_plaintext_snapshot_is_refused_and_listed() {
     assert_tampered(&out, "names no key");
     let out = env.run(&["snapshot", "diff", &real, &forged]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    // Nothing serves it, registers it as an image, or prunes on its word.
+    let out = env.run(&["serve", "nbd", &forged, "--listen", "127.0.0.1:0"]);
+    assert_tampered(&out, &forged);
+    let out = env.run(&[
+        "image",
+        "register",
+        "evil",
+        "--volume",
+        &format!("vda={forged}"),
+    ]);
+    assert_tampered(&out, &forged);
+    let out = env.run(&["prune"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
 
     assert_check_lists(&env, &forged);
     assert_check_lists(&env, &real);
@@ -265,6 +278,7 @@ fn rollback_by_extent_copy_and_an_old_head_are_refused() {
     write_at(&d, 8 << 20, 0, &random_bytes(1 << 20, 8));
     let out = env.run(&["snapshot", "create", d.to_str().unwrap(), "--volume", "vm"]);
     assert_tampered(&out, "older head");
+    assert_check_lists(&env, "older head");
 }
 
 #[test]
@@ -345,6 +359,7 @@ fn a_grant_redirected_to_another_recipient_is_refused() {
     assert!(env.run(&["key", "create", "k2"]).status.success());
     let out = env.run(&["key", "grant", "k2", "bob"]);
     assert_tampered(&out, "another signing key");
+    assert_check_lists(&env, "account bob");
     // A client that never granted to bob is stopped by the fingerprint bob gave.
     let fresh = env
         .cmd()

@@ -4,6 +4,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use crate::Ctx;
+use crate::table::Table;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum KeyCmd {
@@ -107,17 +108,16 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &KeyCmd) -> anyhow::Result<()> {
         KeyCmd::List => {
             let keys: Vec<_> = store.list_keys()?.iter().map(key_view).collect();
             ctx.output(&keys, || {
-                let mut t = format!("{:<22} {:<20} {:<26} {}", "ID", "NAME", "CREATED", "GRANTS");
+                let mut t = Table::new(&["ID", "NAME", "CREATED", "GRANTS"]);
                 for k in &keys {
-                    t += &format!(
-                        "\n{:<22} {:<20} {:<26} {}",
-                        k.id,
-                        k.name,
-                        k.created,
-                        k.grants.join(",")
-                    );
+                    t.row([
+                        k.id.clone(),
+                        k.name.clone(),
+                        k.created.clone(),
+                        k.grants.join(","),
+                    ]);
                 }
-                t
+                t.render()
             })
         }
     }

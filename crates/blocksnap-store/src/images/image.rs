@@ -329,6 +329,9 @@ impl Store {
         }
         // The registering account must be able to read what it registers, and every snapshot
         // must be one the key's holders wrote.
+        for s in &snaps {
+            self.verify_unkeyed(s)?;
+        }
         let codec = self.codec(access, key)?;
         for s in &snaps {
             self.verify(&codec, s)?;

@@ -3,7 +3,7 @@
 //! under its key. A document that fails is listed in `tampered` and as a problem: someone who
 //! can write to the store may have changed it.
 
-use blocksnap_manifest::{PolicyDoc, Sealed, VolumeDoc};
+use blocksnap_manifest::{HeadDoc, PolicyDoc, Sealed, VolumeDoc};
 
 use super::documents::Documents;
 use super::{CheckReport, Keys};
@@ -32,6 +32,25 @@ impl Store {
                     report.tampered.push(what.clone());
                     report.problems.push(what);
                 }
+            }
+        }
+        // A volume head counting fewer snapshots than this client saw was put back.
+        for (volume, head) in self.docs::<HeadDoc>(Kind::Head).unwrap_or_default() {
+            let pinned = self.pinned_seq(&volume).unwrap_or(0);
+            if head.seq < pinned {
+                let why = self
+                    .tampered(
+                        "volume head",
+                        &volume,
+                        &format!(
+                            "it counts {} snapshots of the volume, but this client saw snapshot \
+                             number {pinned}: an older head was put back",
+                            head.seq
+                        ),
+                    )
+                    .to_string();
+                report.tampered.push(why.clone());
+                report.problems.push(why);
             }
         }
         for name in self.names(Kind::Account).unwrap_or_default() {
