@@ -144,3 +144,89 @@ fn an_image_device_is_served_only_to_who_may_launch_it() {
         stderr(&missing)
     );
 }
+
+/// Several clients at once: one that connects and goes quiet does not stop `qemu-img info` or
+/// two `qemu-img convert`s running side by side (each byte-identical); a quiet client is
+/// disconnected after --idle-timeout; one past --max-connections is closed at once.
+#[test]
+fn many_clients_at_once_with_an_idle_timeout_and_a_bound() {
+    let env = Env::new("nbd-many");
+    env.init(&[]);
+    let disk = env.path("disk.img");
+    write_at(&disk, 32 << 20, 1 << 20, &random_bytes(6 << 20, 77));
+    let snap = env.snapshot(&disk, "disk")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let server = serve(
+        &env,
+        &[&snap, "--idle-timeout", "2", "--max-connections", "3"],
+    );
+
+    // A client that takes the greeting and then says nothing.
+    let mut quiet = TcpStream::connect(&server.addr).unwrap();
+    let mut greeting = [0u8; 18];
+    quiet.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting[..8], b"NBDMAGIC");
+
+    // (Bounded: a server that serves one client at a time would hang here.)
+    let info = Command::new("timeout")
+        .args(["60", "qemu-img", "info", "-f", "raw"])
+        .arg(format!("nbd://{}/{}", server.addr, server.export))
+        .output()
+        .unwrap();
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    assert!(String::from_utf8_lossy(&info.stdout).contains("33554432"));
+
+    let (a, b) = (env.path("a.img"), env.path("b.img"));
+    let (ra, rb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| qemu_read(&server, &a));
+        let tb = s.spawn(|| qemu_read(&server, &b));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    assert!(
+        ra.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ra.stderr)
+    );
+    assert!(
+        rb.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rb.stderr)
+    );
+    assert_same(&disk, &a);
+    assert_same(&disk, &b);
+
+    // The quiet client is let go once it was quiet for 2 s.
+    quiet
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = quiet.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "the idle client was not disconnected"
+    );
+
+    // Three quiet clients fill the server; a fourth is closed at once (no greeting).
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut c = TcpStream::connect(&server.addr).unwrap();
+            c.read_exact(&mut greeting).unwrap();
+            c
+        })
+        .collect();
+    let mut extra = TcpStream::connect(&server.addr).unwrap();
+    extra
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut got = Vec::new();
+    let n = extra.read_to_end(&mut got).unwrap_or(0);
+    assert_eq!(n, 0, "a connection past --max-connections gets no greeting");
+    drop(held);
+}

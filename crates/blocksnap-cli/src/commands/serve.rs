@@ -9,7 +9,9 @@ use crate::parse::human;
 pub(crate) enum ServeCmd {
     /// Export a snapshot read-only over NBD: usable at once, its chunks fetched, verified and
     /// decoded as they are read (`qemu-img convert nbd://127.0.0.1:10809 disk.img`, `nbd-client`,
-    /// or a VM booting from it). Serves one client at a time until stopped (Ctrl-C).
+    /// or a VM booting from it). Serves each client on its own thread (up to --max-connections
+    /// at once, sharing one chunk cache) until stopped (Ctrl-C); a client that sends nothing for
+    /// --idle-timeout seconds is disconnected.
     Nbd {
         /// A snapshot (id or unique prefix), or IMAGE:DEVICE of an image you may launch.
         #[arg(value_name = "SNAPSHOT|IMAGE:DEVICE")]
@@ -17,15 +19,30 @@ pub(crate) enum ServeCmd {
         /// The address to listen on (port 0 picks a free one).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10809")]
         listen: String,
+        /// Clients served at once; one more is disconnected at once, with a log line.
+        #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+        max_connections: u16,
+        /// Seconds a client may send nothing before it is disconnected.
+        #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+        idle_timeout: u64,
     },
 }
 
 pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ServeCmd) -> anyhow::Result<()> {
     match cmd {
-        ServeCmd::Nbd { what, listen } => {
+        ServeCmd::Nbd {
+            what,
+            listen,
+            max_connections,
+            idle_timeout,
+        } => {
             let store = ctx.open()?;
             let access = ctx.access(&store)?;
-            store.serve_nbd(&access, what, listen, &ctx.progress, |info| {
+            let opts = blocksnap_store::ServeOptions {
+                max_connections: usize::from(*max_connections),
+                idle_timeout: std::time::Duration::from_secs(*idle_timeout),
+            };
+            store.serve_nbd(&access, what, listen, &opts, &ctx.progress, |info| {
                 // Printed once listening; the command then serves until stopped.
                 let _ = ctx.output(info, String::new);
                 ctx.note(&format!(

@@ -50,12 +50,18 @@ const CANCEL_POLL: Duration = Duration::from_millis(100);
 /// A socket's reading half that waits for data in [`CANCEL_POLL`] steps (a read timeout, after
 /// which nothing has been read and the read is retried), ending with an error once
 /// cancellation is requested.
-struct Cancellable(TcpStream);
+/// It also ends a connection on which the client sent nothing for `idle` (a client that
+/// connects and goes quiet must not hold a connection slot for ever).
+struct Cancellable {
+    stream: TcpStream,
+    idle: Duration,
+}
 
 impl Read for Cancellable {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let since = std::time::Instant::now();
         loop {
-            match self.0.read(buf) {
+            match self.stream.read(buf) {
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -66,6 +72,12 @@ impl Read for Cancellable {
                         // Not ErrorKind::Interrupted: read_exact would retry that.
                         return Err(io::Error::other("interrupted"));
                     }
+                    if since.elapsed() >= self.idle {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("idle for {} s", self.idle.as_secs()),
+                        ));
+                    }
                 }
                 r => return r,
             }
@@ -73,7 +85,30 @@ impl Read for Cancellable {
     }
 }
 
-fn serve_connection(stream: TcpStream, export: &Export<'_>, progress: &dyn Progress) {
+/// How `serve nbd` treats its clients.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeOptions {
+    /// Connections served at once; one more is closed at once, with a log line.
+    pub max_connections: usize,
+    /// A connection on which the client sends nothing this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            max_connections: 16,
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+fn serve_connection(
+    stream: TcpStream,
+    export: &Export<'_>,
+    idle: Duration,
+    progress: &dyn Progress,
+) {
     let _ = stream.set_nodelay(true);
     let peer = stream
         .peer_addr()
@@ -85,7 +120,10 @@ fn serve_connection(stream: TcpStream, export: &Export<'_>, progress: &dyn Progr
     {
         return;
     }
-    let mut r = BufReader::new(Cancellable(read_half));
+    let mut r = BufReader::new(Cancellable {
+        stream: read_half,
+        idle,
+    });
     let mut w = BufWriter::new(stream);
     let result = blocksnap_nbd::serve(&mut r, &mut w, export, &mut |e| progress.message(e));
     match result {
@@ -106,14 +144,17 @@ pub struct ServeInfo {
 }
 
 impl Store {
-    /// Serves `snapshot` (or `IMAGE:DEVICE`) read-only over NBD on `listen`, one client at a
-    /// time, until cancelled ([`crate::cancel::request`]: it then returns
-    /// [`StoreError::Interrupted`]). `ready` is called once the socket listens.
+    /// Serves `snapshot` (or `IMAGE:DEVICE`) read-only over NBD on `listen`, each client on its
+    /// own thread (sharing the snapshot's view and its chunk cache), at most
+    /// `opts.max_connections` at once, until cancelled ([`crate::cancel::request`]: it then
+    /// returns [`StoreError::Interrupted`], after every connection has ended). `ready` is called
+    /// once the socket listens.
     pub fn serve_nbd(
         &self,
         access: &Access,
         what: &str,
         listen: &str,
+        opts: &ServeOptions,
         progress: &dyn Progress,
         ready: impl FnOnce(&ServeInfo),
     ) -> Result<()> {
@@ -144,18 +185,42 @@ impl Store {
         listener
             .set_nonblocking(true)
             .map_err(|e| StoreError::Other(format!("cannot listen on {listen}: {e}")))?;
-        loop {
-            crate::cancel::check()?;
-            match listener.accept() {
-                Ok((s, _)) => serve_connection(s, &export, progress),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(CANCEL_POLL),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    progress.message(&format!("accept failed: {e}"));
-                    std::thread::sleep(CANCEL_POLL);
+        let active = std::sync::atomic::AtomicUsize::new(0);
+        let export = &export;
+        std::thread::scope(|scope| {
+            loop {
+                crate::cancel::check()?;
+                match listener.accept() {
+                    Ok((s, peer)) => {
+                        use std::sync::atomic::Ordering;
+                        if active.load(Ordering::SeqCst) >= opts.max_connections {
+                            progress.message(&format!(
+                                "{peer}: refused, {} connections are being served already \
+                             (--max-connections)",
+                                opts.max_connections
+                            ));
+                            drop(s);
+                            continue;
+                        }
+                        active.fetch_add(1, Ordering::SeqCst);
+                        let active = &active;
+                        let idle = opts.idle_timeout;
+                        scope.spawn(move || {
+                            serve_connection(s, export, idle, progress);
+                            active.fetch_sub(1, Ordering::SeqCst);
+                        });
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(CANCEL_POLL)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        progress.message(&format!("accept failed: {e}"));
+                        std::thread::sleep(CANCEL_POLL);
+                    }
                 }
             }
-        }
+        })
     }
 
     /// The snapshot behind `SNAPSHOT` or `IMAGE:DEVICE`; an image needs the right to launch it.
