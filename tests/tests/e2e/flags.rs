@@ -84,6 +84,7 @@ fn sample(value: &str) -> &'static str {
         "SECONDS" => "1",
         "FRACTION" => "0.5",
         "CHUNKER" => "cdc",
+        "N" => "2",
         _ => "k=v",
     }
 }

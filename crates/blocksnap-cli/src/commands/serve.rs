@@ -23,7 +23,7 @@ pub(crate) enum ServeCmd {
         #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
         max_connections: u16,
         /// Seconds a client may send nothing before it is disconnected.
-        #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_name = "SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
         idle_timeout: u64,
     },
 }
