@@ -24,12 +24,18 @@ impl Drop for Server {
 }
 
 fn serve(env: &Env, args: &[&str]) -> Server {
+    let mut all = args.to_vec();
+    all.extend(["--listen", "127.0.0.1:0"]);
+    serve_with(env, &all)
+}
+
+/// `serve nbd ARGS` as given (no `--listen` added).
+fn serve_with(env: &Env, args: &[&str]) -> Server {
     let mut child = env
         .cmd()
         .arg("--json")
         .args(["serve", "nbd"])
         .args(args)
-        .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -229,4 +235,56 @@ fn many_clients_at_once_with_an_idle_timeout_and_a_bound() {
     let n = extra.read_to_end(&mut got).unwrap_or(0);
     assert_eq!(n, 0, "a connection past --max-connections gets no greeting");
     drop(held);
+}
+
+/// `--socket PATH`: a Unix socket qemu-img reads through (`nbd+unix://`), byte-identical; a socket
+/// left by a killed server is replaced, a file that is not a socket is refused and kept.
+#[test]
+fn a_unix_socket_serves_local_hypervisors() {
+    let env = Env::new("nbd-unix");
+    env.init(&[]);
+    let disk = env.path("disk.img");
+    write_at(&disk, 16 << 20, 4096, &random_bytes(3 << 20, 78));
+    let snap = env.snapshot(&disk, "disk")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let socket = env.path("nbd.sock");
+    let socket_s = socket.to_str().unwrap();
+
+    let server = serve_with(&env, &[&snap, "--socket", socket_s]);
+    assert_eq!(server.addr, format!("unix:{socket_s}"));
+    let export = server.export.clone();
+    let read = || {
+        let out = env.path(&format!("via-unix-{}.img", rand_suffix()));
+        let r = Command::new("timeout")
+            .args(["60", "qemu-img", "convert", "-f", "raw", "-O", "raw"])
+            .arg(format!("nbd+unix:///{export}?socket={socket_s}"))
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        assert_same(&disk, &out);
+    };
+    read();
+    // Killed (SIGKILL): the socket file stays; the next server replaces it.
+    drop(server);
+    assert!(socket.exists());
+    let server = serve_with(&env, &[&snap, "--socket", socket_s]);
+    read();
+    drop(server);
+
+    // A regular file at the path is not a socket: refused, left as it was.
+    std::fs::remove_file(&socket).unwrap();
+    std::fs::write(&socket, b"keep me").unwrap();
+    let out = env.run(&["serve", "nbd", &snap, "--socket", socket_s]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not a socket"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&socket).unwrap(), b"keep me");
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
 }

@@ -19,6 +19,11 @@ pub(crate) enum ServeCmd {
         /// The address to listen on (port 0 picks a free one).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10809")]
         listen: String,
+        /// Listen on this Unix socket instead of TCP (for a hypervisor on this host:
+        /// `nbd+unix:///EXPORT?socket=PATH`). An existing file there is never replaced; a
+        /// socket left by a killed server is.
+        #[arg(long, value_name = "PATH", conflicts_with = "listen")]
+        socket: Option<std::path::PathBuf>,
         /// Clients served at once; one more is disconnected at once, with a log line.
         #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
         max_connections: u16,
@@ -35,23 +40,27 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ServeCmd) -> anyhow::Result<()> {
             listen,
             max_connections,
             idle_timeout,
+            socket,
         } => {
             let store = ctx.open()?;
             let access = ctx.access(&store)?;
             let opts = blocksnap_store::ServeOptions {
                 max_connections: usize::from(*max_connections),
                 idle_timeout: std::time::Duration::from_secs(*idle_timeout),
+                socket: socket.clone(),
             };
             store.serve_nbd(&access, what, listen, &opts, &ctx.progress, |info| {
                 // Printed once listening; the command then serves until stopped.
                 let _ = ctx.output(info, String::new);
+                let url = match info.listen.strip_prefix("unix:") {
+                    Some(path) => format!("nbd+unix:///{}?socket={path}", info.export),
+                    None => format!("nbd://{}/{}", info.listen, info.export),
+                };
                 ctx.note(&format!(
-                    "serving {} ({}) read-only over NBD on {}: e.g. `qemu-img convert -O raw nbd://{}/{} disk.img`; Ctrl-C stops",
+                    "serving {} ({}) read-only over NBD on {}: e.g. `qemu-img convert -O raw '{url}' disk.img`; Ctrl-C stops",
                     info.export,
                     human(info.size),
                     info.listen,
-                    info.listen,
-                    info.export
                 ));
             })?;
             Ok(())

@@ -6,8 +6,10 @@
 //! export (a [`SnapshotView`]), the socket and the cancellation. Chunk locations come from the
 //! pack trailers, so the index stays free for snapshots running beside it.
 
-use std::io::{self, BufReader, BufWriter, Read};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
@@ -53,8 +55,121 @@ const CANCEL_POLL: Duration = Duration::from_millis(100);
 /// It also ends a connection on which the client sent nothing for `idle` (a client that
 /// connects and goes quiet must not hold a connection slot for ever).
 struct Cancellable {
-    stream: TcpStream,
+    stream: Box<dyn Conn>,
     idle: Duration,
+}
+
+/// A client's connection: TCP or a Unix socket.
+trait Conn: Read + Write + Send {
+    fn try_clone_conn(&self) -> io::Result<Box<dyn Conn>>;
+    fn set_blocking_with_timeout(&self, timeout: Duration) -> io::Result<()>;
+}
+
+impl Conn for TcpStream {
+    fn try_clone_conn(&self) -> io::Result<Box<dyn Conn>> {
+        Ok(Box::new(self.try_clone()?))
+    }
+    fn set_blocking_with_timeout(&self, timeout: Duration) -> io::Result<()> {
+        let _ = self.set_nodelay(true);
+        self.set_nonblocking(false)?;
+        self.set_read_timeout(Some(timeout))
+    }
+}
+
+impl Conn for UnixStream {
+    fn try_clone_conn(&self) -> io::Result<Box<dyn Conn>> {
+        Ok(Box::new(self.try_clone()?))
+    }
+    fn set_blocking_with_timeout(&self, timeout: Duration) -> io::Result<()> {
+        self.set_nonblocking(false)?;
+        self.set_read_timeout(Some(timeout))
+    }
+}
+
+/// Where `serve nbd` listens.
+enum Listening {
+    Tcp(TcpListener),
+    /// A Unix socket, removed when serving ends.
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listening {
+    /// Binds `socket` (a Unix socket path), else `listen` (a TCP address).
+    fn bind(listen: &str, socket: Option<&Path>) -> Result<Listening> {
+        let Some(path) = socket else {
+            let l = TcpListener::bind(listen).map_err(|e| {
+                StoreError::Usage(format!(
+                    "cannot listen on {listen}: {e}; pass another --listen ADDR:PORT"
+                ))
+            })?;
+            return Ok(Listening::Tcp(l));
+        };
+        // An existing file is never replaced: only a socket nobody listens on (left by a
+        // killed server) is removed first.
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                return Err(StoreError::Usage(format!(
+                    "--socket {}: a file that is not a socket is there; pass another path",
+                    path.display()
+                )));
+            }
+            if UnixStream::connect(path).is_ok() {
+                return Err(StoreError::Usage(format!(
+                    "--socket {}: another server is listening there; pass another path",
+                    path.display()
+                )));
+            }
+            std::fs::remove_file(path)
+                .map_err(StoreError::io("cannot remove the stale socket", path))?;
+        }
+        let l = UnixListener::bind(path).map_err(|e| {
+            StoreError::Usage(format!(
+                "cannot listen on {}: {e}; pass another --socket PATH",
+                path.display()
+            ))
+        })?;
+        Ok(Listening::Unix(l, path.to_path_buf()))
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Listening::Tcp(l) => l
+                .local_addr()
+                .map_or_else(|_| "?".into(), |a| a.to_string()),
+            Listening::Unix(_, p) => format!("unix:{}", p.display()),
+        }
+    }
+
+    fn set_nonblocking(&self) -> io::Result<()> {
+        match self {
+            Listening::Tcp(l) => l.set_nonblocking(true),
+            Listening::Unix(l, _) => l.set_nonblocking(true),
+        }
+    }
+
+    /// A new connection and who it is from.
+    fn accept(&self) -> io::Result<(Box<dyn Conn>, String)> {
+        match self {
+            Listening::Tcp(l) => l
+                .accept()
+                .map(|(s, a)| (Box::new(s) as Box<dyn Conn>, a.to_string())),
+            Listening::Unix(l, p) => l.accept().map(|(s, _)| {
+                (
+                    Box::new(s) as Box<dyn Conn>,
+                    format!("unix:{}", p.display()),
+                )
+            }),
+        }
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        if let Listening::Unix(_, p) = self {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 impl Read for Cancellable {
@@ -86,12 +201,14 @@ impl Read for Cancellable {
 }
 
 /// How `serve nbd` treats its clients.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ServeOptions {
     /// Connections served at once; one more is closed at once, with a log line.
     pub max_connections: usize,
     /// A connection on which the client sends nothing this long is closed.
     pub idle_timeout: Duration,
+    /// Listen on this Unix socket instead of TCP (for hypervisors on the same host).
+    pub socket: Option<PathBuf>,
 }
 
 impl Default for ServeOptions {
@@ -99,25 +216,22 @@ impl Default for ServeOptions {
         ServeOptions {
             max_connections: 16,
             idle_timeout: Duration::from_secs(600),
+            socket: None,
         }
     }
 }
 
 fn serve_connection(
-    stream: TcpStream,
+    stream: Box<dyn Conn>,
+    peer: &str,
     export: &Export<'_>,
     idle: Duration,
     progress: &dyn Progress,
 ) {
-    let _ = stream.set_nodelay(true);
-    let peer = stream
-        .peer_addr()
-        .map_or_else(|_| "?".into(), |a| a.to_string());
-    let Ok(read_half) = stream.try_clone() else {
+    let Ok(read_half) = stream.try_clone_conn() else {
         return;
     };
-    if stream.set_nonblocking(false).is_err() || stream.set_read_timeout(Some(CANCEL_POLL)).is_err()
-    {
+    if stream.set_blocking_with_timeout(CANCEL_POLL).is_err() {
         return;
     }
     let mut r = BufReader::new(Cancellable {
@@ -168,14 +282,8 @@ impl Store {
             size: doc.size,
             view: SnapshotView::open(&doc, reader)?,
         };
-        let listener = TcpListener::bind(listen).map_err(|e| {
-            StoreError::Usage(format!(
-                "cannot listen on {listen}: {e}; pass another --listen ADDR:PORT"
-            ))
-        })?;
-        let local = listener
-            .local_addr()
-            .map_or_else(|_| listen.to_string(), |a| a.to_string());
+        let listener = Listening::bind(listen, opts.socket.as_deref())?;
+        let local = listener.describe();
         ready(&ServeInfo {
             listen: local,
             export: export.name.clone(),
@@ -183,7 +291,7 @@ impl Store {
         });
         // Non-blocking, polled: a cancellation (Ctrl-C) ends the loop within CANCEL_POLL.
         listener
-            .set_nonblocking(true)
+            .set_nonblocking()
             .map_err(|e| StoreError::Other(format!("cannot listen on {listen}: {e}")))?;
         let active = std::sync::atomic::AtomicUsize::new(0);
         let export = &export;
@@ -206,7 +314,7 @@ impl Store {
                         let active = &active;
                         let idle = opts.idle_timeout;
                         scope.spawn(move || {
-                            serve_connection(s, export, idle, progress);
+                            serve_connection(s, &peer, export, idle, progress);
                             active.fetch_sub(1, Ordering::SeqCst);
                         });
                     }
