@@ -288,3 +288,27 @@ fn rand_suffix() -> u64 {
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
 }
+
+/// The export is the decrypted disk: an address other than loopback is refused (exit 2, saying
+/// why and what to do) unless --insecure says the network is trusted.
+#[test]
+fn a_non_loopback_address_needs_insecure() {
+    let env = Env::new("nbd-insecure");
+    env.init(&[]);
+    let disk = env.path("disk.img");
+    write_at(&disk, 4 << 20, 0, &random_bytes(1 << 20, 79));
+    let snap = env.snapshot(&disk, "disk")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = env.run(&["serve", "nbd", &snap, "--listen", "0.0.0.0:0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a loopback address"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("--insecure"), "{}", stderr(&out));
+    let server = serve_with(&env, &[&snap, "--listen", "0.0.0.0:0", "--insecure"]);
+    assert!(server.addr.starts_with("0.0.0.0:"), "{}", server.addr);
+}

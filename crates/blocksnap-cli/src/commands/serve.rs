@@ -19,6 +19,11 @@ pub(crate) enum ServeCmd {
         /// The address to listen on (port 0 picks a free one).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10809")]
         listen: String,
+        /// Listen on an address other than loopback although the export is the decrypted disk,
+        /// unencrypted and unauthenticated on the network: anyone who can reach the port reads
+        /// it. Without it, only loopback addresses (and --socket) are accepted.
+        #[arg(long)]
+        insecure: bool,
         /// Listen on this Unix socket instead of TCP (for a hypervisor on this host:
         /// `nbd+unix:///EXPORT?socket=PATH`). An existing file there is never replaced; a
         /// socket left by a killed server is.
@@ -41,7 +46,17 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ServeCmd) -> anyhow::Result<()> {
             max_connections,
             idle_timeout,
             socket,
+            insecure,
         } => {
+            if socket.is_none() && !insecure && !is_loopback(listen) {
+                return Err(blocksnap_store::StoreError::Usage(format!(
+                    "--listen {listen} is not a loopback address: the export is the decrypted \
+                     disk, readable by anyone who can reach the port (NBD here has no TLS yet). \
+                     Listen on 127.0.0.1 or ::1, use --socket PATH for a hypervisor on this \
+                     host, or pass --insecure on a network you trust"
+                ))
+                .into());
+            }
             let store = ctx.open()?;
             let access = ctx.access(&store)?;
             let opts = blocksnap_store::ServeOptions {
@@ -65,5 +80,18 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ServeCmd) -> anyhow::Result<()> {
             })?;
             Ok(())
         }
+    }
+}
+
+/// True if every address `listen` resolves to is a loopback one (an address that does not
+/// resolve is left for the listener to refuse).
+fn is_loopback(listen: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    match listen.to_socket_addrs() {
+        Ok(addrs) => {
+            let addrs: Vec<_> = addrs.collect();
+            !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => true,
     }
 }
