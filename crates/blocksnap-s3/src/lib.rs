@@ -207,16 +207,27 @@ impl S3Backend {
         })
     }
 
-    /// Proves that the server honours conditional writes, with objects under `_probe/` (a name
-    /// the store's layout never uses, outside the key rules so no store object can clash): a
+    /// The store's URL, `s3://BUCKET` or `s3://BUCKET/PREFIX`.
+    pub fn url(&self) -> &str {
+        &self.location
+    }
+
+    /// Proves that the server honours conditional writes, with an object under
+    /// `.blocksnap-probe/` (a name starting with `.`, outside the key rules, so no store object
+    /// can clash with it and no listing shows it), deleted afterwards: a
     /// second create-only PUT of one key must be refused, and so must a swap with a stale
     /// version. A server that ignores `If-None-Match` or `If-Match` (some S3-compatible ones
     /// accept the headers and overwrite) fails with a message that says so.
     pub fn probe(&self) -> Result<()> {
         let mut nonce = [0u8; 8];
-        getrandom::fill(&mut nonce)
-            .map_err(|e| self.io("probe", "_probe/", std::io::Error::other(e.to_string())))?;
-        let key = format!("_probe/{}", hex::encode(nonce));
+        getrandom::fill(&mut nonce).map_err(|e| {
+            self.io(
+                "probe",
+                ".blocksnap-probe/",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        let key = format!(".blocksnap-probe/{}", hex::encode(nonce));
         let path = self.path_unchecked(&key);
         let put = |data: &'static [u8], mode: PutMode| {
             let store = self.store.clone();
@@ -241,10 +252,7 @@ impl S3Backend {
                 Ok(_) => false,
                 Err(e) => return Err(self.map_err("probe", &key, e)),
             };
-            let second = self
-                .get(&key)
-                .or_else(|_| self.read_unchecked(&key))
-                .unwrap_or_default();
+            let second = self.read_unchecked(&key)?;
             if !refused_create || second != b"1" {
                 return Err(self.unsupported(
                     &key,
