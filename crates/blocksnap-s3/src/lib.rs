@@ -758,6 +758,88 @@ mod tests {
         assert!(root.list("").unwrap().is_empty());
     }
 
+    /// A proxy in front of `upstream` that drops the conditional headers of every request: a
+    /// server that accepts `If-None-Match` and `If-Match` and ignores them, as some do. One
+    /// request per connection (it asks the server to close), so each request head is rewritten.
+    fn forgetful_proxy(upstream: u16) -> u16 {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i;
+                        }
+                        match client.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    let mut out: String = head
+                        .split("\r\n")
+                        .filter(|l| {
+                            let l = l.to_ascii_lowercase();
+                            !l.starts_with("if-none-match:")
+                                && !l.starts_with("if-match:")
+                                && !l.starts_with("connection:")
+                        })
+                        .map(|l| format!("{l}\r\n"))
+                        .collect();
+                    out.push_str("connection: close\r\n\r\n");
+                    let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                        return;
+                    };
+                    let _ = server.write_all(out.as_bytes());
+                    let _ = server.write_all(&buf[end + 4..]);
+                    let (mut c2, mut s2) =
+                        (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut c2, &mut s2);
+                    });
+                    let _ = std::io::copy(&mut server, &mut client);
+                    let _ = client.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn the_probe_refuses_a_server_that_ignores_conditional_writes() {
+        let moto = moto::Moto::start();
+        moto.create_bucket("forgetful");
+        let port = forgetful_proxy(moto.port());
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let mut settings: Vec<(&str, String)> = moto.env();
+        settings.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
+        settings.push(("AWS_ENDPOINT_URL", endpoint));
+        let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let b = S3Backend::from_url_with("s3://forgetful/store", &settings).unwrap();
+        // Through the proxy a second create overwrites: the probe says so.
+        let e = b.probe().unwrap_err();
+        assert!(
+            e.to_string().contains("does not honour conditional writes")
+                && e.to_string().contains("If-None-Match"),
+            "{e}"
+        );
+        // Nothing of it is listed.
+        assert!(
+            backend(&moto, "s3://forgetful")
+                .list("")
+                .unwrap()
+                .is_empty()
+        );
+        // The same bucket without the proxy passes.
+        backend(&moto, "s3://forgetful/store").probe().unwrap();
+    }
+
     #[test]
     fn errors_name_the_place() {
         let moto = moto::Moto::start();
