@@ -50,7 +50,7 @@ pub fn find() -> Result<PathBuf, String> {
     Err(
         "no moto_server: the S3 tests need a real local S3 server. Install it with \
          `python3 -m venv ~/.cache/blocksnap-ci/venv && ~/.cache/blocksnap-ci/venv/bin/pip install \
-         'moto[server]'` (what .ci/run does), or set BLOCKSNAP_MOTO to a moto_server"
+         'moto[s3]' flask flask-cors` (what .ci/run does), or set BLOCKSNAP_MOTO to a moto_server"
             .into(),
     )
 }
