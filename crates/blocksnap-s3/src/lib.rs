@@ -437,10 +437,7 @@ impl S3Backend {
             Ok::<_, object_store::Error>((size, got.bytes().await?))
         });
         match r {
-            Ok((size, bytes)) if bytes.len() as u64 == len => {
-                let _ = size;
-                Ok(bytes.to_vec())
-            }
+            Ok((_, bytes)) if bytes.len() as u64 == len => Ok(bytes.to_vec()),
             // The server returns what there is of a range that runs past the end.
             Ok((size, _)) => Err(out_of_range(size)),
             Err(e @ object_store::Error::NotFound { .. }) => Err(self.map_err("read", key, e)),

@@ -118,11 +118,17 @@ fn init_snapshot_and_restore_on_s3_byte_identical() {
 }
 
 #[test]
-fn a_bad_s3_url_is_a_usage_error() {
+fn a_bad_s3_url_and_recovery_import_into_s3_are_usage_errors() {
     let moto = Moto::start();
     let mut env = Env::new("s3_bad_url");
     env.store = PathBuf::from("s3://Bad_Bucket/x");
     let out = run(&env, &moto, &["init", "--account", "alice"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("bucket name"), "{}", stderr(&out));
+    // recovery import takes local stores only, and says so before reading anything.
+    env.store = PathBuf::from("s3://some-bucket/x");
+    let file = env.path("recovery.json");
+    let out = run(&env, &moto, &["recovery", "import", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("local store only"), "{}", stderr(&out));
 }
