@@ -12,6 +12,33 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// moto_server's main with Werkzeug's server on one thread (see [`Moto::start`]).
+const SERIAL_MOTO: &str = "import sys\n\
+import moto.server as s\n\
+real = s.run_simple\n\
+def serial(*a, **k):\n    k['threaded'] = False\n    return real(*a, **k)\n\
+s.run_simple = serial\n\
+s.main(sys.argv[1:])\n";
+
+/// The Python interpreter of the moto_server script `bin` (its `#!` line).
+fn interpreter(bin: &std::path::Path) -> PathBuf {
+    let text = std::fs::read(bin).unwrap_or_else(|e| panic!("cannot read {}: {e}", bin.display()));
+    let first = text.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(first);
+    match line
+        .strip_prefix("#!")
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+    {
+        // `#!/usr/bin/env python3`
+        Some(words) if words.len() == 2 && words[0].ends_with("/env") => PathBuf::from(words[1]),
+        Some(words) if words.len() == 1 => PathBuf::from(words[0]),
+        _ => panic!(
+            "{} does not start with a #! line naming its Python: not a moto_server script",
+            bin.display()
+        ),
+    }
+}
+
 /// A running moto server; stopped when dropped.
 #[derive(Debug)]
 pub struct Moto {
@@ -68,8 +95,21 @@ impl Moto {
             .expect("a free port on 127.0.0.1");
         let log = std::env::temp_dir().join(format!("blocksnap-moto-{port}.log"));
         let out = std::fs::File::create(&log).expect("moto's log file");
-        let child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        // moto's server answers requests on several threads, and its conditional PUT checks
+        // and writes without a lock: two racing `If-None-Match: *` PUTs can both succeed, and
+        // two racing `If-Match` PUTs both win (seen in the conformance suite's racing checks).
+        // Real S3 decides each condition atomically. So the server runs single-threaded here,
+        // with moto_server's own interpreter: each request is decided whole, as S3 does.
+        let python = interpreter(&bin);
+        let child = Command::new(&python)
+            .args([
+                "-c",
+                SERIAL_MOTO,
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log file"))
             .stderr(out)

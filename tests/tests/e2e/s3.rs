@@ -130,5 +130,9 @@ fn a_bad_s3_url_and_recovery_import_into_s3_are_usage_errors() {
     let file = env.path("recovery.json");
     let out = run(&env, &moto, &["recovery", "import", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("local store only"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("local store only"),
+        "{}",
+        stderr(&out)
+    );
 }
