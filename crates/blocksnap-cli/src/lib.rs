@@ -40,8 +40,9 @@ use serde::Serialize;
 #[derive(Debug, Parser)]
 #[command(name = "blocksnap", version, about, long_about = None, propagate_version = true)]
 pub(crate) struct Cli {
-    /// The store: a local directory, or file:///PATH (other URLs are refused until a backend
-    /// serves them) [default: $XDG_DATA_HOME/blocksnap/store, created on first use].
+    /// The store: a local directory, file:///PATH, or s3://BUCKET/PREFIX (endpoint, region and
+    /// credentials from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY;
+    /// other URLs are refused) [default: $XDG_DATA_HOME/blocksnap/store, created on first use].
     #[arg(long, global = true, env = "BLOCKSNAP_STORE", value_name = "PATH")]
     pub(crate) store: Option<PathBuf>,
     /// The account that acts [default: the account created with the store]. Give it before the
@@ -342,11 +343,33 @@ impl Ctx<'_> {
             ));
             return Ok(store);
         }
-        let store = Store::open(&path)?;
+        let store = open_at(&path)?;
         self.damage.borrow_mut().push(store.damage_warnings());
         Ok(store)
     }
+}
 
+/// The URL of a store given as `s3://BUCKET/PREFIX`, if it is one.
+pub(crate) fn s3_url(location: &std::path::Path) -> Option<&str> {
+    location.to_str().filter(|t| t.starts_with("s3://"))
+}
+
+/// The S3 backend of `url`, configured from the environment; a bad URL is a usage error.
+pub(crate) fn s3_backend(url: &str) -> anyhow::Result<blocksnap_s3::S3Backend> {
+    Ok(blocksnap_s3::S3Backend::from_url(url).map_err(|e| StoreError::Usage(e.to_string()))?)
+}
+
+/// Opens the store at `location`: a local directory (a path or file:// URL) or an s3:// URL.
+pub(crate) fn open_at(location: &std::path::Path) -> anyhow::Result<Store> {
+    if let Some(url) = s3_url(location) {
+        let backend = s3_backend(url)?;
+        let place = blocksnap_store::Place::Remote(backend.url().to_string());
+        return Ok(Store::open_in(std::sync::Arc::new(backend), place)?);
+    }
+    Ok(Store::open(location)?)
+}
+
+impl Ctx<'_> {
     pub(crate) fn output<T: Serialize>(
         &self,
         value: &T,

@@ -22,6 +22,7 @@ mod nbd;
 mod progress;
 mod readonly;
 mod recovery;
+mod s3;
 mod signals;
 mod snapshot_restore;
 mod sources;

@@ -30,9 +30,9 @@ fn entries(dir: &Path) -> Vec<String> {
     v
 }
 
-/// `--store` (or BLOCKSNAP_STORE, or `image copy --to`) with a URL scheme is refused with exit 2
-/// and the supported forms, and creates nothing (no `s3:` directory, no default store);
-/// `file:///PATH` is the local directory PATH.
+/// `--store` (or BLOCKSNAP_STORE, or `image copy --to`) with a URL scheme other than `file` and
+/// `s3` (tests/e2e/s3.rs) is refused with exit 2 and the supported forms, and creates nothing (no
+/// `gs:` directory, no default store); `file:///PATH` is the local directory PATH.
 #[test]
 fn store_urls_are_refused_and_nothing_is_created() {
     let env = Env::new("msg_urls");
@@ -40,7 +40,7 @@ fn store_urls_are_refused_and_nothing_is_created() {
     fs::create_dir(&cwd).unwrap();
     let img = env.path("a.img");
     write_at(&img, 1 << 20, 0, &random_bytes(64 << 10, 1));
-    for url in ["s3://bucket/prefix", "http://127.0.0.1:9000/b", "gs://b/p"] {
+    for url in ["swift://bucket/p", "http://127.0.0.1:9000/b", "gs://b/p"] {
         for args in [
             vec!["init"],
             vec!["snapshot", "list"],
@@ -109,10 +109,10 @@ fn store_urls_are_refused_and_nothing_is_created() {
     ]);
 
     // A copy to a URL store is refused the same way, before anything is read or written.
-    let out = env.run(&["image", "copy", "im", "--to", "s3://bucket/copy"]);
+    let out = env.run(&["image", "copy", "im", "--to", "gs://bucket/copy"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("s3:// stores are not supported"));
-    assert!(!env.dir.join("s3:").exists() && !Path::new("s3:").exists());
+    assert!(stderr(&out).contains("gs:// stores are not supported"));
+    assert!(!env.dir.join("gs:").exists() && !Path::new("gs:").exists());
 }
 
 /// An OS error appears once in the message, not once per level of the error chain.

@@ -2,9 +2,7 @@
 
 use std::path::PathBuf;
 
-use blocksnap_store::{
-    Audience, CopyOptions, ImageDoc, ImageOptions, ImageReport, RestoreOptions, Store,
-};
+use blocksnap_store::{Audience, CopyOptions, ImageDoc, ImageOptions, ImageReport, RestoreOptions};
 
 use clap::{Args, Subcommand};
 
@@ -315,7 +313,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ImageCmd) -> anyhow::Result<()> {
             to_account,
             to_identity,
         } => {
-            let target = Store::open(to)?;
+            let target = crate::open_at(to)?;
             ctx.writing(&target);
             let target_access = target.access(to_account.as_deref(), to_identity.as_deref())?;
             let opts = CopyOptions {

@@ -1,6 +1,6 @@
 //! `blocksnap init`: create a store with its first account and a key named `default`.
 
-use blocksnap_store::{ChunkerKind, InitOptions, Store};
+use blocksnap_store::{ChunkerKind, InitOptions, Place, Store, StoreError};
 use clap::Args;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 
@@ -48,7 +48,17 @@ pub(crate) fn run(ctx: &Ctx<'_>, a: &InitArgs) -> anyhow::Result<()> {
         identity: cli.identity.clone(),
         config_home: None,
     };
-    let (_, r) = Store::init(&path, &opts)?;
+    let (_, r) = match crate::s3_url(&path) {
+        Some(url) => {
+            let backend = crate::s3_backend(url)?;
+            // Several writers can share a bucket only where the server refuses a second
+            // create of one key and a stale compare-and-swap: prove it before making the store.
+            backend.probe().map_err(StoreError::backend)?;
+            let place = Place::Remote(backend.url().to_string());
+            Store::init_in(std::sync::Arc::new(backend), place, &opts)?
+        }
+        None => Store::init(&path, &opts)?,
+    };
     ctx.output(&r, || {
         format!(
             "created store {} at {}\naccount '{}', identity {} (keep it safe: without it the data cannot be read)\n{}",

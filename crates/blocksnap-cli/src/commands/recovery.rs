@@ -43,6 +43,13 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &RecoveryCmd) -> anyhow::Result<()> {
         }
         RecoveryCmd::Import { file } => {
             let (path, _) = ctx.store_path();
+            if let Some(url) = crate::s3_url(&path) {
+                return Err(blocksnap_store::StoreError::Usage(format!(
+                    "recovery import into {url}: this blocksnap imports a recovery file into a \
+                     local store only, not yet into an s3:// one. Nothing was written."
+                ))
+                .into());
+            }
             let r = Store::import_recovery(&path, file, &ctx.progress)?;
             ctx.output(&r, || {
                 let mut t = String::new();
