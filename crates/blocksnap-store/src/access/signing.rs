@@ -67,13 +67,8 @@ fn verifies(public: &str, signature: &str, kind: &str, name: &str, body: &[u8]) 
 pub(crate) fn sign_account(doc: &mut AccountDoc, identity: &age::x25519::Identity) {
     let key = signing_key_of(identity);
     doc.signing_key = Some(hex::encode(key.verifying_key().to_bytes()));
-    doc.signature = None;
-    doc.signature = Some(sign(
-        &key,
-        "account",
-        &doc.name.clone(),
-        &doc.signed_bytes(),
-    ));
+    // signed_bytes leaves the signature out.
+    doc.signature = Some(sign(&key, "account", &doc.name, &doc.signed_bytes()));
 }
 
 impl Store {

@@ -99,28 +99,28 @@ impl Store {
         ))
     }
 
-    /// The codec of snapshot `doc`, its document verified.
-    pub fn snapshot_codec(&self, access: &Access, doc: &SnapshotDoc) -> Result<ChunkCodec> {
+    /// The codec of `doc`'s key as `access` holds it, `doc` verified under it.
+    fn sealed_codec<D: Sealed>(&self, access: &Access, doc: &D) -> Result<ChunkCodec> {
         self.verify_unkeyed(doc)?;
-        let codec = self.codec(access, doc.key)?;
+        let codec = self.codec(access, doc.sealing_key())?;
         self.verify(&codec, doc)?;
         Ok(codec)
     }
 
+    /// The codec of snapshot `doc`, its document verified.
+    pub fn snapshot_codec(&self, access: &Access, doc: &SnapshotDoc) -> Result<ChunkCodec> {
+        self.sealed_codec(access, doc)
+    }
+
     /// The codec of image `doc`, its document verified.
     pub fn image_codec(&self, access: &Access, doc: &ImageDoc) -> Result<ChunkCodec> {
-        self.verify_unkeyed(doc)?;
-        let codec = self.codec(access, doc.key)?;
-        self.verify(&codec, doc)?;
-        Ok(codec)
+        self.sealed_codec(access, doc)
     }
 
     /// Verifies `doc` under its own key as `access` holds it: for documents whose key is not
     /// the one the command works with (a volume's, a policy's).
     pub(crate) fn verify_with_access<D: Sealed>(&self, access: &Access, doc: &D) -> Result<()> {
-        self.verify_unkeyed(doc)?;
-        let codec = self.codec(access, doc.sealing_key())?;
-        self.verify(&codec, doc)
+        self.sealed_codec(access, doc).map(drop)
     }
 
     /// The key that volume and policy documents are sealed under: the store's `default` key as
