@@ -9,11 +9,61 @@ use std::process::{Child, Command, Stdio};
 
 use crate::common::*;
 
-/// A running `serve nbd`, killed when dropped.
+/// A running `serve nbd`, killed when dropped; its log goes to a file.
 struct Server {
     child: Child,
     addr: String,
     export: String,
+    log: std::path::PathBuf,
+}
+
+/// What one connection was sent and what the server had decoded, from its log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Served {
+    data: u64,
+    holes: u64,
+    status: u64,
+    decoded: u64,
+}
+
+impl Server {
+    /// The log lines of the first `n` connections to end (waiting for them: a client exits
+    /// before the server writes its line).
+    fn served(&self, n: usize) -> Vec<Served> {
+        for _ in 0..600 {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<Served> = text.lines().filter_map(parse_served).collect();
+            if lines.len() >= n {
+                return lines;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!(
+            "fewer than {n} connections logged: {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+}
+
+/// `PEER: disconnected after N requests: D bytes sent as data, H as holes, S block status
+/// replies; the server has decoded X bytes in C chunks`.
+fn parse_served(line: &str) -> Option<Served> {
+    let num = |after: &str| -> Option<u64> {
+        let i = line.find(after)? + after.len();
+        line[i..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let (_, rest) = line.split_once(" requests: ")?;
+    let data: u64 = rest.split(' ').next()?.parse().ok()?;
+    Some(Served {
+        data,
+        holes: num("as data, ")?,
+        status: num("as holes, ")?,
+        decoded: num("has decoded ")?,
+    })
 }
 
 impl Drop for Server {
@@ -31,13 +81,14 @@ fn serve(env: &Env, args: &[&str]) -> Server {
 
 /// `serve nbd ARGS` as given (no `--listen` added).
 fn serve_with(env: &Env, args: &[&str]) -> Server {
+    let log = env.path(&format!("serve-{}.log", rand_suffix()));
     let mut child = env
         .cmd()
         .arg("--json")
         .args(["serve", "nbd"])
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     // The first JSON document on stdout says where it listens.
@@ -59,6 +110,7 @@ fn serve_with(env: &Env, args: &[&str]) -> Server {
         child,
         addr: info["listen"].as_str().unwrap().to_string(),
         export: info["export"].as_str().unwrap().to_string(),
+        log,
     }
 }
 
@@ -311,4 +363,107 @@ fn a_non_loopback_address_needs_insecure() {
     assert!(stderr(&out).contains("--insecure"), "{}", stderr(&out));
     let server = serve_with(&env, &[&snap, "--listen", "0.0.0.0:0", "--insecure"]);
     assert!(server.addr.starts_with("0.0.0.0:"), "{}", server.addr);
+}
+
+/// A 64 GiB snapshot holding 16 MiB: `qemu-img map` (block status, `base:allocation`) lists
+/// exactly the data ranges as data, and `qemu-img convert` (structured reads) makes a sparse
+/// copy equal to the disk, while the server decodes and sends only the 16 MiB of data (its own
+/// count, from its log): the holes were told, never read.
+#[test]
+fn a_sparse_snapshot_is_mapped_and_copied_touching_only_its_data() {
+    let env = Env::new("nbd-sparse");
+    env.init(&[]);
+    let disk = env.path("disk.img");
+    let size = 64u64 << 30;
+    let ranges = [(1u64 << 30, 4u64 << 20), (40 << 30, 12 << 20)];
+    for (i, (off, len)) in ranges.iter().enumerate() {
+        write_at(
+            &disk,
+            size,
+            *off,
+            &random_bytes(*len as usize, 80 + i as u64),
+        );
+    }
+    let snap = env.snapshot(&disk, "disk")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let server = serve(&env, &[&snap]);
+    let url = format!("nbd://{}/{}", server.addr, server.export);
+
+    let map = Command::new("qemu-img")
+        .args(["map", "--output=json", "-f", "raw", &url])
+        .output()
+        .unwrap();
+    assert!(
+        map.status.success(),
+        "{}",
+        String::from_utf8_lossy(&map.stderr)
+    );
+    let map: serde_json::Value = serde_json::from_slice(&map.stdout).unwrap();
+    let data: Vec<(u64, u64)> = map
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["data"].as_bool().unwrap())
+        .map(|e| (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(data, ranges, "{map}");
+    let covered: u64 = map
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["length"].as_u64().unwrap())
+        .sum();
+    assert_eq!(covered, size);
+    let after_map = server.served(1);
+    assert_eq!(
+        (after_map[0].data, after_map[0].decoded),
+        (0, 0),
+        "mapping read nothing: {after_map:?}"
+    );
+    assert!(after_map[0].status > 0);
+
+    let out = env.path("copy.img");
+    let r = qemu_read(&server, &out);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let copied = server.served(2)[1];
+    let data_bytes: u64 = ranges.iter().map(|r| r.1).sum();
+    assert_eq!(
+        copied.data, data_bytes,
+        "only the data was sent: {copied:?}"
+    );
+    assert_eq!(
+        copied.decoded, data_bytes,
+        "only the data was decoded, once: {copied:?}"
+    );
+    // The copy: the same length and bytes, and sparse.
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
+    assert!(
+        allocated(&out) <= data_bytes + (4 << 20),
+        "{}",
+        allocated(&out)
+    );
+    let cmp = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .arg(&disk)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        cmp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cmp.stdout)
+    );
+    use std::os::unix::fs::FileExt;
+    let (a, b) = (
+        std::fs::File::open(&disk).unwrap(),
+        std::fs::File::open(&out).unwrap(),
+    );
+    for (off, len) in ranges {
+        let (mut x, mut y) = (vec![0u8; len as usize], vec![1u8; len as usize]);
+        a.read_exact_at(&mut x, off).unwrap();
+        b.read_exact_at(&mut y, off).unwrap();
+        assert!(x == y, "data at {off} differs");
+    }
 }

@@ -35,6 +35,10 @@ pub(crate) enum ServeCmd {
         /// Seconds a client may send nothing before it is disconnected.
         #[arg(long, value_name = "SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
         idle_timeout: u64,
+        /// MiB of decoded chunks kept in memory for all clients to share (reading ahead
+        /// included): the server's memory is about this plus 32 MiB per client.
+        #[arg(long, value_name = "MIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(16..=1 << 20))]
+        cache_mib: u64,
     },
 }
 
@@ -47,6 +51,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ServeCmd) -> anyhow::Result<()> {
             idle_timeout,
             socket,
             insecure,
+            cache_mib,
         } => {
             if socket.is_none() && !insecure && !is_loopback(listen) {
                 return Err(blocksnap_store::StoreError::Usage(format!(
@@ -63,6 +68,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ServeCmd) -> anyhow::Result<()> {
                 max_connections: usize::from(*max_connections),
                 idle_timeout: std::time::Duration::from_secs(*idle_timeout),
                 socket: socket.clone(),
+                cache_bytes: cache_mib << 20,
             };
             store.serve_nbd(&access, what, listen, &opts, &ctx.progress, |info| {
                 // Printed once listening; the command then serves until stopped.

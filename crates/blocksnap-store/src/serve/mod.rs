@@ -1,3 +1,4 @@
 //! Serving snapshots to other programs: the NBD export.
 
+pub(crate) mod cache;
 pub(crate) mod nbd;

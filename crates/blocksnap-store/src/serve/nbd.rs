@@ -11,38 +11,164 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use blocksnap_manifest::SnapshotDoc;
-use blocksnap_nbd::End;
+use blocksnap_nbd::{End, Handshake, Step, Tls};
 use blocksnap_pack::ChunkCodec;
+use rayon::prelude::*;
 
 use crate::access::Access;
 use crate::error::{Result, StoreError};
 use crate::packs::reader::{ChunkReader, Locator};
 use crate::progress::Progress;
 use crate::repo::Store;
-use crate::snapshot::view::SnapshotView;
+use crate::serve::cache::ChunkCache;
+use crate::snapshot::view::{SnapshotView, Span};
 
-/// What a connection reads from: a view of the snapshot.
+/// What every connection reads from: a view of the snapshot and the decoded chunks they share.
 struct Export<'a> {
     name: String,
     size: u64,
     view: SnapshotView<'a>,
+    cache: ChunkCache,
 }
 
-impl blocksnap_nbd::Export for Export<'_> {
+/// Bytes of the volume read ahead of a connection reading in order.
+const READ_AHEAD: u64 = 16 << 20;
+
+impl Export<'_> {
+    /// The bytes of a data span's chunk, decoded (or shared from the cache) and verified.
+    fn chunk(&self, span: &Span) -> std::result::Result<Arc<Vec<u8>>, String> {
+        let Some(id) = span.chunk else {
+            return Ok(Arc::new(vec![0u8; span.len as usize]));
+        };
+        self.cache.get(&id, span.len, || {
+            let data = self.view.reader().read(&id).map_err(|e| e.to_string())?;
+            if data.len() as u64 != span.len {
+                return Err(format!(
+                    "chunk {id} has {} bytes, the extent list says {}",
+                    data.len(),
+                    span.len
+                ));
+            }
+            Ok(data)
+        })
+    }
+
+    /// Fills `out` with the bytes at `offset` (the protocol checked the range): the chunks it
+    /// touches are decoded in parallel.
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> std::result::Result<(), String> {
+        let spans = self.view.spans();
+        let end = offset + out.len() as u64;
+        let mut parts: Vec<(Span, usize, &mut [u8])> = Vec::new();
+        let mut rest = out;
+        let mut pos = offset;
+        let mut i = self.view.span_at(offset);
+        while pos < end {
+            let Some(&span) = spans.get(i) else {
+                return Err(format!("byte {pos} lies past the snapshot's extents"));
+            };
+            let n = (span.end().min(end) - pos) as usize;
+            let (dst, r) = std::mem::take(&mut rest).split_at_mut(n);
+            rest = r;
+            parts.push((span, (pos - span.offset) as usize, dst));
+            pos += n as u64;
+            i += 1;
+        }
+        let fill = |(span, from, dst): (Span, usize, &mut [u8])| {
+            match span.chunk {
+                None => dst.fill(0),
+                Some(_) => {
+                    let n = dst.len();
+                    dst.copy_from_slice(&self.chunk(&span)?[from..from + n]);
+                }
+            }
+            Ok::<(), String>(())
+        };
+        if parts.len() > 1 {
+            parts.into_par_iter().try_for_each(fill)
+        } else {
+            parts.into_iter().try_for_each(fill)
+        }
+    }
+
+    /// Decodes into the cache the chunks of `from..to` that are not there yet, in parallel
+    /// (errors are left for the read that needs the chunk to report).
+    fn prefetch(&self, from: u64, to: u64) {
+        let spans = self.view.spans();
+        let first = self.view.span_at(from);
+        let wanted: Vec<Span> = spans[first.min(spans.len())..]
+            .iter()
+            .take_while(|s| s.offset < to)
+            .filter(|s| s.chunk.is_some_and(|id| !self.cache.has(&id)))
+            .copied()
+            .collect();
+        wanted.par_iter().for_each(|s| {
+            let _ = self.chunk(s);
+        });
+    }
+
+    /// The runs of `from..from + len`: spans of one kind merged, at most `max`.
+    fn runs(&self, from: u64, len: u64, max: usize, out: &mut Vec<blocksnap_nbd::Run>) {
+        let end = from + len;
+        let start = out.len();
+        for span in &self.view.spans()[self.view.span_at(from)..] {
+            if span.offset >= end {
+                break;
+            }
+            let n = span.end().min(end) - span.offset.max(from);
+            let hole = span.chunk.is_none();
+            let full = out.len() - start == max;
+            match out[start..].last_mut() {
+                Some(r) if r.hole == hole => r.len += n,
+                _ if full => break,
+                _ => out.push(blocksnap_nbd::Run { len: n, hole }),
+            }
+        }
+    }
+}
+
+/// One connection's reader of the export: it notices reading in order and reads ahead.
+struct Reader<'e, 'a> {
+    export: &'e Export<'a>,
+    ahead: crossbeam_channel::Sender<(u64, u64)>,
+    /// Where the last read ended, and how far reading ahead was asked to go.
+    last_end: std::cell::Cell<u64>,
+    ahead_to: std::cell::Cell<u64>,
+}
+
+impl blocksnap_nbd::Export for Reader<'_, '_> {
     fn name(&self) -> &str {
-        &self.name
+        &self.export.name
     }
 
     fn size(&self) -> u64 {
-        self.size
+        self.export.size
     }
 
-    /// Fills `out` with the bytes at `offset` (the protocol checked the range).
     fn read(&self, offset: u64, out: &mut [u8]) -> std::result::Result<(), String> {
-        self.view.read_at(offset, out).map_err(|e| e.to_string())
+        let end = offset + out.len() as u64;
+        // In order (or skipping a little, as a client that skips holes does): read ahead.
+        let last = self.last_end.replace(end);
+        if offset >= last && offset - last <= READ_AHEAD {
+            let from = self.ahead_to.get().max(end);
+            if from < end + READ_AHEAD / 2 && from < self.export.size {
+                let to = (from + READ_AHEAD).min(self.export.size);
+                if self.ahead.try_send((from, to)).is_ok() {
+                    self.ahead_to.set(to);
+                }
+            }
+        } else {
+            self.ahead_to.set(end);
+        }
+        self.export.read_at(offset, out)
+    }
+
+    fn allocation(&self, offset: u64, len: u64, max: usize, out: &mut Vec<blocksnap_nbd::Run>) {
+        self.export.runs(offset, len, max, out);
     }
 }
 
@@ -209,6 +335,8 @@ pub struct ServeOptions {
     pub idle_timeout: Duration,
     /// Listen on this Unix socket instead of TCP (for hypervisors on the same host).
     pub socket: Option<PathBuf>,
+    /// Bytes of decoded chunks kept for every connection to share (read-ahead included).
+    pub cache_bytes: u64,
 }
 
 impl Default for ServeOptions {
@@ -217,10 +345,13 @@ impl Default for ServeOptions {
             max_connections: 16,
             idle_timeout: Duration::from_secs(600),
             socket: None,
+            cache_bytes: 256 << 20,
         }
     }
 }
 
+/// One connection, from the greeting to the end, with a log line saying how it ended and what
+/// it was sent.
 fn serve_connection(
     stream: Box<dyn Conn>,
     peer: &str,
@@ -238,12 +369,57 @@ fn serve_connection(
         stream: read_half,
         idle,
     });
-    let mut w = BufWriter::new(stream);
-    let result = blocksnap_nbd::serve(&mut r, &mut w, export, &mut |e| progress.message(e));
-    match result {
-        Ok(()) | Err(End::Done) => progress.message(&format!("{peer}: disconnected")),
-        Err(End::Io(e)) => progress.message(&format!("{peer}: connection ended ({e})")),
-    }
+    let mut w = BufWriter::with_capacity(256 << 10, stream);
+    let (ahead_tx, ahead_rx) = crossbeam_channel::bounded::<(u64, u64)>(2);
+    let mut stats = blocksnap_nbd::Stats::default();
+    let result = std::thread::scope(|scope| {
+        // Reads ahead for this connection while it sends what it has.
+        scope.spawn(move || {
+            for (from, to) in ahead_rx {
+                if crate::cancel::is_requested() {
+                    break;
+                }
+                export.prefetch(from, to);
+            }
+        });
+        let reader = Reader {
+            export,
+            ahead: ahead_tx,
+            last_end: std::cell::Cell::new(0),
+            ahead_to: std::cell::Cell::new(0),
+        };
+        let session = match Handshake::greet(&mut r, &mut w, Tls::Off)
+            .and_then(|mut h| h.options(&mut r, &mut w, &reader))
+        {
+            Ok(Step::Transmission(s)) => s,
+            Ok(Step::StartTls) => return Err(End::Done),
+            Err(e) => return Err(e),
+        };
+        let mut on_error = |e: &str| progress.message(&format!("{peer}: {e}"));
+        blocksnap_nbd::transmission_session(
+            &mut r,
+            &mut w,
+            &reader,
+            session,
+            &mut on_error,
+            &mut stats,
+        )
+        // The reader (and its sender) drop here: the read-ahead thread ends.
+    });
+    let how = match result {
+        Ok(()) | Err(End::Done) => "disconnected".to_string(),
+        Err(End::Io(e)) => format!("connection ended ({e})"),
+    };
+    progress.message(&format!(
+        "{peer}: {how} after {} requests: {} bytes sent as data, {} as holes, {} block status \
+         replies; the server has decoded {} bytes in {} chunks",
+        stats.requests,
+        stats.data_bytes,
+        stats.hole_bytes,
+        stats.status_requests,
+        export.cache.decoded_bytes.load(Ordering::Relaxed),
+        export.cache.decoded_chunks.load(Ordering::Relaxed),
+    ));
 }
 
 /// What `serve nbd` is about to serve (for the message printed before serving).
@@ -281,6 +457,7 @@ impl Store {
             name: doc.id.to_string(),
             size: doc.size,
             view: SnapshotView::open(&doc, reader)?,
+            cache: ChunkCache::new(opts.cache_bytes),
         };
         let listener = Listening::bind(listen, opts.socket.as_deref())?;
         let local = listener.describe();
@@ -364,7 +541,6 @@ impl Store {
 mod tests {
     use super::*;
     use crate::InitOptions;
-    use crate::snapshot::view::Span;
     use blocksnap_manifest::SnapshotId;
     use blocksnap_nbd::{
         CMD_DISC, CMD_READ, FLAG_NO_ZEROES, IHAVEOPT, OPT_EXPORT_NAME, REQUEST_MAGIC,
@@ -400,6 +576,14 @@ mod tests {
             name: "snap-0000000000000001".into(),
             size: 8192,
             view: SnapshotView::from_spans(SnapshotId(1), 8192, spans, reader),
+            cache: ChunkCache::new(1 << 20),
+        };
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        let export = Reader {
+            export: &export,
+            ahead: tx,
+            last_end: Default::default(),
+            ahead_to: Default::default(),
         };
         let mut input = u32::from(FLAG_NO_ZEROES).to_be_bytes().to_vec();
         input.extend_from_slice(&IHAVEOPT.to_be_bytes());
