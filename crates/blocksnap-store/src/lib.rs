@@ -65,7 +65,7 @@ pub use repo::{
     DEFAULT_CHUNK_SIZE, DamageWarnings, DamagedDoc, Place, Store, cache_home, config_home,
     data_home, default_store_path,
 };
-pub use serve::nbd::{ServeInfo, ServeOptions};
+pub use serve::nbd::{ServeInfo, ServeOptions, TlsFiles};
 pub use snapshot::create::{SnapshotOptions, SnapshotReport};
 pub use snapshot::diff::{DEFAULT_DIFF_GRANULARITY, DiffOptions, DiffReport};
 pub use snapshot::restore::RestoreReport;

@@ -467,3 +467,205 @@ fn a_sparse_snapshot_is_mapped_and_copied_touching_only_its_data() {
         assert!(x == y, "data at {off} differs");
     }
 }
+
+/// Runs openssl with `args` in `dir`, asserting success.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is installed");
+    assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
+}
+
+/// A CA, a server certificate it signed for 127.0.0.1 and a client certificate it signed, in
+/// qemu's x509 layout: `server/` (server-cert.pem, server-key.pem, and ca-cert.pem only if
+/// `verify_clients`) and `client/` (ca-cert.pem, client-cert.pem, client-key.pem).
+fn make_x509(dir: &Path, verify_clients: bool) -> (std::path::PathBuf, std::path::PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let ext = dir.join("ext.cnf");
+    std::fs::write(
+        &ext,
+        "[srv]\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n\
+         [cli]\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=blocksnap test CA",
+    ];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca-key.pem", "-out", "ca-cert.pem"]);
+    openssl(dir, &ca);
+    for (who, section) in [("server", "srv"), ("client", "cli")] {
+        let mut req = vec!["req", "-subj"];
+        let subj = format!("/CN={who}");
+        req.push(&subj);
+        req.extend(ec);
+        let (key, csr, cert) = (
+            format!("{who}-key.pem"),
+            format!("{who}.csr"),
+            format!("{who}-cert.pem"),
+        );
+        req.extend(["-keyout", &key, "-out", &csr]);
+        openssl(dir, &req);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca-cert.pem",
+                "-CAkey",
+                "ca-key.pem",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+                "-extensions",
+                section,
+                "-out",
+                &cert,
+            ],
+        );
+    }
+    let (server, client) = (dir.join("server"), dir.join("client"));
+    std::fs::create_dir_all(&server).unwrap();
+    std::fs::create_dir_all(&client).unwrap();
+    for f in ["server-cert.pem", "server-key.pem"] {
+        std::fs::copy(dir.join(f), server.join(f)).unwrap();
+    }
+    if verify_clients {
+        std::fs::copy(dir.join("ca-cert.pem"), server.join("ca-cert.pem")).unwrap();
+    }
+    for f in ["ca-cert.pem", "client-cert.pem", "client-key.pem"] {
+        std::fs::copy(dir.join(f), client.join(f)).unwrap();
+    }
+    (server, client)
+}
+
+/// `qemu-img ARGS...` through TLS credentials in `client` (x509, endpoint=client) against the
+/// export at `port` on 127.0.0.1.
+fn qemu_tls(
+    args: &[&str],
+    client: &Path,
+    port: &str,
+    export: &str,
+    out: Option<&Path>,
+) -> std::process::Output {
+    let mut c = Command::new("timeout");
+    c.arg("60").arg("qemu-img").args(args).args([
+        "--object",
+        &format!(
+            "tls-creds-x509,id=tls0,dir={},endpoint=client",
+            client.display()
+        ),
+        "--image-opts",
+        &format!("driver=nbd,host=127.0.0.1,port={port},export={export},tls-creds=tls0"),
+    ]);
+    if let Some(out) = out {
+        c.arg(out);
+    }
+    c.output().unwrap()
+}
+
+/// TLS (rustls): qemu-img with x509 credentials reads the export byte-identical, also from a
+/// server listening on every address (allowed with TLS, no --insecure); a plaintext client is
+/// refused (every option before STARTTLS is, as the spec's FORCEDTLS mode says). With a CA in
+/// --tls-creds, a client without a certificate it signed is refused too.
+#[test]
+fn tls_is_required_when_configured_and_qemu_speaks_it() {
+    let env = Env::new("nbd-tls");
+    env.init(&[]);
+    let disk = env.path("disk.img");
+    write_at(&disk, 8 << 20, 1 << 20, &random_bytes(2 << 20, 81));
+    let snap = env.snapshot(&disk, "disk")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (server_dir, client_dir) = make_x509(&env.path("pki"), false);
+    let cert = server_dir.join("server-cert.pem");
+    let key = server_dir.join("server-key.pem");
+    let server = serve_with(
+        &env,
+        &[
+            &snap,
+            "--listen",
+            "0.0.0.0:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let port = server.addr.rsplit(':').next().unwrap().to_string();
+    let info = qemu_tls(&["info"], &client_dir, &port, &snap, None);
+    assert!(info.status.success(), "{}", stderr(&info));
+    assert!(
+        String::from_utf8_lossy(&info.stdout).contains("8 MiB"),
+        "{}",
+        String::from_utf8_lossy(&info.stdout)
+    );
+    let out = env.path("via-tls.img");
+    let copy = qemu_tls(
+        &["convert", "-O", "raw"],
+        &client_dir,
+        &port,
+        &snap,
+        Some(&out),
+    );
+    assert!(copy.status.success(), "{}", stderr(&copy));
+    assert_same(&disk, &out);
+    // Plaintext: refused, qemu says the server wants TLS.
+    let plain = Command::new("timeout")
+        .args(["60", "qemu-img", "info", "-f", "raw"])
+        .arg(format!("nbd://127.0.0.1:{port}/{snap}"))
+        .output()
+        .unwrap();
+    assert!(!plain.status.success());
+    assert!(stderr(&plain).contains("TLS"), "{}", stderr(&plain));
+    drop(server);
+
+    // Client certificates required (ca-cert.pem in --tls-creds): with one, served; without,
+    // refused.
+    let (server_dir, client_dir) = make_x509(&env.path("pki2"), true);
+    let server = serve(&env, &[&snap, "--tls-creds", server_dir.to_str().unwrap()]);
+    let port = server.addr.rsplit(':').next().unwrap().to_string();
+    let ok = qemu_tls(&["info"], &client_dir, &port, &snap, None);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    std::fs::remove_file(client_dir.join("client-cert.pem")).unwrap();
+    std::fs::remove_file(client_dir.join("client-key.pem")).unwrap();
+    let anonymous = qemu_tls(&["info"], &client_dir, &port, &snap, None);
+    assert!(
+        !anonymous.status.success(),
+        "a client without a certificate was served"
+    );
+    // A key file that is not one is refused before listening, naming it.
+    let bad = env.run(&[
+        "serve",
+        "nbd",
+        &snap,
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        disk.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("disk.img"), "{}", stderr(&bad));
+}

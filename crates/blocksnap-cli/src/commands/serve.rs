@@ -19,11 +19,26 @@ pub(crate) enum ServeCmd {
         /// The address to listen on (port 0 picks a free one).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10809")]
         listen: String,
-        /// Listen on an address other than loopback although the export is the decrypted disk,
-        /// unencrypted and unauthenticated on the network: anyone who can reach the port reads
-        /// it. Without it, only loopback addresses (and --socket) are accepted.
+        /// Listen on an address other than loopback without TLS although the export is the
+        /// decrypted disk, unencrypted and unauthenticated on the network: anyone who can reach
+        /// the port reads it. Without it (or TLS), only loopback addresses (and --socket) are
+        /// accepted.
         #[arg(long)]
         insecure: bool,
+        /// Require TLS of every client (NBD_OPT_STARTTLS before any other option), with this
+        /// certificate chain (PEM, server first); needs --tls-key. With TLS, any --listen address
+        /// is allowed. qemu: `--object tls-creds-x509,id=tls0,dir=DIR,endpoint=client` and
+        /// `tls-creds=tls0` on the nbd drive.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<std::path::PathBuf>,
+        /// The private key of --tls-cert (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<std::path::PathBuf>,
+        /// Require TLS with credentials in qemu's x509 layout: DIR/server-cert.pem and
+        /// DIR/server-key.pem; if DIR/ca-cert.pem exists, clients must also present a
+        /// certificate it signed (qemu's verify-peer).
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["tls_cert", "tls_key"])]
+        tls_creds: Option<std::path::PathBuf>,
         /// Listen on this Unix socket instead of TCP (for a hypervisor on this host:
         /// `nbd+unix:///EXPORT?socket=PATH`). An existing file there is never replaced; a
         /// socket left by a killed server is.
@@ -52,13 +67,26 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ServeCmd) -> anyhow::Result<()> {
             socket,
             insecure,
             cache_mib,
+            tls_cert,
+            tls_key,
+            tls_creds,
         } => {
-            if socket.is_none() && !insecure && !is_loopback(listen) {
+            let tls = match (tls_cert, tls_key, tls_creds) {
+                (_, _, Some(dir)) => Some(blocksnap_store::TlsFiles::from_dir(dir)),
+                (Some(cert), Some(key), None) => Some(blocksnap_store::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: None,
+                }),
+                _ => None,
+            };
+            if socket.is_none() && !insecure && tls.is_none() && !is_loopback(listen) {
                 return Err(blocksnap_store::StoreError::Usage(format!(
                     "--listen {listen} is not a loopback address: the export is the decrypted \
-                     disk, readable by anyone who can reach the port (NBD here has no TLS yet). \
-                     Listen on 127.0.0.1 or ::1, use --socket PATH for a hypervisor on this \
-                     host, or pass --insecure on a network you trust"
+                     disk, readable by anyone who can reach the port. Require TLS \
+                     (--tls-cert FILE --tls-key FILE, or --tls-creds DIR), listen on 127.0.0.1 \
+                     or ::1, use --socket PATH for a hypervisor on this host, or pass \
+                     --insecure on a network you trust"
                 ))
                 .into());
             }
@@ -69,6 +97,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ServeCmd) -> anyhow::Result<()> {
                 idle_timeout: std::time::Duration::from_secs(*idle_timeout),
                 socket: socket.clone(),
                 cache_bytes: cache_mib << 20,
+                tls,
             };
             store.serve_nbd(&access, what, listen, &opts, &ctx.progress, |info| {
                 // Printed once listening; the command then serves until stopped.
@@ -77,8 +106,14 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ServeCmd) -> anyhow::Result<()> {
                     Some(path) => format!("nbd+unix:///{}?socket={path}", info.export),
                     None => format!("nbd://{}/{}", info.listen, info.export),
                 };
+                let tls = if info.tls {
+                    " with TLS required (qemu: --object tls-creds-x509,...,endpoint=client and \
+                     tls-creds=ID)"
+                } else {
+                    ""
+                };
                 ctx.note(&format!(
-                    "serving {} ({}) read-only over NBD on {}: e.g. `qemu-img convert -O raw '{url}' disk.img`; Ctrl-C stops",
+                    "serving {} ({}) read-only over NBD on {}{tls}: e.g. `qemu-img convert -O raw '{url}' disk.img`; Ctrl-C stops",
                     info.export,
                     human(info.size),
                     info.listen,

@@ -337,6 +337,123 @@ pub struct ServeOptions {
     pub socket: Option<PathBuf>,
     /// Bytes of decoded chunks kept for every connection to share (read-ahead included).
     pub cache_bytes: u64,
+    /// TLS: required of every client when set (`NBD_OPT_STARTTLS` before anything else).
+    pub tls: Option<TlsFiles>,
+}
+
+/// The server's certificate and key for TLS (PEM files), and optionally the CA whose
+/// certificates clients must then present.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, server first.
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// qemu's x509 credential layout: `server-cert.pem` and `server-key.pem` in `dir`, and if
+    /// `ca-cert.pem` is there too, client certificates signed by it are required (qemu's
+    /// `verify-peer=on`, its default for a server).
+    pub fn from_dir(dir: &Path) -> TlsFiles {
+        let ca = dir.join("ca-cert.pem");
+        TlsFiles {
+            cert: dir.join("server-cert.pem"),
+            key: dir.join("server-key.pem"),
+            client_ca: ca.exists().then_some(ca),
+        }
+    }
+
+    /// The rustls configuration (aws-lc-rs, TLS 1.2 and 1.3), or an error naming the file.
+    fn config(&self) -> Result<Arc<rustls::ServerConfig>> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
+            StoreError::Usage(format!(
+                "TLS {what} {}: {e}; pass a PEM file (--tls-cert, --tls-key, or --tls-creds DIR \
+                 holding server-cert.pem and server-key.pem)",
+                path.display()
+            ))
+        };
+        let certs = |path: &Path| -> Result<Vec<CertificateDer<'static>>> {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|i| i.collect::<std::result::Result<Vec<_>, _>>())
+                .map_err(|e| bad("certificate", path, &e))?;
+            if certs.is_empty() {
+                return Err(bad("certificate", path, &"no certificate in it"));
+            }
+            Ok(certs)
+        };
+        let chain = certs(&self.cert)?;
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| bad("key", &self.key, &e))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| StoreError::Other(format!("TLS: {e}")))?;
+        let builder = match &self.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in certs(ca)? {
+                    roots.add(c).map_err(|e| bad("CA certificate", ca, &e))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .map_err(|e| bad("CA certificate", ca, &e))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let config = builder
+            .with_single_cert(chain, key)
+            .map_err(|e| bad("certificate and key", &self.cert, &e))?;
+        Ok(Arc::new(config))
+    }
+}
+
+/// The raw connection under TLS: reads that wait (idle timeout, cancellation), plain writes.
+struct Duplex {
+    r: Cancellable,
+    w: Box<dyn Conn>,
+}
+
+impl Read for Duplex {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.r.read(buf)
+    }
+}
+
+impl Write for Duplex {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.w.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.w.flush()
+    }
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ServerConnection, Duplex>;
+
+/// One half of a TLS stream (the protocol reads and writes in turn, on one thread).
+struct TlsHalf(std::rc::Rc<std::cell::RefCell<TlsStream>>);
+
+impl Read for TlsHalf {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.borrow_mut().read(buf)
+    }
+}
+
+impl Write for TlsHalf {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.borrow_mut().write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.borrow_mut().flush()
+    }
 }
 
 impl Default for ServeOptions {
@@ -346,6 +463,7 @@ impl Default for ServeOptions {
             idle_timeout: Duration::from_secs(600),
             socket: None,
             cache_bytes: 256 << 20,
+            tls: None,
         }
     }
 }
@@ -357,6 +475,7 @@ fn serve_connection(
     peer: &str,
     export: &Export<'_>,
     idle: Duration,
+    tls: Option<&Arc<rustls::ServerConfig>>,
     progress: &dyn Progress,
 ) {
     let Ok(read_half) = stream.try_clone_conn() else {
@@ -388,22 +507,63 @@ fn serve_connection(
             last_end: std::cell::Cell::new(0),
             ahead_to: std::cell::Cell::new(0),
         };
-        let session = match Handshake::greet(&mut r, &mut w, Tls::Off)
-            .and_then(|mut h| h.options(&mut r, &mut w, &reader))
-        {
-            Ok(Step::Transmission(s)) => s,
-            Ok(Step::StartTls) => return Err(End::Done),
-            Err(e) => return Err(e),
-        };
         let mut on_error = |e: &str| progress.message(&format!("{peer}: {e}"));
-        blocksnap_nbd::transmission_session(
-            &mut r,
-            &mut w,
-            &reader,
-            session,
-            &mut on_error,
-            &mut stats,
-        )
+        let mode = if tls.is_some() {
+            Tls::Required
+        } else {
+            Tls::Off
+        };
+        let mut h = Handshake::greet(&mut r, &mut w, mode)?;
+        match h.options(&mut r, &mut w, &reader)? {
+            Step::Transmission(session) => blocksnap_nbd::transmission_session(
+                &mut r,
+                &mut w,
+                &reader,
+                session,
+                &mut on_error,
+                &mut stats,
+            ),
+            Step::StartTls => {
+                // The client waits for the ACK before its TLS hello: nothing may be buffered.
+                let Some(config) = tls else {
+                    return Err(End::Done);
+                };
+                if !r.buffer().is_empty() {
+                    return Err(End::Done);
+                }
+                let w = w.into_inner().map_err(|e| End::Io(e.into_error()))?;
+                let raw = Duplex {
+                    r: r.into_inner(),
+                    w,
+                };
+                let conn = rustls::ServerConnection::new(config.clone())
+                    .map_err(|e| End::Io(io::Error::other(e)))?;
+                let stream =
+                    std::rc::Rc::new(std::cell::RefCell::new(rustls::StreamOwned::new(conn, raw)));
+                let mut r = BufReader::new(TlsHalf(stream.clone()));
+                let mut w = BufWriter::with_capacity(256 << 10, TlsHalf(stream.clone()));
+                h.tls_started();
+                let result = match h.options(&mut r, &mut w, &reader) {
+                    Ok(Step::Transmission(session)) => blocksnap_nbd::transmission_session(
+                        &mut r,
+                        &mut w,
+                        &reader,
+                        session,
+                        &mut on_error,
+                        &mut stats,
+                    ),
+                    Ok(Step::StartTls) => Err(End::Done),
+                    Err(e) => Err(e),
+                };
+                // Tell the client the session ends (not a truncation).
+                let _ = w.flush();
+                drop(w);
+                let mut s = stream.borrow_mut();
+                s.conn.send_close_notify();
+                let _ = s.flush();
+                result
+            }
+        }
         // The reader (and its sender) drop here: the read-ahead thread ends.
     });
     let how = match result {
@@ -431,6 +591,8 @@ pub struct ServeInfo {
     pub export: String,
     /// Its size in bytes.
     pub size: u64,
+    /// Every client must start TLS first.
+    pub tls: bool,
 }
 
 impl Store {
@@ -459,12 +621,15 @@ impl Store {
             view: SnapshotView::open(&doc, reader)?,
             cache: ChunkCache::new(opts.cache_bytes),
         };
+        let tls = opts.tls.as_ref().map(TlsFiles::config).transpose()?;
+        let tls = tls.as_ref();
         let listener = Listening::bind(listen, opts.socket.as_deref())?;
         let local = listener.describe();
         ready(&ServeInfo {
             listen: local,
             export: export.name.clone(),
             size: export.size,
+            tls: tls.is_some(),
         });
         // Non-blocking, polled: a cancellation (Ctrl-C) ends the loop within CANCEL_POLL.
         listener
@@ -491,7 +656,7 @@ impl Store {
                         let active = &active;
                         let idle = opts.idle_timeout;
                         scope.spawn(move || {
-                            serve_connection(s, &peer, export, idle, progress);
+                            serve_connection(s, &peer, export, idle, tls, progress);
                             active.fetch_sub(1, Ordering::SeqCst);
                         });
                     }
