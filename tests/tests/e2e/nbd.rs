@@ -194,6 +194,27 @@ fn an_image_device_is_served_only_to_who_may_launch_it() {
         "127.0.0.1:0",
     ]);
     assert_eq!(denied.status.code(), Some(3), "{}", stderr(&denied));
+    // The snapshot itself, by id: bob has no grant on its key, refused before listening (the
+    // command exits instead of serving).
+    let snap = env.json(&["snapshot", "list"]);
+    let snap = snap
+        .as_array()
+        .or_else(|| snap["snapshots"].as_array())
+        .unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let no_grant = env.run(&[
+        "--account",
+        "bob",
+        "serve",
+        "nbd",
+        &snap,
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(no_grant.status.code(), Some(3), "{}", stderr(&no_grant));
+    assert!(stderr(&no_grant).contains("grant"), "{}", stderr(&no_grant));
     let missing = env.run(&["serve", "nbd", "web:/dev/vdz", "--listen", "127.0.0.1:0"]);
     assert_eq!(missing.status.code(), Some(2), "{}", stderr(&missing));
     assert!(
