@@ -504,6 +504,11 @@ pub struct SnapshotDoc {
     /// moved): the snapshot may not be consistent, like a disk pulled from a running machine.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub source_changed: bool,
+    /// The dirty bitmap (`qemu:dirty-bitmap:NAME` of an NBD source) that said which ranges to
+    /// read; every other range was taken from the parent unread. Absent for snapshots that
+    /// read the whole disk (all snapshots before it was recorded); under the MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty_bitmap: Option<String>,
     /// The volume's snapshot number (1, 2, …), under the MAC: numbers only grow, so a client
     /// that pinned number N notices an older volume head put back. Absent in snapshots taken
     /// before it was recorded.
@@ -524,6 +529,15 @@ impl Document for SnapshotDoc {
         validate_time(Self::KIND, "created", &self.created)?;
         validate_tags(Self::KIND, &self.tags)?;
         validate_text(Self::KIND, "description", &self.description)?;
+        if let Some(b) = &self.dirty_bitmap {
+            if b.is_empty() || b.len() > 1023 || b.chars().any(char::is_control) {
+                return Err(DocError::invalid(
+                    Self::KIND,
+                    "dirty_bitmap",
+                    "is not a bitmap name (1-1023 bytes, no control characters)",
+                ));
+            }
+        }
         crate::seal::validate_mac(Self::KIND, self.mac.as_deref())?;
         self.chunker.validate(Self::KIND)?;
         if self.size > MAX_VOLUME_SIZE {
@@ -574,9 +588,11 @@ impl Document for SnapshotDoc {
     }
 }
 
-/// Checks a recorded path: absolute, at most 4096 bytes, no NUL.
+/// Checks a recorded path: absolute (or an NBD URI: a snapshot of an NBD export records it),
+/// at most 4096 bytes, no NUL.
 fn validate_abs_path(doc: &'static str, field: &str, path: &str) -> Result<(), DocError> {
-    if !path.starts_with('/') || path.len() > 4096 || path.contains('\0') {
+    let uri = path.starts_with("nbd://") || path.starts_with("nbd+unix://");
+    if !(path.starts_with('/') || uri) || path.len() > 4096 || path.contains('\0') {
         return Err(DocError::invalid(doc, field, "must be an absolute path"));
     }
     Ok(())
@@ -699,6 +715,7 @@ pub(crate) mod tests {
             source_path: None,
             source_host: None,
             source_changed: false,
+            dirty_bitmap: None,
             seq: None,
             mac: None,
         }
@@ -808,6 +825,7 @@ pub(crate) mod tests {
                     source_path: fixed.then(|| "/vm/disk.img".into()),
                     source_host: fixed.then(|| "host-1".into()),
                     source_changed: fixed,
+                    dirty_bitmap: None,
                     seq: None,
                     mac: None,
                 }

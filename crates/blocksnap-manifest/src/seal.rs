@@ -87,4 +87,18 @@ mod tests {
         s.mac = Some("not hex".into());
         assert!(SnapshotDoc::from_json(&s.to_json()).is_err());
     }
+
+    #[test]
+    fn the_dirty_bitmap_is_covered_and_absent_from_older_documents() {
+        let mut s = crate::docs::tests::sample_snapshot();
+        let old = s.sealed_bytes();
+        assert!(!String::from_utf8_lossy(&old).contains("dirty_bitmap"));
+        s.dirty_bitmap = Some("b0".into());
+        let with = s.sealed_bytes();
+        assert_ne!(with, old);
+        let read = SnapshotDoc::from_json(&s.to_json()).unwrap();
+        assert_eq!(read.sealed_bytes(), with);
+        s.dirty_bitmap = Some("a\nb".into());
+        assert!(SnapshotDoc::from_json(&s.to_json()).is_err());
+    }
 }

@@ -34,6 +34,8 @@
 //! assert_eq!(parse_request(&[0; REQUEST_LEN]), None);
 //! ```
 
+pub mod client;
+
 use std::io::{self, Read, Write};
 
 const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;

@@ -76,3 +76,4 @@ pub use blocksnap_manifest::{
     AccountDoc, Document, ImageDoc, ImageId, KeyDoc, LaunchPermissions, LockDoc, LockKind,
     PolicyDoc, SnapshotDoc, SnapshotId, VolumeDoc,
 };
+pub use blocksnap_source::Format as DiskFormat;

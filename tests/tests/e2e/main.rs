@@ -30,3 +30,4 @@ mod store_modes;
 mod tables;
 mod tampering;
 mod targets;
+mod vm_sources;

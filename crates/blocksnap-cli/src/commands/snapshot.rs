@@ -89,6 +89,23 @@ pub(crate) struct CreateArgs {
     /// it is not where the volume's snapshots were taken from, and record the new place.
     #[arg(long)]
     pub(crate) source_moved: bool,
+    /// How to read PATH: `raw` (its bytes are the disk) or `qcow2` (the guest disk it maps,
+    /// through its backing chain, reading only allocated clusters) [default: what its first
+    /// bytes say: qcow2 by its magic, else raw]. Other formats (vmdk, vhdx, vdi) are read
+    /// through an NBD export: `qemu-nbd` them and snapshot `nbd://…`.
+    #[arg(long, value_name = "raw|qcow2", value_parser = parse_format)]
+    pub(crate) format: Option<blocksnap_store::DiskFormat>,
+    /// With an NBD source: read only the ranges QEMU's dirty bitmap NAME
+    /// (`qemu:dirty-bitmap:NAME`) marks, and take every other range from the volume's latest
+    /// snapshot without reading it. The bitmap must have been started when that snapshot was
+    /// taken (docs/VM-DISKS.md shows the QMP and libvirt commands); refused without a parent
+    /// of the same volume and size.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) dirty_bitmap: Option<String>,
+}
+
+fn parse_format(s: &str) -> Result<blocksnap_store::DiskFormat, String> {
+    s.parse()
 }
 
 #[derive(Debug, Args)]
@@ -156,6 +173,8 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &SnapshotCmd) -> anyhow::Result<()> {
                 description: a.description.clone(),
                 created: None,
                 source_moved: a.source_moved,
+                format: a.format,
+                dirty_bitmap: a.dirty_bitmap.clone(),
             };
             let r = store
                 .snapshot(&access()?, &opts, &ctx.progress)

@@ -194,6 +194,7 @@ impl Store {
             source_path: snap.source_path.clone(),
             source_host: snap.source_host.clone(),
             source_changed: snap.source_changed,
+            dirty_bitmap: snap.dirty_bitmap.clone(),
             seq: None,
             mac: None,
         };
@@ -300,5 +301,7 @@ fn reused(s: &SnapshotDoc) -> SnapshotReport {
         packs: 0,
         source: s.source_path.clone(),
         source_changed: s.source_changed,
+        bytes_from_parent: 0,
+        dirty_bitmap: s.dirty_bitmap.clone(),
     }
 }

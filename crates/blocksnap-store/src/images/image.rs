@@ -209,6 +209,8 @@ impl Store {
                 description: format!("image {} device {device}", opts.name),
                 created: None,
                 source_moved: opts.source_moved,
+                format: None,
+                dirty_bitmap: None,
             };
             let source = self
                 .open_source(access, &snap, progress)

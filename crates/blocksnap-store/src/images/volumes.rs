@@ -23,7 +23,7 @@ impl Store {
         self.require_writable("volume add")?;
         // The path a snapshot would record (a block device keeps its stable name), checked
         // like a snapshot's source.
-        let id = crate::snapshot::source::Source::open(path)
+        let id = crate::snapshot::source::Source::open(path, None)
             .map_err(|e| e.context(&format!("volume '{name}'")))?
             .id;
         let key = self.document_key()?;

@@ -38,6 +38,12 @@ pub struct SnapshotOptions {
     /// another host: accept it although its path or host differs from the recorded one, and
     /// record the new place (in the snapshot, and in the registered volume if there is one).
     pub source_moved: bool,
+    /// How to read the source file: raw or qcow2; default: what its first bytes say.
+    pub format: Option<blocksnap_source::Format>,
+    /// Read only what this dirty bitmap of the NBD source (`qemu:dirty-bitmap:NAME`) marks,
+    /// taking the rest from the parent snapshot (which must be of this volume and size, and
+    /// taken when the bitmap was started).
+    pub dirty_bitmap: Option<String>,
 }
 
 /// What `snapshot create` did (the `--json` output).
@@ -74,6 +80,11 @@ pub struct SnapshotReport {
     /// The source was written while it was being read: the snapshot is committed, but may not
     /// be consistent (like a disk pulled from a running machine).
     pub source_changed: bool,
+    /// Data bytes taken from the parent snapshot without reading (`--dirty-bitmap`).
+    pub bytes_from_parent: u64,
+    /// The dirty bitmap that said what to read, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dirty_bitmap: Option<String>,
 }
 
 /// Progress of one of several operations that share a bar: phases are the caller's.
@@ -115,8 +126,30 @@ impl Store {
         opts: &SnapshotOptions,
         progress: &dyn Progress,
     ) -> Result<Source> {
+        let text = opts.source.to_string_lossy();
+        if blocksnap_nbd::client::is_uri(&text) {
+            if opts.format.is_some() {
+                return Err(StoreError::Usage(format!(
+                    "--format is for image files; {text} is an NBD export, read as the server exports it"
+                )));
+            }
+            let mut source = Source::open_nbd(&text, opts.dirty_bitmap.as_deref())?;
+            source.volume = match &opts.volume {
+                Some(v) => v.clone(),
+                None => nbd_volume_name(&text)?,
+            };
+            blocksnap_manifest::validate_name("snapshot", "volume", &source.volume)
+                .map_err(|e| StoreError::Usage(format!("volume name: {e}")))?;
+            self.check_chain(access, &source, opts, progress)?;
+            return Ok(source);
+        }
+        if opts.dirty_bitmap.is_some() {
+            return Err(StoreError::Usage(format!(
+                "--dirty-bitmap reads QEMU's dirty bitmap through an NBD export, and {text} is not one: export the disk with `qemu-nbd --bitmap NAME` (or QEMU's NBD server) and snapshot nbd://HOST:PORT/EXPORT"
+            )));
+        }
         let (path, registered) = self.source_path(access, opts)?;
-        let mut source = Source::open(&path)?;
+        let mut source = Source::open(&path, opts.format)?;
         source.volume = volume_of(opts, registered.as_ref())?;
         self.check_chain(access, &source, opts, progress)?;
         if source.size == 0 {
@@ -271,11 +304,20 @@ impl Store {
         let chunker = self
             .chunker_for(&codec)
             .map_err(|e| StoreError::Damaged(format!("store config: {e}")))?;
+        let parent_spans = match &source.dirty {
+            Some((name, _)) => Some(self.bitmap_parent(&codec, index, &source, name, parent)?),
+            None => None,
+        };
         let stored = self.store_pieces_with(
             &codec,
             index,
             pending,
-            |tx| source.read_into(&chunker, tx),
+            |tx| match (&parent_spans, &source.dirty) {
+                (Some(spans), Some((_, dirty))) => {
+                    source.read_dirty_into(&chunker, spans, dirty, tx)
+                }
+                _ => source.read_into(&chunker, tx),
+            },
             progress,
         )?;
         // A size that differs now is the error (with both sizes); one read short of the size
@@ -307,6 +349,7 @@ impl Store {
             source_path: Some(source.id.path.clone()),
             source_host: Some(source.id.host.clone()),
             source_changed: changed,
+            dirty_bitmap: source.dirty.as_ref().map(|(n, _)| n.clone()),
             seq: None,
             mac: None,
         };
@@ -339,8 +382,64 @@ impl Store {
             packs: stored.stats.packs,
             source: doc.source_path,
             source_changed: doc.source_changed,
+            bytes_from_parent: stored.bytes_known,
+            dirty_bitmap: doc.dirty_bitmap,
         })
     }
+}
+
+impl Store {
+    /// The parent's extents for a `--dirty-bitmap` snapshot, after checking that there is a
+    /// parent of the same volume, size and key to take the unchanged ranges from.
+    fn bitmap_parent(
+        &self,
+        codec: &blocksnap_pack::ChunkCodec,
+        index: &Index,
+        source: &Source,
+        bitmap: &str,
+        parent: Option<blocksnap_manifest::SnapshotId>,
+    ) -> Result<Vec<crate::snapshot::view::Span>> {
+        let volume = &source.volume;
+        let full = "take a full snapshot without --dirty-bitmap first (it reads the whole disk), and start the bitmap when it is taken";
+        let Some(pid) = parent else {
+            return Err(StoreError::Usage(format!(
+                "--dirty-bitmap {bitmap}: volume '{volume}' has no snapshot yet to take the unchanged ranges from; {full}"
+            )));
+        };
+        let doc = self.snapshot_doc(pid)?.ok_or_else(|| {
+            StoreError::Usage(format!(
+                "--dirty-bitmap {bitmap}: the parent snapshot {pid} of volume '{volume}' is gone; {full}"
+            ))
+        })?;
+        if doc.size != source.size {
+            return Err(StoreError::Usage(format!(
+                "--dirty-bitmap {bitmap}: the disk is {} bytes, its parent snapshot {pid} {} bytes: it was resized, and a bitmap does not say what a resize changed; {full}",
+                source.size, doc.size
+            )));
+        }
+        if doc.key != codec.key_id() {
+            return Err(StoreError::Usage(format!(
+                "--dirty-bitmap {bitmap}: the parent snapshot {pid} is under another key than this snapshot's, so its chunks cannot be taken as they are; snapshot with --key of the parent, or without --dirty-bitmap"
+            )));
+        }
+        let reader = crate::packs::reader::ChunkReader::new(self, codec, index);
+        let view = crate::snapshot::view::SnapshotView::open(&doc, reader)?;
+        Ok(view.spans().to_vec())
+    }
+}
+
+/// The default volume name of an NBD source: its export's name, else `nbd`.
+fn nbd_volume_name(uri: &str) -> Result<String> {
+    let export = uri
+        .parse::<blocksnap_nbd::client::Uri>()
+        .map_err(StoreError::Usage)?
+        .export;
+    let name = if export.is_empty() {
+        "nbd".to_string()
+    } else {
+        export
+    };
+    volume_name_of(Path::new(&name))
 }
 
 /// Whether a recorded source (`path` on `host`) is another disk than `here`: another host, or

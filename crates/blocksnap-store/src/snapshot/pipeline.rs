@@ -25,6 +25,8 @@ pub(crate) struct Stored {
     pub data_bytes: u64,
     pub bytes_read: u64,
     pub bytes_hole: u64,
+    /// Data bytes taken from the parent snapshot without reading.
+    pub bytes_known: u64,
     pub stats: WriterStats,
 }
 
@@ -42,6 +44,7 @@ struct Encoded {
     data_chunks: u64,
     bytes_read: u64,
     bytes_hole: u64,
+    bytes_known: u64,
 }
 
 /// The encoder stage: hands each batch the reader produces to the rayon pool, at most
@@ -87,6 +90,17 @@ fn encode_batch(
         .par_iter()
         .map(|p| match p {
             Piece::Hole(_) => Ok((None, None)),
+            Piece::Known(_, id) => {
+                // Taken from the parent without reading: the store must still have it.
+                let known =
+                    pending.lock().expect("not poisoned").contains(id) || dedup.contains(id)?;
+                if !known {
+                    return Err(StoreError::Damaged(format!(
+                        "chunk {id} of the parent snapshot is not in the store (its index lacks it), so a dirty-bitmap snapshot cannot take it unread; run `blocksnap check`, and snapshot without --dirty-bitmap"
+                    )));
+                }
+                Ok((Some(*id), None))
+            }
             Piece::Data(r) => {
                 let d = batch.bytes(r);
                 let id = codec.chunk_id(d);
@@ -105,6 +119,7 @@ fn encode_batch(
         data_chunks: 0,
         bytes_read: batch.bytes_read,
         bytes_hole: batch.bytes_hole,
+        bytes_known: batch.bytes_known,
     };
     let mut seen = HashSet::new();
     for (piece, (id, record)) in batch.pieces.iter().zip(coded) {
@@ -118,7 +133,13 @@ fn encode_batch(
                     out.records.push((id, len, r));
                 }
             }
-            (Piece::Data(_), None) => unreachable!("ids are computed for every data piece"),
+            (Piece::Known(len, _), Some(id)) => {
+                out.items.push(Item::Data(*len, id));
+                out.data_chunks += 1;
+            }
+            (Piece::Data(_) | Piece::Known(..), None) => {
+                unreachable!("ids are computed for every data piece")
+            }
         }
     }
     Ok(out)
@@ -155,6 +176,7 @@ impl Store {
         let mut extents = ExtentEncoder::new();
         let mut meta_buf = Vec::new();
         let (mut bytes_read, mut bytes_hole, mut data_bytes) = (0u64, 0u64, 0u64);
+        let mut bytes_known = 0u64;
         // Three stages overlap: the producer reads and cuts (its own thread); the encoder hashes
         // and compresses what neither the index nor the writer has, in parallel (the rayon pool,
         // fed by its own thread); this thread puts the batches back in order, builds the extent list and seals
@@ -186,6 +208,7 @@ impl Store {
                         crate::cancel::check()?;
                         bytes_read += batch.bytes_read;
                         bytes_hole += batch.bytes_hole;
+                        bytes_known += batch.bytes_known;
                         for item in batch.items {
                             match item {
                                 Item::Hole(len) => extents.hole(len),
@@ -240,6 +263,7 @@ impl Store {
             data_bytes,
             bytes_read,
             bytes_hole,
+            bytes_known,
             stats,
         })
     }

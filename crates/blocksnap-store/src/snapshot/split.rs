@@ -4,6 +4,7 @@
 use std::ops::Range;
 
 use blocksnap_chunker::{Chunker, ZERO_BLOCK, is_zero};
+use blocksnap_manifest::ChunkId;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::Result;
@@ -26,6 +27,9 @@ pub(crate) enum Piece {
     Hole(u64),
     /// One chunk: its bytes' place in the batch's buffer.
     Data(Range<usize>),
+    /// A chunk the store has, taken without reading (from the parent snapshot, for a range a
+    /// dirty bitmap says is unchanged): its length and id.
+    Known(u32, ChunkId),
 }
 
 /// The bytes a batch's chunks are slices of. A reader's buffers come from a small pool and go
@@ -54,6 +58,8 @@ pub(crate) struct ReadBatch {
     pub bytes_read: u64,
     pub bytes_hole: u64,
     pub volume_bytes: u64,
+    /// Bytes of [`Piece::Known`] chunks.
+    pub bytes_known: u64,
 }
 
 impl ReadBatch {
@@ -155,6 +161,11 @@ impl<'a> Splitter<'a> {
     /// Bytes of volume the batch being filled covers.
     pub(crate) fn batch_bytes(&self) -> u64 {
         self.batch.volume_bytes
+    }
+
+    /// Pieces in the batch being filled.
+    pub(crate) fn pieces(&self) -> usize {
+        self.batch.pieces.len()
     }
 
     pub(crate) fn room(&self) -> usize {
@@ -281,6 +292,37 @@ impl<'a> Splitter<'a> {
         self.start = p;
     }
 
+    /// Ends the current region: the zeros after it classified, its data cut to its end.
+    fn end_region(&mut self) {
+        if self.in_hole {
+            let hole = std::mem::take(&mut self.pending_zero);
+            self.batch.push_hole(hole);
+            self.in_hole = false;
+        } else {
+            self.pending_zero = 0;
+            self.cut(self.len, true);
+        }
+    }
+
+    /// A piece of `len` bytes at volume offset `at` taken as it is, not read: a chunk the
+    /// store has (`Some`), or a hole. The region before it ends there; the next read starts
+    /// a new one at `at + len`. Its length must fit a chunk when it is one.
+    pub(crate) fn known(&mut self, at: u64, len: u64, chunk: Option<ChunkId>) {
+        self.end_region();
+        match chunk {
+            None => self.batch.push_hole(len),
+            Some(id) => {
+                self.batch.volume_bytes += len;
+                self.batch.bytes_known += len;
+                self.batch.pieces.push(Piece::Known(
+                    u32::try_from(len).expect("a chunk's length"),
+                    id,
+                ));
+            }
+        }
+        self.start_off = at + len;
+    }
+
     /// The last batch: the zeros at the volume's end classified, the last region cut.
     pub(crate) fn finish(mut self) -> ReadBatch {
         if self.in_hole {
@@ -356,6 +398,7 @@ mod tests {
                         volume.extend_from_slice(b.bytes(r));
                         pieces.push((false, r.len() as u64));
                     }
+                    Piece::Known(..) => panic!("the reader takes no chunk unread"),
                 }
             }
         }

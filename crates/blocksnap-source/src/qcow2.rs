@@ -1,0 +1,213 @@
+//! qcow2 images as disks: the guest-visible disk, through the backing chain, reading only
+//! clusters that hold data. Zero clusters and unallocated ranges (with no backing file, or
+//! unallocated down the whole chain) are holes. Parsing is imago's; this module gates what an
+//! image may pull in (its backing files and external data file: only regular files and block
+//! devices, read-only, at most [`MAX_CHAIN`] deep, so a loop ends) and turns every failure —
+//! a damaged or hostile header included — into an error that names the file.
+
+use std::fmt;
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use imago::file::File;
+use imago::format::gate::ImplicitOpenGate;
+use imago::qcow2::Qcow2;
+use imago::{FormatAccess, FormatDriverBuilder, Mapping, Storage, StorageOpenOptions};
+
+use crate::Disk;
+
+/// The deepest backing chain followed (QEMU's own limit is deeper, but no real chain is; a
+/// chain that refers back to itself ends here with an error).
+pub const MAX_CHAIN: usize = 64;
+
+/// Why a qcow2 image cannot be read.
+#[derive(Debug)]
+pub struct OpenError {
+    /// The image given.
+    pub path: PathBuf,
+    /// What is wrong, with the library's own words.
+    pub detail: String,
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} cannot be read as a qcow2 image: {}. If the file is damaged, `qemu-img check {}` says how; if it is not qcow2 at all, pass --format raw",
+            self.path.display(),
+            self.detail,
+            self.path.display()
+        )
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// A qcow2 image opened read-only, with its backing chain.
+pub struct Qcow2Disk {
+    access: FormatAccess<File>,
+    size: u64,
+    chain: Vec<PathBuf>,
+}
+
+impl fmt::Debug for Qcow2Disk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Qcow2Disk")
+            .field("size", &self.size)
+            .field("chain", &self.chain)
+            .finish()
+    }
+}
+
+/// Opens what an image refers to only if it is a disk, read-only, and not past [`MAX_CHAIN`].
+#[derive(Clone, Default)]
+struct ChainGate {
+    depth: usize,
+    opened: Arc<Mutex<Vec<PathBuf>>>,
+}
+
+impl ImplicitOpenGate<File> for ChainGate {
+    fn open_format<F: FormatDriverBuilder<File>>(
+        &mut self,
+        builder: F,
+    ) -> io::Result<FormatAccess<File>> {
+        if self.depth >= MAX_CHAIN {
+            return Err(io::Error::other(format!(
+                "its backing chain is more than {MAX_CHAIN} images deep (does a backing file refer back to an image of the chain?)"
+            )));
+        }
+        let child = ChainGate {
+            depth: self.depth + 1,
+            opened: Arc::clone(&self.opened),
+        };
+        Ok(FormatAccess::new(builder.write(false).open(child)?))
+    }
+
+    fn open_storage(&mut self, opts: StorageOpenOptions) -> io::Result<File> {
+        let opts = opts.write(false);
+        if let Some(p) = opts.get_filename() {
+            crate::check_disk_path(p)?;
+            self.opened
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(p.to_path_buf());
+        }
+        File::open(opts)
+    }
+}
+
+/// Runs a call into the qcow2 library, turning a panic (a bug it has on some hostile input)
+/// into an error: nothing from a file may crash blocksnap.
+fn guarded<T>(what: &str, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::other(format!(
+            "the qcow2 library failed on its metadata while {what} (the image is damaged or hostile)"
+        ))),
+    }
+}
+
+/// The chain of contexts in an error, outermost first, as one line.
+fn detail(e: &io::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+impl Qcow2Disk {
+    /// Opens `path` (a qcow2 image) and its backing chain, read-only.
+    pub fn open(path: &Path) -> Result<Qcow2Disk, OpenError> {
+        let gate = ChainGate::default();
+        let opened = Arc::clone(&gate.opened);
+        let access = guarded("opening it", || {
+            let q = Qcow2::<File>::builder_path(path).write(false).open(gate)?;
+            Ok(FormatAccess::new(q))
+        })
+        .map_err(|e| OpenError {
+            path: path.to_path_buf(),
+            detail: detail(&e),
+        })?;
+        let size = access.size();
+        let chain = opened.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(Qcow2Disk {
+            access,
+            size,
+            chain,
+        })
+    }
+
+    /// The files read: the image itself, then its backing chain (and external data files).
+    pub fn chain(&self) -> &[PathBuf] {
+        &self.chain
+    }
+
+    /// Whether the range at `pos` holds data, and how far the answer goes (at least 1 byte).
+    fn mapped(&self, pos: u64) -> io::Result<(bool, u64)> {
+        let max = self.size - pos;
+        let (data, len) = guarded("mapping it", || {
+            let (m, len) = self.access.get_mapping(pos, max)?;
+            let data = match m {
+                Mapping::Zero { .. } | Mapping::Eof { .. } => false,
+                // Raw clusters, compressed or otherwise special ones, and any kind a later
+                // library version adds: data.
+                _ => true,
+            };
+            Ok((data, len))
+        })?;
+        if len == 0 {
+            // End of image before its size: read as zeros (as QEMU does).
+            return Ok((false, max));
+        }
+        Ok((data, len.min(max)))
+    }
+}
+
+impl Disk for Qcow2Disk {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn next_data(&self, mut pos: u64) -> io::Result<Option<(u64, u64)>> {
+        while pos < self.size {
+            let (data, len) = self.mapped(pos)?;
+            if !data {
+                pos += len;
+                continue;
+            }
+            let start = pos;
+            let mut end = pos + len;
+            while end < self.size {
+                let (data, len) = self.mapped(end)?;
+                if !data {
+                    break;
+                }
+                end += len;
+            }
+            return Ok(Some((start, end)));
+        }
+        Ok(None)
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > self.size)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past the end of the disk",
+            ));
+        }
+        guarded("reading it", || self.access.read(buf, offset))
+    }
+}
