@@ -107,6 +107,12 @@ impl BackendError {
         matches!(self, BackendError::AlreadyExists { .. })
     }
 
+    /// True if the error says the server does not do what the contract needs
+    /// ([`crate::Backend::probe_conditional_writes`] failed).
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, BackendError::Io { source, .. } if source.kind() == std::io::ErrorKind::Unsupported)
+    }
+
     /// True for a failure worth retrying later.
     pub fn is_transient(&self) -> bool {
         matches!(self, BackendError::Transient { .. })

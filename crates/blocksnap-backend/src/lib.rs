@@ -54,6 +54,7 @@
 //! ```
 
 pub mod conformance;
+mod counting;
 mod error;
 mod fault;
 mod local;
@@ -62,6 +63,7 @@ mod memory;
 use std::io::Write;
 use std::sync::Arc;
 
+pub use counting::{CountingBackend, Op};
 pub use error::{BackendError, Result};
 pub use fault::{FaultBackend, FaultPlan};
 pub use local::{LocalBackend, TMP_PREFIX, TempHook};
@@ -179,6 +181,28 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// else [`BackendError::Conflict`] (or [`BackendError::AlreadyExists`] for `None`). Returns
     /// the new version.
     fn replace(&self, key: &str, data: &[u8], expected: Option<&Version>) -> Result<Version>;
+
+    /// How many requests are worth having in flight at once: 1 for a local disk (one writer
+    /// keeps it busy), several for an object store, where each request waits mostly on the
+    /// network. Callers bound their memory by it (a pack in flight is held whole).
+    fn parallelism(&self) -> usize {
+        1
+    }
+
+    /// The server whose conditional writes make creates create-only and swaps atomic, where
+    /// that must be proved before several writers share a store (an object store: its endpoint
+    /// and bucket); `None` where the backend decides them itself (a local directory, memory).
+    fn conditional_writes_server(&self) -> Option<String> {
+        None
+    }
+
+    /// Proves that [`Backend::conditional_writes_server`] honours conditional writes: a
+    /// second create of one key is refused and a stale swap is refused. A server that accepts
+    /// the headers and ignores them fails with an [`std::io::ErrorKind::Unsupported`] I/O
+    /// error saying so. Writes and deletes a probe object outside the store's keys.
+    fn probe_conditional_writes(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Range reads of one object (see [`Backend::open`]).

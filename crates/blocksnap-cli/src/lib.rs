@@ -364,7 +364,11 @@ pub(crate) fn open_at(location: &std::path::Path) -> anyhow::Result<Store> {
     if let Some(url) = s3_url(location) {
         let backend = s3_backend(url)?;
         let place = blocksnap_store::Place::Remote(backend.url().to_string());
-        return Ok(Store::open_in(std::sync::Arc::new(backend), place)?);
+        let store = Store::open_in(std::sync::Arc::new(backend), place)?;
+        // Once per server (then from the cache): a server that ignores conditional writes is
+        // refused unless the store is single-writer.
+        store.check_conditional_writes(&blocksnap_store::NoProgress)?;
+        return Ok(store);
     }
     Ok(Store::open(location)?)
 }

@@ -229,6 +229,11 @@ pub struct ConfigDoc {
     /// Days a deleted snapshot stays restorable in the trash.
     #[serde(default = "default_trash_days")]
     pub trash_retention_days: u32,
+    /// Made with `init --single-writer`: one host at a time writes to the store, so blocksnap
+    /// does not refuse a server that fails the capability check (it ignores conditional
+    /// writes). Absent (false) in every other store.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub single_writer: bool,
 }
 
 fn default_trash_days() -> u32 {

@@ -53,6 +53,29 @@ pub struct ChunkCodec {
     level: i32,
 }
 
+/// The key that MACs documents and index objects under one data key (zeroed when dropped).
+pub struct DocMacKey(Zeroizing<[u8; 32]>);
+
+impl DocMacKey {
+    /// Keyed BLAKE3 over kind, name and body, each length-prefixed.
+    pub fn mac(&self, kind: &str, name: &str, body: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.0);
+        for part in [kind.as_bytes(), name.as_bytes(), body] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        let mac = *h.finalize().as_bytes();
+        h.zeroize(); // the keyed hasher holds the MAC key
+        mac
+    }
+}
+
+impl std::fmt::Debug for DocMacKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DocMacKey(..)")
+    }
+}
+
 /// The keyed BLAKE3 hasher of chunk ids, set up once with the id key. Each id is hashed by a
 /// clone of it that is zeroed after use, so no copy of the id key outlives its hash; the
 /// template is zeroed when dropped.
@@ -188,16 +211,14 @@ impl ChunkCodec {
     /// bytes, each length-prefixed, so that no document can stand in for one of another kind or
     /// name.
     pub fn document_mac(&self, kind: &str, name: &str, body: &[u8]) -> Option<[u8; 32]> {
+        Some(self.doc_mac_key()?.mac(kind, name, body))
+    }
+
+    /// The key of [`ChunkCodec::document_mac`], for a thread that MACs without the codec (the
+    /// pack closer making index objects); none for a plain store.
+    pub fn doc_mac_key(&self) -> Option<DocMacKey> {
         let (_, key, _) = self.key.as_ref()?;
-        let mac_key = derive_key(CONTEXT_DOC_MAC, &[key.expose()]);
-        let mut h = blake3::Hasher::new_keyed(&mac_key);
-        for part in [kind.as_bytes(), name.as_bytes(), body] {
-            h.update(&(part.len() as u64).to_le_bytes());
-            h.update(part);
-        }
-        let mac = *h.finalize().as_bytes();
-        h.zeroize(); // the keyed hasher holds the MAC key
-        Some(mac)
+        Some(DocMacKey(derive_key(CONTEXT_DOC_MAC, &[key.expose()])))
     }
 
     /// FastCDC's gear seed for this key (never 0), none for a plain store.

@@ -56,6 +56,20 @@ pub const CONTEXT_CHUNKER_SEED: &str = "blocksnap 2026-12-02 chunker gear seed v
 /// The trailer's nonce; record nonces are their byte offsets, which never reach it.
 pub const TRAILER_NONCE: [u8; 12] = [0xff; 12];
 
+/// First 8 bytes of a pack's index object (`packs/XX/PACK-ID.idx`), version 1.
+pub const INDEX_MAGIC: [u8; 8] = *b"BSPKIX01";
+/// An index object's head: magic 8, pack id 32, pack length u64, the pack's header 64, the
+/// sealed trailer's length u32, reserved u32.
+pub const INDEX_HEAD_LEN: usize = 8 + 32 + 8 + HEADER_LEN + 4 + 4;
+/// The MAC that ends an index object (zero in a plain store).
+pub const INDEX_MAC_LEN: usize = 32;
+/// The longest index object: head, the longest sealed trailer, MAC.
+pub const MAX_INDEX_OBJECT_LEN: u64 =
+    INDEX_HEAD_LEN as u64 + MAX_TRAILER_LEN + INDEX_MAC_LEN as u64;
+/// The kind an index object's MAC names (see `ChunkCodec::document_mac`): no document of
+/// another kind, and no index object of another pack, can stand in for one.
+pub const INDEX_MAC_KIND: &str = "pack-index";
+
 const _: () = assert!(HEADER_LEN == 8 + 2 + 1 + 5 + 8 + 32 + 8);
 const _: () = assert!(FOOTER_LEN == 4 + 4 + 8);
 const _: () = assert!(ENTRY_LEN == 32 + 8 + 4 + 4);

@@ -32,13 +32,15 @@
 mod codec;
 mod error;
 pub mod format;
+mod index_object;
 mod pack;
 
-pub use codec::{AuthFailed, ChunkCodec, DataKey, PackCipher, decompress, nonce_for};
+pub use codec::{AuthFailed, ChunkCodec, DataKey, DocMacKey, PackCipher, decompress, nonce_for};
 pub use error::PackError;
+pub use index_object::{encode_index_object, read_index_object};
 pub use pack::{
-    Entry, PackHeader, PackLayout, PackWriter, check_record_place, parse_trailer, read_layout,
-    read_trailer,
+    Entry, PackHeader, PackLayout, PackTail, PackWriter, check_record_place, parse_trailer,
+    read_layout, read_trailer,
 };
 
 #[cfg(test)]

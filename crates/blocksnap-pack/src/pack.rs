@@ -173,7 +173,15 @@ impl<W: Write> PackWriter<W> {
     }
 
     /// Writes the trailer and footer; returns the writer, the pack id, the entries and the length.
-    pub fn finish(mut self) -> Result<(W, PackId, Vec<Entry>, u64), PackError> {
+    pub fn finish(self) -> Result<(W, PackId, Vec<Entry>, u64), PackError> {
+        self.finish_with_tail()
+            .map(|(out, id, entries, len, _)| (out, id, entries, len))
+    }
+
+    /// [`PackWriter::finish`], also returning the pack's header and sealed trailer as written,
+    /// from which its index object is made ([`crate::encode_index_object`]).
+    #[allow(clippy::type_complexity)]
+    pub fn finish_with_tail(mut self) -> Result<(W, PackId, Vec<Entry>, u64, PackTail), PackError> {
         let mut trailer =
             Vec::with_capacity(TRAILER_HEAD_LEN + self.entries.len() * ENTRY_LEN + TAG_LEN);
         trailer.extend_from_slice(&TRAILER_MAGIC);
@@ -200,8 +208,21 @@ impl<W: Write> PackWriter<W> {
             PackId(*self.hasher.finalize().as_bytes()),
             self.entries,
             len,
+            PackTail {
+                header: self.header,
+                trailer,
+            },
         ))
     }
+}
+
+/// A pack's header and sealed trailer, byte for byte as in the pack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackTail {
+    /// The 64-byte header.
+    pub header: [u8; HEADER_LEN],
+    /// The trailer as sealed in the pack.
+    pub trailer: Vec<u8>,
 }
 
 /// What can be known of a pack without its key: its header, its length, where its records end

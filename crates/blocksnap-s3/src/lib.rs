@@ -50,8 +50,18 @@ pub mod moto;
 
 /// How long the client keeps retrying one request that fails transiently (timeouts, 5xx,
 /// throttling, dropped connections) before the error reaches the caller, unless
-/// `BLOCKSNAP_S3_RETRY_TIMEOUT` (seconds) says otherwise.
-pub const RETRY_TIMEOUT: Duration = Duration::from_secs(60);
+/// `BLOCKSNAP_S3_RETRY_TIMEOUT` (seconds) says otherwise: a dead endpoint fails a command in
+/// about this long.
+pub const RETRY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long one request may take before it counts as failed (and is retried), unless
+/// `BLOCKSNAP_S3_REQUEST_TIMEOUT` (seconds) says otherwise: long enough for a 32 MiB pack over
+/// a slow link, short enough that a server that stops answering is noticed.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How many requests are in flight at once (uploads of packs, reads of chunk ranges), unless
+/// `BLOCKSNAP_S3_CONNECTIONS` says otherwise; each upload in flight holds one pack in memory.
+pub const CONNECTIONS: usize = 4;
 
 /// A store's objects under `s3://BUCKET/PREFIX`.
 /// Clones share the client and the runtime.
@@ -62,6 +72,10 @@ pub struct S3Backend {
     /// `""` or the prefix with a trailing `/`.
     prefix: String,
     location: String,
+    /// The endpoint, for messages: `AWS_ENDPOINT_URL` or AWS's regional one.
+    endpoint: String,
+    /// How many requests are worth having in flight.
+    connections: usize,
 }
 
 impl std::fmt::Debug for S3Backend {
@@ -146,28 +160,55 @@ impl S3Backend {
             url: url.into(),
             detail,
         };
-        let retry_timeout = match settings
-            .iter()
-            .find(|(k, _)| *k == "BLOCKSNAP_S3_RETRY_TIMEOUT")
-            .map(|(_, v)| v.to_string())
-            .or_else(|| std::env::var("BLOCKSNAP_S3_RETRY_TIMEOUT").ok())
-        {
-            None => RETRY_TIMEOUT,
-            Some(v) => Duration::from_secs(v.trim().parse().map_err(|_| {
-                client_err(format!(
-                    "BLOCKSNAP_S3_RETRY_TIMEOUT={v} is not a whole number of seconds"
-                ))
-            })?),
+        let setting = |name: &str| {
+            settings
+                .iter()
+                .rev()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+                .or_else(|| std::env::var(name).ok())
         };
+        let number = |name: &str, default: u64| -> std::result::Result<u64, ConfigError> {
+            match setting(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map_err(|_| client_err(format!("{name}={v} is not a whole number"))),
+            }
+        };
+        let retry_timeout = Duration::from_secs(number(
+            "BLOCKSNAP_S3_RETRY_TIMEOUT",
+            RETRY_TIMEOUT.as_secs(),
+        )?);
+        let request_timeout = Duration::from_secs(
+            number("BLOCKSNAP_S3_REQUEST_TIMEOUT", REQUEST_TIMEOUT.as_secs())?.max(1),
+        );
+        let connections =
+            number("BLOCKSNAP_S3_CONNECTIONS", CONNECTIONS as u64)?.clamp(1, 64) as usize;
+        let endpoint = setting("AWS_ENDPOINT_URL")
+            .or_else(|| setting("AWS_ENDPOINT"))
+            .unwrap_or_else(|| {
+                let region = setting("AWS_REGION")
+                    .or_else(|| setting("AWS_DEFAULT_REGION"))
+                    .unwrap_or_else(|| "us-east-1".into());
+                format!("https://s3.{region}.amazonaws.com")
+            });
         let mut builder = AmazonS3Builder::new()
             .with_client_options(
                 ClientOptions::new()
-                    .with_connect_timeout(Duration::from_secs(10))
-                    .with_timeout(Duration::from_secs(120)),
+                    .with_connect_timeout(Duration::from_secs(10).min(request_timeout))
+                    .with_timeout(request_timeout),
             )
             .with_retry(RetryConfig {
-                backoff: BackoffConfig::default(),
-                max_retries: 10,
+                // 100 ms doubling to at most 5 s between attempts: a dead endpoint is tried
+                // about a dozen times in the retry timeout, a throttled one backs off.
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_secs(5),
+                    base: 2.0,
+                },
+                max_retries: 12,
                 retry_timeout,
             });
         let env: Vec<(String, String)> = std::env::vars_os()
@@ -184,7 +225,7 @@ impl S3Backend {
         builder = builder.with_bucket_name(&bucket);
         let store = builder.build().map_err(|e| client_err(e.to_string()))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(connections.clamp(2, 8))
             .thread_name("blocksnap-s3")
             .enable_all()
             .build()
@@ -204,7 +245,19 @@ impl S3Backend {
             runtime: Arc::new(runtime),
             prefix,
             location,
+            endpoint,
+            connections,
         })
+    }
+
+    /// The endpoint requests go to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The place as errors name it: the store's URL and the endpoint.
+    fn shown(&self) -> String {
+        format!("{} (endpoint {})", self.location, self.endpoint)
     }
 
     /// The store's URL, `s3://BUCKET` or `s3://BUCKET/PREFIX`.
@@ -318,7 +371,7 @@ impl S3Backend {
         BackendError::Io {
             op,
             key: key.into(),
-            location: self.location.clone(),
+            location: self.shown(),
             source: e,
         }
     }
@@ -348,7 +401,7 @@ impl S3Backend {
                 detail: format!("the server refused the credentials: {}", chain(&e)),
             },
             e if is_transient(&e) => BackendError::Transient {
-                location: self.location.clone(),
+                location: self.shown(),
                 key: key.into(),
                 detail: chain(&e),
             },
@@ -647,6 +700,18 @@ impl Backend for S3Backend {
             size: meta.size,
             e_tag: meta.e_tag,
         }))
+    }
+
+    fn parallelism(&self) -> usize {
+        self.connections
+    }
+
+    fn conditional_writes_server(&self) -> Option<String> {
+        Some(format!("{} (bucket {})", self.endpoint, self.location))
+    }
+
+    fn probe_conditional_writes(&self) -> Result<()> {
+        self.probe()
     }
 
     fn replace(&self, key: &str, data: &[u8], expected: Option<&Version>) -> Result<Version> {

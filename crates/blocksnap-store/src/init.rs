@@ -36,6 +36,9 @@ pub struct InitOptions {
     /// This client's config directory (identities, trust state) instead of `$XDG_CONFIG_HOME`
     /// (see [`Store::with_config_home`]).
     pub config_home: Option<PathBuf>,
+    /// Record in the config that only one host writes to the store at a time (`init
+    /// --single-writer`): a server that fails the capability check is then not refused.
+    pub single_writer: bool,
 }
 
 impl Default for InitOptions {
@@ -47,6 +50,7 @@ impl Default for InitOptions {
             account: default_account_name(),
             identity: None,
             config_home: None,
+            single_writer: false,
         }
     }
 }
@@ -163,6 +167,7 @@ impl Store {
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             default_account: opts.account.clone(),
             trash_retention_days: 7,
+            single_writer: opts.single_writer,
         };
         let mut store = Store::with_config(backend, place.clone(), config);
         if let Some(home) = &opts.config_home {

@@ -56,6 +56,7 @@ pub use init::{InitOptions, InitReport, default_account_name};
 pub use lifecycle::policy::{PolicyAction, PolicyRunReport, TAG_POLICY, TAG_SCHEDULE};
 pub use lifecycle::prune::{PruneOptions, PruneReport};
 pub use lifecycle::trash::TrashEntry;
+pub use packs::index::IndexRefresh;
 pub use progress::{NoProgress, Progress};
 pub use repo::documents::{QUARANTINE, QuarantinedDoc, RepairDocumentsReport};
 pub use repo::location::{SUPPORTED_SCHEMES, local_store_path};

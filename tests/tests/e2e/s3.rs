@@ -136,3 +136,239 @@ fn a_bad_s3_url_and_recovery_import_into_s3_are_usage_errors() {
         stderr(&out)
     );
 }
+
+/// A TCP proxy in front of a server that a test can cut: while cut, the connections through it
+/// are dropped and new ones closed at once, as a server that died would; bytes sent to the
+/// server are counted, so a test can cut it in the middle of an upload.
+struct Proxy {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    fn start(upstream: u16) -> Proxy {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s, st) = (cut.clone(), sent.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                if c.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                // Copies one direction until either side ends or the proxy is cut.
+                let pump = |mut from: TcpStream,
+                            mut to: TcpStream,
+                            count: Option<Arc<AtomicU64>>| {
+                    let cut = c.clone();
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let _ = from.set_read_timeout(Some(std::time::Duration::from_millis(50)));
+                        let mut buf = vec![0u8; 64 << 10];
+                        loop {
+                            if cut.load(Ordering::SeqCst) {
+                                break;
+                            }
+                            match from.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    if let Some(c) = &count {
+                                        c.fetch_add(n as u64, Ordering::SeqCst);
+                                    }
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => break,
+                            }
+                        }
+                        let _ = from.shutdown(Shutdown::Both);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                };
+                pump(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    Some(s.clone()),
+                );
+                pump(server, client, None);
+            }
+        });
+        Proxy {
+            port,
+            cut,
+            sent,
+            stop,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.set_cut(true);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// The store's command, talking to `proxy` in front of `moto`.
+fn via(env: &Env, moto: &Moto, proxy: &Proxy) -> std::process::Command {
+    let mut c = env.cmd();
+    c.envs(moto.env())
+        .env("AWS_ENDPOINT_URL", proxy.endpoint())
+        .env("BLOCKSNAP_S3_RETRY_TIMEOUT", "5");
+    c
+}
+
+fn ok_json(mut c: std::process::Command, args: &[&str]) -> serde_json::Value {
+    let out = c.arg("--json").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "blocksnap {args:?} failed ({:?}):\n{}",
+        out.status,
+        stderr(&out)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_server_gone_mid_snapshot_fails_naming_it_and_a_later_run_completes() {
+    let moto = Moto::start();
+    moto.create_bucket("faults");
+    let proxy = Proxy::start(moto.port());
+    let mut env = Env::new("s3_faults");
+    env.store = PathBuf::from("s3://faults/store");
+    ok_json(via(&env, &moto, &proxy), &["init", "--account", "alice"]);
+
+    // A committed snapshot first: the failed run must leave it as it was.
+    let small = env.path("small.img");
+    let small_tree = env.path("small-tree");
+    make_tree(&small_tree, 20, 1);
+    make_ext4(&small, 64 << 20, &small_tree);
+    let first = ok_json(
+        via(&env, &moto, &proxy),
+        &[
+            "snapshot",
+            "create",
+            small.to_str().unwrap(),
+            "--volume",
+            "small",
+        ],
+    );
+
+    // A real ext4 image of about 200 MiB of files (binaries and text).
+    let tree = env.path("tree");
+    make_tree(&tree, 260, 2);
+    let image = env.path("big.img");
+    make_ext4(&image, 512 << 20, &tree);
+    let mut child = via(&env, &moto, &proxy)
+        .args([
+            "snapshot",
+            "create",
+            image.to_str().unwrap(),
+            "--volume",
+            "big",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Cut once several packs went up.
+    let before = proxy.sent();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the snapshot ended ({status}) before the server was stopped");
+        }
+        if proxy.sent() - before > 72 << 20 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    proxy.set_cut(true);
+    // The command returns (the client's retries are bounded), failing, naming the endpoint.
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&proxy.endpoint()), "{err}");
+    assert!(err.contains("s3://faults/store"), "{err}");
+
+    // The server is back: nothing needs repair, nothing of the failed run is a snapshot.
+    proxy.set_cut(false);
+    let check = ok_json(via(&env, &moto, &proxy), &["check"]);
+    assert_eq!(check["problems"], serde_json::json!([]), "{check}");
+    let list = ok_json(via(&env, &moto, &proxy), &["snapshot", "list"]);
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [first["id"].as_str().unwrap()], "{list}");
+
+    // A later run completes (reusing what the failed one uploaded) and restores byte-identical.
+    let snap = ok_json(
+        via(&env, &moto, &proxy),
+        &[
+            "snapshot",
+            "create",
+            image.to_str().unwrap(),
+            "--volume",
+            "big",
+        ],
+    );
+    let out = env.path("restored.img");
+    ok_json(
+        via(&env, &moto, &proxy),
+        &[
+            "snapshot",
+            "restore",
+            snap["id"].as_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_same(&image, &out);
+    let small_out = env.path("small-restored.img");
+    ok_json(
+        via(&env, &moto, &proxy),
+        &[
+            "snapshot",
+            "restore",
+            first["id"].as_str().unwrap(),
+            small_out.to_str().unwrap(),
+        ],
+    );
+    assert_same(&small, &small_out);
+}

@@ -31,6 +31,12 @@ pub(crate) struct InitArgs {
     /// The first account's name [default: $USER].
     #[arg(long = "account", value_name = "NAME")]
     pub(crate) account: Option<String>,
+    /// Record that only one host at a time writes to this store. On an S3-compatible server
+    /// that ignores conditional writes (fails the capability check), blocksnap then works
+    /// instead of refusing; two hosts writing at once could overwrite each other's objects
+    /// there. See docs/S3.md.
+    #[arg(long)]
+    pub(crate) single_writer: bool,
 }
 
 pub(crate) fn run(ctx: &Ctx<'_>, a: &InitArgs) -> anyhow::Result<()> {
@@ -47,13 +53,29 @@ pub(crate) fn run(ctx: &Ctx<'_>, a: &InitArgs) -> anyhow::Result<()> {
             .unwrap_or_else(blocksnap_store::default_account_name),
         identity: cli.identity.clone(),
         config_home: None,
+        single_writer: a.single_writer,
     };
     let (_, r) = match crate::s3_url(&path) {
         Some(url) => {
             let backend = crate::s3_backend(url)?;
             // Several writers can share a bucket only where the server refuses a second
             // create of one key and a stale compare-and-swap: prove it before making the store.
-            backend.probe().map_err(StoreError::backend)?;
+            match backend.probe() {
+                Ok(()) => {}
+                Err(e) if e.is_unsupported() && a.single_writer => ctx.note(&format!(
+                    "{e}; the store is made single-writer (--single-writer): only one host at \
+                     a time may write to it"
+                )),
+                Err(e) if e.is_unsupported() => {
+                    return Err(StoreError::Usage(format!(
+                        "{e}. Use a server that honours If-None-Match and If-Match (see \
+                         docs/S3.md), or, if only one host at a time will ever write to this \
+                         store, `blocksnap init --single-writer`. Nothing was created."
+                    ))
+                    .into());
+                }
+                Err(e) => return Err(StoreError::backend(e).into()),
+            }
             let place = Place::Remote(backend.url().to_string());
             Store::init_in(std::sync::Arc::new(backend), place, &opts)?
         }

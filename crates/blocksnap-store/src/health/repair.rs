@@ -83,7 +83,7 @@ impl Store {
             Err(e) => return Err(e.into()),
         };
         index.clear()?;
-        self.fill_index(&index, access, progress)
+        self.fill_index_from_trailers(&index, access, progress)
     }
 }
 

@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use blocksnap_index::{Index, IndexError};
 use blocksnap_manifest::{KeyId, PackId};
-use blocksnap_pack::{ChunkCodec, read_trailer};
+use blocksnap_pack::format::MAX_INDEX_OBJECT_LEN;
+use blocksnap_pack::{ChunkCodec, PackHeader, read_index_object, read_trailer};
+use rayon::prelude::*;
+use serde::Serialize;
 
 use crate::access::Access;
 use crate::error::Result;
@@ -24,6 +27,26 @@ use crate::packs::PackInfo;
 use crate::packs::writer::location;
 use crate::progress::Progress;
 use crate::repo::Store;
+use crate::repo::layout::index_object_key;
+
+/// How many index objects are fetched at once when a host learns of new packs.
+const INDEX_FETCH_BATCH: usize = 16;
+
+/// What bringing the index cache up to date read ([`Store::refresh_index`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct IndexRefresh {
+    /// Packs the store holds (one listing of `packs/` found them and their index objects).
+    pub packs: u64,
+    /// Packs added to the index.
+    pub new_packs: u64,
+    /// Packs whose entries came from their index object (one read each).
+    pub from_index_objects: u64,
+    /// Packs whose entries came from their trailer (no usable index object: written by an
+    /// older blocksnap, or a crash came between the pack and its index object).
+    pub from_trailers: u64,
+    /// True if the index was rebuilt (missing, or packs it knew were gone).
+    pub rebuilt: bool,
+}
 
 /// How long to wait for another process holding the index: `BLOCKSNAP_LOCK_WAIT` seconds,
 /// default an hour.
@@ -175,11 +198,13 @@ impl Store {
         }
     }
 
-    /// Brings `index` up to date with the store's packs: adds the trailers of packs it does not
-    /// know (another user or host wrote them) and, with `forget_gone`, rebuilds it from the
-    /// trailers when packs it knew are gone (with a note naming them). Packs under keys `access` holds no grant
-    /// on stay unknown (their chunks cannot be read or deduplicated by this account anyway) and
-    /// are looked at again next time.
+    /// Brings `index` up to date with the store's packs: adds the entries of packs it does not
+    /// know (another user or host wrote them), from their index objects where they have one
+    /// (one small read each) and else from their trailers, and, with `forget_gone`, rebuilds it
+    /// when packs it knew are gone (with a note naming them). One listing of `packs/` finds
+    /// both the packs and their index objects: an index that knows every pack costs that
+    /// listing alone. Packs under keys `access` holds no grant on stay unknown (their chunks
+    /// cannot be read or deduplicated by this account anyway) and are looked at again next time.
     pub(crate) fn sync_index(
         &self,
         index: &Index,
@@ -187,7 +212,18 @@ impl Store {
         forget_gone: bool,
         progress: &dyn Progress,
     ) -> Result<()> {
-        let packs = self.list_packs()?;
+        self.sync_index_counted(index, access, forget_gone, progress)
+            .map(drop)
+    }
+
+    fn sync_index_counted(
+        &self,
+        index: &Index,
+        access: &Access,
+        forget_gone: bool,
+        progress: &dyn Progress,
+    ) -> Result<IndexRefresh> {
+        let (packs, objects) = self.list_pack_objects()?;
         let known = index.known_packs()?;
         let listed: HashSet<PackId> = packs.iter().map(|p| p.id).collect();
         let gone: HashSet<PackId> = known
@@ -195,26 +231,38 @@ impl Store {
             .filter(|p| !listed.contains(p))
             .copied()
             .collect();
+        let mut refresh = IndexRefresh {
+            packs: packs.len() as u64,
+            ..IndexRefresh::default()
+        };
         if forget_gone && !gone.is_empty() {
             // Packs the index knew are gone: pruned by another process or host (whose chunks
             // may now live in packs this index has not read), or the store was put back from a
             // backup (whose packs may hold chunks this index places elsewhere). Either way no
-            // entry can be trusted to be the only copy: rebuild from the trailers.
+            // entry can be trusted to be the only copy: rebuild.
             let mut names: Vec<String> = gone.iter().map(ToString::to_string).collect();
             names.sort();
             index.clear()?;
-            let r = self.fill_index(index, access, progress)?;
+            let r = self.index_packs(
+                index,
+                access,
+                &packs,
+                Some(&objects),
+                &mut refresh,
+                progress,
+            )?;
+            refresh.rebuilt = true;
             progress.message(&format!(
                 "note: {} packs the index knew are gone from the store (pruned by another process \
                  or host, deleted by hand, or the store was put back from a backup): {}; rebuilt \
-                 the index from the pack trailers ({} chunks from {} packs). `blocksnap check` \
-                 lists any snapshot that used a chunk no pack holds any more",
+                 the index from the index objects and pack trailers ({} chunks from {} packs). \
+                 `blocksnap check` lists any snapshot that used a chunk no pack holds any more",
                 gone.len(),
                 names.join(", "),
                 r.chunks,
                 r.packs
             ));
-            return Ok(());
+            return Ok(refresh);
         }
         let new: Vec<PackInfo> = packs
             .into_iter()
@@ -222,36 +270,78 @@ impl Store {
             .filter(|p| known.get(&p.id) != Some(&true))
             .collect();
         if new.is_empty() {
-            return Ok(());
+            return Ok(refresh);
         }
-        let r = self.index_packs(index, access, &new, progress)?;
+        let r = self.index_packs(index, access, &new, Some(&objects), &mut refresh, progress)?;
         if !known.is_empty() && r.packs > 0 {
             progress.message(&format!(
                 "indexed {} packs written by another process or host ({} chunks)",
                 r.packs, r.chunks
             ));
         }
-        Ok(())
+        Ok(refresh)
     }
 
-    /// Adds every chunk of every pack whose trailer `access` can read to `index`, and flushes.
+    /// Brings this host's index cache of the store up to date (what every command that stores
+    /// or reads chunks does first) and says what that read: see [`IndexRefresh`].
+    pub fn refresh_index(&self, access: &Access, progress: &dyn Progress) -> Result<IndexRefresh> {
+        let missing = !self.index_path().exists();
+        let index = self.open_index_raw(lock_wait(), progress)?;
+        let mut r = self.sync_index_counted(&index, access, true, progress)?;
+        r.rebuilt |= missing;
+        index.flush()?;
+        Ok(r)
+    }
+
+    /// Adds every chunk of every pack to `index` from the index objects (and, for a pack
+    /// without a readable one, its trailer), and flushes: a lost or damaged cache.
     pub(crate) fn fill_index(
         &self,
         index: &Index,
         access: &Access,
         progress: &dyn Progress,
     ) -> Result<RepairReport> {
+        let (packs, objects) = self.list_pack_objects()?;
+        self.index_packs(
+            index,
+            access,
+            &packs,
+            Some(&objects),
+            &mut IndexRefresh::default(),
+            progress,
+        )
+    }
+
+    /// Adds every chunk of every pack whose trailer `access` can read to `index`, from the
+    /// trailers alone (`repair index`: the index objects are not trusted to be complete).
+    pub(crate) fn fill_index_from_trailers(
+        &self,
+        index: &Index,
+        access: &Access,
+        progress: &dyn Progress,
+    ) -> Result<RepairReport> {
         let packs = self.list_packs()?;
-        self.index_packs(index, access, &packs, progress)
+        self.index_packs(
+            index,
+            access,
+            &packs,
+            None,
+            &mut IndexRefresh::default(),
+            progress,
+        )
     }
 
     /// Adds the chunks of `packs` to `index`, each pack recorded as known before its entries go
-    /// in (so that entries of a pack the index does not know never exist); flushes.
+    /// in (so that entries of a pack the index does not know never exist); flushes. A pack in
+    /// `objects` is read from its index object (fetched several at a time), the others, and
+    /// any whose index object does not read, from their trailers.
     fn index_packs(
         &self,
         index: &Index,
         access: &Access,
         packs: &[PackInfo],
+        objects: Option<&HashSet<PackId>>,
+        refresh: &mut IndexRefresh,
         progress: &dyn Progress,
     ) -> Result<RepairReport> {
         let mut codecs: HashMap<Option<KeyId>, Result<ChunkCodec>> = HashMap::new();
@@ -261,41 +351,92 @@ impl Store {
             problems: Vec::new(),
         };
         progress.start_count("index packs", packs.len() as u64, "packs");
-        for p in packs {
+        for batch in packs.chunks(INDEX_FETCH_BATCH) {
             crate::cancel::check()?;
-            progress.advance(1);
-            let object = match self.open_pack(&p.id) {
-                Ok(o) => o,
-                Err(e) => {
-                    report.problems.push(e.to_string());
-                    continue;
-                }
-            };
-            let mut wanted = None;
-            let trailer = read_trailer(&object, |key| {
-                wanted = Some(key);
-                let codec = codecs.entry(key).or_insert_with(|| self.codec(access, key));
-                codec.as_ref().ok()
-            });
-            match trailer {
-                Ok((_, entries)) => {
-                    let locs: Vec<_> = entries.iter().map(|e| (e.id, location(p.id, e))).collect();
-                    index.mark_pack(&p.id)?;
-                    index.insert_batch(&locs)?;
-                    index.mark_pack_complete(&p.id)?;
-                    report.packs += 1;
-                    report.chunks += locs.len() as u64;
-                }
-                Err(e) => {
-                    let why = match wanted.and_then(|k| codecs.get(&k)) {
-                        Some(Err(denied)) => denied.to_string(),
-                        _ => e.to_string(),
-                    };
-                    report.problems.push(format!(
-                        "pack {} ({}): {why}",
-                        p.id,
-                        self.describe_pack(&p.id)
-                    ));
+            // The index objects of this batch, fetched in parallel: on an object store each is
+            // one request, and their latency, not their size, is the cost.
+            let fetched: Vec<Option<Vec<u8>>> = batch
+                .par_iter()
+                .map(|p| {
+                    objects.filter(|o| o.contains(&p.id)).and_then(|_| {
+                        self.backend()
+                            .get_bounded(&index_object_key(&p.id), MAX_INDEX_OBJECT_LEN)
+                            .ok()
+                    })
+                })
+                .collect();
+            for (p, object) in batch.iter().zip(fetched) {
+                progress.advance(1);
+                let mut wanted = None;
+                let from_object = object.and_then(|bytes| {
+                    // The key the object's copy of the pack header names; the object is then
+                    // read with that key's codec (and checked to match it).
+                    let key = bytes
+                        .get(48..112)
+                        .and_then(|h| PackHeader::decode(h).ok())?
+                        .key_id;
+                    let codec = codecs
+                        .entry(key)
+                        .or_insert_with(|| self.codec(access, key))
+                        .as_ref()
+                        .ok()?;
+                    match read_index_object(&bytes, &p.id, p.size, |_| Some(codec)) {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            progress.message(&format!(
+                                "the index object of pack {} ({}) cannot be used ({e}); reading \
+                                 the pack's trailer instead",
+                                p.id,
+                                self.describe(&index_object_key(&p.id))
+                            ));
+                            None
+                        }
+                    }
+                });
+                let trailer = match from_object {
+                    Some((_, entries)) => {
+                        refresh.from_index_objects += 1;
+                        Ok(entries)
+                    }
+                    None => {
+                        refresh.from_trailers += 1;
+                        match self.open_pack(&p.id) {
+                            Ok(object) => read_trailer(&object, |key| {
+                                wanted = Some(key);
+                                let codec =
+                                    codecs.entry(key).or_insert_with(|| self.codec(access, key));
+                                codec.as_ref().ok()
+                            })
+                            .map(|(_, e)| e),
+                            Err(e) => {
+                                report.problems.push(e.to_string());
+                                continue;
+                            }
+                        }
+                    }
+                };
+                match trailer {
+                    Ok(entries) => {
+                        let locs: Vec<_> =
+                            entries.iter().map(|e| (e.id, location(p.id, e))).collect();
+                        index.mark_pack(&p.id)?;
+                        index.insert_batch(&locs)?;
+                        index.mark_pack_complete(&p.id)?;
+                        report.packs += 1;
+                        report.chunks += locs.len() as u64;
+                        refresh.new_packs += 1;
+                    }
+                    Err(e) => {
+                        let why = match wanted.and_then(|k| codecs.get(&k)) {
+                            Some(Err(denied)) => denied.to_string(),
+                            _ => e.to_string(),
+                        };
+                        report.problems.push(format!(
+                            "pack {} ({}): {why}",
+                            p.id,
+                            self.describe_pack(&p.id)
+                        ));
+                    }
                 }
             }
         }

@@ -12,16 +12,21 @@ pub(crate) mod index;
 pub(crate) mod reader;
 pub(crate) mod writer;
 
+use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use blocksnap_backend::{BackendError, ObjectReader};
 use blocksnap_manifest::PackId;
 
 use crate::error::{Result, StoreError};
 use crate::repo::Store;
-use crate::repo::layout::{Kind, pack_key};
+use crate::repo::layout::{INDEX_OBJECT_SUFFIX, Kind, pack_key};
+
+/// How long a listing of the packs is reused by the later steps of one command.
+const RECENT_LISTING: Duration = Duration::from_secs(10);
 
 /// A pack as listed: its id and size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -98,21 +103,49 @@ impl Seek for &PackObject {
 
 impl Store {
     /// Every pack in the store, by id, with its size. Objects under `packs/` that are not
-    /// packs (a damaged pack set aside, anything foreign) are left out.
+    /// packs (index objects, a damaged pack set aside, anything foreign) are left out.
     pub fn list_packs(&self) -> Result<Vec<PackInfo>> {
+        Ok(self.list_pack_objects()?.0)
+    }
+
+    /// Every pack in the store, by id, with its size, and the packs that have an index object
+    /// beside them (`packs/XX/ID.idx`): one listing of the backend. The packs are remembered for
+    /// [`Store::list_packs_recent`].
+    pub(crate) fn list_pack_objects(&self) -> Result<(Vec<PackInfo>, HashSet<PackId>)> {
         let prefix = Kind::Pack.prefix();
-        let mut out: Vec<PackInfo> = self
+        let mut packs = Vec::new();
+        let mut objects = HashSet::new();
+        for m in self
             .backend()
             .list(&prefix)
             .map_err(self.object_error(&prefix))?
-            .into_iter()
-            .filter_map(|m| {
-                let id = Kind::Pack.name_of(&m.key)?.parse::<PackId>().ok()?;
-                Some(PackInfo { id, size: m.size })
-            })
-            .collect();
-        out.sort();
-        Ok(out)
+        {
+            let Some(name) = Kind::Pack.name_of(&m.key) else {
+                continue;
+            };
+            if let Some(id) = name.strip_suffix(INDEX_OBJECT_SUFFIX) {
+                if let Ok(id) = id.parse::<PackId>() {
+                    objects.insert(id);
+                }
+            } else if let Ok(id) = name.parse::<PackId>() {
+                packs.push(PackInfo { id, size: m.size });
+            }
+        }
+        packs.sort();
+        *self.packs_listed.lock().expect("not poisoned") = Some((Instant::now(), packs.clone()));
+        Ok((packs, objects))
+    }
+
+    /// [`Store::list_packs`], or the listing this process made less than a few seconds ago
+    /// (the index sync at the start of the same command): what a command's later steps use, so
+    /// that opening a store costs one listing, not one per step.
+    pub(crate) fn list_packs_recent(&self) -> Result<Vec<PackInfo>> {
+        if let Some((at, packs)) = &*self.packs_listed.lock().expect("not poisoned") {
+            if at.elapsed() < RECENT_LISTING {
+                return Ok(packs.clone());
+            }
+        }
+        self.list_packs()
     }
 
     /// The pack `id` as a person finds it (its path in a local store).

@@ -55,7 +55,24 @@ pub(crate) struct ChunkReader<'a> {
     codec: &'a ChunkCodec,
     locator: Locator<'a>,
     packs: Mutex<HashMap<PackId, Arc<OpenPack>>>,
+    /// The threads that fetch ranges ahead ([`ChunkReader::prefetch`]), made on first use.
+    pool: std::sync::OnceLock<Option<rayon::ThreadPool>>,
 }
+
+/// Chunk records fetched ahead by [`ChunkReader::prefetch`], sealed as in their packs.
+#[derive(Default)]
+pub(crate) struct Prefetched(HashMap<ChunkId, (Location, Vec<u8>)>);
+
+/// Two records of one pack at most this far apart are fetched by one ranged read (the bytes
+/// between are read and dropped): on an object store a request costs more than the bytes.
+const COALESCE_GAP: u64 = 1 << 20;
+/// One coalesced read: pack, start, end, the records in it.
+type Range = (PackId, u64, u64, Vec<(ChunkId, Location)>);
+/// A record read ahead.
+type Fetched = (ChunkId, (Location, Vec<u8>));
+
+/// The longest ranged read a prefetch makes.
+const MAX_RANGE: u64 = 16 << 20;
 
 impl<'a> ChunkReader<'a> {
     pub fn new(store: &'a Store, codec: &'a ChunkCodec, index: &'a Index) -> Self {
@@ -68,7 +85,114 @@ impl<'a> ChunkReader<'a> {
             codec,
             locator,
             packs: Mutex::new(HashMap::new()),
+            pool: std::sync::OnceLock::new(),
         }
+    }
+
+    /// True if reads are worth fetching ahead, coalesced: the backend wants several requests
+    /// in flight (an object store, where each request waits on the network). A local store
+    /// reads each record where it is needed.
+    pub fn prefetches(&self) -> bool {
+        self.store.backend().parallelism() > 1
+    }
+
+    /// Fetches the records of `ids` with as few ranged reads as their places allow — the
+    /// records of one pack closer than [`COALESCE_GAP`] to each other in one read of at most
+    /// [`MAX_RANGE`] bytes — with [`Backend::parallelism`] reads in flight. What cannot be
+    /// fetched here (unknown, damaged, a failed read) is left out: [`ChunkReader::read_with`]
+    /// then reads it alone and says what is wrong.
+    ///
+    /// [`Backend::parallelism`]: blocksnap_backend::Backend::parallelism
+    pub fn prefetch<'i>(&self, ids: impl IntoIterator<Item = &'i ChunkId>) -> Prefetched {
+        use rayon::prelude::*;
+        let mut seen = HashSet::new();
+        let mut by_pack: HashMap<PackId, Vec<(ChunkId, Location)>> = HashMap::new();
+        for id in ids {
+            if !seen.insert(*id) {
+                continue;
+            }
+            if let Ok(Some(loc)) = self.locator.get(id) {
+                by_pack.entry(loc.pack).or_default().push((*id, loc));
+            }
+        }
+        // (pack, start, end, the records in it)
+        let mut ranges: Vec<Range> = Vec::new();
+        for (pack, mut locs) in by_pack {
+            locs.sort_by_key(|(_, l)| l.offset);
+            for (id, loc) in locs {
+                let end = loc.offset.saturating_add(u64::from(loc.stored_len));
+                match ranges.last_mut() {
+                    Some(r)
+                        if r.0 == pack
+                            && loc.offset >= r.1
+                            && loc.offset <= r.2.saturating_add(COALESCE_GAP)
+                            && end.saturating_sub(r.1) <= MAX_RANGE =>
+                    {
+                        r.2 = r.2.max(end);
+                        r.3.push((id, loc));
+                    }
+                    _ => ranges.push((pack, loc.offset, end, vec![(id, loc)])),
+                }
+            }
+        }
+        let fetch = |(pack, start, end, locs): Range| {
+            let Ok(open) = self.pack(&pack) else {
+                return Vec::new();
+            };
+            let size = open.object.size();
+            if locs
+                .iter()
+                .any(|(id, loc)| check_place(loc, id, size).is_err())
+            {
+                return Vec::new();
+            }
+            let mut buf = vec![0u8; (end - start) as usize];
+            if open.object.read_exact_at(&mut buf, start).is_err() {
+                return Vec::new();
+            }
+            locs.into_iter()
+                .map(|(id, loc)| {
+                    let at = (loc.offset - start) as usize;
+                    let record = buf[at..at + loc.stored_len as usize].to_vec();
+                    (id, (loc, record))
+                })
+                .collect::<Vec<_>>()
+        };
+        let pool = self.pool.get_or_init(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(self.store.backend().parallelism().max(1))
+                .thread_name(|i| format!("blocksnap-fetch-{i}"))
+                .build()
+                .ok()
+        });
+        let fetched: Vec<Vec<Fetched>> = match pool {
+            Some(pool) => pool.install(|| ranges.into_par_iter().map(fetch).collect()),
+            None => ranges.into_iter().map(fetch).collect(),
+        };
+        Prefetched(fetched.into_iter().flatten().collect())
+    }
+
+    /// [`ChunkReader::read`], from `ahead` if it holds the record.
+    pub fn read_with(&self, id: &ChunkId, ahead: Option<&Prefetched>) -> Result<Vec<u8>> {
+        let Some((loc, record)) = ahead.and_then(|a| a.0.get(id)) else {
+            return self.read(id);
+        };
+        let pack = self.pack(&loc.pack)?;
+        self.codec
+            .decode(
+                pack.cipher.as_ref(),
+                id,
+                loc.offset,
+                loc.raw_len,
+                record.clone(),
+            )
+            .map_err(|e| {
+                StoreError::Damaged(format!(
+                    "pack {} ({}): {e}",
+                    loc.pack,
+                    self.store.describe_pack(&loc.pack)
+                ))
+            })
     }
 
     fn pack(&self, id: &PackId) -> Result<Arc<OpenPack>> {
@@ -255,7 +379,11 @@ impl Store {
     /// True if `index` places every chunk of `doc` in a pack the store holds: one pass over
     /// the extent list (index lookups only, no data read) and one listing of the packs.
     fn index_serves(&self, index: &Index, doc: &SnapshotDoc, codec: &ChunkCodec) -> Result<bool> {
-        let listed: HashSet<PackId> = self.list_packs()?.into_iter().map(|p| p.id).collect();
+        let listed: HashSet<PackId> = self
+            .list_packs_recent()?
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
         let held = |id: &ChunkId| -> Result<bool> {
             Ok(index.get(id)?.is_some_and(|l| listed.contains(&l.pack)))
         };

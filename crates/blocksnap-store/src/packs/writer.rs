@@ -18,12 +18,12 @@ use crossbeam_channel::{Receiver, Sender};
 use blocksnap_backend::{Backend, Staged};
 use blocksnap_index::{Index, Location};
 use blocksnap_manifest::{ChunkId, PackId};
-use blocksnap_pack::{ChunkCodec, PackWriter};
+use blocksnap_pack::{ChunkCodec, DocMacKey, PackWriter, encode_index_object};
 use rayon::prelude::*;
 
 use crate::error::{Result, StoreError};
 use crate::fsutil;
-use crate::repo::layout::{Kind, pack_key};
+use crate::repo::layout::{Kind, index_object_key, pack_key};
 use crate::repo::{Place, Store, describe};
 
 /// The index as dedup may trust it: an entry counts only if its pack exists. The packs are
@@ -44,7 +44,7 @@ pub(crate) struct Dedup {
 impl Dedup {
     pub fn new(store: &Store, index: &Index) -> Result<Self> {
         let packs = store
-            .list_packs()?
+            .list_packs_recent()?
             .into_iter()
             .map(|p| (p.id, true))
             .collect();
@@ -106,6 +106,8 @@ impl Dedup {
 
 struct OpenPack {
     writer: PackWriter<Box<dyn Staged>>,
+    /// What MACs its index object (none in a plain store).
+    mac: Option<DocMacKey>,
     /// How a failure names it: the store's packs folder (its name is known only at its end).
     shown: PathBuf,
 }
@@ -150,39 +152,48 @@ struct Closed {
     result: Result<u64>,
 }
 
-/// The closer thread, and the channels to it.
+/// The closer threads, and the channels to them.
 struct Closer {
     jobs: Option<Sender<CloseJob>>,
     done: Receiver<Closed>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
     in_flight: usize,
 }
 
 impl Closer {
-    fn start(dedup: Dedup) -> Closer {
-        // One pack queued while another is being synced: bounded memory, the disk kept busy.
+    /// `threads` closers (the backend's [`Backend::parallelism`]: one for a local disk, a few
+    /// for an object store, where an upload waits on the network): each holds the pack it
+    /// uploads, so at most `threads` + 2 packs are in memory (those, one queued, one filling).
+    fn start(dedup: Dedup, threads: usize) -> Closer {
+        // One pack queued while others are being made durable: bounded memory, the disk or the
+        // network kept busy.
         let (jobs, job_rx) = crossbeam_channel::bounded::<CloseJob>(1);
         let (done_tx, done) = crossbeam_channel::unbounded();
-        let thread = std::thread::spawn(move || {
-            for job in job_rx {
-                let closed = close(&dedup, job.pack);
-                if done_tx.send(closed).is_err() {
-                    break;
-                }
-            }
-        });
+        let threads = (0..threads.max(1))
+            .map(|_| {
+                let (dedup, job_rx, done_tx) = (dedup.clone(), job_rx.clone(), done_tx.clone());
+                std::thread::spawn(move || {
+                    for job in job_rx {
+                        let closed = close(&dedup, job.pack);
+                        if done_tx.send(closed).is_err() {
+                            break;
+                        }
+                    }
+                })
+            })
+            .collect();
         Closer {
             jobs: Some(jobs),
             done,
-            thread: Some(thread),
+            threads,
             in_flight: 0,
         }
     }
 
-    /// Stops taking jobs and waits for the thread; every queued pack is closed first.
+    /// Stops taking jobs and waits for the threads; every queued pack is closed first.
     fn stop(&mut self) {
         self.jobs = None;
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
@@ -190,12 +201,17 @@ impl Closer {
 
 /// Makes a full pack durable and visible — committed create-only under its id, which is the
 /// hash of its bytes, so a pack already there is the same pack and counts as committed — then
-/// indexes it. On failure the staged object is discarded and nothing is indexed.
+/// its index object (create-only too; its bytes are a function of the pack, so one already
+/// there from a retried or earlier run is the same), then indexes it. On failure the staged
+/// object is discarded and nothing is indexed; a pack committed without its index object (a
+/// failure or a crash between the two) is found by the next host through its trailer.
 fn close(dedup: &Dedup, pack: OpenPack) -> Closed {
-    let OpenPack { writer, shown } = pack;
+    let OpenPack { writer, mac, shown } = pack;
     let mut ids = Vec::new();
     let result = (|| {
-        let (out, id, entries, len) = writer.finish().map_err(StoreError::pack_write(&shown))?;
+        let (out, id, entries, len, tail) = writer
+            .finish_with_tail()
+            .map_err(StoreError::pack_write(&shown))?;
         ids = entries.iter().map(|e| e.id).collect();
         let key = pack_key(&id);
         match out.commit(&key) {
@@ -206,6 +222,16 @@ fn close(dedup: &Dedup, pack: OpenPack) -> Closed {
             }
         }
         dedup.add_pack(id);
+        let index_key = index_object_key(&id);
+        let object = encode_index_object(mac.as_ref(), &id, len, &tail);
+        drop(tail);
+        match dedup.backend.create(&index_key, &object) {
+            Ok(()) => {}
+            Err(e) if e.is_already_exists() => {}
+            Err(e) => {
+                return Err(StoreError::backend(e).context(&describe(&dedup.place, &index_key)));
+            }
+        }
         // Known before its entries go in, complete after: an index never holds entries of a
         // pack it does not know (a pack that disappears is always noticed), and a pack whose
         // entries a kill cut short is read again (see `Store::sync_index`).
@@ -225,7 +251,7 @@ impl<'a> ChunkWriter<'a> {
             store,
             codec,
             index,
-            closer: Closer::start(dedup.clone()),
+            closer: Closer::start(dedup.clone(), store.backend().parallelism()),
             dedup,
             pack: None,
             pending: Pending::default(),
@@ -362,7 +388,11 @@ impl<'a> ChunkWriter<'a> {
             .map_err(|e| StoreError::backend(e).context(&shown.display().to_string()))?;
         let writer = PackWriter::new(staged, self.codec, fsutil::random_bytes())
             .map_err(StoreError::pack_write(&shown))?;
-        self.pack = Some(OpenPack { writer, shown });
+        self.pack = Some(OpenPack {
+            writer,
+            mac: self.codec.doc_mac_key(),
+            shown,
+        });
         Ok(())
     }
 

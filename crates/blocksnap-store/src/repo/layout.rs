@@ -123,6 +123,15 @@ pub(crate) fn pack_key(id: &PackId) -> String {
     Kind::Pack.key(&id.to_string())
 }
 
+/// The key of pack `id`'s index object (its trailer, copied out: see docs/FORMAT.md), beside
+/// it so that one listing of `packs/` finds both.
+pub(crate) fn index_object_key(id: &PackId) -> String {
+    format!("{}{INDEX_OBJECT_SUFFIX}", pack_key(id))
+}
+
+/// What ends the name of an index object.
+pub(crate) const INDEX_OBJECT_SUFFIX: &str = ".idx";
+
 /// The key a damaged pack is set aside under by `repair packs`.
 pub(crate) fn damaged_pack_key(id: &PackId) -> String {
     format!("{}.damaged", pack_key(id))

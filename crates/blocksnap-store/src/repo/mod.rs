@@ -2,6 +2,7 @@
 //! documents, prefix resolution, locks, and what can be known about a store that cannot be
 //! written.
 
+pub(crate) mod capability;
 pub(crate) mod documents;
 pub(crate) mod host;
 pub(crate) mod layout;
@@ -70,6 +71,9 @@ pub struct Store {
     config_home: PathBuf,
     /// What this client pinned about the store (see `access/trust.rs`).
     pub(crate) trust: crate::access::trust::Trust,
+    /// The last listing of the packs, and when it was made (see `Store::list_packs_recent`).
+    pub(crate) packs_listed:
+        std::sync::Mutex<Option<(std::time::Instant, Vec<crate::packs::PackInfo>)>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -153,6 +157,7 @@ impl Store {
             cache_home: cache_home(),
             config_home: config_home(),
             trust: Default::default(),
+            packs_listed: Default::default(),
         }
     }
 

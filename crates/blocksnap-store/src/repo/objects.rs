@@ -307,6 +307,8 @@ impl Store {
 
     /// Deletes the object `key` (a missing one is fine).
     pub(crate) fn delete_object(&self, key: &str) -> Result<()> {
+        // A remembered listing of the packs may name this one: forget it.
+        *self.packs_listed.lock().expect("not poisoned") = None;
         self.backend()
             .delete(key)
             .map_err(|e| self.object_error(key)(e))

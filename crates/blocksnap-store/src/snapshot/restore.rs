@@ -170,7 +170,19 @@ impl Store {
             let mut batch: Vec<(u64, u32, ChunkId)> = Vec::new();
             let mut batch_bytes = 0u64;
             let mut written = 0u64;
-            let flush = |batch: &mut Vec<(u64, u32, ChunkId)>, written: &mut u64| -> Result<()> {
+            // On an object store the records of a batch are fetched ahead, coalesced into few
+            // ranged reads, while the batch before is decoded and written: at most two batches'
+            // records are in memory.
+            let prefetching = reader.prefetches();
+            type Ahead<'s> = (
+                Vec<(u64, u32, ChunkId)>,
+                std::thread::ScopedJoinHandle<'s, crate::packs::reader::Prefetched>,
+            );
+            let mut ahead: Option<Ahead<'_>> = None;
+            let flush = |batch: &mut Vec<(u64, u32, ChunkId)>,
+                         fetched: Option<&crate::packs::reader::Prefetched>,
+                         written: &mut u64|
+             -> Result<()> {
                 crate::cancel::check()?;
                 batch
                     .par_chunks(WRITE_RUN)
@@ -183,7 +195,7 @@ impl Store {
                                 .map_err(|e| target.fail("cannot write", e))
                         };
                         for (off, len, id) in group {
-                            let data = reader.read(id)?;
+                            let data = reader.read_with(id, fetched)?;
                             if data.len() != *len as usize {
                                 return Err(StoreError::Damaged(format!(
                                     "chunk {id} has {} bytes, the extent list says {len}",
@@ -221,7 +233,17 @@ impl Store {
                             batch.push((off, len as u32, id));
                             batch_bytes += len;
                             if batch_bytes >= BATCH_BYTES {
-                                flush(&mut batch, &mut written)?;
+                                if prefetching {
+                                    let full = std::mem::take(&mut batch);
+                                    let ids: Vec<ChunkId> = full.iter().map(|b| b.2).collect();
+                                    let next = scope.spawn(move || reader.prefetch(&ids));
+                                    if let Some((mut prev, fetch)) = ahead.replace((full, next)) {
+                                        let fetched = fetch.join().unwrap_or_default();
+                                        flush(&mut prev, Some(&fetched), &mut written)?;
+                                    }
+                                } else {
+                                    flush(&mut batch, None, &mut written)?;
+                                }
                                 batch_bytes = 0;
                             }
                         }
@@ -240,7 +262,12 @@ impl Store {
                         }
                     }
                 }
-                flush(&mut batch, &mut written)
+                if let Some((mut prev, fetch)) = ahead.take() {
+                    let fetched = fetch.join().unwrap_or_default();
+                    flush(&mut prev, Some(&fetched), &mut written)?;
+                }
+                let fetched = prefetching.then(|| reader.prefetch(batch.iter().map(|b| &b.2)));
+                flush(&mut batch, fetched.as_ref(), &mut written)
             })();
             drop(sync_tx);
             let synced = syncer

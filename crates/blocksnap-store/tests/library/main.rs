@@ -8,6 +8,7 @@ mod crash_points;
 mod memory_access;
 mod memory_check;
 mod memory_images;
+mod memory_index_objects;
 mod memory_lifecycle;
 mod memory_packs;
 mod memory_parent;

@@ -120,14 +120,17 @@ impl Env {
         self.json(&["snapshot", "restore", id, out.to_str().unwrap()])
     }
 
-    /// Every pack file of the store.
+    /// Every pack file of the store (not the index objects beside them, `ID.idx`).
     pub fn packs(&self) -> Vec<PathBuf> {
         let mut v = Vec::new();
         for sub in fs::read_dir(self.store.join("packs")).unwrap() {
             let sub = sub.unwrap().path();
             if sub.is_dir() {
                 for f in fs::read_dir(&sub).unwrap() {
-                    v.push(f.unwrap().path());
+                    let f = f.unwrap().path();
+                    if f.extension().is_none_or(|e| e != "idx") {
+                        v.push(f);
+                    }
                 }
             }
         }

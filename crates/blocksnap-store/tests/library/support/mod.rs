@@ -161,9 +161,12 @@ impl Mem {
         self.store.access(Some(name), Some(&identity)).unwrap()
     }
 
-    /// Every pack object: its key and bytes.
+    /// Every pack object: its key and bytes (not the index objects beside them).
     pub fn pack_objects(&self) -> Vec<(String, Vec<u8>)> {
         objects(&*self.backend, "packs/")
+            .into_iter()
+            .filter(|(k, _)| !k.ends_with(".idx"))
+            .collect()
     }
 
     /// Every pack's id and trailer entries, read with `access`'s key of the first snapshot.
@@ -190,6 +193,7 @@ impl Mem {
             .list("packs/")
             .unwrap()
             .iter()
+            .filter(|m| !m.key.ends_with(".idx"))
             .map(|m| m.size)
             .sum()
     }

@@ -1,0 +1,55 @@
+//! The capability check at open: before a command writes to a store on a server that must
+//! prove it honours conditional writes (an object store), the server is probed once and the
+//! answer cached per store and server in this user's cache directory, so that later opens cost
+//! nothing. A server that fails is refused unless the store was made with `init
+//! --single-writer`. See docs/S3.md.
+
+use crate::error::{Result, StoreError};
+use crate::progress::Progress;
+use crate::repo::Store;
+
+/// The cache file's name in the store's cache directory.
+const CACHE_FILE: &str = "conditional-writes";
+
+impl Store {
+    /// Checks (once per server, then from the cache) that the store's server refuses a second
+    /// create of one key and a stale compare-and-swap. A store recorded single-writer is not
+    /// checked; a backend that decides those itself (a local directory) needs no check; a
+    /// credential that may not write cannot race anyone and is let through unchecked.
+    pub fn check_conditional_writes(&self, progress: &dyn Progress) -> Result<()> {
+        let backend = self.backend();
+        let Some(server) = backend.conditional_writes_server() else {
+            return Ok(());
+        };
+        if self.config().single_writer {
+            return Ok(());
+        }
+        let cache = self.cache_dir().join(CACHE_FILE);
+        let line = format!("honoured by {server}\n");
+        if std::fs::read_to_string(&cache).is_ok_and(|s| s == line) {
+            return Ok(());
+        }
+        match backend.probe_conditional_writes() {
+            Ok(()) => {
+                let _ = crate::fsutil::create_private_dirs(&self.cache_dir());
+                let _ = std::fs::write(&cache, line);
+                Ok(())
+            }
+            Err(e) if e.is_unsupported() => Err(StoreError::Usage(format!(
+                "{e}. blocksnap lets several hosts share a store only on a server that refuses a \
+                 second create of one key (If-None-Match) and a stale swap (If-Match); this one \
+                 does not, so two writers could overwrite each other's objects. Use a server \
+                 that does (AWS S3, MinIO, Ceph RGW 18+, see docs/S3.md), or make a store that \
+                 only one host at a time writes to with `blocksnap init --single-writer`"
+            ))),
+            Err(blocksnap_backend::BackendError::ReadOnly { .. }) => {
+                progress.message(&format!(
+                    "{server}: not checked for conditional writes (these credentials may not \
+                     write there)"
+                ));
+                Ok(())
+            }
+            Err(e) => Err(StoreError::backend(e)),
+        }
+    }
+}
