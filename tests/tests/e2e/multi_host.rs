@@ -219,7 +219,7 @@ fn an_expired_lock_does_not_block_and_its_holder_stops_before_committing() {
     let env = Env::new("multi_host_expiry");
     let vars = vec![
         ("BLOCKSNAP_LOCK_STALE", "3".to_string()),
-        ("BLOCKSNAP_LOCK_REFRESH", "0.5".to_string()),
+        ("BLOCKSNAP_LOCK_REFRESH", "1".to_string()),
     ];
     let a = Host {
         env: &env,
@@ -240,7 +240,7 @@ fn an_expired_lock_does_not_block_and_its_holder_stops_before_committing() {
     let locks = env.store.join("locks");
     let start = Instant::now();
     loop {
-        let held = std::fs::read_dir(&locks).map_or(false, |d| {
+        let held = std::fs::read_dir(&locks).is_ok_and(|d| {
             d.flatten()
                 .any(|e| e.file_name().to_string_lossy().starts_with("host-b-"))
         });
@@ -253,6 +253,8 @@ fn an_expired_lock_does_not_block_and_its_holder_stops_before_committing() {
         );
         std::thread::sleep(Duration::from_millis(2));
     }
+    // Past the lock's creation (its refresh, every second, swaps in a few milliseconds).
+    std::thread::sleep(Duration::from_millis(100));
     kill_process(Pid::from_child(&child), Signal::STOP).unwrap();
     let listed = a.json(&["snapshot", "list"]);
     assert_eq!(
@@ -278,10 +280,13 @@ fn an_expired_lock_does_not_block_and_its_holder_stops_before_committing() {
 
     kill_process(Pid::from_child(&child), Signal::CONT).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(!out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
+    // It stops at its next commit point, or earlier: the prune that ran alone removed the
+    // temporary file of the pack it was writing.
     assert!(
-        err.contains("no longer holds the store lock") && err.contains("Nothing was committed"),
+        (err.contains("no longer holds the store lock") && err.contains("Nothing was committed"))
+            || err.contains("cannot create packs/"),
         "{err}"
     );
     let listed = a.json(&["snapshot", "list"]);

@@ -584,16 +584,16 @@ impl Store {
         let name = format!("{host_part}-{}-{}", me.pid, fsutil::random_hex(4));
         let key = Kind::Lock.key(&name);
         let created = Instant::now();
-        // Create-only, with its version: the refresher swaps it only while it is still ours.
-        let version = match self.backend().replace(&key, &doc.to_json(), None) {
-            Ok(v) => v,
-            Err(e) if e.is_already_exists() => {
-                return Err(StoreError::Exists {
-                    kind: Kind::Lock.noun(),
-                    name,
-                });
+        // Create-only (no compare-and-swap: on a local store that would take the store's swap
+        // lock, which a frozen process could then hold), then its version: the refresher swaps
+        // it only while it is still ours.
+        self.create_doc(Kind::Lock, &name, &doc)?;
+        let version = match self.backend().get_versioned_bounded(&key, MAX_LOCK_LEN) {
+            Ok((_, v)) => v,
+            Err(e) => {
+                let _ = self.backend().delete(&key);
+                return Err(self.object_error(&key)(e));
             }
-            Err(e) => return Err(self.object_error(&key)(e)),
         };
         if let Some(root) = self.local_root() {
             // A process ended by a second signal removes it on its way out.
