@@ -2,7 +2,7 @@
 //!
 //! Everything a store records about its data, apart from the chunks themselves, is a document
 //! defined here: the store's `config`, `accounts/`, `keys/`, `snapshots/`, `images/`,
-//! `volumes/`, `policies/`, `trash/` and `locks/`, and the binary extent list of a snapshot. Every document
+//! `volumes/`, `policies/`, `trash/`, `locks/` and `condemned/`, and the binary extent list of a snapshot. Every document
 //! carries a versioned format name (`blocksnap.snapshot/v1`) and is validated on read: this crate
 //! parses untrusted bytes and returns an error naming the document and the field, never a panic.
 //! It does no I/O.
@@ -13,6 +13,7 @@
 //! assert!(err.to_string().contains("v7"));
 //! ```
 
+mod condemned;
 mod docs;
 mod error;
 mod extent;
@@ -23,6 +24,7 @@ mod policy;
 mod seal;
 mod trash;
 
+pub use condemned::{CondemnedDoc, MAX_CONDEMNED_PACKS};
 pub use docs::{
     AccountDoc, ChunkerDoc, ConfigDoc, Document, ExtentsDoc, GrantDoc, HeadDoc, KeyDoc,
     MAX_NAME_LEN, MAX_TAGS, MAX_VOLUME_SIZE, SnapshotDoc, VolumeDoc, validate_name, validate_tags,

@@ -1,6 +1,13 @@
 //! Lock objects: `locks/HOST-PID-RANDOM.json`, written while a command holds the store lock, so
-//! that other hosts sharing the store (over NFS and the like, where an OS file lock does not
-//! reach) see who holds it, and this host can tell a lock left by a killed process.
+//! that other hosts sharing the store (over NFS, on an object store, where an OS file lock does
+//! not reach) see who holds it, and this host can tell a lock left by a killed process.
+//!
+//! `blocksnap.lock/v2` adds `refreshed` and `expires`: the holder rewrites its object every few
+//! minutes, and another host may treat one whose `expires` has passed as stale. `v1` objects
+//! (written by blocksnap before v2) are still read: they have no expiry, so another host's v1
+//! lock is honoured until `unlock --all` removes it, as before. A blocksnap that knows only v1
+//! sees a v2 object as an unknown format and honours it as exclusive: it never runs beside a
+//! newer one believing itself alone.
 
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +49,7 @@ impl LockKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockDoc {
-    /// `blocksnap.lock/v1`.
+    /// `blocksnap.lock/v2` (`blocksnap.lock/v1` read too).
     pub format: String,
     /// The holder's host name.
     pub host: String,
@@ -62,11 +69,25 @@ pub struct LockDoc {
     /// unknown. Tells a live holder from a new process that reuses its pid.
     #[serde(default)]
     pub pid_start: u64,
+    /// When the holder last rewrote the object (RFC 3339, UTC; v2). Absent in v1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refreshed: Option<String>,
+    /// When the lock is stale unless refreshed again (RFC 3339, UTC; v2): the holder stops
+    /// before committing anything once it could not refresh in time. Absent in v1: a v1 lock
+    /// never expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+}
+
+impl LockDoc {
+    /// The format blocksnap wrote before v2 (no `refreshed`, no `expires`).
+    pub const FORMAT_V1: &'static str = "blocksnap.lock/v1";
 }
 
 impl Document for LockDoc {
     const KIND: &'static str = "lock";
-    const FORMAT: &'static str = "blocksnap.lock/v1";
+    const FORMAT: &'static str = "blocksnap.lock/v2";
+    const OLDER_FORMATS: &'static [&'static str] = &[LockDoc::FORMAT_V1];
     fn validate(&self) -> Result<(), DocError> {
         validate_host(&self.host)?;
         if self.pid == 0 {
@@ -86,6 +107,19 @@ impl Document for LockDoc {
             ));
         }
         validate_time(Self::KIND, "started", &self.started)?;
+        if let Some(t) = &self.refreshed {
+            validate_time(Self::KIND, "refreshed", t)?;
+        }
+        if let Some(t) = &self.expires {
+            validate_time(Self::KIND, "expires", t)?;
+        }
+        if self.format == Self::FORMAT && self.expires.is_none() {
+            return Err(DocError::invalid(
+                Self::KIND,
+                "expires",
+                "is missing (a v2 lock always has one)",
+            ));
+        }
         if self.boot_id.len() > 64
             || !self
                 .boot_id
@@ -140,6 +174,8 @@ mod tests {
             started: "2026-11-23T19:30:24.000Z".into(),
             boot_id: "6f0c5c1e-8a1b-4a2e-9d6e-0123456789ab".into(),
             pid_start: 123_456,
+            refreshed: Some("2026-11-23T19:35:24.000Z".into()),
+            expires: Some("2026-11-23T20:05:24.000Z".into()),
         }
     }
 
@@ -147,11 +183,18 @@ mod tests {
     fn lock_round_trips() {
         let l = sample();
         assert_eq!(LockDoc::from_json(&l.to_json()).unwrap(), l);
-        // boot_id and pid_start may be left out.
+        // A v1 lock (older blocksnap): boot_id and pid_start may be left out, and it has no
+        // expiry.
         let minimal = br#"{"format":"blocksnap.lock/v1","host":"h","pid":7,"kind":"shared",
             "command":"snapshot","started":"2026-11-23T19:30:24Z"}"#;
         let l = LockDoc::from_json(minimal).unwrap();
         assert_eq!((l.boot_id.as_str(), l.pid_start), ("", 0));
+        assert_eq!((l.refreshed.as_deref(), l.expires.as_deref()), (None, None));
+        // A v2 lock must say when it expires.
+        let mut v2 = sample();
+        v2.expires = None;
+        let err = LockDoc::from_json(&v2.to_json()).unwrap_err().to_string();
+        assert!(err.contains("'expires'"), "{err}");
     }
 
     #[test]
@@ -175,6 +218,14 @@ mod tests {
                 "boot_id",
                 Box::new(|l: &mut LockDoc| l.boot_id = "zz".into()),
             ),
+            (
+                "expires",
+                Box::new(|l: &mut LockDoc| l.expires = Some("soon".into())),
+            ),
+            (
+                "refreshed",
+                Box::new(|l: &mut LockDoc| l.refreshed = Some("1".into())),
+            ),
         ] {
             let mut l = sample();
             edit(&mut l);
@@ -184,7 +235,7 @@ mod tests {
         assert!(LockDoc::from_json(b"garbage").is_err());
         assert!(LockDoc::from_json(br#"{"format":"blocksnap.lock/v1","kind":"weird"}"#).is_err());
         assert!(matches!(
-            LockDoc::from_json(br#"{"format":"blocksnap.lock/v2"}"#),
+            LockDoc::from_json(br#"{"format":"blocksnap.lock/v3"}"#),
             Err(DocError::UnknownFormat { .. })
         ));
     }

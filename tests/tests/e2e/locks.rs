@@ -272,7 +272,7 @@ fn damaged_lock_files_are_reported_never_a_panic() {
     let newer = locks.join("newer.json");
     fs::write(
         &newer,
-        br#"{"format": "blocksnap.lock/v2", "host": "future"}"#,
+        br#"{"format": "blocksnap.lock/v9", "host": "future"}"#,
     )
     .unwrap();
     let out = env.run(&create_args(&img));
@@ -281,7 +281,7 @@ fn damaged_lock_files_are_reported_never_a_panic() {
     let err = stderr(&out);
     assert!(
         err.contains("newer.json")
-            && err.contains("blocksnap.lock/v2")
+            && err.contains("blocksnap.lock/v9")
             && err.contains("`blocksnap unlock --all`"),
         "{err}"
     );

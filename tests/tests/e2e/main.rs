@@ -18,6 +18,7 @@ mod lifecycle;
 mod locks;
 mod messages;
 mod migration;
+mod multi_host;
 mod nbd;
 mod progress;
 mod readonly;

@@ -14,6 +14,14 @@ pub(crate) struct PruneArgs {
     /// Rewrite a pack when more than this fraction of it is garbage.
     #[arg(long, value_name = "FRACTION", default_value_t = 0.5)]
     pub(crate) repack_threshold: f64,
+    /// Seconds a condemned pack waits before a prune deletes it. Prune first condemns what no
+    /// snapshot needs and deletes it in a later run, after the grace, if still unneeded; no
+    /// snapshot reuses a chunk of a condemned pack meanwhile. Default: 0 on a local directory
+    /// (both phases in one run), on a store other hosts may share the lock stale time and a
+    /// sixth (35 min); there, a grace no longer than the stale time is refused. Also
+    /// BLOCKSNAP_PRUNE_GRACE.
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) grace: Option<f64>,
 }
 
 pub(crate) fn run(ctx: &Ctx<'_>, a: &PruneArgs) -> anyhow::Result<()> {
@@ -22,9 +30,17 @@ pub(crate) fn run(ctx: &Ctx<'_>, a: &PruneArgs) -> anyhow::Result<()> {
         ctx.writing(&store);
     }
     let access = ctx.access(&store)?;
+    let grace = match a.grace {
+        Some(g) if g.is_finite() && (0.0..1e9).contains(&g) => {
+            Some(std::time::Duration::from_secs_f64(g))
+        }
+        Some(g) => anyhow::bail!("--grace {g}: give a number of seconds, 0 or more"),
+        None => None,
+    };
     let opts = blocksnap_store::PruneOptions {
         dry_run: a.dry_run,
         repack_threshold: a.repack_threshold,
+        grace,
     };
     let r = store.prune(&access, opts, &ctx.progress)?;
     for p in &r.packs_unreadable {
@@ -49,6 +65,26 @@ fn pruned(r: &blocksnap_store::PruneReport) -> String {
         r.chunks_deleted,
         human(r.bytes_reclaimed)
     );
+    if r.packs_marked > 0 && r.packs_pending > 0 {
+        t += &format!(
+            "; condemned {} (deleted by a prune after the {} s grace)",
+            count(r.packs_marked, "pack"),
+            r.grace_seconds
+        );
+    }
+    if r.packs_pending > 0 {
+        t += &format!(
+            "; {} waiting for the grace ({})",
+            count(r.packs_pending, "condemned pack"),
+            human(r.bytes_pending)
+        );
+    }
+    if r.packs_unmarked > 0 {
+        t += &format!(
+            "; kept {} a snapshot needs again",
+            count(r.packs_unmarked, "condemned pack")
+        );
+    }
     if r.trash_expired > 0 {
         t += &format!(
             "; removed {} from the trash for good",

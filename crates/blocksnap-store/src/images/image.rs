@@ -98,6 +98,7 @@ impl Store {
 
     /// Creates an image's document (a new image, or one back from the trash, sealed).
     pub(crate) fn write_image(&self, doc: &ImageDoc) -> Result<()> {
+        self.ensure_lock_held(&format!("committing image {}", doc.id), true)?;
         self.create_doc(Kind::Image, &doc.id.to_string(), doc)
             .map(|_| ())
     }

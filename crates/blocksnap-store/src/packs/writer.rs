@@ -6,7 +6,9 @@
 //! `pending` set until the closer has indexed its pack; `finish` waits for every pack.
 //!
 //! Dedup trusts an index entry only if its pack exists ([`Dedup`]): a pack deleted by hand must
-//! not make a new snapshot reference chunks that no pack holds.
+//! not make a new snapshot reference chunks that no pack holds. Nor does it trust one in a pack
+//! a prune has condemned (`condemned/`, see `lifecycle/prune.rs`): a later prune deletes that
+//! pack, so the chunk is stored again instead.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -39,6 +41,8 @@ pub(crate) struct Dedup {
     packs: Arc<RwLock<HashMap<PackId, bool>>>,
     /// Packs found missing, with the number of entries dropped for each.
     missing: Arc<Mutex<BTreeMap<PackId, u64>>>,
+    /// Packs a prune condemned when the writer started: never deduplicated against.
+    condemned: Arc<HashSet<PackId>>,
 }
 
 impl Dedup {
@@ -54,6 +58,7 @@ impl Dedup {
             place: store.place().clone(),
             packs: Arc::new(RwLock::new(packs)),
             missing: Arc::default(),
+            condemned: Arc::new(store.condemned_packs()?),
         })
     }
 
@@ -62,11 +67,14 @@ impl Dedup {
         self.packs.write().expect("not poisoned").insert(id, true);
     }
 
-    /// True if the store holds `id` in a pack that exists.
+    /// True if the store holds `id` in a pack that exists and is not condemned.
     pub fn contains(&self, id: &ChunkId) -> Result<bool> {
         let Some(loc) = self.index.get(id)? else {
             return Ok(false);
         };
+        if self.condemned.contains(&loc.pack) {
+            return Ok(false);
+        }
         if self.pack_exists(&loc.pack)? {
             return Ok(true);
         }
@@ -452,6 +460,7 @@ impl<'a> ChunkWriter<'a> {
         self.closer.jobs = None;
         self.collect(true)?;
         self.closer.stop();
+        self.store.ensure_lock_held("flushing the index", false)?;
         self.index.flush()?;
         Ok(self.stats)
     }

@@ -24,10 +24,15 @@ impl Me {
     }
 }
 
-/// This host's name from `/proc/sys/kernel/hostname`, reduced to the characters a lock object
-/// allows (others become `_`); `localhost` if it cannot be read.
+/// This host's name: `BLOCKSNAP_HOSTNAME` when set (a container whose host name is not unique
+/// among the hosts sharing a store, or tests playing several hosts), else
+/// `/proc/sys/kernel/hostname`; reduced to the characters a lock object allows (others become
+/// `_`); `localhost` if it cannot be read.
 pub(crate) fn host_name() -> String {
-    let raw = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let raw = match std::env::var("BLOCKSNAP_HOSTNAME") {
+        Ok(h) if !h.trim().is_empty() => h,
+        _ => fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default(),
+    };
     sanitize_host(raw.trim())
 }
 

@@ -14,6 +14,7 @@
 //! policies/NAME.json         a lifecycle policy
 //! trash/ID.json              a tombstone of a deleted snapshot or image
 //! locks/HOST-PID-RAND.json   a lock object of a running command
+//! condemned/TIME-RAND.json   packs a prune condemned, deleted by a later prune after the grace
 //! quarantine/DIR/NAME        a damaged document moved aside by `repair documents`
 //! ```
 
@@ -35,6 +36,7 @@ pub(crate) enum Kind {
     Policy,
     Trash,
     Lock,
+    Condemned,
     Quarantine,
 }
 
@@ -64,6 +66,7 @@ impl Kind {
             Kind::Policy => "policies",
             Kind::Trash => "trash",
             Kind::Lock => "locks",
+            Kind::Condemned => "condemned",
             Kind::Quarantine => "quarantine",
         }
     }
@@ -86,6 +89,7 @@ impl Kind {
             Kind::Policy => "policy",
             Kind::Trash => "trash entry",
             Kind::Lock => "lock object",
+            Kind::Condemned => "condemnation record",
             Kind::Quarantine => "quarantined document",
         }
     }
@@ -143,7 +147,10 @@ mod tests {
 
     #[test]
     fn keys_and_names_are_inverse() {
-        for kind in Kind::DOCUMENTS.into_iter().chain([Kind::Lock]) {
+        for kind in Kind::DOCUMENTS
+            .into_iter()
+            .chain([Kind::Lock, Kind::Condemned])
+        {
             let key = kind.key("x-1");
             assert!(key.starts_with(&kind.prefix()), "{key}");
             assert_eq!(kind.name_of(&key), Some("x-1"), "{key}");

@@ -63,6 +63,11 @@ pub struct Store {
     pub(crate) read_only: OnceLock<Option<String>>,
     /// True once a reader was told that no lock could be taken.
     pub(crate) read_only_noted: AtomicBool,
+    /// The locks this process holds on the store, checked before each commit point (see
+    /// `lock.rs`).
+    pub(crate) held_locks: std::sync::Mutex<Vec<std::sync::Weak<lock::Held>>>,
+    /// How locks are refreshed and when they are stale (from the environment, once).
+    pub(crate) lock_timing: OnceLock<lock::LockTiming>,
     /// Where the per-user caches of stores live (default `$XDG_CACHE_HOME`, see
     /// [`Store::with_cache_home`]).
     cache_home: PathBuf,
@@ -154,6 +159,8 @@ impl Store {
             damaged: Arc::default(),
             read_only: OnceLock::new(),
             read_only_noted: AtomicBool::new(false),
+            held_locks: Default::default(),
+            lock_timing: OnceLock::new(),
             cache_home: cache_home(),
             config_home: config_home(),
             trust: Default::default(),

@@ -181,6 +181,7 @@ impl Store {
         let seq = self.point_head(&doc.volume, doc.id, true)?;
         doc.seq = Some(seq);
         self.seal(codec, doc)?;
+        self.ensure_lock_held(&format!("committing snapshot {}", doc.id), true)?;
         let n = self.create_doc(Kind::Snapshot, &doc.id.to_string(), &*doc)?;
         self.pin_seq(&doc.volume, seq)?;
         Ok(n)
@@ -189,6 +190,7 @@ impl Store {
     /// Writes the document of a snapshot back from the trash (or a copy): it becomes the
     /// volume's head only if it is newer than the head's snapshot.
     pub(crate) fn put_back_snapshot(&self, doc: &SnapshotDoc) -> Result<u64> {
+        self.ensure_lock_held(&format!("committing snapshot {}", doc.id), true)?;
         let n = self.create_doc(Kind::Snapshot, &doc.id.to_string(), doc)?;
         self.refresh_head(&doc.volume)?;
         Ok(n)

@@ -310,6 +310,93 @@ fn prune_stopped_at_every_operation() {
 }
 
 #[test]
+fn two_phase_prune_stopped_at_every_operation() {
+    let mut lab = Lab::new("prune2");
+    let store = lab.init(MAIN, "alice");
+    let access = lab.access(&store, MAIN);
+    // `mixed` interleaves pieces of A (which `keep` holds too) with pieces of B; `gone` holds
+    // C. Once mixed and gone are deleted, prune deletes C's packs and rewrites the packs that
+    // mix A and B.
+    let (mut mixed, mut keep) = (Vec::new(), Vec::new());
+    for i in 0..6 {
+        let piece = random_bytes(128 << 10, 50 + i);
+        keep.extend_from_slice(&piece);
+        mixed.extend_from_slice(&piece);
+        mixed.extend_from_slice(&if i % 2 == 0 {
+            random_bytes(384 << 10, 60 + i)
+        } else {
+            text_bytes(384 << 10, 60 + i)
+        });
+    }
+    let (m, k, g) = (
+        lab.src("mixed.img"),
+        lab.src("keep.img"),
+        lab.src("gone.img"),
+    );
+    std::fs::write(&m, &mixed).unwrap();
+    std::fs::write(&k, &keep).unwrap();
+    std::fs::write(&g, random_bytes(2 << 20, 70)).unwrap();
+    let gone = [lab.snapshot(&store, MAIN, &m).id];
+    lab.snapshot(&store, MAIN, &k);
+    let gone = [gone[0], lab.snapshot(&store, MAIN, &g).id];
+    for id in gone {
+        store.delete_snapshot(&access, &id.to_string()).unwrap();
+    }
+    store.empty_trash(false).unwrap();
+    let dry = PruneOptions {
+        dry_run: true,
+        ..PruneOptions::default()
+    };
+    let plan = store.prune(&access, dry, &NoProgress).unwrap();
+    assert!(
+        plan.packs_deleted >= 1 && plan.packs_rewritten >= 1,
+        "{plan:?}"
+    );
+    // Phase one in the template: everything to reclaim is condemned, nothing deleted.
+    let hour = PruneOptions {
+        grace: Some(std::time::Duration::from_secs(3600)),
+        ..PruneOptions::default()
+    };
+    let marked = store.prune(&access, hour, &NoProgress).unwrap();
+    assert!(
+        marked.packs_marked >= 2 && marked.packs_deleted == 0,
+        "{marked:?}"
+    );
+    drop(store);
+    // Phase two is what is stopped: the condemned packs are due (grace 0).
+    lab.enumerate(&Scenario {
+        op: &|ctx, _| {
+            let store = ctx.open(MAIN)?;
+            let access = ctx.access(&store, MAIN)?;
+            store
+                .prune(&access, PruneOptions::default(), &NoProgress)
+                .map(|r| assert!(r.packs_unmarked == 0, "{r:?}"))
+        },
+        after: &|ctx| {
+            // The re-run finished the job: nothing is left to reclaim.
+            let store = ctx.open(MAIN).unwrap();
+            let access = ctx.access(&store, MAIN).unwrap();
+            let r = store
+                .prune(&access, PruneOptions::default(), &NoProgress)
+                .unwrap();
+            assert!(
+                r.packs_deleted == 0
+                    && r.packs_rewritten == 0
+                    && r.chunks_deleted == 0
+                    && r.packs_pending == 0,
+                "{r:?}"
+            );
+            assert!(
+                std::fs::read_dir(store.local_root().unwrap().join("condemned"))
+                    .map_or(true, |d| d.count() == 0),
+                "condemnation records left"
+            );
+        },
+        ..Scenario::default()
+    });
+}
+
+#[test]
 fn trash_empty_stopped_at_every_operation() {
     let mut lab = Lab::new("trash");
     let store = lab.init(MAIN, "alice");
