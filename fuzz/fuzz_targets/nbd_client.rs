@@ -26,8 +26,11 @@ impl Write for Server<'_> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(mut c) = Client::handshake(Server(data), "disk", &[BASE_ALLOCATION, "qemu:dirty-bitmap:b"])
-    else {
+    let Ok(mut c) = Client::handshake(
+        Server(data),
+        "disk",
+        &[BASE_ALLOCATION, "qemu:dirty-bitmap:b"],
+    ) else {
         return;
     };
     let size = c.size();

@@ -24,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
         let Ok(Some((start, end))) = disk.next_data(pos) else {
             break;
         };
-        assert!(pos <= start && start < end && end <= size, "{pos} {start} {end} {size}");
+        assert!(
+            pos <= start && start < end && end <= size,
+            "{pos} {start} {end} {size}"
+        );
         let n = ((end - start) as usize).min(buf.len());
         let _ = disk.read_at(&mut buf[..n], start);
         pos = end;
