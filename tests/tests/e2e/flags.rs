@@ -78,13 +78,18 @@ fn help_page(env: &Env, path: &[&str]) -> (Vec<String>, Vec<Opt>) {
 }
 
 /// A value each option's parser accepts.
-fn sample(value: &str) -> &'static str {
+fn sample(value: &str) -> &str {
+    if let Some((first, _)) = value.split_once('|') {
+        // A choice (`raw|qcow2`): its first value.
+        return first;
+    }
     match value {
         "SIZE" => "64KiB",
         "SECONDS" => "1",
         "FRACTION" => "0.5",
         "CHUNKER" => "cdc",
         "N" => "2",
+        "MIB" => "64",
         _ => "k=v",
     }
 }

@@ -16,7 +16,7 @@ use crate::packs::PackObject;
 use crate::packs::writer::{ChunkWriter, location};
 use crate::progress::Progress;
 use crate::repo::Store;
-use crate::repo::layout::{damaged_pack_key, pack_key};
+use crate::repo::layout::{damaged_pack_key, index_object_key, pack_key};
 
 /// What `repair packs` did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -434,6 +434,9 @@ impl Store {
             Err(e) => return Err(self.object_error(&aside)(e)),
         }
         self.delete_object(&key)?;
+        // Its index object describes a pack no longer there (a crash before this leaves it to
+        // the next prune, which sweeps index objects without their pack).
+        self.delete_object(&index_object_key(id))?;
         Ok(self.describe(&aside).into())
     }
 }

@@ -40,7 +40,7 @@ use crate::packs::reader::ChunkReader;
 use crate::packs::writer::{ChunkWriter, location};
 use crate::progress::Progress;
 use crate::repo::Store;
-use crate::repo::layout::{Kind, pack_key};
+use crate::repo::layout::{Kind, index_object_key, pack_key};
 
 /// Options of `prune`.
 #[derive(Clone, Copy, Debug)]
@@ -83,6 +83,8 @@ pub struct PruneReport {
     pub trash_expired: u64,
     /// Temporary files of interrupted runs removed.
     pub tmp_files_removed: u64,
+    /// Index objects (`packs/XX/ID.idx`) left without their pack, removed.
+    pub index_objects_removed: u64,
     /// Packs left alone because they could not be read (see `check`).
     pub packs_unreadable: Vec<String>,
     /// True for `--dry-run`.
@@ -285,7 +287,7 @@ impl Store {
                 .and_then(|g| c.at.checked_add(g).ok())
                 .is_some_and(|t| t <= now)
         };
-        let mut packs = self.list_packs()?;
+        let (mut packs, index_objects) = self.list_pack_objects()?;
         packs.sort_by_key(|p| condemned.contains_key(&p.id));
         let listed: HashSet<PackId> = packs.iter().map(|p| p.id).collect();
         let mut plan = Plan::default();
@@ -467,7 +469,18 @@ impl Store {
             index.forget_pack(pack)?;
             index.flush()?;
             self.delete_object(&pack_key(pack))?;
+            // After the pack: an index object never describes a pack that a reader could
+            // still find, and one a crash leaves behind is swept below by a later run.
+            self.delete_object(&index_object_key(pack))?;
             deleted.insert(*pack);
+        }
+        // Index objects whose pack is gone (a run stopped between the two deletes, or a pack
+        // set aside by `repair`): a writer creates the pack before its index object, so none of
+        // these is a pack still being written.
+        for pack in index_objects.iter().filter(|p| !listed.contains(p)) {
+            crate::cancel::check()?;
+            self.delete_object(&index_object_key(pack))?;
+            report.index_objects_removed += 1;
         }
 
         // Records: drop the packs deleted, un-marked or gone; a record left empty goes.
@@ -650,6 +663,14 @@ mod tests {
         assert!(r.packs_marked >= 1 && r.packs_unmarked == 0, "{r:?}");
         for p in &condemned {
             assert!(e.store.backend().head(&pack_key(p)).unwrap().is_none());
+            assert!(
+                e.store
+                    .backend()
+                    .head(&index_object_key(p))
+                    .unwrap()
+                    .is_none(),
+                "the index object of pack {p} goes with it"
+            );
         }
         let report = e
             .store
@@ -688,6 +709,36 @@ mod tests {
         assert!(r.packs_unmarked >= 1, "{r:?}");
         assert!(e.store.condemned_packs().unwrap().is_empty());
         assert_restores(&e, report.id, &a);
+    }
+
+    /// An index object whose pack is gone (a prune stopped between the pack's delete and its
+    /// index object's) is swept by the next prune; the index objects of live packs stay.
+    #[test]
+    fn an_index_object_left_without_its_pack_is_removed() {
+        let e = env();
+        let a = image(e.dir.path(), "a.img", 11, 1 << 20);
+        let id = snapshot(&e, &a);
+        let (packs, objects) = e.store.list_pack_objects().unwrap();
+        assert!(!packs.is_empty() && objects.len() == packs.len());
+        let live = packs[0].id;
+        let bytes = e.store.backend().get(&index_object_key(&live)).unwrap();
+        let gone: PackId = "ab".repeat(32).parse().unwrap();
+        e.store
+            .backend()
+            .create(&index_object_key(&gone), &bytes)
+            .unwrap();
+        let r = prune(&e, Duration::ZERO);
+        assert_eq!(r.index_objects_removed, 1, "{r:?}");
+        assert!(
+            e.store
+                .backend()
+                .head(&index_object_key(&gone))
+                .unwrap()
+                .is_none()
+        );
+        let (_, after) = e.store.list_pack_objects().unwrap();
+        assert_eq!(after, objects, "the live packs keep theirs");
+        assert_restores(&e, id, &a);
     }
 
     #[test]

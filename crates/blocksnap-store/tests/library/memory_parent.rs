@@ -94,12 +94,12 @@ fn a_whole_snapshot_create_makes_as_many_requests_in_a_large_store_as_in_a_small
         ops_large.len(),
         "3 snapshots: {ops_small:?}\n30 snapshots: {ops_large:?}"
     );
-    // The only listings are of the few lock objects, the keys and the packs (one request each),
-    // never of the snapshots or other documents.
+    // The only listings are of the few lock objects, the keys, the packs and prune's condemned
+    // records (one request each), never of the snapshots or other documents.
     for l in ops_large.iter().filter(|l| l.contains(" list ")) {
         let prefix = l.rsplit(' ').next().unwrap();
         assert!(
-            ["locks/", "packs/", "keys/"].contains(&prefix),
+            ["locks/", "packs/", "keys/", "condemned/"].contains(&prefix),
             "{l} in {ops_large:?}"
         );
     }
