@@ -6,7 +6,8 @@
 #                   this repository, else blocksnap on PATH)
 #   KEEP=1          keep the work directory (images, repositories, logs, results.tsv)
 #   ROUNDS=N        run every tool's three phases N times (default 3), fresh
-#                   repositories each round, tools in turn within a round; the
+#                   repositories each round, tools in turn within a round (who goes
+#                   first rotates between rounds); the
 #                   table gives the median of each figure, and the ratios of
 #                   every round follow it (this VM's speed drifts by ±30%)
 #
@@ -327,11 +328,7 @@ verify() { # TOOL FILE
     rm -f "$2"
 }
 
-for round in $(seq "$ROUNDS"); do
-    log "round $round of $ROUNDS"
-    rm -rf repos cache restore
-    mkdir repos cache restore
-
+run_blocksnap() {
     # ---------------------------------------------------------------- blocksnap
     export XDG_CONFIG_HOME="$work/config/$round" XDG_DATA_HOME="$work/data/$round"
     bs_store=$work/repos/blocksnap
@@ -347,7 +344,9 @@ for round in $(seq "$ROUNDS"); do
     timed blocksnap restore "$bs_store" "$bs_store" -- \
         "$BLOCKSNAP" --store "$bs_store" --quiet --json snapshot restore "$bs_id" restore/blocksnap.img
     verify blocksnap restore/blocksnap.img
+}
 
+run_restic() {
     # ---------------------------------------------------------------- restic
     export RESTIC_REPOSITORY=$work/repos/restic RESTIC_PASSWORD=x RESTIC_CACHE_DIR=$work/cache/restic
     restic init >logs/restic-init.out 2>&1
@@ -362,7 +361,9 @@ for round in $(seq "$ROUNDS"); do
         restic restore latest --target "$work/restore/restic"
     verify restic "$work/restore/restic$work/stg/disk.img"
     rm -rf restore/restic
+}
 
+run_borg() {
     # ---------------------------------------------------------------- borg
     export BORG_REPO=$work/repos/borg BORG_PASSPHRASE=x BORG_BASE_DIR=$work/borghome \
         BORG_DISPLAY_PASSPHRASE=no
@@ -382,6 +383,21 @@ for round in $(seq "$ROUNDS"); do
     cd "$work"
     verify borg restore/borg/disk.img
     rm -rf restore/borg
+}
+
+# The tools take turns first: round 1 blocksnap restic borg, round 2 restic borg blocksnap, ...
+# (whoever runs first meets the coldest caches and the least fragmented free space).
+tools=(blocksnap restic borg)
+for round in $(seq "$ROUNDS"); do
+    log "round $round of $ROUNDS"
+    rm -rf repos cache restore
+    mkdir repos cache restore
+
+    for i in 0 1 2; do
+        tool=${tools[$(((i + round - 1) % 3))]}
+        log "round $round: $tool"
+        "run_$tool"
+    done
 done
 
 # ---------------------------------------------------------------- table

@@ -16,6 +16,8 @@
 #   nbd:     qemu-img convert -f raw -O raw nbd://127.0.0.1:PORT/SNAP out-nbd.raw, then sync
 #            (timed twice: when qemu-img returns, its output in the page cache, and after the
 #            sync; restore fsyncs its output itself, overlapped with decoding)
+#   nbd -t none -W: the same convert writing with O_DIRECT and out of order, then sync: the
+#            durable copy made as restore makes it, written while it is read
 # against one `blocksnap serve nbd SNAP --listen 127.0.0.1:0` started per round. Both outputs
 # are compared with disk.img by cmp. Throughput is the image's data bytes (what both read and
 # write: holes are skipped by both) per wall second. Prints a Markdown table on stdout.
@@ -102,26 +104,36 @@ for round in $(seq "$ROUNDS"); do
     t3=$(seconds)
     sync
     t4=$(seconds)
-    kill "$server"; wait "$server" 2>/dev/null || true; server=
     cmp disk.img out-nbd.raw || die "the NBD copy differs from disk.img"
-    results+=("$(python3 -c "print(f'{$t1-$t0:.3f} {$t3-$t2:.3f} {$t4-$t2:.3f}')")")
-    log "round $round: restore, nbd, nbd+sync (s): ${results[-1]}"
+    # Durable as it goes, as restore is: the output written with O_DIRECT (-t none), several
+    # requests in flight and out of order (-W), then sync.
+    rm -f out-nbd.raw
+    t5=$(seconds)
+    qemu-img convert -f raw -O raw -t none -W "nbd://$addr/$snap" out-nbd.raw
+    sync
+    t6=$(seconds)
+    kill "$server"; wait "$server" 2>/dev/null || true; server=
+    cmp disk.img out-nbd.raw || die "the direct NBD copy differs from disk.img"
+    results+=("$(python3 -c "print(f'{$t1-$t0:.3f} {$t3-$t2:.3f} {$t4-$t2:.3f} {$t6-$t5:.3f}')")")
+    log "round $round: restore, nbd, nbd+sync, nbd -t none -W +sync (s): ${results[-1]}"
 done
 
 printf '%s\n' "${results[@]}" | python3 -c '
 import statistics, sys
 data = int(sys.argv[1])
 rounds = [tuple(map(float, l.split())) for l in sys.stdin if l.strip()]
-r = statistics.median(x for x, _, _ in rounds)
-n = statistics.median(y for _, y, _ in rounds)
-d = statistics.median(z for _, _, z in rounds)
+r = statistics.median(x for x, _, _, _ in rounds)
+n = statistics.median(y for _, y, _, _ in rounds)
+d = statistics.median(z for _, _, z, _ in rounds)
+o = statistics.median(w for _, _, _, w in rounds)
 mb = data / 1e6
 print("| | median wall s | MB/s of data | of restore |")
 print("|---|---:|---:|---:|")
 print(f"| `snapshot restore` (synced: it fsyncs) | {r:.2f} | {mb / r:.0f} | 100% |")
 print(f"| `qemu-img convert nbd://` (returned) | {n:.2f} | {mb / n:.0f} | {r / n:.0%} |")
 print(f"| `qemu-img convert nbd://` then `sync` | {d:.2f} | {mb / d:.0f} | {r / d:.0%} |")
+print(f"| `qemu-img convert -t none -W nbd://` then `sync` | {o:.2f} | {mb / o:.0f} | {r / o:.0%} |")
 print()
-print("rounds (returned / synced): "
-      + ", ".join(f"{x / y:.0%}/{x / z:.0%}" for x, y, z in rounds))
+print("rounds (returned / synced / direct): "
+      + ", ".join(f"{x / y:.0%}/{x / z:.0%}/{x / w:.0%}" for x, y, z, w in rounds))
 ' "$data_bytes"
