@@ -211,3 +211,84 @@ impl Disk for Qcow2Disk {
         guarded("reading it", || self.access.read(buf, offset))
     }
 }
+
+/// A new qcow2 image being written (a restore target): imago formats it and maps every write
+/// to clusters it allocates; what is never written stays unallocated (reads as zeros, takes no
+/// room). Every call into the library is guarded like the reader's: an error, never a panic.
+pub struct Qcow2Writer {
+    access: FormatAccess<File>,
+    size: u64,
+    /// Writes go one at a time: each may allocate clusters and L2 tables, and a partial
+    /// cluster's neighbours may be written by another thread; serialised, no two allocations
+    /// race (the bytes were decoded in parallel already; a write is a copy to the page cache).
+    writing: Mutex<()>,
+}
+
+impl fmt::Debug for Qcow2Writer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Qcow2Writer")
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+impl Qcow2Writer {
+    /// Formats `file` (new and empty, opened for writing) as a qcow2 image of virtual size
+    /// `size` bytes, with no backing file, 64 KiB clusters, nothing allocated.
+    pub fn create(file: std::fs::File, size: u64) -> io::Result<Qcow2Writer> {
+        use imago::{DenyImplicitOpenGate, FormatCreateBuilder};
+        let access = guarded("creating the image", || {
+            let storage = File::try_from(file)?;
+            let q = Qcow2::<File>::create_builder(storage)
+                .size(size)
+                .create_open(DenyImplicitOpenGate::default(), |image| {
+                    Ok(Qcow2::<File>::builder(image))
+                })?;
+            Ok(FormatAccess::new(q))
+        })
+        .map_err(|e| io::Error::new(e.kind(), detail(&e)))?;
+        if access.size() != size {
+            return Err(io::Error::other(format!(
+                "the qcow2 library made an image of {} bytes, not {size}",
+                access.size()
+            )));
+        }
+        Ok(Qcow2Writer {
+            access,
+            size,
+            writing: Mutex::new(()),
+        })
+    }
+
+    /// The virtual size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Writes `buf` at guest offset `offset` (`offset + buf.len() <= size`).
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > self.size)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "write past the end of the disk",
+            ));
+        }
+        let _one = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        guarded("writing it", || self.access.write(buf, offset))
+            .map_err(|e| io::Error::new(e.kind(), detail(&e)))
+    }
+
+    /// Writes out the library's cached metadata (L1/L2 tables, refcounts) and syncs the file:
+    /// after this the image is complete and durable.
+    pub fn finish(&self) -> io::Result<()> {
+        let _one = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        guarded("writing its metadata", || {
+            self.access.flush()?;
+            self.access.sync()
+        })
+        .map_err(|e| io::Error::new(e.kind(), detail(&e)))
+    }
+}

@@ -70,7 +70,7 @@ pub use serve::nbd::{ServeInfo, ServeOptions, TlsFiles};
 pub use snapshot::create::{SnapshotOptions, SnapshotReport};
 pub use snapshot::diff::{DEFAULT_DIFF_GRANULARITY, DiffOptions, DiffReport};
 pub use snapshot::restore::RestoreReport;
-pub use snapshot::target::{RestoreOptions, TargetKind};
+pub use snapshot::target::{RestoreOptions, TargetFormat, TargetKind};
 
 pub use blocksnap_chunker::ChunkerKind;
 pub use blocksnap_manifest::{

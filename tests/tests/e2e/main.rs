@@ -32,3 +32,4 @@ mod tables;
 mod tampering;
 mod targets;
 mod vm_sources;
+mod vm_targets;

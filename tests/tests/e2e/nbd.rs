@@ -10,10 +10,10 @@ use std::process::{Child, Command, Stdio};
 use crate::common::*;
 
 /// A running `serve nbd`, killed when dropped; its log goes to a file.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    addr: String,
-    export: String,
+    pub(crate) addr: String,
+    pub(crate) export: String,
     log: std::path::PathBuf,
 }
 
@@ -73,7 +73,8 @@ impl Drop for Server {
     }
 }
 
-fn serve(env: &Env, args: &[&str]) -> Server {
+/// `serve nbd ARGS --listen 127.0.0.1:0`, once it listens.
+pub(crate) fn serve(env: &Env, args: &[&str]) -> Server {
     let mut all = args.to_vec();
     all.extend(["--listen", "127.0.0.1:0"]);
     serve_with(env, &all)

@@ -21,10 +21,10 @@ fn require_root(what: &str) {
 }
 
 /// A loop device over a file, detached when dropped.
-struct Loop(String);
+pub(crate) struct Loop(String);
 
 impl Loop {
-    fn new(file: &Path) -> Loop {
+    pub(crate) fn new(file: &Path) -> Loop {
         require_root("losetup");
         let out = Command::new("losetup")
             .args(["-f", "--show"])
@@ -34,7 +34,7 @@ impl Loop {
         assert!(out.status.success(), "losetup: {}", stderr(&out));
         Loop(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
-    fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         &self.0
     }
 }

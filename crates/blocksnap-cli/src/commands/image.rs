@@ -60,7 +60,8 @@ pub(crate) enum ImageCmd {
         image: String,
     },
     /// Write every device of an image into OUTDIR/<device's last path part>.img, each
-    /// byte-identical and sparse. Needs the launch permission and a grant on the image's key.
+    /// byte-identical and sparse (or, with --format qcow2, into ….qcow2 images). Needs the
+    /// launch permission and a grant on the image's key.
     Rebuild {
         /// Image name, id or unique id prefix.
         image: String,
@@ -70,6 +71,10 @@ pub(crate) enum ImageCmd {
         /// Every output is checked before the first is written.
         #[arg(long)]
         force: bool,
+        /// The image format to write: `raw` (OUTDIR/NAME.img, sparse files) or `qcow2`
+        /// (OUTDIR/NAME.qcow2, holding only the data; not through links to block devices).
+        #[arg(long, value_name = "raw|qcow2", default_value = "raw", value_parser = crate::commands::snapshot::parse_target_format)]
+        format: blocksnap_store::TargetFormat,
     },
     /// Let an account (or every account of the store) launch the image. Owner only. An
     /// encrypted image also needs a grant on its key: `blocksnap key grant KEY ACCOUNT`.
@@ -261,8 +266,12 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ImageCmd) -> anyhow::Result<()> {
             image,
             outdir,
             force,
+            format,
         } => {
-            let opts = RestoreOptions { force: *force };
+            let opts = RestoreOptions {
+                force: *force,
+                format: *format,
+            };
             let r =
                 store.rebuild_image(&ctx.access(&store)?, image, outdir, &opts, &ctx.progress)?;
             ctx.output(&r, || {

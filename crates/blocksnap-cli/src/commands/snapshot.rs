@@ -57,6 +57,10 @@ pub(crate) enum SnapshotCmd {
     /// over, only with --force. A block device is opened exclusively (a mounted one is refused)
     /// and must be at least the snapshot's size. Directories, character devices (/dev/null),
     /// FIFOs, sockets and new names under /dev are refused. A symbolic link is followed.
+    ///
+    /// The image is raw unless --format qcow2 is given (the name of OUTPUT is never used to
+    /// guess); other formats: export the snapshot with `blocksnap serve nbd` and convert it
+    /// (`qemu-img convert -O vmdk nbd://… disk.vmdk`, see docs/VM-DISKS.md).
     Restore {
         /// Snapshot id or unique prefix.
         snapshot: String,
@@ -65,6 +69,11 @@ pub(crate) enum SnapshotCmd {
         /// Replace OUTPUT if it is an existing file, or write over it if it is a block device.
         #[arg(long)]
         force: bool,
+        /// The image format to write: `raw` (the disk's bytes, a sparse file) or `qcow2` (a
+        /// qcow2 image holding only the data: holes and all-zero chunks stay unallocated;
+        /// into files only, not onto block devices).
+        #[arg(long, value_name = "raw|qcow2", default_value = "raw", value_parser = parse_target_format)]
+        format: blocksnap_store::TargetFormat,
     },
 }
 
@@ -105,6 +114,11 @@ pub(crate) struct CreateArgs {
 }
 
 fn parse_format(s: &str) -> Result<blocksnap_store::DiskFormat, String> {
+    s.parse()
+}
+
+/// `--format` of `snapshot restore` and `image rebuild`.
+pub(crate) fn parse_target_format(s: &str) -> Result<blocksnap_store::TargetFormat, String> {
     s.parse()
 }
 
@@ -294,8 +308,12 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &SnapshotCmd) -> anyhow::Result<()> {
             snapshot,
             output,
             force,
+            format,
         } => {
-            let opts = blocksnap_store::RestoreOptions { force: *force };
+            let opts = blocksnap_store::RestoreOptions {
+                force: *force,
+                format: *format,
+            };
             let r = store.restore_with(&access()?, snapshot, output, &opts, &ctx.progress)?;
             ctx.output(&r, || restored(&r))
         }
@@ -367,10 +385,14 @@ fn restored(r: &blocksnap_store::RestoreReport) -> String {
     } else {
         r.output.display().to_string()
     };
+    let image = match r.format {
+        blocksnap_store::TargetFormat::Raw => "sparse file",
+        blocksnap_store::TargetFormat::Qcow2 => "qcow2 image",
+    };
     let what = match (r.kind, r.replaced) {
         (blocksnap_store::TargetKind::BlockDevice, _) => format!("onto block device {place}"),
-        (_, true) => format!("to {place}, replacing the file that was there"),
-        (_, false) => format!("to {place}, a new sparse file"),
+        (_, true) => format!("to {place}, replacing the file that was there, as a {image}"),
+        (_, false) => format!("to {place}, a new {image}"),
     };
     let mut t = format!(
         "restored {} {what}: {}, {} of data written, verified, in {:.1} s",

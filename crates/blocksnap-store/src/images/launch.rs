@@ -19,7 +19,7 @@ use crate::progress::Progress;
 use crate::repo::Store;
 use crate::repo::layout::Kind;
 use crate::snapshot::restore::RestoreReport;
-use crate::snapshot::target::{RestoreOptions, TargetKind};
+use crate::snapshot::target::{RestoreOptions, TargetFormat, TargetKind};
 
 /// What `image rebuild` wrote.
 #[derive(Clone, Debug, Serialize)]
@@ -45,10 +45,13 @@ pub struct RebuiltVolume {
     pub size: u64,
     /// Data bytes written.
     pub bytes_written: u64,
-    /// The file written (OUTDIR/<device's last path part>.img).
+    /// The file written (OUTDIR/<device's last path part>.img, or .qcow2 with `--format
+    /// qcow2`).
     pub output: PathBuf,
     /// A file or a block device (when `output` is a symbolic link to one).
     pub kind: TargetKind,
+    /// The image format written: `raw` or `qcow2`.
+    pub format: TargetFormat,
     /// What was written: `output`, or what its symbolic link points to.
     pub written_to: PathBuf,
     /// An existing file was replaced (`--force`).
@@ -110,7 +113,8 @@ impl Store {
     }
 
     /// Rebuilds every device of an image into `outdir/<device's last path part>.img`, each
-    /// byte-identical and sparse, verified chunk by chunk. Each output follows the rules of
+    /// byte-identical and sparse, verified chunk by chunk (with `opts.format` qcow2, into
+    /// `….qcow2` images holding only the data). Each output follows the rules of
     /// `snapshot restore` ([`Store::plan_target`]), and every one is checked before the
     /// first is written.
     pub fn rebuild_image(
@@ -129,14 +133,22 @@ impl Store {
         for s in &snaps {
             self.verify(&codec, s)?;
         }
-        // Every check before anything is created: the directory, then each output in it.
+        // Every check before anything is created: the format, the directory, then each
+        // output in it.
+        for (v, snap) in doc.volumes.iter().zip(&snaps) {
+            crate::snapshot::target::check_format(snap, opts.format)
+                .map_err(|e| e.context(&format!("image {} device {}", doc.name, v.device)))?;
+        }
         let created = self.plan_outdir(outdir)?;
         let mut targets = Vec::new();
         for (v, snap) in doc.volumes.iter().zip(&snaps) {
-            let output = outdir.join(device_file_name(&v.device));
+            let mut output = outdir.join(device_file_name(&v.device));
+            if opts.format == TargetFormat::Qcow2 {
+                output.set_extension("qcow2");
+            }
             let target = if created.is_some() {
                 // A new directory holds only new files.
-                self.new_file_target(&output, snap)
+                self.new_file_target(&output, snap, opts.format)
             } else {
                 self.plan_target(&output, snap, opts)
                     .map_err(|e| e.context(&format!("image {} device {}", doc.name, v.device)))?
@@ -186,6 +198,7 @@ impl Store {
                 bytes_written: r.bytes_written,
                 output: r.output,
                 kind: r.kind,
+                format: r.format,
                 written_to: r.written_to,
                 replaced: r.replaced,
                 tail_left: r.tail_left,

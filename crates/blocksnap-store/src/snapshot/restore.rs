@@ -16,7 +16,9 @@ use crate::fsutil;
 use crate::packs::reader::ChunkReader;
 use crate::progress::Progress;
 use crate::repo::Store;
-use crate::snapshot::target::{RestoreOptions, Target, TargetKind, human, parent_dir, rename_new};
+use crate::snapshot::target::{
+    RestoreOptions, Target, TargetFormat, TargetKind, human, parent_dir, rename_new,
+};
 use crate::snapshot::view::SnapshotView;
 
 /// What `snapshot restore` did (the `--json` output).
@@ -34,6 +36,8 @@ pub struct RestoreReport {
     pub output: PathBuf,
     /// A file or a block device.
     pub kind: TargetKind,
+    /// The image format written: `raw` or `qcow2`.
+    pub format: TargetFormat,
     /// What was written: `output`, or the file or device its symbolic link points to.
     pub written_to: PathBuf,
     /// An existing file was replaced (`--force`).
@@ -55,6 +59,41 @@ const BATCH_BYTES: u64 = 64 << 20;
 /// write (about 1 MiB with the default chunk size). One write per chunk cost 14% more time and
 /// CPU: the writers took the file's lock in turn for every 32 KiB (measured, cold restores).
 const WRITE_RUN: usize = 32;
+
+/// Where a restore's bytes go: the file or device itself (raw), or a qcow2 image in the file.
+enum Sink {
+    Raw(fs::File),
+    /// The image, and the file under it (for the syncs of writeback between batches).
+    Qcow2(blocksnap_source::qcow2::Qcow2Writer, fs::File),
+}
+
+impl Sink {
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        match self {
+            Sink::Raw(f) => f.write_all_at(buf, offset),
+            Sink::Qcow2(q, _) => q.write_at(buf, offset),
+        }
+    }
+
+    /// Starts writeback of what was written so far (the image's metadata is written at the
+    /// end, by [`Sink::sync_all`]).
+    fn sync_data(&self) -> std::io::Result<()> {
+        match self {
+            Sink::Raw(f) | Sink::Qcow2(_, f) => f.sync_data(),
+        }
+    }
+
+    /// Makes everything durable: for qcow2, its tables written first.
+    fn sync_all(&self) -> std::io::Result<()> {
+        match self {
+            Sink::Raw(f) => f.sync_all(),
+            Sink::Qcow2(q, f) => {
+                q.finish()?;
+                f.sync_all()
+            }
+        }
+    }
+}
 
 impl Store {
     /// Rebuilds a snapshot's volume into `output`: a new file, or with `force` an existing
@@ -126,17 +165,40 @@ impl Store {
         // A file is written beside its place and renamed at the end: a failed restore leaves
         // no half image, and an existing file stays as it was until then.
         let tmp = fsutil::tmp_path_for(&target.path);
+        let qcow2 = target.format == TargetFormat::Qcow2;
         let file = match &target.device {
-            Some((f, _)) => f.try_clone().map_err(|e| target.fail("cannot open", e))?,
+            Some(_) if qcow2 => {
+                // Refused when planned; never formats a device.
+                return Err(StoreError::Usage(format!(
+                    "{} is a block device: qcow2 images are written only into files",
+                    target.shown()
+                )));
+            }
+            Some((f, _)) => Sink::Raw(f.try_clone().map_err(|e| target.fail("cannot open", e))?),
             None => {
                 let mut o = OpenOptions::new();
-                o.write(true).create_new(true).mode(0o600);
+                // A qcow2 image's library reads back its own tables: open it for reading too.
+                o.read(qcow2).write(true).create_new(true).mode(0o600);
                 let f = o.open(&tmp).map_err(|e| target.fail("cannot create", e))?;
-                if let Err(e) = f.set_len(doc.size) {
-                    let _ = fs::remove_file(&tmp);
-                    return Err(target.fail("cannot size", e));
+                let made = if qcow2 {
+                    f.try_clone()
+                        .and_then(|under| {
+                            let q = blocksnap_source::qcow2::Qcow2Writer::create(under, doc.size)?;
+                            Ok(Sink::Qcow2(q, f))
+                        })
+                        .map_err(|e| target.fail("cannot create a qcow2 image in", e))
+                } else {
+                    f.set_len(doc.size)
+                        .map(|()| Sink::Raw(f))
+                        .map_err(|e| target.fail("cannot size", e))
+                };
+                match made {
+                    Ok(sink) => sink,
+                    Err(e) => {
+                        let _ = fs::remove_file(&tmp);
+                        return Err(e);
+                    }
                 }
-                f
             }
         };
         let cleanup = |e: StoreError| {
@@ -159,6 +221,9 @@ impl Store {
         // not for the whole image. Its errors fail the restore like the final fsync's.
         let (sync_tx, sync_rx) = crossbeam_channel::bounded::<()>(1);
         let target = &target;
+        // Chunks of zeros not written into a qcow2 image (its unwritten clusters read as
+        // zeros): subtracted from the bytes written.
+        let zeros_skipped = std::sync::atomic::AtomicU64::new(0);
         let written = std::thread::scope(|scope| -> Result<u64> {
             let syncer = scope.spawn(|| -> Result<()> {
                 for () in sync_rx {
@@ -191,7 +256,7 @@ impl Store {
                         let mut run: Vec<u8> = Vec::new();
                         let mut start = 0u64;
                         let write = |run: &[u8], start: u64| {
-                            file.write_all_at(run, start)
+                            file.write_at(run, start)
                                 .map_err(|e| target.fail("cannot write", e))
                         };
                         for (off, len, id) in group {
@@ -201,6 +266,18 @@ impl Store {
                                     "chunk {id} has {} bytes, the extent list says {len}",
                                     data.len()
                                 )));
+                            }
+                            if qcow2 && data.iter().all(|b| *b == 0) {
+                                // Verified above; a qcow2 leaves it unallocated.
+                                if !run.is_empty() {
+                                    write(&run, start)?;
+                                    run.clear();
+                                }
+                                zeros_skipped.fetch_add(
+                                    u64::from(*len),
+                                    std::sync::atomic::Ordering::Relaxed,
+                                );
+                                continue;
                             }
                             if !run.is_empty() && start + run.len() as u64 != *off {
                                 write(&run, start)?;
@@ -253,7 +330,7 @@ impl Store {
                                 let mut p = 0;
                                 while p < len {
                                     let n = (len - p).min(zeros.len() as u64);
-                                    file.write_all_at(&zeros[..n as usize], off + p)
+                                    file.write_at(&zeros[..n as usize], off + p)
                                         .map_err(|e| target.fail("cannot write", e))?;
                                     p += n;
                                 }
@@ -276,9 +353,11 @@ impl Store {
             result?;
             synced?;
             file.sync_all().map_err(|e| target.fail("cannot sync", e))?;
-            Ok(written)
+            Ok(written - zeros_skipped.load(std::sync::atomic::Ordering::Relaxed))
         })
         .map_err(cleanup)?;
+        // The image's library holds the file open until here.
+        drop(file);
         progress.finish();
         if !device {
             let placed = if target.replaces {
@@ -307,6 +386,7 @@ impl Store {
             seconds: started.elapsed().as_secs_f64(),
             output: target.output.clone(),
             kind: target.kind,
+            format: target.format,
             written_to: target.path.clone(),
             replaced: target.replaces,
             device_size: target.device.as_ref().map(|(_, n)| *n),

@@ -18,6 +18,43 @@ pub struct RestoreOptions {
     /// Replace an existing regular file, or write over a block device's content. Without it
     /// only a new file is written.
     pub force: bool,
+    /// The format of the image written [default: raw]. Never guessed from the file name.
+    pub format: TargetFormat,
+}
+
+/// The format a restore writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetFormat {
+    /// The disk's bytes, holes as holes of a sparse file (or zeros on a block device).
+    #[default]
+    Raw,
+    /// A qcow2 image (made by the `imago` library) holding only the chunks with data: holes
+    /// and all-zero chunks stay unallocated clusters. Files only, not block devices.
+    Qcow2,
+}
+
+impl TargetFormat {
+    /// The name `--format` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetFormat::Raw => "raw",
+            TargetFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+impl std::str::FromStr for TargetFormat {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "raw" => Ok(TargetFormat::Raw),
+            "qcow2" => Ok(TargetFormat::Qcow2),
+            other => Err(format!(
+                "unknown image format '{other}': give raw or qcow2 (for any other format, export the snapshot with `blocksnap serve nbd` and convert it: `qemu-img convert -O vmdk nbd://…`)"
+            )),
+        }
+    }
 }
 
 /// What a restore writes to.
@@ -38,6 +75,8 @@ pub(crate) struct Target {
     /// What is written: `output`, or the file or device its symbolic link points to.
     pub(crate) path: PathBuf,
     pub(crate) kind: TargetKind,
+    /// The format written.
+    pub(crate) format: TargetFormat,
     /// An existing regular file is replaced.
     pub(crate) replaces: bool,
     /// The block device (opened with `O_EXCL`) and its size.
@@ -116,6 +155,20 @@ fn absent(e: &std::io::Error) -> bool {
         e.kind(),
         std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
     )
+}
+
+/// Refuses a format a snapshot cannot be written in without loss: a qcow2 image's size is in
+/// whole 512-byte sectors for QEMU (it rounds a qcow2 image's size down, losing the tail).
+pub(crate) fn check_format(doc: &SnapshotDoc, format: TargetFormat) -> Result<()> {
+    if format == TargetFormat::Qcow2 && doc.size % 512 != 0 {
+        return Err(StoreError::Usage(format!(
+            "snapshot {} is {} bytes, not a whole number of 512-byte sectors: QEMU would read a qcow2 image of it {} bytes short (it rounds a qcow2 image's size down to a sector); nothing was written. Restore it raw",
+            doc.id,
+            doc.size,
+            doc.size % 512
+        )));
+    }
+    Ok(())
 }
 
 /// Whether `path` (absolute) is in `/dev` (but not `/dev/shm`, a place for files).
@@ -209,7 +262,8 @@ impl Store {
         opts: &RestoreOptions,
     ) -> Result<Target> {
         let shown = output.display();
-        let mut target = self.new_file_target(output, doc);
+        check_format(doc, opts.format)?;
+        let mut target = self.new_file_target(output, doc, opts.format);
         if output.as_os_str().is_empty() || output.as_os_str().as_encoded_bytes().ends_with(b"/") {
             return Err(StoreError::Usage(format!(
                 "'{shown}' is not a file name; give the file (or block device) to restore into"
@@ -287,6 +341,12 @@ impl Store {
             )));
         }
         target.kind = TargetKind::BlockDevice;
+        if opts.format == TargetFormat::Qcow2 {
+            return Err(StoreError::Usage(format!(
+                "{} is a block device: blocksnap writes qcow2 images only into files; nothing was written. Restore raw onto the device (without --format qcow2), or give a file name for the qcow2 image",
+                target.shown()
+            )));
+        }
         if !opts.force {
             return Err(StoreError::Usage(format!(
                 "{} is a block device: restoring overwrites its content. Pass --force to write the snapshot onto it",
@@ -328,12 +388,19 @@ impl Store {
         Ok(target)
     }
 
-    /// A new regular file at `output` for a snapshot of `doc`, as yet unchecked.
-    pub(crate) fn new_file_target(&self, output: &Path, doc: &SnapshotDoc) -> Target {
+    /// A new regular file at `output` for a snapshot of `doc`, written in `format`, as yet
+    /// unchecked.
+    pub(crate) fn new_file_target(
+        &self,
+        output: &Path,
+        doc: &SnapshotDoc,
+        format: TargetFormat,
+    ) -> Target {
         Target {
             output: output.to_path_buf(),
             path: output.to_path_buf(),
             kind: TargetKind::File,
+            format,
             replaces: false,
             device: None,
             size: doc.size,

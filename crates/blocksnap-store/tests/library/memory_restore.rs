@@ -113,7 +113,10 @@ fn an_existing_file_is_replaced_only_when_asked() {
             &m.access,
             &r.id.to_string(),
             &out,
-            &RestoreOptions { force: true },
+            &RestoreOptions {
+                force: true,
+                ..RestoreOptions::default()
+            },
             &NoProgress,
         )
         .unwrap();
