@@ -8,7 +8,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Output;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use blocksnap_backend::Backend;
 use blocksnap_s3::moto::Moto;
@@ -172,15 +172,22 @@ fn a_bad_s3_url_and_recovery_import_into_s3_are_usage_errors() {
 ///
 /// Started with [`Proxy::stripping`], it also reads the HTTP requests it forwards and, while
 /// stripping is on, drops their `If-None-Match` and `If-Match` headers: moto behind it then
-/// acts as a server that accepts conditional writes and ignores them (as Garage does).
+/// acts as a server that accepts conditional writes and ignores them (as Garage does). It can
+/// also drop `If-Match` alone ([`Proxy::strip_if_match_only`]): a server that refuses a second
+/// create but not a stale swap.
 struct Proxy {
     port: u16,
     cut: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
-    strip: Arc<AtomicBool>,
+    strip: Arc<AtomicU8>,
     stripped: Arc<AtomicU64>,
 }
+
+/// What a stripping proxy drops: nothing, both conditional headers, or `If-Match` alone.
+const STRIP_NONE: u8 = 0;
+const STRIP_BOTH: u8 = 1;
+const STRIP_IF_MATCH: u8 = 2;
 
 /// Reads some bytes from `from` (which has a short read timeout) into `buf`, waiting while
 /// nothing comes; `None` at the end of the stream, on an error, or once `cut` is set.
@@ -205,21 +212,24 @@ fn read_some(from: &mut TcpStream, buf: &mut [u8], cut: &AtomicBool) -> Option<u
     }
 }
 
-/// The headers a server that ignores conditional writes never sees.
-fn is_conditional(line: &[u8]) -> bool {
+/// Whether a header line is one that `mode` drops.
+fn is_stripped(line: &[u8], mode: u8) -> bool {
     let line = String::from_utf8_lossy(line).to_ascii_lowercase();
-    line.starts_with("if-none-match:") || line.starts_with("if-match:")
+    match mode {
+        STRIP_BOTH => line.starts_with("if-none-match:") || line.starts_with("if-match:"),
+        STRIP_IF_MATCH => line.starts_with("if-match:"),
+        _ => false,
+    }
 }
 
 /// Forwards the HTTP/1.1 requests of one connection from `from` to `to`, one at a time (a head,
-/// then a body of `Content-Length` bytes), dropping the conditional headers of each while
-/// `strip` is set. A chunked body (the client sends none) ends the parsing: the rest is copied
+/// then a body of `Content-Length` bytes), dropping the headers `strip` says. A chunked body (the client sends none) ends the parsing: the rest is copied
 /// as it is.
 fn forward_requests(
     mut from: TcpStream,
     mut to: TcpStream,
     cut: &AtomicBool,
-    strip: &AtomicBool,
+    strip: &AtomicU8,
     stripped: &AtomicU64,
     sent: &AtomicU64,
 ) {
@@ -252,7 +262,7 @@ fn forward_requests(
             if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
                 chunked = true;
             }
-            if strip.load(Ordering::SeqCst) && is_conditional(line) {
+            if is_stripped(line, strip.load(Ordering::SeqCst)) {
                 stripped.fetch_add(1, Ordering::SeqCst);
                 continue;
             }
@@ -312,7 +322,7 @@ impl Proxy {
         let cut = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let strip = Arc::new(AtomicBool::new(false));
+        let strip = Arc::new(AtomicU8::new(STRIP_NONE));
         let stripped = Arc::new(AtomicU64::new(0));
         let (c, s, st) = (cut.clone(), sent.clone(), stop.clone());
         let (sp, spd) = (strip.clone(), stripped.clone());
@@ -401,7 +411,13 @@ impl Proxy {
 
     /// Whether the conditional headers are dropped from now on ([`Proxy::stripping`] only).
     fn set_strip(&self, strip: bool) {
-        self.strip.store(strip, Ordering::SeqCst);
+        let mode = if strip { STRIP_BOTH } else { STRIP_NONE };
+        self.strip.store(mode, Ordering::SeqCst);
+    }
+
+    /// Drops `If-Match` alone from now on ([`Proxy::stripping`] only).
+    fn strip_if_match_only(&self) {
+        self.strip.store(STRIP_IF_MATCH, Ordering::SeqCst);
     }
 
     /// How many conditional headers were dropped so far.

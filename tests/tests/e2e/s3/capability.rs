@@ -48,11 +48,22 @@ fn init_on_a_server_ignoring_conditional_writes_is_refused_unless_single_writer(
     ] {
         assert!(err.contains(needle), "no {needle:?} in: {err}");
     }
+    assert!(!err.contains(".blocksnap-probe"), "{err}");
     assert_eq!(keys(&moto, "s3://cap"), Vec::<String>::new());
     assert!(
         !env.path("config").join("blocksnap").exists(),
         "no identity is written for a store that was not made"
     );
+
+    // A server that refuses a second create but ignores If-Match: refused too, saying so.
+    proxy.strip_if_match_only();
+    let out = through(&env, &moto, &proxy, &["init", "--account", "alice"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("stale If-Match"), "{err}");
+    assert!(err.contains("--single-writer"), "{err}");
+    assert_eq!(keys(&moto, "s3://cap"), Vec::<String>::new());
+    proxy.set_strip(true);
 
     // Told it is single-writer, init makes the store and records it.
     env.store = PathBuf::from("s3://cap/single");
@@ -152,6 +163,8 @@ fn a_store_for_several_writers_is_refused_on_a_server_ignoring_conditional_write
         proxy.endpoint().as_str(),
         "s3://cap/store",
         "If-None-Match",
+        "made for several writers",
+        "AWS_ENDPOINT_URL",
         "--single-writer",
     ] {
         assert!(err.contains(needle), "no {needle:?} in: {err}");
