@@ -107,6 +107,35 @@ fn init_on_a_server_ignoring_conditional_writes_is_refused_unless_single_writer(
         &["snapshot", "restore", id, out.to_str().unwrap()],
     );
     assert_same(&image, &out);
+    // A second version: the volume's head moves (an in-place update, unconditional here) and
+    // only the changed data is stored.
+    let mut data = std::fs::read(&image).unwrap();
+    data[..1 << 20].copy_from_slice(&random_bytes(1 << 20, 32));
+    std::fs::write(&image, &data).unwrap();
+    let second = ok_json(
+        via(&env, &moto, &proxy),
+        &[
+            "snapshot",
+            "create",
+            image.to_str().unwrap(),
+            "--volume",
+            "vm1",
+        ],
+    );
+    assert_eq!(second["parent"], id, "{second}");
+    let new = second["bytes_new"].as_u64().unwrap();
+    assert!(new < 2 << 20, "{second}");
+    let out = env.path("restored-2.img");
+    ok_json(
+        via(&env, &moto, &proxy),
+        &[
+            "snapshot",
+            "restore",
+            second["id"].as_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_same(&image, &out);
     let check = ok_json(via(&env, &moto, &proxy), &["check", "--read-data"]);
     assert_eq!(check["ok"], true, "{check}");
     // Nothing of the probes is left in the bucket.
