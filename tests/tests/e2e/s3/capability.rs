@@ -202,6 +202,34 @@ fn a_store_for_several_writers_is_refused_on_a_server_ignoring_conditional_write
     // Every later command from there is checked again (a refusal is not cached).
     let out = through(&env, &moto, &proxy, &["snapshot", "list"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // So is the store as the target of `image copy` from a local store.
+    let local = env.path("local");
+    let on_local = || {
+        let mut c = env.cmd_at(&local);
+        c.envs(moto.env())
+            .env("AWS_ENDPOINT_URL", proxy.endpoint())
+            .env("BLOCKSNAP_S3_RETRY_TIMEOUT", "5");
+        c
+    };
+    ok_json(on_local(), &["init", "--account", "bob"]);
+    ok_json(
+        on_local(),
+        &[
+            "image",
+            "create",
+            "web",
+            "--volume",
+            &format!("/dev/sda={}", image.display()),
+        ],
+    );
+    let out = on_local()
+        .args(["image", "copy", "web", "--to", "s3://cap/store"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("made for several writers"), "{err}");
+    assert_eq!(keys(&moto, "s3://cap/store"), before);
 
     // Moto's own endpoint is still the one cached as honouring them: the store works there.
     let cache = env
