@@ -304,6 +304,21 @@ fn policy_trash_prune_check_repair_and_unlock_on_s3() {
     let list = s.json(&["snapshot", "list", "--tag", "blocksnap:policy=nightly"]);
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     assert_eq!(list[0]["id"], p2.as_str());
+    // The store named by BLOCKSNAP_STORE instead of --store: the same list.
+    let out = Command::new(env!("CARGO_BIN_EXE_blocksnap-e2e"))
+        .env("XDG_CONFIG_HOME", s.env.path("config"))
+        .env("XDG_CACHE_HOME", s.env.path("cache"))
+        .env("XDG_DATA_HOME", s.env.path("data"))
+        .env_remove("BLOCKSNAP_ACCOUNT")
+        .env_remove("BLOCKSNAP_IDENTITY")
+        .env("BLOCKSNAP_STORE", s.url())
+        .envs(moto.env())
+        .args(["--json", "snapshot", "list"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let by_env: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(by_env[0]["id"], p2.as_str(), "{by_env}");
 
     // The trash: the expired snapshot is there and comes back, restorable.
     let trash = s.json(&["trash", "list"]);
@@ -464,5 +479,84 @@ fn policy_trash_prune_check_repair_and_unlock_on_s3() {
     );
     // The store is sound after all of it.
     let check = s.json(&["check"]);
+    assert_eq!(check["ok"], true, "{check}");
+}
+
+/// `repair packs` on a bucket: a pack whose bytes were changed in the bucket is found by `check
+/// --read-data` (exit 4), set aside by `repair packs --read-data`, and the next snapshot of the
+/// intact disk stores what was lost, after which everything restores and check is clean.
+#[test]
+fn a_damaged_pack_in_the_bucket_is_found_set_aside_and_healed() {
+    let moto = Moto::start();
+    moto.create_bucket("cmds");
+    let s = store(&moto, "heal");
+    let img = s.env.path("disk.img");
+    let mut data = random_bytes(3 << 20, 71);
+    data.extend(text_bytes(1 << 20, 72));
+    std::fs::write(&img, &data).unwrap();
+    let snap = s.json(&[
+        "snapshot",
+        "create",
+        img.to_str().unwrap(),
+        "--volume",
+        "disk",
+    ]);
+    let packs = s.packs();
+    let backend = bucket(&moto, &s.url());
+    // The largest pack, one byte flipped in its middle (its trailer intact), put back in place.
+    let pack = packs
+        .iter()
+        .max_by_key(|k| backend.head(k).unwrap().unwrap().size)
+        .unwrap()
+        .clone();
+    let mut bytes = backend.get(&pack).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    backend.delete(&pack).unwrap();
+    backend.create(&pack, &bytes).unwrap();
+    let pack_id = pack.rsplit('/').next().unwrap().to_string();
+
+    let out = s.run(&["--json", "check", "--read-data"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["damaged_snapshots"],
+        serde_json::json!([id(&snap)]),
+        "{report}"
+    );
+    assert!(
+        report["problems"].to_string().contains(&pack_id),
+        "{report}"
+    );
+
+    let repaired = s.json(&["repair", "packs", "--read-data"]);
+    assert_eq!(
+        repaired["damaged_packs"],
+        serde_json::json!([pack_id]),
+        "{repaired}"
+    );
+    assert!(
+        repaired["chunks_forgotten"].as_u64().unwrap() >= 1,
+        "{repaired}"
+    );
+    let keys = s.keys();
+    assert!(!keys.contains(&pack), "{keys:?}");
+    assert!(keys.contains(&format!("{pack}.damaged")), "{keys:?}");
+
+    // The intact disk snapshotted again stores the lost chunks; both snapshots restore.
+    let again = s.json(&[
+        "snapshot",
+        "create",
+        img.to_str().unwrap(),
+        "--volume",
+        "disk",
+    ]);
+    assert!(again["chunks_new"].as_u64().unwrap() >= 1, "{again}");
+    for snap in [&snap, &again] {
+        let out = s.env.path(&format!("out-{}.img", id(snap)));
+        s.json(&["snapshot", "restore", &id(snap), out.to_str().unwrap()]);
+        assert_same(&img, &out);
+    }
+    let check = s.json(&["check", "--read-data"]);
     assert_eq!(check["ok"], true, "{check}");
 }
