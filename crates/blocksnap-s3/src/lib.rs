@@ -337,10 +337,7 @@ impl S3Backend {
             key,
             std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
-                format!(
-                    "the server does not honour conditional writes: {what}; several writers \
-                     cannot share a store there safely"
-                ),
+                format!("the server does not honour conditional writes: {what}"),
             ),
         )
     }

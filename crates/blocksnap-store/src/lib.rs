@@ -58,6 +58,7 @@ pub use lifecycle::prune::{PruneOptions, PruneReport};
 pub use lifecycle::trash::TrashEntry;
 pub use packs::index::IndexRefresh;
 pub use progress::{NoProgress, Progress};
+pub use repo::capability::ignored_conditional_writes;
 pub use repo::documents::{QUARANTINE, QuarantinedDoc, RepairDocumentsReport};
 pub use repo::location::{SUPPORTED_SCHEMES, local_store_path};
 pub use repo::lock::{LockEntry, LockStatus, UnlockReport};

@@ -63,14 +63,18 @@ pub(crate) fn run(ctx: &Ctx<'_>, a: &InitArgs) -> anyhow::Result<()> {
             match backend.probe() {
                 Ok(()) => {}
                 Err(e) if e.is_unsupported() && a.single_writer => ctx.note(&format!(
-                    "{e}; the store is made single-writer (--single-writer): only one host at \
-                     a time may write to it"
+                    "note: {}; the store is made single-writer (--single-writer): only one host \
+                     at a time may write to it",
+                    blocksnap_store::ignored_conditional_writes(&e)
                 )),
                 Err(e) if e.is_unsupported() => {
                     return Err(StoreError::Usage(format!(
-                        "{e}. Use a server that honours If-None-Match and If-Match (see \
-                         docs/S3.md), or, if only one host at a time will ever write to this \
-                         store, `blocksnap init --single-writer`. Nothing was created."
+                        "{}. On such a server two hosts sharing a store could overwrite each \
+                         other's locks and volume heads. Use a server that honours If-None-Match \
+                         and If-Match (AWS S3, MinIO, Ceph RGW 18+; see docs/S3.md), or, if only \
+                         one host at a time will ever write to this store, `blocksnap init \
+                         --single-writer`. Nothing was created.",
+                        blocksnap_store::ignored_conditional_writes(&e)
                     ))
                     .into());
                 }

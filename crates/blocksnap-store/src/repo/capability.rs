@@ -4,6 +4,8 @@
 //! nothing. A server that fails is refused unless the store was made with `init
 //! --single-writer`. See docs/S3.md.
 
+use blocksnap_backend::BackendError;
+
 use crate::error::{Result, StoreError};
 use crate::progress::Progress;
 use crate::repo::Store;
@@ -36,11 +38,15 @@ impl Store {
                 Ok(())
             }
             Err(e) if e.is_unsupported() => Err(StoreError::Usage(format!(
-                "{e}. blocksnap lets several hosts share a store only on a server that refuses a \
-                 second create of one key (If-None-Match) and a stale swap (If-Match); this one \
-                 does not, so two writers could overwrite each other's objects. Use a server \
-                 that does (AWS S3, MinIO, Ceph RGW 18+, see docs/S3.md), or make a store that \
-                 only one host at a time writes to with `blocksnap init --single-writer`"
+                "{}. This store was made for several writers (without `init --single-writer`), \
+                 and on a server that ignores these conditions two hosts could overwrite each \
+                 other's locks and volume heads, so blocksnap does not use it there. Point \
+                 AWS_ENDPOINT_URL at a server that refuses a second create of one key \
+                 (If-None-Match) and a stale swap (If-Match): AWS S3, MinIO, Ceph RGW 18+, or \
+                 the server this store was used on before. On a server like this one only a \
+                 store made with `blocksnap init --single-writer` (one host writing at a time) \
+                 can be used; see docs/S3.md, \"The capability check\"",
+                ignored_conditional_writes(&e)
             ))),
             Err(blocksnap_backend::BackendError::ReadOnly { .. }) => {
                 progress.message(&format!(
@@ -51,5 +57,17 @@ impl Store {
             }
             Err(e) => Err(StoreError::backend(e)),
         }
+    }
+}
+
+/// What a failed capability probe says, for people: the store and its endpoint, and which of
+/// the two conditional writes the server ignored (`STORE (endpoint URL): the server does not
+/// honour conditional writes: …`), without the probe object's random name.
+pub fn ignored_conditional_writes(e: &BackendError) -> String {
+    match e {
+        BackendError::Io {
+            location, source, ..
+        } if e.is_unsupported() => format!("{location}: {source}"),
+        e => e.to_string(),
     }
 }
