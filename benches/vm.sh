@@ -121,6 +121,7 @@ for round in $(seq "$ROUNDS"); do
     for v in $(rotate "$round" raw qcow2); do
         rm -rf "first-$v" "cache-first-$v" "config-first-$v"
         bs "first-$v" init >/dev/null
+        sync
         timed "first-$v-$round" bs "first-$v" --json snapshot create "base.$v" --volume disk
         line+="$v=$(wall "first-$v-$round") "
     done
@@ -199,6 +200,7 @@ for round in $(seq "$ROUNDS"); do
         *)
             rm -rf "inc-$v" "cache-inc-$v" "config-inc-$v"
             cp -a inc0 "inc-$v"; cp -a cache-inc0 "cache-inc-$v"; cp -a config-inc0 "config-inc-$v"
+            sync   # the copy's dirty pages are not the timed command's to write
             case $v in
             full-qcow2) timed "inc-$v-$round" bs "inc-$v" --json snapshot create vm.qcow2 --volume vm ;;
             full-nbd)
@@ -219,7 +221,7 @@ for round in $(seq "$ROUNDS"); do
 done
 
 # The bitmap snapshot restores to the changed disk.
-snap=$(jq -r .id "logs/inc-bitmap-1.out")
+snap=$(jq -r .id "logs/inc-bitmap-$ROUNDS.out")   # the store of the last round
 bs inc-bitmap snapshot restore "$snap" restored.raw >/dev/null
 cmp changed.raw restored.raw || die "the bitmap snapshot does not restore to the changed disk"
 read_full=$(jq -r .bytes_read "logs/inc-full-nbd-1.out")
