@@ -124,6 +124,37 @@ fn detail(e: &io::Error) -> String {
     s
 }
 
+/// Refuses a qcow2 file whose L1 table lies (even partly) past the file's end: the library
+/// reads such a table as empty, so the damaged disk would read as zeros, silently. Files that
+/// are not qcow2 (a raw backing file, an external data file) are not looked at; neither is
+/// anything the library already checked.
+fn l1_within_file(file: &Path) -> Result<(), String> {
+    use std::io::Read;
+    let mut header = [0u8; 48];
+    let mut f = match std::fs::File::open(file) {
+        Ok(f) => f,
+        Err(_) => return Ok(()), // the library opened it; a race is the library's to report
+    };
+    if f.read_exact(&mut header).is_err() || header[..4] != *b"QFI\xfb" {
+        return Ok(());
+    }
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    let be32 =
+        |r: std::ops::Range<usize>| u32::from_be_bytes(header[r].try_into().unwrap_or([0; 4]));
+    let l1_size = u64::from(be32(36..40));
+    let l1_offset = u64::from_be_bytes(header[40..48].try_into().unwrap_or([0; 8]));
+    let end = l1_size
+        .checked_mul(8)
+        .and_then(|n| n.checked_add(l1_offset));
+    match end {
+        Some(end) if l1_size == 0 || end <= len => Ok(()),
+        _ => Err(format!(
+            "its L1 table ({l1_size} entries at byte {l1_offset}) lies past the end of the file \
+             ({len} bytes), so its data cannot be found: the image is damaged or cut short"
+        )),
+    }
+}
+
 impl Qcow2Disk {
     /// Opens `path` (a qcow2 image) and its backing chain, read-only.
     pub fn open(path: &Path) -> Result<Qcow2Disk, OpenError> {
@@ -139,6 +170,16 @@ impl Qcow2Disk {
         })?;
         let size = access.size();
         let chain = opened.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for file in std::iter::once(path).chain(chain.iter().map(PathBuf::as_path)) {
+            l1_within_file(file).map_err(|detail| OpenError {
+                path: path.to_path_buf(),
+                detail: if file == path {
+                    detail
+                } else {
+                    format!("its backing file {}: {detail}", file.display())
+                },
+            })?;
+        }
         Ok(Qcow2Disk {
             access,
             size,
