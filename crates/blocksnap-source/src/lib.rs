@@ -31,6 +31,13 @@ pub trait Disk: Send + Sync {
 
     /// Fills `buf` with the guest bytes at `offset` (`offset + buf.len() <= size`).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+
+    /// The smallest read worth asking for, in bytes: a disk whose every read waits a round
+    /// trip (an NBD export) says how much one read should cover to keep it busy. 0 (the
+    /// default): the reader's own size is fine.
+    fn min_read(&self) -> usize {
+        0
+    }
 }
 
 /// How a disk image file is laid out.

@@ -489,6 +489,11 @@ const KNOWN_BATCH: usize = 4096;
 impl<'a> Reader<'a> {
     fn new(source: &'a Source, chunker: &'a Chunker) -> Self {
         let (window, read_size) = read_sizes(chunker);
+        // A disk whose reads each wait a round trip reads more at once; the window (a batch's
+        // size) stays, and a batch may hold one such read.
+        let read_size = read_size
+            .max(source.disk.min_read().next_multiple_of(ZERO_BLOCK))
+            .min(window);
         Reader {
             source,
             split: Splitter::new(chunker, window + chunker.min_window() + 2 * ZERO_RUN_MIN),
