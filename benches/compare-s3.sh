@@ -138,6 +138,7 @@ timed() { # TOOL PHASE -- CMD...
     /usr/bin/time -f '%e %M %U %S' -o "$l.time" sh -c '"$@" && sync' sh "$@" >"$l.out" 2>"$l.err" \
         || { cat "$l.err" "$l.time" >&2; die "$tool $phase failed"; }
     after=$(requests)
+    grep -E '"(GET|PUT|POST|HEAD|DELETE) ' logs/moto.log | sed -n "$((before + 1)),${after}p" >"$l.requests"
     local secs rss usr sys; read -r secs rss usr sys < <(tail -n 1 "$l.time")
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$phase" "$secs" "$rss" \
         "$(awk -v u="$usr" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')" $((after - before)) >>results.tsv
@@ -193,3 +194,39 @@ for phase in ["initial", "incremental", "restore"]:
     b, r = float(by[("blocksnap", phase)]["seconds"]), float(by[("restic", phase)]["seconds"])
     print(f"- {phase}: blocksnap {r / max(b, 0.01):.2f}x restic's speed")
 PY
+# Requests by kind: method and the kind of object (the first path part under the store, a
+# listing when the path ends at the bucket, .idx apart from packs).
+echo
+echo "Requests by kind (method object-kind: count):"
+echo
+for tool in blocksnap restic; do
+    for phase in initial incremental restore; do
+        printf -- '- %s %s: ' "$tool" "$phase"
+        python3 - "logs/$tool-$phase.requests" "$tool" <<'PY'
+import collections, re, sys
+from urllib.parse import urlsplit, parse_qs
+tool = sys.argv[2]
+kinds = collections.Counter()
+for line in open(sys.argv[1]):
+    m = re.search(r'"(GET|PUT|POST|HEAD|DELETE) (\S+) ', line)
+    if not m:
+        continue
+    method, target = m.groups()
+    u = urlsplit(target)
+    parts = [p for p in u.path.split("/") if p]
+    q = parse_qs(u.query, keep_blank_values=True)
+    if len(parts) <= 1:
+        pre = q["prefix"][0].split("/") if "prefix" in q else None
+        skip = 1 if tool == "blocksnap" else 0   # blocksnap's objects are under store/
+        kind = "list " + (pre[skip:skip + 1] or ["/"])[0] if pre is not None else "bucket"
+        kinds[(method, kind.strip())] += 1
+        continue
+    rest = parts[2:] if tool == "blocksnap" else parts[1:]
+    kind = rest[0] if rest else "?"
+    if parts[-1].endswith(".idx"):
+        kind = "idx"
+    kinds[(method, kind)] += 1
+print(", ".join(f"{m} {k}: {n}" for (m, k), n in sorted(kinds.items(), key=lambda x: -x[1])))
+PY
+    done
+done
