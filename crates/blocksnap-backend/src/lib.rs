@@ -164,6 +164,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// object as it was when opened.
     fn open(&self, key: &str) -> Result<Arc<dyn ObjectReader>>;
 
+    /// [`Backend::open`] and the object's first `len` bytes (a pack's header), read as
+    /// [`ObjectReader::read_at`] reads them. An object store does both in one ranged GET, whose
+    /// answer carries the size and version the handle then keeps; the default opens and reads.
+    fn open_reading(&self, key: &str, len: u64) -> Result<(Arc<dyn ObjectReader>, Vec<u8>)> {
+        let reader = self.open(key)?;
+        let head = reader.read_at(0, len)?;
+        Ok((reader, head))
+    }
+
     /// What interrupted writes left behind (a local directory's `.tmp-…` files), by path
     /// relative to the store; none where writes leave nothing (an object store).
     fn temporaries(&self) -> Result<Vec<ObjectMeta>> {

@@ -699,6 +699,39 @@ impl Backend for S3Backend {
         }))
     }
 
+    fn open_reading(&self, key: &str, len: u64) -> Result<(Arc<dyn ObjectReader>, Vec<u8>)> {
+        if len == 0 {
+            return Ok((self.open(key)?, Vec::new()));
+        }
+        let path = self.path(key)?;
+        let store = self.store.clone();
+        let r = self.block_on(async move {
+            let opts = GetOptions {
+                range: Some(GetRange::Bounded(0..len)),
+                ..Default::default()
+            };
+            let got = store.get_opts(&path, opts).await?;
+            let meta = got.meta.clone();
+            Ok::<_, object_store::Error>((meta, got.bytes().await?))
+        });
+        let (meta, bytes) = r.map_err(|e| self.map_err("read", key, e))?;
+        if bytes.len() as u64 != len {
+            return Err(BackendError::OutOfRange {
+                key: key.into(),
+                offset: 0,
+                len,
+                size: meta.size,
+            });
+        }
+        let reader = S3Reader {
+            backend: self.clone(),
+            key: key.into(),
+            size: meta.size,
+            e_tag: meta.e_tag,
+        };
+        Ok((Arc::new(reader), bytes.to_vec()))
+    }
+
     fn parallelism(&self) -> usize {
         self.connections
     }
@@ -818,9 +851,15 @@ mod tests {
     }
 
     /// A proxy in front of `upstream` that drops the conditional headers of every request: a
-    /// server that accepts `If-None-Match` and `If-Match` and ignores them, as some do. One
-    /// request per connection (it asks the server to close), so each request head is rewritten.
+    /// server that accepts `If-None-Match` and `If-Match` and ignores them, as some do.
     fn forgetful_proxy(upstream: u16) -> u16 {
+        proxy(upstream, true, Arc::default())
+    }
+
+    /// A proxy in front of `upstream` that notes each request's first line (`GET /b/k HTTP/1.1`)
+    /// in `log`, and drops the conditional headers if `strip`. One request per connection (it
+    /// asks the server to close), so each request head is seen.
+    fn proxy(upstream: u16, strip: bool, log: Arc<std::sync::Mutex<Vec<String>>>) -> u16 {
         use std::io::{Read, Write};
         use std::net::{Shutdown, TcpListener, TcpStream};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -828,6 +867,7 @@ mod tests {
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(mut client) = client else { return };
+                let log = log.clone();
                 std::thread::spawn(move || {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 8192];
@@ -841,13 +881,15 @@ mod tests {
                         }
                     };
                     let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    let first = head.split("\r\n").next().unwrap_or_default().to_string();
+                    log.lock().unwrap().push(first);
                     let mut out: String = head
                         .split("\r\n")
                         .filter(|l| {
                             let l = l.to_ascii_lowercase();
-                            !l.starts_with("if-none-match:")
-                                && !l.starts_with("if-match:")
-                                && !l.starts_with("connection:")
+                            let conditional =
+                                l.starts_with("if-none-match:") || l.starts_with("if-match:");
+                            !(strip && conditional) && !l.starts_with("connection:")
                         })
                         .map(|l| format!("{l}\r\n"))
                         .collect();
@@ -897,6 +939,50 @@ mod tests {
         );
         // The same bucket without the proxy passes.
         backend(&moto, "s3://forgetful/store").probe().unwrap();
+    }
+
+    #[test]
+    fn opening_with_a_read_is_one_request() {
+        let moto = moto::Moto::start();
+        moto.create_bucket("packs");
+        let log: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let port = proxy(moto.port(), false, log.clone());
+        let mut settings: Vec<(&str, String)> = moto.env();
+        settings.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
+        settings.push(("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")));
+        let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let b = S3Backend::from_url_with("s3://packs/store", &settings).unwrap();
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        b.create("packs/ab/p1", &data).unwrap();
+        log.lock().unwrap().clear();
+
+        // One ranged GET opens the object and brings its first bytes; the handle knows the size.
+        let (reader, head) = b.open_reading("packs/ab/p1", 100).unwrap();
+        assert_eq!(head, data[..100]);
+        assert_eq!(reader.size(), 5000);
+        let seen: Vec<String> = log.lock().unwrap().drain(..).collect();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(
+            seen[0].starts_with("GET /packs/store/packs/ab/p1"),
+            "{seen:?}"
+        );
+        // Later reads are ranged GETs of the version opened.
+        assert_eq!(reader.read_at(4990, 10).unwrap(), data[4990..]);
+        assert!(matches!(
+            reader.read_at(4990, 11),
+            Err(BackendError::OutOfRange { size: 5000, .. })
+        ));
+        b.delete("packs/ab/p1").unwrap();
+        b.create("packs/ab/p1", b"another version").unwrap();
+        assert!(reader.read_at(0, 4).is_err(), "a read of a replaced object");
+
+        // An object shorter than the read, and a missing one.
+        assert!(matches!(
+            b.open_reading("packs/ab/p1", 100),
+            Err(BackendError::OutOfRange { size: 15, .. })
+        ));
+        let e = b.open_reading("packs/ab/none", 100).err().unwrap();
+        assert!(e.is_not_found(), "{e:?}");
     }
 
     #[test]

@@ -156,19 +156,48 @@ impl Store {
     /// Opens pack `id`; a missing pack is [`StoreError::Damaged`], naming it and `check`.
     pub(crate) fn open_pack(&self, id: &PackId) -> Result<PackObject> {
         let key = pack_key(id);
-        let reader = self.backend().open(&key).map_err(|e| {
-            if e.is_not_found() {
-                StoreError::Damaged(format!(
-                    "pack {id} is missing ({}); `blocksnap check` lists what it affects",
-                    self.describe(&key)
-                ))
-            } else {
-                self.object_error(&key)(e)
-            }
-        })?;
+        let reader = self
+            .backend()
+            .open(&key)
+            .map_err(|e| self.pack_open_error(id, e))?;
         Ok(PackObject {
             reader,
             pos: AtomicU64::new(0),
         })
+    }
+
+    /// [`Store::open_pack`] and its first `len` bytes (on an object store, one request for
+    /// both). `Ok(Err(_))`: the pack exists but its first bytes could not be read (it is
+    /// shorter, or the read failed), for the caller to name.
+    pub(crate) fn open_pack_reading(
+        &self,
+        id: &PackId,
+        len: usize,
+    ) -> Result<std::result::Result<(PackObject, Vec<u8>), std::io::Error>> {
+        let key = pack_key(id);
+        match self.backend().open_reading(&key, len as u64) {
+            Ok((reader, head)) => Ok(Ok((
+                PackObject {
+                    reader,
+                    pos: AtomicU64::new(0),
+                },
+                head,
+            ))),
+            Err(e) if e.is_not_found() => Err(self.pack_open_error(id, e)),
+            Err(e @ BackendError::OutOfRange { .. }) => Ok(Err(backend_io(e))),
+            Err(e) => Err(self.object_error(&key)(e)),
+        }
+    }
+
+    fn pack_open_error(&self, id: &PackId, e: BackendError) -> StoreError {
+        let key = pack_key(id);
+        if e.is_not_found() {
+            StoreError::Damaged(format!(
+                "pack {id} is missing ({}); `blocksnap check` lists what it affects",
+                self.describe(&key)
+            ))
+        } else {
+            self.object_error(&key)(e)
+        }
     }
 }

@@ -71,8 +71,10 @@ type Range = (PackId, u64, u64, Vec<(ChunkId, Location)>);
 /// A record read ahead.
 type Fetched = (ChunkId, (Location, Vec<u8>));
 
-/// The longest ranged read a prefetch makes.
-const MAX_RANGE: u64 = 16 << 20;
+/// The longest ranged read a prefetch makes: a whole pack (packs go up as single PUTs of at
+/// most 32 MiB). What a prefetch holds is bounded by its batch, not by this: the records of
+/// one restore batch (64 MiB of disk data) are held until it is written.
+const MAX_RANGE: u64 = 32 << 20;
 
 impl<'a> ChunkReader<'a> {
     pub fn new(store: &'a Store, codec: &'a ChunkCodec, index: &'a Index) -> Self {
@@ -136,8 +138,18 @@ impl<'a> ChunkReader<'a> {
             }
         }
         let fetch = |(pack, start, end, locs): Range| {
-            let Ok(open) = self.pack(&pack) else {
-                return Vec::new();
+            // A range near the start of a pack not yet open is read from byte 0 by the request
+            // that opens it (the header comes with it); a failure there falls back to opening
+            // alone, which names what is wrong.
+            let opened = (start <= COALESCE_GAP)
+                .then(|| self.pack_reading(&pack, end as usize).ok())
+                .flatten();
+            let (open, head) = match opened {
+                Some(o) => o,
+                None => match self.pack(&pack) {
+                    Ok(p) => (p, None),
+                    Err(_) => return Vec::new(),
+                },
             };
             let size = open.object.size();
             if locs
@@ -146,13 +158,19 @@ impl<'a> ChunkReader<'a> {
             {
                 return Vec::new();
             }
-            let mut buf = vec![0u8; (end - start) as usize];
-            if open.object.read_exact_at(&mut buf, start).is_err() {
-                return Vec::new();
-            }
+            let (buf, base) = match head {
+                Some(head) => (head, 0),
+                None => {
+                    let mut buf = vec![0u8; (end - start) as usize];
+                    if open.object.read_exact_at(&mut buf, start).is_err() {
+                        return Vec::new();
+                    }
+                    (buf, start)
+                }
+            };
             locs.into_iter()
                 .map(|(id, loc)| {
-                    let at = (loc.offset - start) as usize;
+                    let at = (loc.offset - base) as usize;
                     let record = buf[at..at + loc.stored_len as usize].to_vec();
                     (id, (loc, record))
                 })
@@ -165,10 +183,24 @@ impl<'a> ChunkReader<'a> {
                 .build()
                 .ok()
         });
-        let fetched: Vec<Vec<Fetched>> = match pool {
-            Some(pool) => pool.install(|| ranges.into_par_iter().map(fetch).collect()),
-            None => ranges.into_iter().map(fetch).collect(),
+        // Packs not yet open are opened first, each by the read of its first range (so a range
+        // at its start brings the header along); then the other ranges, all open.
+        ranges.sort_by_key(|r| (r.0, r.1));
+        let (first, rest): (Vec<Range>, Vec<Range>) = {
+            let open = self.packs.lock().expect("not poisoned");
+            let mut seen = HashSet::new();
+            ranges
+                .into_iter()
+                .partition(|r| !open.contains_key(&r.0) && seen.insert(r.0))
         };
+        let mut fetched: Vec<Vec<Fetched>> = Vec::new();
+        for phase in [first, rest] {
+            match pool {
+                Some(pool) => fetched
+                    .extend(pool.install(|| phase.into_par_iter().map(fetch).collect::<Vec<_>>())),
+                None => fetched.extend(phase.into_iter().map(fetch)),
+            }
+        }
         Prefetched(fetched.into_iter().flatten().collect())
     }
 
@@ -199,16 +231,31 @@ impl<'a> ChunkReader<'a> {
         if let Some(p) = self.packs.lock().expect("not poisoned").get(id) {
             return Ok(p.clone());
         }
-        let object = self.store.open_pack(id)?;
+        Ok(self.open(id, HEADER_LEN)?.0)
+    }
+
+    /// Pack `id`, opened if it is not yet, with its first `len` bytes (at least the header) when
+    /// this call opened it: the read that opens a pack on an object store also fetches what
+    /// lies just after the header.
+    fn pack_reading(&self, id: &PackId, len: usize) -> Result<(Arc<OpenPack>, Option<Vec<u8>>)> {
+        if let Some(p) = self.packs.lock().expect("not poisoned").get(id) {
+            return Ok((p.clone(), None));
+        }
+        let (pack, head) = self.open(id, len.max(HEADER_LEN))?;
+        Ok((pack, Some(head)))
+    }
+
+    /// Opens pack `id` reading its first `len` (>= [`HEADER_LEN`]) bytes, checks its header and
+    /// keeps it open.
+    fn open(&self, id: &PackId, len: usize) -> Result<(Arc<OpenPack>, Vec<u8>)> {
         let described = || self.store.describe_pack(id);
-        let mut header = [0u8; HEADER_LEN];
-        object.read_exact_at(&mut header, 0).map_err(|e| {
+        let (object, head) = self.store.open_pack_reading(id, len)?.map_err(|e| {
             StoreError::Damaged(format!(
                 "pack {id} ({}): cannot read its header: {e}",
                 described()
             ))
         })?;
-        let header = PackHeader::decode(&header)
+        let header = PackHeader::decode(&head[..HEADER_LEN])
             .map_err(|e| StoreError::Damaged(format!("pack {id} ({}): {e}", described())))?;
         if header.key_id != self.codec.key_id() {
             return Err(StoreError::Damaged(format!(
@@ -226,7 +273,7 @@ impl<'a> ChunkReader<'a> {
             packs.clear();
         }
         packs.insert(*id, pack.clone());
-        Ok(pack)
+        Ok((pack, head))
     }
 
     /// Reads, decrypts, decompresses and verifies one chunk.
