@@ -889,7 +889,8 @@ mod tests {
                             let l = l.to_ascii_lowercase();
                             let conditional =
                                 l.starts_with("if-none-match:") || l.starts_with("if-match:");
-                            !(strip && conditional) && !l.starts_with("connection:")
+                            let dropped = l.starts_with("connection:") || (strip && conditional);
+                            !dropped
                         })
                         .map(|l| format!("{l}\r\n"))
                         .collect();
