@@ -16,6 +16,7 @@ macro_rules! say {
     }};
 }
 
+mod allocator;
 mod commands;
 mod parse;
 mod progress;
@@ -126,6 +127,7 @@ pub(crate) enum Command {
 
 /// Runs the command line; returns the exit status of CLI.md.
 pub fn main() -> ExitCode {
+    allocator::tune();
     let cli = Cli::parse();
     if let Some(flag) = parse::repeated_global(&Cli::command(), std::env::args_os()) {
         Cli::command()

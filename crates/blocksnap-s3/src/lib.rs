@@ -487,7 +487,8 @@ impl S3Backend {
             Ok::<_, object_store::Error>((size, got.bytes().await?))
         });
         match r {
-            Ok((_, bytes)) if bytes.len() as u64 == len => Ok(bytes.to_vec()),
+            // The body, collected into one buffer, becomes the Vec without a copy.
+            Ok((_, bytes)) if bytes.len() as u64 == len => Ok(Vec::from(bytes)),
             // The server returns what there is of a range that runs past the end.
             Ok((size, _)) => Err(out_of_range(size)),
             Err(e @ object_store::Error::NotFound { .. }) => Err(self.map_err("read", key, e)),
@@ -729,7 +730,7 @@ impl Backend for S3Backend {
             size: meta.size,
             e_tag: meta.e_tag,
         };
-        Ok((Arc::new(reader), bytes.to_vec()))
+        Ok((Arc::new(reader), Vec::from(bytes)))
     }
 
     fn parallelism(&self) -> usize {

@@ -2,7 +2,8 @@
 //! real local S3 server (moto) that the test starts and stops. The submodules show the rest of
 //! what issue 15 requires on that server: every command on an S3 store (`commands`), `image copy`
 //! between a local store and a bucket both ways (`copy`), and the capability check refusing a
-//! server that ignores conditional writes (`capability`, through a proxy that strips them).
+//! server that ignores conditional writes (`capability`, through a proxy that strips them), and
+//! peak memory that does not grow with the disk (`memory`).
 
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use crate::common::*;
 mod capability;
 mod commands;
 mod copy;
+mod memory;
 
 /// The store's commands, with the S3 settings of `moto` in their environment.
 fn run(env: &Env, moto: &Moto, args: &[&str]) -> Output {

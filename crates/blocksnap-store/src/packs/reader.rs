@@ -61,7 +61,9 @@ pub(crate) struct ChunkReader<'a> {
 
 /// Chunk records fetched ahead by [`ChunkReader::prefetch`], sealed as in their packs.
 #[derive(Default)]
-pub(crate) struct Prefetched(HashMap<ChunkId, (Location, Vec<u8>)>);
+/// Each record stays in the buffer of the ranged read that fetched it, shared (a copy of each
+/// record would double what a prefetch holds): `(place, buffer, where in it)`.
+pub(crate) struct Prefetched(HashMap<ChunkId, (Location, Arc<Vec<u8>>, usize)>);
 
 /// Two records of one pack at most this far apart are fetched by one ranged read (the bytes
 /// between are read and dropped): on an object store a request costs more than the bytes.
@@ -69,7 +71,7 @@ const COALESCE_GAP: u64 = 1 << 20;
 /// One coalesced read: pack, start, end, the records in it.
 type Range = (PackId, u64, u64, Vec<(ChunkId, Location)>);
 /// A record read ahead.
-type Fetched = (ChunkId, (Location, Vec<u8>));
+type Fetched = (ChunkId, (Location, Arc<Vec<u8>>, usize));
 
 /// The longest ranged read a prefetch makes: a whole pack (packs go up as single PUTs of at
 /// most 32 MiB). What a prefetch holds is bounded by its batch, not by this: the records of
@@ -168,11 +170,11 @@ impl<'a> ChunkReader<'a> {
                     (buf, start)
                 }
             };
+            let buf = Arc::new(buf);
             locs.into_iter()
                 .map(|(id, loc)| {
                     let at = (loc.offset - base) as usize;
-                    let record = buf[at..at + loc.stored_len as usize].to_vec();
-                    (id, (loc, record))
+                    (id, (loc, buf.clone(), at))
                 })
                 .collect::<Vec<_>>()
         };
@@ -206,18 +208,13 @@ impl<'a> ChunkReader<'a> {
 
     /// [`ChunkReader::read`], from `ahead` if it holds the record.
     pub fn read_with(&self, id: &ChunkId, ahead: Option<&Prefetched>) -> Result<Vec<u8>> {
-        let Some((loc, record)) = ahead.and_then(|a| a.0.get(id)) else {
+        let Some((loc, buf, at)) = ahead.and_then(|a| a.0.get(id)) else {
             return self.read(id);
         };
+        let record = buf[*at..*at + loc.stored_len as usize].to_vec();
         let pack = self.pack(&loc.pack)?;
         self.codec
-            .decode(
-                pack.cipher.as_ref(),
-                id,
-                loc.offset,
-                loc.raw_len,
-                record.clone(),
-            )
+            .decode(pack.cipher.as_ref(), id, loc.offset, loc.raw_len, record)
             .map_err(|e| {
                 StoreError::Damaged(format!(
                     "pack {} ({}): {e}",
