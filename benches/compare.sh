@@ -10,10 +10,18 @@
 #                   first rotates between rounds); the
 #                   table gives the median of each figure, and the ratios of
 #                   every round follow it (this VM's speed drifts by ±30%)
+#   IMAGE=1g|8g|both  which disk (default both: the 1 GiB one, then the 8 GiB one, each
+#                   with its own table, in WORKDIR/1g and WORKDIR/8g)
+#   DATA_MB=N       megabytes of files in the 8 GiB disk (default 3000)
 #
-# Builds base.img (1 GiB sparse ext4 holding ~300-400 MB of this machine's
-# files) and changed.img (files removed, added and replaced with debugfs), the
-# same way as benches/chunk-sizes.sh. Then, for each tool in turn, with default
+# 1g: base.img is a 1 GiB sparse ext4 (no partition table) holding ~300-400 MB of this
+# machine's files; changed.img has files removed, added and replaced with debugfs, the same
+# way as benches/chunk-sizes.sh.
+# 8g: base.img is an 8 GiB sparse file with a GPT (sfdisk) and one partition holding an ext4
+# made with mkfs.ext4 -d from DATA_MB of /usr; changed.img has about 19% of the files
+# changed with debugfs: 6% removed, 8% replaced (half edited in place, half new content) and
+# new files for 5% more.
+# Then, for each tool in turn, with default
 # settings and encryption on: an initial backup of the image, an incremental
 # backup of the changed image under the same path, and a restore of the second
 # backup, each timed with /usr/bin/time (wall seconds until the result is synced
@@ -36,7 +44,7 @@ die() { echo "compare.sh: $*" >&2; exit 1; }
 ensure_tools() {
     # command -> Debian package
     local -A pkg=([restic]=restic [borg]=borgbackup [mkfs.ext4]=e2fsprogs [debugfs]=e2fsprogs
-                  [e2fsck]=e2fsprogs [jq]=jq [python3]=python3)
+                  [e2fsck]=e2fsprogs [jq]=jq [python3]=python3 [sfdisk]=fdisk)
     local missing=() c p
     for c in "${!pkg[@]}"; do
         command -v "$c" >/dev/null || missing+=("${pkg[$c]}")
@@ -62,9 +70,28 @@ ensure_tools() {
     log "apt-get install ${missing[*]}"
     "${sudo[@]}" apt-get install -y -q "${missing[@]}" >&2
 }
+IMAGE=${IMAGE:-both}
+case $IMAGE in
+1g|8g) ;;
+both)
+    # Each disk in its own work dir, by this script again: the 1 GiB table, then the 8 GiB one.
+    if [ $# -ge 1 ]; then top=$1; mkdir -p "$top"; else top=$(mktemp -d "${TMPDIR:-/tmp}/blocksnap-compare.XXXXXX"); fi
+    for img in 1g 8g; do
+        echo "## The ${img^^}iB disk"
+        echo
+        IMAGE=$img "$0" "$top/$img" || exit
+        echo
+    done
+    [ "$KEEP" = 1 ] || rmdir "$top" 2>/dev/null || true
+    exit 0 ;;
+*) die "IMAGE must be 1g, 8g or both" ;;
+esac
+DATA_MB=${DATA_MB:-3000}
+[[ "$DATA_MB" =~ ^[1-9][0-9]*$ ]] || die "DATA_MB must be a positive number"
+
 ensure_tools
 export PATH="$PATH:/usr/sbin:/sbin"
-for tool in restic borg mkfs.ext4 debugfs e2fsck python3 jq; do
+for tool in restic borg mkfs.ext4 debugfs e2fsck python3 jq sfdisk; do
     command -v "$tool" >/dev/null || die "missing tool after install: $tool"
 done
 
@@ -141,6 +168,36 @@ build_base() {
     mkfs.ext4 -q -F -d src base.img
 }
 
+# The 8 GiB disk: directories two levels under /usr (in name order) until DATA_MB, a GPT with
+# one partition from 1 MiB to the end, ext4 in it made from them.
+build_base_8g() {
+    local kb d total=0 want=$((DATA_MB << 10))
+    mkdir src
+    used=()
+    while read -r kb d; do
+        [ $((total + kb)) -le $((want + want / 4)) ] || continue
+        mkdir -p "src$(dirname "$d")"
+        cp -a "$d" "src$d" 2>/dev/null || true
+        used+=("$d")
+        total=$((total + kb))
+        [ "$total" -lt "$want" ] || break
+    done < <(du -sk /usr/*/* 2>/dev/null | sort -k2)
+    [ "$total" -ge $((want / 2)) ] || die "found only $((total >> 10)) MB of files under /usr"
+    src_bytes=$(du -sb src | cut -f1)
+    src_files=$(find src -type f | wc -l)
+    log "source tree: ${#used[@]} directories under /usr ($src_bytes bytes, $src_files files)"
+    truncate -s 8G base.img
+    printf 'label: gpt\nstart=2048, type=L\n' | sfdisk -q base.img
+    local start sectors
+    read -r start sectors < <(sfdisk -J base.img | jq -r '.partitiontable.partitions[0] | "\(.start) \(.size)"')
+    fs_offset=$((start * 512))
+    mkfs.ext4 -q -F -d src -E offset=$fs_offset base.img "$((sectors / 2))k"
+    used=("$(printf '%s\n' "${used[@]}" | cut -d/ -f3 | sort -u | tr '\n' ' ')under /usr")
+}
+fs_offset=0
+# The ext4 of image $1 as e2fsprogs names it: the file, or the file at the partition's offset.
+fs_of() { if [ "$fs_offset" = 0 ]; then echo "$1"; else echo "$1?offset=$fs_offset"; fi; }
+
 # ---------------------------------------------------------------- 2. changed.img
 # From benches/chunk-sizes.sh: 20 files removed, 20 added, 5 replaced (3
 # edited in place, 2 with different content), with a fixed seed.
@@ -157,12 +214,16 @@ make_change() {
         for u in "${used[@]}"; do [ "$u" = "$d" ] && skip=1; done
         [ "$skip" = 1 ] || pool_dirs+=("$d")
     done
-    { find "${pool_dirs[@]}" -type f -readable -size +0 -printf '%s %p\n' 2>/dev/null || true; } \
-        | sort -k2 >pool.txt
+    if [ "$IMAGE" = 8g ]; then
+        : >pool.txt   # the 8 GiB disk's new files are derived from its own
+    else
+        { find "${pool_dirs[@]}" -type f -readable -size +0 -printf '%s %p\n' 2>/dev/null || true; } \
+            | sort -k2 >pool.txt
+    fi
 
-    python3 - "$work" <<'PY'
+    python3 - "$work" "$IMAGE" <<'PY'
 import os, random, sys
-work = sys.argv[1]
+work, image = sys.argv[1], sys.argv[2]
 rng = random.Random(20240611)          # fixed seed: the same change on every run
 
 def load(name):
@@ -182,6 +243,64 @@ def spread(items, n):
 existing = load("existing.txt")
 pool = load("pool.txt")
 KiB, MiB = 1024, 1024 * 1024
+
+def renew(data):
+    """A new version of a file: every 4 KiB block's first 16 bytes replaced, so no chunk of it
+    is stored yet, and it compresses as the original does."""
+    out = bytearray(data)
+    for at in range(0, len(out), 4096):
+        out[at:at + 16] = rng.randbytes(min(16, len(out) - at))
+    return bytes(out)
+
+if image == "8g":
+    # About 19% of the files: 6% removed, 8% replaced, new files for 5% more.
+    n = len(existing)
+    mid = [e for e in existing if 4 * KiB <= e[0] <= 8 * MiB]
+    replaced = spread(mid, n * 8 // 100)
+    taken = set(replaced)
+    rest = [e for e in existing if e not in taken]
+    removed = spread(rest, n * 6 // 100)
+    taken = set(removed)
+    kept = [e for e in rest if e not in taken]
+    models = spread(kept, n * 5 // 100)
+    cmds, stat_present, stat_absent = [], [], []
+    summary = {"removed": 0, "added": 0, "replaced_old": 0, "replaced_new": 0}
+    os.makedirs(os.path.join(work, "stage"), exist_ok=True)
+    for size, path in removed:
+        cmds.append(f"rm /{path}")
+        stat_absent.append("/" + path)
+        summary["removed"] += size
+    for i, (size, path) in enumerate(models):
+        data = renew(open(os.path.join(work, "src", path), "rb").read())
+        local = os.path.join(work, "stage", f"add-{i:05d}")
+        open(local, "wb").write(data)
+        directory = os.path.dirname(path)
+        name = f"added-{i:05d}.bin"
+        cmds += [f"cd /{directory}", f"write {local} {name}", "cd /"]
+        stat_present.append(f"/{directory}/{name}")
+        summary["added"] += len(data)
+    for i, (size, path) in enumerate(replaced):
+        old = open(os.path.join(work, "src", path), "rb").read()
+        if i % 2 == 0:   # edited in place: a few KiB changed, the rest as it was
+            a, b = len(old) // 3, 2 * len(old) // 3
+            new = old[:a] + rng.randbytes(4096) + old[a + 4096:b] + rng.randbytes(1000) + old[b:]
+        else:            # a new version of the whole file
+            new = renew(old)
+        local = os.path.join(work, "stage", f"replace-{i:05d}")
+        open(local, "wb").write(new)
+        directory, name = os.path.split(path)
+        cmds += [f"rm /{path}", f"cd /{directory}", f"write {local} {name}", "cd /"]
+        stat_present.append("/" + path)
+        summary["replaced_old"] += size
+        summary["replaced_new"] += len(new)
+    open(os.path.join(work, "change.cmds"), "w").write("\n".join(cmds) + "\n")
+    open(os.path.join(work, "check.cmds"), "w").write(
+        "".join(f"stat {p}\n" for p in stat_present + stat_absent))
+    open(os.path.join(work, "change.txt"), "w").write(
+        f"{len(removed)} {summary['removed']} {len(models)} {summary['added']} "
+        f"{len(replaced)} {summary['replaced_old']} {summary['replaced_new']} "
+        f"{len(stat_present)} {len(stat_absent)}\n")
+    sys.exit(0)
 
 big = [e for e in existing if 256 * KiB <= e[0] <= 8 * MiB]
 replaced = spread(big, 5)
@@ -239,9 +358,9 @@ open(os.path.join(work, "change.txt"), "w").write(
 PY
     read -r n_rm b_rm n_add b_add n_rep b_rep_old b_rep_new n_present n_absent <change.txt
 
-    debugfs -w -f change.cmds changed.img >logs/debugfs.txt 2>&1
+    debugfs -w -f change.cmds "$(fs_of changed.img)" >logs/debugfs.txt 2>&1
     # debugfs exits 0 on failed commands: check the result instead.
-    debugfs -f check.cmds changed.img >logs/check.txt 2>&1
+    debugfs -f check.cmds "$(fs_of changed.img)" >logs/check.txt 2>&1
     local found missing
     found=$(grep -c '^Inode:' logs/check.txt || true)
     missing=$(grep -c 'File not found' logs/check.txt || true)
@@ -249,13 +368,13 @@ PY
         cat logs/debugfs.txt >&2
         die "debugfs change did not apply: $found/$n_present present, $missing/$n_absent gone"
     fi
-    e2fsck -fn changed.img >/dev/null 2>&1 || die "changed.img fails e2fsck -fn"
+    e2fsck -fn "$(fs_of changed.img)" >/dev/null 2>&1 || die "changed.img fails e2fsck -fn"
     rm -rf stage
     log "change: -$n_rm files ($b_rm bytes), +$n_add files ($b_add bytes), $n_rep replaced ($b_rep_old -> $b_rep_new bytes)"
 }
 
-log "building base.img"
-build_base
+log "building base.img ($IMAGE)"
+if [ "$IMAGE" = 8g ]; then build_base_8g; else build_base; fi
 log "building changed.img"
 make_change
 
@@ -404,7 +523,7 @@ done
 cat <<EOF
 - machine: $(nproc) CPUs ($(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM, kernel $(uname -r); $(date -u '+%Y-%m-%d %H:%M UTC')
 - tools: $("$BLOCKSNAP" --version) ($bs_build), $(restic version | cut -d' ' -f1-2) (repository v$restic_repo_version), $(borg --version)
-- image: $apparent bytes apparent; allocated (du -B1 of the sparse copy the tools read): base $base_alloc, changed $changed_alloc bytes; source tree $src_bytes bytes, $src_files files (${used[*]})
+- image ($IMAGE): $apparent bytes apparent$( [ "$fs_offset" = 0 ] || echo ", GPT with one partition, ext4 at byte $fs_offset"); allocated (du -B1 of the sparse copy the tools read): base $base_alloc, changed $changed_alloc bytes; source tree $src_bytes bytes, $src_files files (${used[*]})
 - change: $n_rm files removed ($b_rm bytes), $n_add added ($b_add bytes), $n_rep replaced ($b_rep_old -> $b_rep_new bytes)
 - cache policy: $policy ($( [ "$policy" = drop ] && echo 'sync; echo 3 > /proc/sys/vm/drop_caches before every timed command' || echo 'input read once with cat before every timed command'))
 - every time runs until the command's output is on disk: each timed command is \`CMD && sync\`
