@@ -39,6 +39,8 @@ pub struct InitOptions {
     /// Record in the config that only one host writes to the store at a time (`init
     /// --single-writer`): a server that fails the capability check is then not refused.
     pub single_writer: bool,
+    /// The zstd level of the store's chunks (-7..=22).
+    pub compression_level: i32,
 }
 
 impl Default for InitOptions {
@@ -51,6 +53,7 @@ impl Default for InitOptions {
             identity: None,
             config_home: None,
             single_writer: false,
+            compression_level: DEFAULT_COMPRESSION_LEVEL,
         }
     }
 }
@@ -164,7 +167,7 @@ impl Store {
                 ..chunker_doc(params)
             },
             pack_size: DEFAULT_PACK_SIZE,
-            compression_level: DEFAULT_COMPRESSION_LEVEL,
+            compression_level: opts.compression_level,
             default_account: opts.account.clone(),
             trash_retention_days: 7,
             single_writer: opts.single_writer,

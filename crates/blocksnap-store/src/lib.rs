@@ -64,8 +64,8 @@ pub use repo::location::{SUPPORTED_SCHEMES, local_store_path};
 pub use repo::lock::{LockEntry, LockStatus, UnlockReport};
 pub use repo::tags::tag_map;
 pub use repo::{
-    DEFAULT_CHUNK_SIZE, DamageWarnings, DamagedDoc, Place, Store, cache_home, config_home,
-    data_home, default_store_path,
+    DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL, DamageWarnings, DamagedDoc, Place, Store,
+    cache_home, config_home, data_home, default_store_path,
 };
 pub use serve::nbd::{ServeInfo, ServeOptions, TlsFiles};
 pub use snapshot::create::{SnapshotOptions, SnapshotReport};

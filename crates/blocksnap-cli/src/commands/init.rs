@@ -37,6 +37,11 @@ pub(crate) struct InitArgs {
     /// there. See docs/S3.md.
     #[arg(long)]
     pub(crate) single_writer: bool,
+    /// zstd level of the chunks, -7 (fastest) to 22 (smallest); recorded in the store, used by
+    /// every snapshot into it. docs/COMPARISON.md measures levels on the 8 GiB disk.
+    #[arg(long, value_name = "N", default_value_t = blocksnap_store::DEFAULT_COMPRESSION_LEVEL,
+          value_parser = clap::value_parser!(i32).range(-7..=22), allow_negative_numbers = true)]
+    pub(crate) compression_level: i32,
 }
 
 pub(crate) fn run(ctx: &Ctx<'_>, a: &InitArgs) -> anyhow::Result<()> {
@@ -54,6 +59,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, a: &InitArgs) -> anyhow::Result<()> {
         identity: cli.identity.clone(),
         config_home: None,
         single_writer: a.single_writer,
+        compression_level: a.compression_level,
     };
     let (_, r) = match crate::s3_url(&path) {
         Some(url) => {
