@@ -79,7 +79,7 @@ both)
     for img in 1g 8g; do
         echo "## The ${img^^}iB disk"
         echo
-        IMAGE=$img "$0" "$top/$img" || exit
+        IMAGE=$img bash "$0" "$top/$img" || exit
         echo
     done
     [ "$KEEP" = 1 ] || rmdir "$top" 2>/dev/null || true
@@ -252,6 +252,26 @@ def renew(data):
         out[at:at + 16] = rng.randbytes(min(16, len(out) - at))
     return bytes(out)
 
+def replace(i, size, path, new, cmds, stat_present, summary):
+    """debugfs commands that replace file `path` (of `size` bytes) by `new`, staged as file i."""
+    local = os.path.join(work, "stage", f"replace-{i:05d}")
+    open(local, "wb").write(new)
+    directory, name = os.path.split(path)
+    cmds += [f"rm /{path}", f"cd /{directory}", f"write {local} {name}", "cd /"]
+    stat_present.append("/" + path)
+    summary["replaced_old"] += size
+    summary["replaced_new"] += len(new)
+
+def write_out(cmds, stat_present, stat_absent, n_removed, n_added, n_replaced, summary):
+    """The change's debugfs commands, the stat commands that check it, and its counts."""
+    open(os.path.join(work, "change.cmds"), "w").write("\n".join(cmds) + "\n")
+    open(os.path.join(work, "check.cmds"), "w").write(
+        "".join(f"stat {p}\n" for p in stat_present + stat_absent))
+    open(os.path.join(work, "change.txt"), "w").write(
+        f"{n_removed} {summary['removed']} {n_added} {summary['added']} "
+        f"{n_replaced} {summary['replaced_old']} {summary['replaced_new']} "
+        f"{len(stat_present)} {len(stat_absent)}\n")
+
 if image == "8g":
     # About 19% of the files: 6% removed, 8% replaced, new files for 5% more.
     n = len(existing)
@@ -286,20 +306,8 @@ if image == "8g":
             new = old[:a] + rng.randbytes(4096) + old[a + 4096:b] + rng.randbytes(1000) + old[b:]
         else:            # a new version of the whole file
             new = renew(old)
-        local = os.path.join(work, "stage", f"replace-{i:05d}")
-        open(local, "wb").write(new)
-        directory, name = os.path.split(path)
-        cmds += [f"rm /{path}", f"cd /{directory}", f"write {local} {name}", "cd /"]
-        stat_present.append("/" + path)
-        summary["replaced_old"] += size
-        summary["replaced_new"] += len(new)
-    open(os.path.join(work, "change.cmds"), "w").write("\n".join(cmds) + "\n")
-    open(os.path.join(work, "check.cmds"), "w").write(
-        "".join(f"stat {p}\n" for p in stat_present + stat_absent))
-    open(os.path.join(work, "change.txt"), "w").write(
-        f"{len(removed)} {summary['removed']} {len(models)} {summary['added']} "
-        f"{len(replaced)} {summary['replaced_old']} {summary['replaced_new']} "
-        f"{len(stat_present)} {len(stat_absent)}\n")
+        replace(i, size, path, new, cmds, stat_present, summary)
+    write_out(cmds, stat_present, stat_absent, len(removed), len(models), len(replaced), summary)
     sys.exit(0)
 
 big = [e for e in existing if 256 * KiB <= e[0] <= 8 * MiB]
@@ -340,21 +348,8 @@ for i, (size, path) in enumerate(replaced):
                + rng.randbytes(1000) + old[b:] + rng.randbytes(8192))
     else:
         new = open(fresh[i - 3][1], "rb").read()[:size] + rng.randbytes(4096)
-    local = os.path.join(work, "stage", f"replace-{i:02d}")
-    open(local, "wb").write(new)
-    directory, name = os.path.split(path)
-    cmds += [f"rm /{path}", f"cd /{directory}", f"write {local} {name}", "cd /"]
-    stat_present.append("/" + path)
-    summary["replaced_old"] += size
-    summary["replaced_new"] += len(new)
-
-open(os.path.join(work, "change.cmds"), "w").write("\n".join(cmds) + "\n")
-open(os.path.join(work, "check.cmds"), "w").write(
-    "".join(f"stat {p}\n" for p in stat_present + stat_absent))
-open(os.path.join(work, "change.txt"), "w").write(
-    f"{len(removed)} {summary['removed']} {len(contents)} {summary['added']} "
-    f"{len(replaced)} {summary['replaced_old']} {summary['replaced_new']} "
-    f"{len(stat_present)} {len(stat_absent)}\n")
+    replace(i, size, path, new, cmds, stat_present, summary)
+write_out(cmds, stat_present, stat_absent, len(removed), len(contents), len(replaced), summary)
 PY
     read -r n_rm b_rm n_add b_add n_rep b_rep_old b_rep_new n_present n_absent <change.txt
 
