@@ -97,11 +97,14 @@ fn snapshot_and_restore_memory_does_not_grow_with_the_disk() {
     }
     let (_, snap_small, restore_small) = peaks[0];
     let (_, snap_big, restore_big) = peaks[1];
-    // 512 MiB more data: held in full it would add 524,288 KiB. What is in flight (a few packs
-    // going up, two restore batches coming down) is the same for both. Measured on a 2-core VM:
-    // snapshot 227/244 MiB, restore 197/207 MiB for 512/1024 MiB disks (glibc's mmap threshold
-    // fixed, see blocksnap-cli's allocator.rs; with it moving, restore took 328/432 MiB).
-    let bounded = |small: u64, big: u64| big <= small + small / 8 + 32 * 1024;
+    // 512 MiB more data: held in full it would add 524,288 KiB. What is in flight (packs going
+    // up, two restore batches coming down) does not depend on the disk, but the smaller disk may
+    // not fill it all (how many packs wait for an upload depends on the server's speed): so the
+    // peak may grow by a quarter of the extra data at most. Measured on a 2-core VM: snapshot
+    // 200/229 MiB (176/241 under the whole test suite's load), restore 193/202 MiB; with glibc's
+    // mmap threshold moving (see blocksnap-cli's allocator.rs) restore took 328/432 MiB for
+    // 512 MiB/1 GiB disks.
+    let bounded = |small: u64, big: u64| big <= small + ((BIG - SMALL) as u64 * 1024) / 4;
     assert!(
         bounded(snap_small, snap_big),
         "snapshot peak grew with the disk: {snap_small} KiB for {SMALL} MiB, {snap_big} KiB for {BIG} MiB"
@@ -109,5 +112,11 @@ fn snapshot_and_restore_memory_does_not_grow_with_the_disk() {
     assert!(
         bounded(restore_small, restore_big),
         "restore peak grew with the disk: {restore_small} KiB for {SMALL} MiB, {restore_big} KiB for {BIG} MiB"
+    );
+    // And what a restore holds is about two 64 MiB batches with their ranged reads: 202 MiB
+    // measured; 432 MiB when freed multi-MiB buffers were kept by the allocator.
+    assert!(
+        restore_big < 300 * 1024,
+        "restore of {BIG} MiB peaked at {restore_big} KiB: more than two batches in flight"
     );
 }
