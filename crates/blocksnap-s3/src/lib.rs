@@ -439,6 +439,29 @@ impl S3Backend {
         }
     }
 
+    /// One ranged GET of `range` (of the version `e_tag` if given): the object's metadata and
+    /// the bytes the server sent, or its error for the caller to map.
+    fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+        e_tag: Option<String>,
+    ) -> Result<std::result::Result<(object_store::ObjectMeta, bytes::Bytes), object_store::Error>>
+    {
+        let path = self.path(key)?;
+        let store = self.store.clone();
+        Ok(self.block_on(async move {
+            let opts = GetOptions {
+                range: Some(GetRange::Bounded(range)),
+                if_match: e_tag,
+                ..Default::default()
+            };
+            let got = store.get_opts(&path, opts).await?;
+            let meta = got.meta.clone();
+            Ok::<_, object_store::Error>((meta, got.bytes().await?))
+        }))
+    }
+
     /// Exactly `len` bytes from `offset`, of the version `e_tag` if given.
     fn range(
         &self,
@@ -474,18 +497,9 @@ impl S3Backend {
         if len == 0 {
             return Ok(Vec::new());
         }
-        let path = self.path(key)?;
-        let store = self.store.clone();
-        let r = self.block_on(async move {
-            let opts = GetOptions {
-                range: Some(GetRange::Bounded(offset..end)),
-                if_match: e_tag,
-                ..Default::default()
-            };
-            let got = store.get_opts(&path, opts).await?;
-            let size = got.meta.size;
-            Ok::<_, object_store::Error>((size, got.bytes().await?))
-        });
+        let r = self
+            .get_range(key, offset..end, e_tag)?
+            .map(|(meta, bytes)| (meta.size, bytes));
         match r {
             // The body, collected into one buffer, becomes the Vec without a copy.
             Ok((_, bytes)) if bytes.len() as u64 == len => Ok(Vec::from(bytes)),
@@ -704,18 +718,9 @@ impl Backend for S3Backend {
         if len == 0 {
             return Ok((self.open(key)?, Vec::new()));
         }
-        let path = self.path(key)?;
-        let store = self.store.clone();
-        let r = self.block_on(async move {
-            let opts = GetOptions {
-                range: Some(GetRange::Bounded(0..len)),
-                ..Default::default()
-            };
-            let got = store.get_opts(&path, opts).await?;
-            let meta = got.meta.clone();
-            Ok::<_, object_store::Error>((meta, got.bytes().await?))
-        });
-        let (meta, bytes) = r.map_err(|e| self.map_err("read", key, e))?;
+        let (meta, bytes) = self
+            .get_range(key, 0..len, None)?
+            .map_err(|e| self.map_err("read", key, e))?;
         if bytes.len() as u64 != len {
             return Err(BackendError::OutOfRange {
                 key: key.into(),

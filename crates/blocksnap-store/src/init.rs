@@ -155,6 +155,12 @@ impl Store {
         params
             .validate()
             .map_err(|e| StoreError::Usage(format!("--chunk-size: {e}")))?;
+        if !(-7..=22).contains(&opts.compression_level) {
+            return Err(StoreError::Usage(format!(
+                "--compression-level {}: zstd levels are -7 to 22",
+                opts.compression_level
+            )));
+        }
         let id = StoreId(u64::from_le_bytes(fsutil::random_bytes()));
         let config = ConfigDoc {
             format: ConfigDoc::FORMAT.into(),

@@ -21,14 +21,16 @@ mod commands;
 mod copy;
 mod memory;
 
-/// The store's commands, with the S3 settings of `moto` in their environment.
+/// The store's command, with the S3 settings of `moto` in its environment.
+fn command(env: &Env, moto: &Moto) -> std::process::Command {
+    let mut c = env.cmd();
+    c.envs(moto.env()).env("BLOCKSNAP_S3_RETRY_TIMEOUT", "5");
+    c
+}
+
+/// Runs the store's command with `args` (see [`command`]).
 fn run(env: &Env, moto: &Moto, args: &[&str]) -> Output {
-    env.cmd()
-        .envs(moto.env())
-        .env("BLOCKSNAP_S3_RETRY_TIMEOUT", "5")
-        .args(args)
-        .output()
-        .unwrap()
+    command(env, moto).args(args).output().unwrap()
 }
 
 /// The bucket `url` (`s3://BUCKET[/PREFIX]`) on `moto`, read and written by the test itself.

@@ -11,12 +11,8 @@ use super::*;
 /// Runs `blocksnap --json ARGS` (S3 settings of `moto`) under `/usr/bin/time`; asserts success
 /// and returns the peak resident set size in KiB and the report.
 fn peak_rss_kib(env: &Env, moto: &Moto, args: &[&str]) -> (u64, serde_json::Value) {
-    let mut inner = env.cmd();
-    inner
-        .envs(moto.env())
-        .env("BLOCKSNAP_S3_RETRY_TIMEOUT", "5")
-        .arg("--json")
-        .args(args);
+    let mut inner = command(env, moto);
+    inner.arg("--json").args(args);
     let report = env.path(&format!("rss-{}.txt", std::process::id()));
     let mut c = Command::new("/usr/bin/time");
     c.arg("-f").arg("%M").arg("-o").arg(&report);
