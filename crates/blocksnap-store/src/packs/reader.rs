@@ -59,10 +59,10 @@ pub(crate) struct ChunkReader<'a> {
     pool: std::sync::OnceLock<Option<rayon::ThreadPool>>,
 }
 
-/// Chunk records fetched ahead by [`ChunkReader::prefetch`], sealed as in their packs.
+/// Chunk records fetched ahead by [`ChunkReader::prefetch`], sealed as in their packs. Each
+/// record stays in the buffer of the ranged read that fetched it, shared (a copy of each record
+/// would double what a prefetch holds): `(place, buffer, where in it)`.
 #[derive(Default)]
-/// Each record stays in the buffer of the ranged read that fetched it, shared (a copy of each
-/// record would double what a prefetch holds): `(place, buffer, where in it)`.
 pub(crate) struct Prefetched(HashMap<ChunkId, (Location, Arc<Vec<u8>>, usize)>);
 
 /// Two records of one pack at most this far apart are fetched by one ranged read (the bytes
