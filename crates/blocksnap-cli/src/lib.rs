@@ -346,6 +346,9 @@ impl Ctx<'_> {
             return Ok(store);
         }
         let store = open_at(&path)?;
+        // One command per process: each snapshot, key and account document is read once
+        // (`serve`, which runs for long, turns it off again).
+        store.cache_documents(true);
         self.damage.borrow_mut().push(store.damage_warnings());
         Ok(store)
     }

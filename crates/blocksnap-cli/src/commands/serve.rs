@@ -92,6 +92,8 @@ pub(crate) fn run(ctx: &Ctx<'_>, cmd: &ServeCmd) -> anyhow::Result<()> {
             }
             let store = ctx.open()?;
             let access = ctx.access(&store)?;
+            // It runs until stopped: documents are read afresh, never as they were at the start.
+            store.cache_documents(false);
             let opts = blocksnap_store::ServeOptions {
                 max_connections: usize::from(*max_connections),
                 idle_timeout: std::time::Duration::from_secs(*idle_timeout),

@@ -90,10 +90,10 @@ impl Store {
         blocksnap_manifest::validate_name("account", "name", &account)
             .map_err(|e| StoreError::Usage(e.to_string()))?;
         let key = Kind::Account.key(&account);
+        // Read rather than asked about: the command reads the account next anyway, and the
+        // document cache then answers.
         if self
-            .backend()
-            .head(&key)
-            .map_err(self.object_error(&key))?
+            .get_bounded(&key, crate::repo::objects::MAX_DOCUMENT_LEN)?
             .is_none()
         {
             if account == self.config().default_account {

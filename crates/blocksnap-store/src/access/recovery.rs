@@ -271,6 +271,7 @@ impl Store {
         self.backend()
             .create(key, bytes)
             .map_err(self.object_error(key))?;
+        self.doc_cache.forget(key);
         report.restored.push(shown);
         Ok(())
     }

@@ -79,6 +79,8 @@ pub struct Store {
     /// The last listing of the packs, and when it was made (see `Store::list_packs_recent`).
     pub(crate) packs_listed:
         std::sync::Mutex<Option<(std::time::Instant, Vec<crate::packs::PackInfo>)>>,
+    /// Documents read once per command (see [`objects::DocCache`]).
+    pub(crate) doc_cache: objects::DocCache,
 }
 
 impl std::fmt::Debug for Store {
@@ -165,6 +167,7 @@ impl Store {
             config_home: config_home(),
             trust: Default::default(),
             packs_listed: Default::default(),
+            doc_cache: Default::default(),
         }
     }
 

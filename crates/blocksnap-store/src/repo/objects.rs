@@ -23,6 +23,77 @@ use crate::repo::layout::Kind;
 /// store is damage, or hostile, and is not read into memory.
 pub(crate) const MAX_DOCUMENT_LEN: u64 = 16 << 20;
 
+/// Documents a [`DocCache`] holds at most; past this, reads are not remembered.
+const DOC_CACHE_ENTRIES: usize = 4096;
+
+/// The documents a command read that do not change while it runs, by key, when
+/// [`Store::cache_documents`] turned it on: snapshot documents (created once, never rewritten),
+/// key and account documents (changed only by a grant, a revocation or a migration: the
+/// command sees them as they were when it first read them, as if it had read each once). Each
+/// is then read from the backend once per command, not once per use: on an object store,
+/// reading the keys or the parent snapshot again was a request each time. Writes and deletes
+/// through [`Store`] update it; mutable documents (heads, volumes, images, policies, locks) and
+/// the config are never in it. Off by default: a process that keeps a store open for long (a
+/// server, a library user) would otherwise never see a grant revoked or a snapshot deleted.
+#[derive(Debug, Default)]
+pub(crate) struct DocCache {
+    on: std::sync::atomic::AtomicBool,
+    docs: Mutex<std::collections::HashMap<String, Arc<Vec<u8>>>>,
+}
+
+impl DocCache {
+    fn cacheable(&self, key: &str) -> bool {
+        self.on.load(std::sync::atomic::Ordering::Relaxed)
+            && [Kind::Snapshot, Kind::Key, Kind::Account].iter().any(|k| {
+                key.strip_prefix(k.dir())
+                    .is_some_and(|r| r.starts_with('/'))
+            })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<Vec<u8>>>> {
+        self.docs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, key: &str) -> Option<Arc<Vec<u8>>> {
+        if !self.cacheable(key) {
+            return None;
+        }
+        self.lock().get(key).cloned()
+    }
+
+    /// Remembers `bytes` as the content of `key` (if it is a kind that is cached).
+    fn put(&self, key: &str, bytes: &[u8]) {
+        if !self.cacheable(key) {
+            return;
+        }
+        let mut map = self.lock();
+        if map.len() < DOC_CACHE_ENTRIES || map.contains_key(key) {
+            map.insert(key.to_string(), Arc::new(bytes.to_vec()));
+        }
+    }
+
+    /// Forgets `key`: it was deleted, or written with content not known here.
+    pub(crate) fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
+}
+
+impl Store {
+    /// Turns on (or off, forgetting all) the reading of snapshot, key and account documents once
+    /// per command (see [`DocCache`]). For a store opened for one command, as the CLI does; a
+    /// process that keeps the store open for long leaves it off.
+    pub fn cache_documents(&self, on: bool) {
+        self.doc_cache
+            .on
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+        if !on {
+            self.doc_cache.lock().clear();
+        }
+    }
+}
+
 /// The problem of the document `key`, `size` bytes long, larger than any document.
 fn too_large(key: &str, size: u64) -> DocError {
     let kind = Kind::DOCUMENTS
@@ -148,8 +219,16 @@ impl Store {
         key: &str,
         max: u64,
     ) -> Result<Option<std::result::Result<Vec<u8>, u64>>> {
+        if let Some(bytes) = self.doc_cache.get(key) {
+            if bytes.len() as u64 <= max {
+                return Ok(Some(Ok(bytes.to_vec())));
+            }
+        }
         match self.backend().get_bounded(key, max) {
-            Ok(b) => Ok(Some(Ok(b))),
+            Ok(b) => {
+                self.doc_cache.put(key, &b);
+                Ok(Some(Ok(b)))
+            }
             Err(BackendError::TooLarge { size, .. }) => Ok(Some(Err(size))),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(self.object_error(key)(e)),
@@ -198,7 +277,11 @@ impl Store {
     ) -> Result<Option<(D, Version)>> {
         let key = kind.key(name);
         let (bytes, version) = match self.backend().get_versioned_bounded(&key, MAX_DOCUMENT_LEN) {
-            Ok(v) => v,
+            Ok(v) => {
+                // The version is what a swap needs: always read, and the cache brought up to date.
+                self.doc_cache.put(&key, &v.0);
+                v
+            }
             Err(e) if e.is_not_found() => return Ok(None),
             Err(BackendError::TooLarge { size, .. }) => {
                 return Err(self.damaged_doc(&key, &too_large(&key, size)));
@@ -224,7 +307,10 @@ impl Store {
         let key = kind.key(name);
         let bytes = doc.to_json();
         match self.backend().create(&key, &bytes) {
-            Ok(()) => Ok(bytes.len() as u64),
+            Ok(()) => {
+                self.doc_cache.put(&key, &bytes);
+                Ok(bytes.len() as u64)
+            }
             Err(e) if e.is_already_exists() => Err(StoreError::Exists {
                 kind: kind.noun(),
                 name: name.into(),
@@ -243,8 +329,12 @@ impl Store {
         version: Option<&Version>,
     ) -> Result<Version> {
         let key = kind.key(name);
-        match self.backend().replace(&key, &doc.to_json(), version) {
-            Ok(v) => Ok(v),
+        let bytes = doc.to_json();
+        match self.backend().replace(&key, &bytes, version) {
+            Ok(v) => {
+                self.doc_cache.put(&key, &bytes);
+                Ok(v)
+            }
             Err(BackendError::Conflict { .. } | BackendError::AlreadyExists { .. }) => {
                 Err(StoreError::Conflict {
                     kind: kind.noun(),
@@ -309,6 +399,7 @@ impl Store {
     pub(crate) fn delete_object(&self, key: &str) -> Result<()> {
         // A remembered listing of the packs may name this one: forget it.
         *self.packs_listed.lock().expect("not poisoned") = None;
+        self.doc_cache.forget(key);
         self.backend()
             .delete(key)
             .map_err(|e| self.object_error(key)(e))

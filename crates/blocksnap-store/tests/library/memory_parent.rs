@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use crate::support::*;
-use blocksnap_backend::{FaultBackend, FaultPlan, MemoryBackend};
+use blocksnap_backend::{Backend, FaultBackend, FaultPlan, MemoryBackend};
 use blocksnap_store::{ChunkerKind, SnapshotId};
 
 /// A store over a counting backend holding `n` snapshots, half of them of volume `disk`.
@@ -118,4 +118,56 @@ fn without_a_head_the_same_measure_grows_with_the_store() {
     let (parent2, ops2) = create_counting(&m, &log);
     assert!(parent2.is_some() && parent2 != parent);
     assert!(ops2.len() <= 4, "{ops2:?}");
+}
+
+/// The keys of the documents (snapshots, keys, accounts) among `ops`' reads, with how often each
+/// was read.
+fn document_reads(ops: &[String]) -> std::collections::BTreeMap<String, usize> {
+    let mut reads = std::collections::BTreeMap::new();
+    for l in ops.iter().filter(|l| l.contains(" get")) {
+        if let Some(key) = l.split(' ').nth(2).filter(|k| {
+            ["snapshots/", "keys/", "accounts/"]
+                .iter()
+                .any(|p| k.starts_with(p))
+        }) {
+            *reads.entry(key.to_string()).or_insert(0) += 1;
+        }
+    }
+    reads
+}
+
+#[test]
+fn with_documents_cached_a_command_reads_each_snapshot_key_and_account_document_once() {
+    let (m, log, last) = store_with(3);
+    // Uncached, as a library user gets it: the same documents are read more than once.
+    let (_, plain) = create_logged(&m, &log);
+    let plain_reads = document_reads(&plain);
+    assert!(plain_reads.values().any(|&n| n > 1), "{plain:?}");
+    // A command's cache: each is read once, and fewer requests are made in all.
+    m.store.cache_documents(true);
+    let (parent, cached) = create_logged(&m, &log);
+    assert!(parent.is_some() && parent != Some(last));
+    let cached_reads = document_reads(&cached);
+    assert!(cached_reads.values().all(|&n| n == 1), "{cached:?}");
+    assert!(cached.len() < plain.len(), "{cached:?}\n{plain:?}");
+    // Written or deleted through the store, it is never stale: the snapshot just created is
+    // read from the cache, a deleted one is gone.
+    let from = log.log().len();
+    let id = parent.unwrap().to_string();
+    assert!(m.store.resolve_snapshot(&id).is_ok());
+    assert!(
+        log.log()[from..]
+            .iter()
+            .all(|l| !l.contains(&format!("snapshots/{id}"))),
+        "{:?}",
+        &log.log()[from..]
+    );
+    m.store.delete_snapshot(&m.access, &id).unwrap();
+    assert!(m.store.resolve_snapshot(&id).is_err());
+    // Turned off, it forgets: a document changed behind the store's back is read as it is.
+    m.store.cache_documents(false);
+    let key = format!("snapshots/{last}.json");
+    let bytes = m.backend.get(&key).unwrap();
+    m.put(&key, &bytes[..bytes.len() / 2]);
+    assert!(m.store.resolve_snapshot(&last.to_string()).is_err());
 }
