@@ -186,6 +186,9 @@ struct Proxy {
     stop: Arc<AtomicBool>,
     strip: Arc<AtomicU8>,
     stripped: Arc<AtomicU64>,
+    /// The request line (`GET /bucket/key?… HTTP/1.1`) of every request forwarded, in HTTP mode,
+    /// followed by the range it asks for, if any.
+    requests: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// What a stripping proxy drops: nothing, both conditional headers, or `If-Match` alone.
@@ -236,6 +239,7 @@ fn forward_requests(
     strip: &AtomicU8,
     stripped: &AtomicU64,
     sent: &AtomicU64,
+    requests: &std::sync::Mutex<Vec<String>>,
 ) {
     use std::io::Write;
     let mut pending: Vec<u8> = Vec::new();
@@ -256,6 +260,16 @@ fn forward_requests(
             }
         };
         let head: Vec<u8> = pending.drain(..end).collect();
+        if let Some(line) = head.split(|&b| b == b'\r').next() {
+            let mut seen = String::from_utf8_lossy(line).into_owned();
+            // With the range it asks for, if any: `GET /bucket/key HTTP/1.1 bytes=0-99`.
+            let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            if let Some(range) = text.lines().find_map(|l| l.strip_prefix("range:")) {
+                seen.push(' ');
+                seen.push_str(range.trim());
+            }
+            requests.lock().unwrap().push(seen);
+        }
         let mut out = Vec::with_capacity(head.len());
         let (mut length, mut chunked) = (0u64, false);
         for line in head.split_inclusive(|&b| b == b'\n') {
@@ -328,8 +342,9 @@ impl Proxy {
         let stop = Arc::new(AtomicBool::new(false));
         let strip = Arc::new(AtomicU8::new(STRIP_NONE));
         let stripped = Arc::new(AtomicU64::new(0));
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (c, s, st) = (cut.clone(), sent.clone(), stop.clone());
-        let (sp, spd) = (strip.clone(), stripped.clone());
+        let (sp, spd, rq) = (strip.clone(), stripped.clone(), requests.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 if st.load(Ordering::SeqCst) {
@@ -367,8 +382,8 @@ impl Proxy {
                     };
                 if http {
                     let (from, to) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                    let (cut, strip, stripped, sent) =
-                        (c.clone(), sp.clone(), spd.clone(), s.clone());
+                    let (cut, strip, stripped, sent, requests) =
+                        (c.clone(), sp.clone(), spd.clone(), s.clone(), rq.clone());
                     std::thread::spawn(move || {
                         forward_requests(
                             from.try_clone().unwrap(),
@@ -377,6 +392,7 @@ impl Proxy {
                             &strip,
                             &stripped,
                             &sent,
+                            &requests,
                         );
                         let _ = from.shutdown(Shutdown::Both);
                         let _ = to.shutdown(Shutdown::Both);
@@ -398,7 +414,18 @@ impl Proxy {
             stop,
             strip,
             stripped,
+            requests,
         }
+    }
+
+    /// A proxy that forwards requests as they are and records each one's request line.
+    fn recording(upstream: u16) -> Proxy {
+        Proxy::start_with(upstream, true)
+    }
+
+    /// The request lines forwarded so far (a [`Proxy::recording`] or stripping proxy).
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
     }
 
     fn endpoint(&self) -> String {

@@ -66,13 +66,16 @@ pub(crate) fn run(ctx: &Ctx<'_>, a: &InitArgs) -> anyhow::Result<()> {
             let backend = crate::s3_backend(url)?;
             // Several writers can share a bucket only where the server refuses a second
             // create of one key and a stale compare-and-swap: prove it before making the store.
-            match backend.probe() {
-                Ok(()) => {}
-                Err(e) if e.is_unsupported() && a.single_writer => ctx.note(&format!(
-                    "note: {}; the store is made single-writer (--single-writer): only one host \
-                     at a time may write to it",
-                    blocksnap_store::ignored_conditional_writes(&e)
-                )),
+            let proven = match backend.probe() {
+                Ok(()) => true,
+                Err(e) if e.is_unsupported() && a.single_writer => {
+                    ctx.note(&format!(
+                        "note: {}; the store is made single-writer (--single-writer): only one \
+                         host at a time may write to it",
+                        blocksnap_store::ignored_conditional_writes(&e)
+                    ));
+                    false
+                }
                 Err(e) if e.is_unsupported() => {
                     return Err(StoreError::Usage(format!(
                         "{}. On such a server two hosts sharing a store could overwrite each \
@@ -85,9 +88,14 @@ pub(crate) fn run(ctx: &Ctx<'_>, a: &InitArgs) -> anyhow::Result<()> {
                     .into());
                 }
                 Err(e) => return Err(StoreError::backend(e).into()),
-            }
+            };
             let place = Place::Remote(backend.url().to_string());
-            Store::init_in(std::sync::Arc::new(backend), place, &opts)?
+            let (store, report) = Store::init_in(std::sync::Arc::new(backend), place, &opts)?;
+            if proven {
+                // The next command need not probe the server again.
+                store.conditional_writes_proven();
+            }
+            (store, report)
         }
         None => Store::init(&path, &opts)?,
     };

@@ -68,8 +68,10 @@ impl Store {
     /// read (a process killed at the wrong moment can leave one: see docs/DESIGN-NOTES.md) is
     /// rebuilt from the pack trailers, with a note: it is a cache.
     pub(crate) fn open_index(&self, access: &Access, progress: &dyn Progress) -> Result<Index> {
-        let index = self.open_index_healing(access, lock_wait(), progress)?;
-        self.sync_index(&index, access, true, progress)?;
+        let (index, synced) = self.open_index_mended(access, lock_wait(), progress)?;
+        if !synced {
+            self.sync_index(&index, access, true, progress)?;
+        }
         Ok(index)
     }
 
@@ -81,8 +83,10 @@ impl Store {
         access: &Access,
         progress: &dyn Progress,
     ) -> Result<Index> {
-        let index = self.open_index_healing(access, lock_wait(), progress)?;
-        self.sync_index(&index, access, false, progress)?;
+        let (index, synced) = self.open_index_mended(access, lock_wait(), progress)?;
+        if !synced {
+            self.sync_index(&index, access, false, progress)?;
+        }
         Ok(index)
     }
 
@@ -93,10 +97,23 @@ impl Store {
         wait: Duration,
         progress: &dyn Progress,
     ) -> Result<Index> {
+        Ok(self.open_index_mended(access, wait, progress)?.0)
+    }
+
+    /// [`Store::open_index_healing`], and whether the index was just made from a listing of
+    /// the packs (a missing or unreadable one rebuilt, or a missing one of a store without
+    /// packs): then it needs no sync, which would list them again.
+    fn open_index_mended(
+        &self,
+        access: &Access,
+        wait: Duration,
+        progress: &dyn Progress,
+    ) -> Result<(Index, bool)> {
         self.migrate_index(progress);
         let missing = !self.index_path().exists();
         match self.open_index_raw(wait, progress) {
-            Ok(index) if missing && !self.list_packs()?.is_empty() => {
+            Ok(index) if missing && self.list_packs()?.is_empty() => Ok((index, true)),
+            Ok(index) if missing => {
                 let r = self.fill_index(&index, access, progress)?;
                 progress.message(&format!(
                     "the index of {} was missing; rebuilt it from the pack trailers: {} chunks from {} packs",
@@ -104,7 +121,7 @@ impl Store {
                     r.chunks,
                     r.packs
                 ));
-                Ok(index)
+                Ok((index, true))
             }
             Err(IndexError::Damaged { detail, .. }) => {
                 // Move it aside (atomically, so that a second process finding it damaged at the
@@ -115,7 +132,7 @@ impl Store {
                 ));
                 if std::fs::rename(self.index_path(), &aside).is_err() {
                     // Another process moved it first and is rebuilding: wait for its index.
-                    return Ok(self.open_index_raw(wait, progress)?);
+                    return Ok((self.open_index_raw(wait, progress)?, false));
                 }
                 let index = self.open_index_raw(wait, progress)?;
                 let r = self.fill_index(&index, access, progress)?;
@@ -135,9 +152,9 @@ impl Store {
                     }
                 ));
                 let _ = std::fs::remove_dir_all(&aside);
-                Ok(index)
+                Ok((index, true))
             }
-            other => Ok(other?),
+            other => Ok((other?, false)),
         }
     }
 

@@ -27,6 +27,9 @@ struct OpenPack {
     cipher: Option<PackCipher>,
 }
 
+/// A snapshot's extent list as read: each extent with its offset in the volume.
+pub(crate) type Extents = Vec<(u64, Extent)>;
+
 /// Where chunk locations come from: the index, or (when another process holds the index) a
 /// map read from the pack trailers.
 pub(crate) enum Locator<'a> {
@@ -91,6 +94,11 @@ impl<'a> ChunkReader<'a> {
             packs: Mutex::new(HashMap::new()),
             pool: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Where chunk `id`'s record is, if the reader can place it.
+    pub fn location(&self, id: &ChunkId) -> Option<Location> {
+        self.locator.get(id).ok().flatten()
     }
 
     /// True if reads are worth fetching ahead, coalesced: the backend wants several requests
@@ -327,9 +335,16 @@ impl<'a> ChunkReader<'a> {
         mut f: impl FnMut(u64, Extent) -> Result<()>,
     ) -> Result<()> {
         let mut decoder = ExtentDecoder::new(doc.size);
-        for id in &doc.extents.chunks {
-            let bytes = self.read(id)?;
-            decoder.feed(&bytes, &mut f)?;
+        // On an object store the list's chunks are fetched a group at a time, coalesced (they
+        // lie together in the pack of the snapshot that wrote them): one ranged read for the
+        // group rather than one per chunk.
+        const GROUP: usize = 64;
+        for group in doc.extents.chunks.chunks(GROUP) {
+            let ahead = self.prefetches().then(|| self.prefetch(group));
+            for id in group {
+                let bytes = self.read_with(id, ahead.as_ref())?;
+                decoder.feed(&bytes, &mut f)?;
+            }
         }
         let count = decoder.finish()?;
         if count != doc.extents.count {
@@ -394,8 +409,45 @@ impl Store {
         codec: &ChunkCodec,
         progress: &dyn Progress,
     ) -> Result<Locator<'i>> {
+        if let Some(index) = index {
+            let reader = ChunkReader::new(self, codec, index);
+            if self.index_serves(&reader, index, doc)?.is_some() {
+                return Ok(Locator::Index(index));
+            }
+        }
+        self.locator_not_served(index, doc, codec, progress)
+    }
+
+    /// A reader of snapshot `doc`'s chunks through the locator [`Store::locator`] chooses, and
+    /// the snapshot's extent list (each extent with its offset) when choosing it read the list
+    /// through the index: a caller that needs the list too does not read it again, and the
+    /// packs that reading opened stay open.
+    pub(crate) fn reader_with_extents<'i>(
+        &'i self,
+        index: Option<&'i Index>,
+        doc: &SnapshotDoc,
+        codec: &'i ChunkCodec,
+        progress: &dyn Progress,
+    ) -> Result<(ChunkReader<'i>, Option<Extents>)> {
+        if let Some(index) = index {
+            let reader = ChunkReader::new(self, codec, index);
+            if let Some(extents) = self.index_serves(&reader, index, doc)? {
+                return Ok((reader, Some(extents)));
+            }
+        }
+        let locator = self.locator_not_served(index, doc, codec, progress)?;
+        Ok((ChunkReader::with_locator(self, codec, locator), None))
+    }
+
+    /// The locator when the index does not serve `doc`: the pack trailers.
+    fn locator_not_served<'i>(
+        &self,
+        index: Option<&'i Index>,
+        doc: &SnapshotDoc,
+        codec: &ChunkCodec,
+        progress: &dyn Progress,
+    ) -> Result<Locator<'i>> {
         Ok(match index {
-            Some(index) if self.index_serves(index, doc, codec)? => Locator::Index(index),
             Some(index) => {
                 progress.message(&format!(
                     "the index places chunks of {} in packs the store does not hold (it is a \
@@ -422,7 +474,15 @@ impl Store {
 
     /// True if `index` places every chunk of `doc` in a pack the store holds: one pass over
     /// the extent list (index lookups only, no data read) and one listing of the packs.
-    fn index_serves(&self, index: &Index, doc: &SnapshotDoc, codec: &ChunkCodec) -> Result<bool> {
+    /// The snapshot's extent list, read through `reader` (over `index`), if the index places
+    /// every chunk of it (the list's own and its data's) in a pack the store holds; `None` if it
+    /// does not, or the list cannot be read through it.
+    fn index_serves(
+        &self,
+        reader: &ChunkReader<'_>,
+        index: &Index,
+        doc: &SnapshotDoc,
+    ) -> Result<Option<Extents>> {
         let listed: HashSet<PackId> = self
             .list_packs_recent()?
             .into_iter()
@@ -433,19 +493,21 @@ impl Store {
         };
         for id in &doc.extents.chunks {
             if !held(id)? {
-                return Ok(false);
+                return Ok(None);
             }
         }
         let mut all = true;
-        let walk = ChunkReader::new(self, codec, index).for_each_extent(doc, |_, e| {
+        let mut extents = Vec::new();
+        let walk = reader.for_each_extent(doc, |offset, e| {
             if let Extent::Data { id, .. } = e {
                 if all && !held(&id)? {
                     all = false;
                 }
             }
+            extents.push((offset, e));
             Ok(())
         });
-        Ok(walk.is_ok() && all)
+        Ok((walk.is_ok() && all).then_some(extents))
     }
 
     /// The locations of every chunk `doc` needs, read from the pack trailers alone: first those

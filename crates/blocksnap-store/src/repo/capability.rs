@@ -33,8 +33,7 @@ impl Store {
         }
         match backend.probe_conditional_writes() {
             Ok(()) => {
-                let _ = crate::fsutil::create_private_dirs(&self.cache_dir());
-                let _ = std::fs::write(&cache, line);
+                self.remember_conditional_writes(&line);
                 Ok(())
             }
             Err(e) if e.is_unsupported() => Err(StoreError::Usage(format!(
@@ -57,6 +56,22 @@ impl Store {
             }
             Err(e) => Err(StoreError::backend(e)),
         }
+    }
+}
+
+impl Store {
+    /// Records that the store's server passed the capability probe, as `init` proved before it
+    /// made the store: the first command after `init` then does not probe again.
+    pub fn conditional_writes_proven(&self) {
+        if let Some(server) = self.backend().conditional_writes_server() {
+            self.remember_conditional_writes(&format!("honoured by {server}\n"));
+        }
+    }
+
+    /// Writes the capability cache (best effort: without it the next open probes again).
+    fn remember_conditional_writes(&self, line: &str) {
+        let _ = crate::fsutil::create_private_dirs(&self.cache_dir());
+        let _ = std::fs::write(self.cache_dir().join(CACHE_FILE), line);
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use blocksnap_backend::{Backend, BackendError, Version};
-use blocksnap_manifest::{DocError, Document};
+use blocksnap_manifest::{DocError, Document, SnapshotDoc};
 use serde::Serialize;
 
 use crate::error::{Result, StoreError};
@@ -26,31 +26,53 @@ pub(crate) const MAX_DOCUMENT_LEN: u64 = 16 << 20;
 /// Documents a [`DocCache`] holds at most; past this, reads are not remembered.
 const DOC_CACHE_ENTRIES: usize = 4096;
 
-/// The documents a command read that do not change while it runs, by key, when
-/// [`Store::cache_documents`] turned it on: snapshot documents (created once, never rewritten),
-/// key and account documents (changed only by a grant, a revocation or a migration: the
-/// command sees them as they were when it first read them, as if it had read each once). Each
-/// is then read from the backend once per command, not once per use: on an object store,
-/// reading the keys or the parent snapshot again was a request each time. Writes and deletes
-/// through [`Store`] update it; mutable documents (heads, volumes, images, policies, locks) and
-/// the config are never in it. Off by default: a process that keeps a store open for long (a
+/// The documents a command read, by key, when [`Store::cache_documents`] turned it on: snapshot
+/// documents (created once, never rewritten), key and account documents (changed only by a
+/// grant, a revocation or a migration) and volume heads (swapped at each snapshot's commit).
+/// The command sees each as it was when it first read it, as if it had read each once: on an
+/// object store, reading the keys, the head or the parent snapshot again was a request each
+/// time. A compare-and-swap first tries the version it read (a head read at the start is
+/// swapped at the commit without being read again); if another writer changed the document
+/// meanwhile the swap fails, and it is read afresh and tried again, as without the cache.
+/// Writes and deletes through [`Store`] update it; volumes, images, policies, locks and the
+/// config are never in it. Off by default: a process that keeps a store open for long (a
 /// server, a library user) would otherwise never see a grant revoked or a snapshot deleted.
 #[derive(Debug, Default)]
 pub(crate) struct DocCache {
     on: std::sync::atomic::AtomicBool,
-    docs: Mutex<std::collections::HashMap<String, Arc<Vec<u8>>>>,
+    docs: Mutex<std::collections::HashMap<String, Cached>>,
+    /// Heads found missing (a volume's first snapshot): creating one is create-only, so a head
+    /// another writer made meanwhile fails the create and is read afresh.
+    absent: Mutex<std::collections::HashSet<String>>,
+    /// The newest snapshot of a volume found by listing the snapshots (a volume without a head),
+    /// when: reused for [`LISTING_REUSE`] (one snapshot create asks twice), forgotten when this
+    /// command writes or deletes a snapshot document.
+    latest: Mutex<std::collections::HashMap<String, (std::time::Instant, Option<SnapshotDoc>)>>,
+}
+
+/// How long [`DocCache`] reuses the newest snapshot of a volume found by a listing: as long as
+/// the steps of one snapshot create, so that it stands for one listing.
+const LISTING_REUSE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A document's bytes as read or written, with their version when known.
+#[derive(Debug, Clone)]
+struct Cached {
+    bytes: Arc<Vec<u8>>,
+    version: Option<Version>,
 }
 
 impl DocCache {
     fn cacheable(&self, key: &str) -> bool {
         self.on.load(std::sync::atomic::Ordering::Relaxed)
-            && [Kind::Snapshot, Kind::Key, Kind::Account].iter().any(|k| {
-                key.strip_prefix(k.dir())
-                    .is_some_and(|r| r.starts_with('/'))
-            })
+            && [Kind::Snapshot, Kind::Key, Kind::Account, Kind::Head]
+                .iter()
+                .any(|k| {
+                    key.strip_prefix(k.dir())
+                        .is_some_and(|r| r.starts_with('/'))
+                })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<Vec<u8>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Cached>> {
         self.docs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -60,23 +82,93 @@ impl DocCache {
         if !self.cacheable(key) {
             return None;
         }
-        self.lock().get(key).cloned()
+        self.lock().get(key).map(|c| c.bytes.clone())
     }
 
-    /// Remembers `bytes` as the content of `key` (if it is a kind that is cached).
-    fn put(&self, key: &str, bytes: &[u8]) {
+    /// The bytes of `key` with their version, if both are remembered.
+    fn get_versioned(&self, key: &str) -> Option<(Arc<Vec<u8>>, Version)> {
+        if !self.cacheable(key) {
+            return None;
+        }
+        let map = self.lock();
+        let c = map.get(key)?;
+        Some((c.bytes.clone(), c.version.clone()?))
+    }
+
+    /// Remembers `bytes` (at `version`, when known) as the content of `key`, if it is a kind
+    /// that is cached.
+    fn put(&self, key: &str, bytes: &[u8], version: Option<Version>) {
         if !self.cacheable(key) {
             return;
         }
+        self.absent_set().remove(key);
+        self.snapshots_changed(key);
         let mut map = self.lock();
         if map.len() < DOC_CACHE_ENTRIES || map.contains_key(key) {
-            map.insert(key.to_string(), Arc::new(bytes.to_vec()));
+            let bytes = Arc::new(bytes.to_vec());
+            map.insert(key.to_string(), Cached { bytes, version });
         }
     }
 
     /// Forgets `key`: it was deleted, or written with content not known here.
     pub(crate) fn forget(&self, key: &str) {
         self.lock().remove(key);
+        self.absent_set().remove(key);
+        self.snapshots_changed(key);
+    }
+
+    /// A snapshot document was written or deleted: no listing found before stands.
+    fn snapshots_changed(&self, key: &str) {
+        if key.starts_with(&Kind::Snapshot.prefix()) {
+            self.latest_map().clear();
+        }
+    }
+
+    fn latest_map(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, (std::time::Instant, Option<SnapshotDoc>)>,
+    > {
+        self.latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The newest snapshot of `volume` a listing found less than [`LISTING_REUSE`] ago.
+    pub(crate) fn latest_listed(&self, volume: &str) -> Option<Option<SnapshotDoc>> {
+        if !self.on.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let map = self.latest_map();
+        let (at, doc) = map.get(volume)?;
+        (at.elapsed() < LISTING_REUSE).then(|| doc.clone())
+    }
+
+    /// Remembers what a listing found as the newest snapshot of `volume`.
+    pub(crate) fn put_latest_listed(&self, volume: &str, doc: Option<SnapshotDoc>) {
+        if self.on.load(std::sync::atomic::Ordering::Relaxed) {
+            self.latest_map()
+                .insert(volume.to_string(), (std::time::Instant::now(), doc));
+        }
+    }
+
+    fn absent_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.absent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Remembers that the head `key` was not there.
+    fn put_absent(&self, key: &str) {
+        if self.cacheable(key) && key.starts_with(&Kind::Head.prefix()) {
+            self.absent_set().insert(key.to_string());
+        }
+    }
+
+    /// True if the head `key` was found missing (and not written since).
+    fn is_absent(&self, key: &str) -> bool {
+        self.cacheable(key) && self.absent_set().contains(key)
     }
 }
 
@@ -90,6 +182,8 @@ impl Store {
             .store(on, std::sync::atomic::Ordering::Relaxed);
         if !on {
             self.doc_cache.lock().clear();
+            self.doc_cache.absent_set().clear();
+            self.doc_cache.latest_map().clear();
         }
     }
 }
@@ -224,9 +318,12 @@ impl Store {
                 return Ok(Some(Ok(bytes.to_vec())));
             }
         }
+        if self.doc_cache.is_absent(key) {
+            return Ok(None);
+        }
         match self.backend().get_bounded(key, max) {
             Ok(b) => {
-                self.doc_cache.put(key, &b);
+                self.doc_cache.put(key, &b, None);
                 Ok(Some(Ok(b)))
             }
             Err(BackendError::TooLarge { size, .. }) => Ok(Some(Err(size))),
@@ -278,11 +375,14 @@ impl Store {
         let key = kind.key(name);
         let (bytes, version) = match self.backend().get_versioned_bounded(&key, MAX_DOCUMENT_LEN) {
             Ok(v) => {
-                // The version is what a swap needs: always read, and the cache brought up to date.
-                self.doc_cache.put(&key, &v.0);
+                // Read afresh (what a swap that failed needs), and the cache brought up to date.
+                self.doc_cache.put(&key, &v.0, Some(v.1.clone()));
                 v
             }
-            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) if e.is_not_found() => {
+                self.doc_cache.put_absent(&key);
+                return Ok(None);
+            }
             Err(BackendError::TooLarge { size, .. }) => {
                 return Err(self.damaged_doc(&key, &too_large(&key, size)));
             }
@@ -290,6 +390,25 @@ impl Store {
         };
         let doc = D::from_json(&bytes).map_err(|e| self.damaged_doc(&key, &e))?;
         Ok(Some((doc, version)))
+    }
+
+    /// [`Store::doc_versioned`], from the document cache when it holds the document with its
+    /// version: for the first try of a swap (one that fails because the document changed
+    /// meanwhile reads it afresh with [`Store::doc_versioned`]).
+    pub(crate) fn doc_versioned_cached<D: Document>(
+        &self,
+        kind: Kind,
+        name: &str,
+    ) -> Result<Option<(D, Version)>> {
+        let key = kind.key(name);
+        match self.doc_cache.get_versioned(&key) {
+            Some((bytes, version)) => {
+                let doc = D::from_json(&bytes).map_err(|e| self.damaged_doc(&key, &e))?;
+                Ok(Some((doc, version)))
+            }
+            None if self.doc_cache.is_absent(&key) => Ok(None),
+            None => self.doc_versioned(kind, name),
+        }
     }
 
     /// The error for the document at `key` that does not parse.
@@ -308,7 +427,7 @@ impl Store {
         let bytes = doc.to_json();
         match self.backend().create(&key, &bytes) {
             Ok(()) => {
-                self.doc_cache.put(&key, &bytes);
+                self.doc_cache.put(&key, &bytes, None);
                 Ok(bytes.len() as u64)
             }
             Err(e) if e.is_already_exists() => Err(StoreError::Exists {
@@ -332,7 +451,7 @@ impl Store {
         let bytes = doc.to_json();
         match self.backend().replace(&key, &bytes, version) {
             Ok(v) => {
-                self.doc_cache.put(&key, &bytes);
+                self.doc_cache.put(&key, &bytes, Some(v.clone()));
                 Ok(v)
             }
             Err(BackendError::Conflict { .. } | BackendError::AlreadyExists { .. }) => {
@@ -355,14 +474,20 @@ impl Store {
         name: &str,
         mut change: impl FnMut(&mut D) -> Result<()>,
     ) -> Result<Option<D>> {
+        let mut fresh = false;
         loop {
-            let Some((mut doc, version)) = self.doc_versioned::<D>(kind, name)? else {
+            let read = if fresh {
+                self.doc_versioned::<D>(kind, name)?
+            } else {
+                self.doc_versioned_cached::<D>(kind, name)?
+            };
+            let Some((mut doc, version)) = read else {
                 return Ok(None);
             };
             change(&mut doc)?;
             match self.replace_doc(kind, name, &doc, Some(&version)) {
                 Ok(_) => return Ok(Some(doc)),
-                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::Conflict { .. }) => fresh = true,
                 Err(e) => return Err(e),
             }
         }

@@ -55,6 +55,16 @@ impl Store {
 
     /// Resolves a snapshot by full id or unique prefix (`snap-0f3a`, `0f3a`).
     pub fn resolve_snapshot(&self, text: &str) -> Result<SnapshotDoc> {
+        // A whole id is read directly: on an object store, one request rather than a listing
+        // and a read. Anything else (a prefix, a missing id) goes through the listing, whose
+        // errors name the candidates.
+        if let Ok(id) = text.parse::<SnapshotId>() {
+            let name = id.to_string();
+            if let Some(doc) = self.doc::<SnapshotDoc>(Kind::Snapshot, &name)? {
+                self.check_named(&doc, &name)?;
+                return Ok(doc);
+            }
+        }
         let ids = self.names(Kind::Snapshot)?;
         let id = resolve(
             "snapshot",
@@ -91,18 +101,26 @@ impl Store {
 
     /// The newest snapshot of `volume` among all snapshot documents.
     fn latest_listed(&self, volume: &str) -> Result<Option<SnapshotDoc>> {
-        Ok(self
+        // With the document cache on, a listing of a few seconds ago stands (the source check
+        // and the parent lookup of one snapshot create both ask, for a volume without a head).
+        if let Some(doc) = self.doc_cache.latest_listed(volume) {
+            return Ok(doc);
+        }
+        let latest = self
             .list_snapshots()?
             .into_iter()
             .rev()
-            .find(|s| s.volume == volume))
+            .find(|s| s.volume == volume);
+        self.doc_cache.put_latest_listed(volume, latest.clone());
+        Ok(latest)
     }
 
     /// The head of `volume`, if it has one that reads (a damaged head is no head: it is only an
     /// index of the snapshot documents).
     pub(crate) fn head(&self, volume: &str) -> Result<Option<HeadDoc>> {
-        match self.doc::<HeadDoc>(Kind::Head, volume) {
-            Ok(h) => Ok(h),
+        // Read with its version: with the document cache on, the commit's swap uses it.
+        match self.doc_versioned_cached::<HeadDoc>(Kind::Head, volume) {
+            Ok(h) => Ok(h.map(|(h, _)| h)),
             Err(StoreError::Damaged(_)) => Ok(None),
             Err(e) => Err(e),
         }
@@ -202,8 +220,16 @@ impl Store {
     /// for the volume is refused (an old head put back would reuse numbers); the new number is
     /// above both.
     fn point_head(&self, volume: &str, snapshot: SnapshotId, count: bool) -> Result<u64> {
+        // First with the head as this command read it (from the document cache, when on): a
+        // swap against a version another writer replaced fails, and the head is read afresh.
+        let mut fresh = false;
         loop {
-            let current = match self.doc_versioned::<HeadDoc>(Kind::Head, volume) {
+            let read = if fresh {
+                self.doc_versioned::<HeadDoc>(Kind::Head, volume)
+            } else {
+                self.doc_versioned_cached::<HeadDoc>(Kind::Head, volume)
+            };
+            let current = match read {
                 Ok(c) => c,
                 // A damaged head is replaced: it only indexes the snapshot documents.
                 Err(StoreError::Damaged(_)) => {
@@ -233,7 +259,7 @@ impl Store {
             };
             match self.replace_doc(Kind::Head, volume, &head, current.as_ref().map(|(_, v)| v)) {
                 Ok(_) => return Ok(seq),
-                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::Conflict { .. }) => fresh = true,
                 Err(e) => return Err(e),
             }
         }

@@ -6,6 +6,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use blocksnap_index::Location;
 use blocksnap_manifest::{ChunkId, SnapshotDoc, SnapshotId};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -54,6 +55,12 @@ pub struct RestoreReport {
 
 /// Data bytes decoded per batch: bounds restore's memory.
 const BATCH_BYTES: u64 = 64 << 20;
+
+/// Stored bytes per batch of a restore that follows the packs ([`batches_by_pack`]): whole
+/// packs (32 MiB by default) while they fit. Two batches' records are in memory at once (one
+/// written, the next fetched): 64 MiB per batch cut anywhere doubled a restore's peak RSS (95 to
+/// 182 MiB, `benches/compare-s3.sh`).
+const PACK_BATCH_BYTES: u64 = 40 << 20;
 
 /// Chunks a worker decodes together, writing each run of adjacent ones with one positioned
 /// write (about 1 MiB with the default chunk size). One write per chunk cost 14% more time and
@@ -141,8 +148,12 @@ impl Store {
         let codec = self.snapshot_codec(access, doc)?;
         let _lock = self.lock_reading("restore", progress)?;
         let index = self.index_if_free(access, progress)?;
-        let locator = self.locator(index.as_ref(), doc, &codec, progress)?;
-        let view = SnapshotView::open(doc, ChunkReader::with_locator(self, &codec, locator))?;
+        // The extent list read to choose the locator is the view's: read once, not twice.
+        let (reader, extents) = self.reader_with_extents(index.as_ref(), doc, &codec, progress)?;
+        let view = match extents {
+            Some(extents) => SnapshotView::with_extents(doc, extents, reader)?,
+            None => SnapshotView::open(doc, reader)?,
+        };
         let reader = view.reader();
         if doc.source_changed {
             progress.message(&format!(
@@ -232,12 +243,11 @@ impl Store {
                 }
                 Ok(())
             });
-            let mut batch: Vec<(u64, u32, ChunkId)> = Vec::new();
-            let mut batch_bytes = 0u64;
             let mut written = 0u64;
             // On an object store the records of a batch are fetched ahead, coalesced into few
             // ranged reads, while the batch before is decoded and written: at most two batches'
-            // records are in memory.
+            // records are in memory. There the batches follow the packs, not the disk (see
+            // `batches_by_pack`).
             let prefetching = reader.prefetches();
             type Ahead<'s> = (
                 Vec<(u64, u32, ChunkId)>,
@@ -303,48 +313,45 @@ impl Store {
             };
             let zeros = vec![0u8; 1 << 20];
             let result = (|| -> Result<()> {
-                for span in view.spans() {
-                    let (off, len) = (span.offset, span.len);
-                    match span.chunk {
-                        Some(id) => {
-                            batch.push((off, len as u32, id));
-                            batch_bytes += len;
-                            if batch_bytes >= BATCH_BYTES {
-                                if prefetching {
-                                    let full = std::mem::take(&mut batch);
-                                    let ids: Vec<ChunkId> = full.iter().map(|b| b.2).collect();
-                                    let next = scope.spawn(move || reader.prefetch(&ids));
-                                    if let Some((mut prev, fetch)) = ahead.replace((full, next)) {
-                                        let fetched = fetch.join().unwrap_or_default();
-                                        flush(&mut prev, Some(&fetched), &mut written)?;
-                                    }
-                                } else {
-                                    flush(&mut batch, None, &mut written)?;
-                                }
-                                batch_bytes = 0;
-                            }
+                if device {
+                    // A device keeps old bytes: holes must be written as zeros.
+                    for span in view.spans().iter().filter(|s| s.chunk.is_none()) {
+                        let mut p = 0;
+                        while p < span.len {
+                            let n = (span.len - p).min(zeros.len() as u64);
+                            file.write_at(&zeros[..n as usize], span.offset + p)
+                                .map_err(|e| target.fail("cannot write", e))?;
+                            p += n;
                         }
-                        None => {
-                            if device {
-                                // A device keeps old bytes: holes must be written as zeros.
-                                let mut p = 0;
-                                while p < len {
-                                    let n = (len - p).min(zeros.len() as u64);
-                                    file.write_at(&zeros[..n as usize], off + p)
-                                        .map_err(|e| target.fail("cannot write", e))?;
-                                    p += n;
-                                }
-                                progress.advance(len);
-                            }
+                        progress.advance(span.len);
+                    }
+                }
+                let data = view
+                    .spans()
+                    .iter()
+                    .filter_map(|s| s.chunk.map(|id| (s.offset, s.len as u32, id)));
+                let batches = if prefetching {
+                    batches_by_pack(data.collect(), reader)
+                } else {
+                    batches_in_order(data)
+                };
+                for mut batch in batches {
+                    if prefetching {
+                        let ids: Vec<ChunkId> = batch.iter().map(|b| b.2).collect();
+                        let next = scope.spawn(move || reader.prefetch(&ids));
+                        if let Some((mut prev, fetch)) = ahead.replace((batch, next)) {
+                            let fetched = fetch.join().unwrap_or_default();
+                            flush(&mut prev, Some(&fetched), &mut written)?;
                         }
+                    } else {
+                        flush(&mut batch, None, &mut written)?;
                     }
                 }
                 if let Some((mut prev, fetch)) = ahead.take() {
                     let fetched = fetch.join().unwrap_or_default();
                     flush(&mut prev, Some(&fetched), &mut written)?;
                 }
-                let fetched = prefetching.then(|| reader.prefetch(batch.iter().map(|b| &b.2)));
-                flush(&mut batch, fetched.as_ref(), &mut written)
+                Ok(())
             })();
             drop(sync_tx);
             let synced = syncer
@@ -394,4 +401,91 @@ impl Store {
             source_changed: doc.source_changed,
         })
     }
+}
+
+/// One chunk of the volume to write: its offset, length and id.
+type Piece = (u64, u32, ChunkId);
+
+/// The data pieces in volume order, in batches of about [`BATCH_BYTES`] (a local store: each
+/// chunk is read where it lies, and writes go forward through the file).
+fn batches_in_order(pieces: impl Iterator<Item = Piece>) -> Vec<Vec<Piece>> {
+    let mut out = Vec::new();
+    let mut batch = Vec::new();
+    let mut bytes = 0u64;
+    for p in pieces {
+        bytes += u64::from(p.1);
+        batch.push(p);
+        if bytes >= BATCH_BYTES {
+            out.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+    }
+    out.push(batch);
+    out
+}
+
+/// The data pieces in batches that follow the packs: ordered by pack and by place in the pack
+/// (pieces whose chunk the reader cannot place last, in volume order), whole packs to a batch as
+/// far as [`PACK_BATCH_BYTES`] of stored records allows (a larger pack is cut, never between two
+/// pieces of one chunk), each batch then in volume order so that adjacent chunks are written
+/// together. On an object store a batch is then a ranged read of each of its packs: the records
+/// of a pack an incremental snapshot wrote lie all over the disk, and batches in volume order read
+/// that pack again in every batch (14 reads of one pack in a restore measured in docs/S3.md);
+/// and a pack cut between two batches fetched at once is opened by both (a read of its header
+/// more).
+fn batches_by_pack(pieces: Vec<Piece>, reader: &ChunkReader<'_>) -> Vec<Vec<Piece>> {
+    let mut places: std::collections::HashMap<ChunkId, Option<Location>> =
+        std::collections::HashMap::new();
+    let mut keyed: Vec<(Option<Location>, Piece)> = pieces
+        .into_iter()
+        .map(|p| {
+            let loc = *places.entry(p.2).or_insert_with(|| reader.location(&p.2));
+            (loc, p)
+        })
+        .collect();
+    keyed.sort_by_key(|(loc, p)| (loc.is_none(), loc.map(|l| (l.pack, l.offset)), p.0));
+    // Runs of one pack (or of unplaced pieces), each cut into parts of at most the budget.
+    let mut parts: Vec<(u64, Vec<Piece>)> = Vec::new();
+    let mut last_pack = None;
+    for (loc, p) in keyed {
+        let pack = loc.map(|l| l.pack);
+        let same_chunk = parts
+            .last()
+            .and_then(|(_, v)| v.last())
+            .is_some_and(|last| last.2 == p.2);
+        let full = parts
+            .last()
+            .is_none_or(|(bytes, _)| *bytes >= PACK_BATCH_BYTES);
+        if !same_chunk && (pack != last_pack || full) {
+            parts.push((0, Vec::new()));
+        }
+        last_pack = pack;
+        let Some((bytes, part)) = parts.last_mut() else {
+            continue;
+        };
+        if !same_chunk {
+            *bytes += loc.map_or(u64::from(p.1), |l| u64::from(l.stored_len));
+        }
+        part.push(p);
+    }
+    // Whole parts to a batch while they fit the budget.
+    let mut out: Vec<Vec<Piece>> = Vec::new();
+    let mut stored = 0u64;
+    for (bytes, part) in parts {
+        match out.last_mut() {
+            Some(batch) if stored + bytes <= PACK_BATCH_BYTES => batch.extend(part),
+            _ => {
+                out.push(part);
+                stored = 0;
+            }
+        }
+        stored += bytes;
+    }
+    for b in &mut out {
+        b.sort_by_key(|p| p.0);
+    }
+    if out.is_empty() {
+        out.push(Vec::new());
+    }
+    out
 }

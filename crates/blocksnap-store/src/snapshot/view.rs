@@ -42,9 +42,24 @@ impl<'a> SnapshotView<'a> {
     /// The view of `doc`, its chunks read through `reader`: the extent list is read, verified
     /// and checked to cover the volume exactly.
     pub fn open(doc: &SnapshotDoc, reader: ChunkReader<'a>) -> Result<Self> {
-        let mut spans = Vec::new();
+        let mut extents = Vec::new();
         reader.for_each_extent(doc, |offset, extent| {
-            spans.push(match extent {
+            extents.push((offset, extent));
+            Ok(())
+        })?;
+        Self::with_extents(doc, extents, reader)
+    }
+
+    /// The view of `doc` from its extent list, already read (each extent with its offset), checked
+    /// to cover the volume exactly.
+    pub fn with_extents(
+        doc: &SnapshotDoc,
+        extents: Vec<(u64, Extent)>,
+        reader: ChunkReader<'a>,
+    ) -> Result<Self> {
+        let spans: Vec<Span> = extents
+            .into_iter()
+            .map(|(offset, extent)| match extent {
                 Extent::Hole { len } => Span {
                     offset,
                     len,
@@ -55,9 +70,8 @@ impl<'a> SnapshotView<'a> {
                     len: u64::from(len),
                     chunk: Some(id),
                 },
-            });
-            Ok(())
-        })?;
+            })
+            .collect();
         if spans.last().map_or(0, Span::end) != doc.size {
             return Err(StoreError::Damaged(format!(
                 "snapshot {}: its extent list does not cover its {} bytes",

@@ -120,13 +120,13 @@ fn without_a_head_the_same_measure_grows_with_the_store() {
     assert!(ops2.len() <= 4, "{ops2:?}");
 }
 
-/// The keys of the documents (snapshots, keys, accounts) among `ops`' reads, with how often each
+/// The keys of the documents (snapshots, keys, accounts, heads) among `ops`' reads, with how often each
 /// was read.
 fn document_reads(ops: &[String]) -> std::collections::BTreeMap<String, usize> {
     let mut reads = std::collections::BTreeMap::new();
     for l in ops.iter().filter(|l| l.contains(" get")) {
         if let Some(key) = l.split(' ').nth(2).filter(|k| {
-            ["snapshots/", "keys/", "accounts/"]
+            ["snapshots/", "keys/", "accounts/", "heads/"]
                 .iter()
                 .any(|p| k.starts_with(p))
         }) {
@@ -137,7 +137,7 @@ fn document_reads(ops: &[String]) -> std::collections::BTreeMap<String, usize> {
 }
 
 #[test]
-fn with_documents_cached_a_command_reads_each_snapshot_key_and_account_document_once() {
+fn with_documents_cached_a_command_reads_each_snapshot_key_account_and_head_document_once() {
     let (m, log, last) = store_with(3);
     // Uncached, as a library user gets it: the same documents are read more than once.
     let (_, plain) = create_logged(&m, &log);
@@ -150,6 +150,20 @@ fn with_documents_cached_a_command_reads_each_snapshot_key_and_account_document_
     let cached_reads = document_reads(&cached);
     assert!(cached_reads.values().all(|&n| n == 1), "{cached:?}");
     assert!(cached.len() < plain.len(), "{cached:?}\n{plain:?}");
+    // A volume's first snapshot: its missing head is asked for once (the commit creates it
+    // create-only, so a head another writer made meanwhile would fail it and be read).
+    let from = log.log().len();
+    m.snapshot("new.img", &random_bytes(8192, 1000), "new");
+    let first = log.log()[from..].to_vec();
+    let head_reads = document_reads(&first).get("heads/new.json").copied();
+    assert_eq!(head_reads, Some(1), "{first:?}");
+    // Without a head the snapshots are listed to find the newest: once, though the source
+    // check and the parent lookup both ask.
+    let listings = first
+        .iter()
+        .filter(|l| l.contains(" list ") && l.ends_with("snapshots/"))
+        .count();
+    assert_eq!(listings, 1, "{first:?}");
     // Written or deleted through the store, it is never stale: the snapshot just created is
     // read from the cache, a deleted one is gone.
     let from = log.log().len();
@@ -170,4 +184,43 @@ fn with_documents_cached_a_command_reads_each_snapshot_key_and_account_document_
     let bytes = m.backend.get(&key).unwrap();
     m.put(&key, &bytes[..bytes.len() / 2]);
     assert!(m.store.resolve_snapshot(&last.to_string()).is_err());
+}
+
+#[test]
+fn a_head_another_writer_swapped_after_the_command_read_it_is_read_again_not_overwritten() {
+    let (m, _, _) = store_with(3);
+    m.store.cache_documents(true);
+    // This command reads the volume's head (cached, with its version) ...
+    assert!(m.store.latest_snapshot("disk").unwrap().is_some());
+    // ... another process commits a snapshot of the volume meanwhile ...
+    let other = m.reopen();
+    let theirs = other
+        .snapshot(
+            &m.access,
+            &blocksnap_store::SnapshotOptions {
+                source: m.file("theirs.img", &random_bytes(8192, 5)),
+                volume: Some("disk".into()),
+                ..Default::default()
+            },
+            &blocksnap_store::NoProgress,
+        )
+        .unwrap();
+    let head = || -> serde_json::Value {
+        serde_json::from_slice(&m.backend.get("heads/disk.json").unwrap()).unwrap()
+    };
+    assert_eq!(head()["snapshot"], theirs.id.to_string());
+    let their_seq = head()["seq"].as_u64().unwrap();
+    // ... and this command's commit swaps against the version it read: refused, it reads the
+    // head again and swaps that. Neither commit is lost, the numbers still grow.
+    let ours = m.snapshot("ours.img", &random_bytes(8192, 6), "disk");
+    assert_eq!(head()["snapshot"], ours.id.to_string());
+    assert_eq!(head()["seq"].as_u64().unwrap(), their_seq + 1);
+    let ids: Vec<_> = m
+        .store
+        .list_snapshots()
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert!(ids.contains(&theirs.id) && ids.contains(&ours.id));
 }

@@ -156,6 +156,15 @@ fn a_store_for_several_writers_is_refused_on_a_server_ignoring_conditional_write
     env.store = PathBuf::from("s3://cap/store");
     // Made on moto itself, which honours both headers.
     json(&env, &moto, &["init", "--account", "alice"]);
+    // `init` proved the server before it made the store, and cached the answer: the first
+    // command does not probe it again.
+    let cache = env
+        .path("cache")
+        .join("blocksnap")
+        .join(store_id(&moto, "s3://cap/store"))
+        .join("conditional-writes");
+    let cached = std::fs::read_to_string(&cache).unwrap_or_default();
+    assert!(cached.contains(&moto.endpoint()), "{cached:?}");
     let image = disk(&env, "disk.img", 41);
     let first = json(
         &env,
@@ -232,11 +241,6 @@ fn a_store_for_several_writers_is_refused_on_a_server_ignoring_conditional_write
     assert_eq!(keys(&moto, "s3://cap/store"), before);
 
     // Moto's own endpoint is still the one cached as honouring them: the store works there.
-    let cache = env
-        .path("cache")
-        .join("blocksnap")
-        .join(store_id(&moto, "s3://cap/store"))
-        .join("conditional-writes");
     let cached = std::fs::read_to_string(&cache).unwrap();
     assert!(cached.contains(&moto.endpoint()), "{cached}");
     let list = json(&env, &moto, &["snapshot", "list"]);

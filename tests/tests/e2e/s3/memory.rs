@@ -116,3 +116,81 @@ fn snapshot_and_restore_memory_does_not_grow_with_the_disk() {
         "restore of {BIG} MiB peaked at {restore_big} KiB: more than two batches in flight"
     );
 }
+
+/// The request path of a request line (`GET /bucket/key?query HTTP/1.1`), without its query.
+fn request_path(line: &str) -> &str {
+    let path = line.split(' ').nth(1).unwrap_or("");
+    path.split('?').next().unwrap_or(path)
+}
+
+#[test]
+fn a_restore_reads_each_pack_in_few_ranged_reads_however_its_chunks_lie_on_the_disk() {
+    // Issue 15's request counts: a restore plans its batches by pack, so the pack of an
+    // incremental snapshot, whose chunks lie all over the disk, is read once, not once per
+    // 64 MiB of the disk.
+    let moto = Moto::start();
+    moto.create_bucket("plan");
+    let mut env = Env::new("s3_restore_plan");
+    env.store = PathBuf::from("s3://plan/store");
+    json(&env, &moto, &["init"]);
+    let packs = |moto: &Moto| -> Vec<String> {
+        keys(moto, "s3://plan/store")
+            .into_iter()
+            .filter(|k| k.starts_with("packs/") && !k.ends_with(".idx"))
+            .collect()
+    };
+    // 320 MiB of random data: five of restore's batches.
+    let image = env.path("disk.img");
+    let mut data = random_bytes(320 << 20, 7);
+    std::fs::write(&image, &data).unwrap();
+    let image = image.to_str().unwrap();
+    json(
+        &env,
+        &moto,
+        &["snapshot", "create", image, "--volume", "vm"],
+    );
+    let base = packs(&moto);
+    // 4 KiB rewritten every 8 MiB: the incremental's one pack holds chunks from everywhere.
+    for (i, at) in (0..data.len()).step_by(8 << 20).enumerate() {
+        data[at..at + 4096].copy_from_slice(&random_bytes(4096, 100 + i as u64));
+    }
+    std::fs::write(image, &data).unwrap();
+    let second = json(
+        &env,
+        &moto,
+        &["snapshot", "create", image, "--volume", "vm"],
+    );
+    let scattered: Vec<String> = packs(&moto)
+        .into_iter()
+        .filter(|p| !base.contains(p))
+        .collect();
+    assert_eq!(scattered.len(), 1, "{scattered:?}");
+
+    let proxy = Proxy::recording(moto.port());
+    let out = env.path("restored.img");
+    ok_json(
+        via(&env, &moto, &proxy),
+        &[
+            "snapshot",
+            "restore",
+            second["id"].as_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(std::fs::read(&out).unwrap() == data, "the restore differs");
+    let requests = proxy.requests();
+    let gets = |pack: &str| {
+        requests
+            .iter()
+            .filter(|l| l.starts_with("GET ") && request_path(l).ends_with(pack))
+            .count()
+    };
+    // Its header, the extent list at its end, then its data in one range. (Batches in disk
+    // order read the data once per batch, five times, and the list was read twice, once per
+    // chunk of it.)
+    assert!(gets(&scattered[0]) <= 3, "{requests:#?}");
+    for p in &base {
+        // Each of the first snapshot's packs whole in one batch: one ranged read, which opens it.
+        assert_eq!(gets(p), 1, "{p}: {requests:#?}");
+    }
+}
