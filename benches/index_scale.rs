@@ -150,30 +150,16 @@ fn probe(dir: &Path, count: u64) -> Result<(), String> {
     let t = Instant::now();
     fill(&index, count, count + INSERTS)?;
     let inserts = t.elapsed();
-    println!(
-        "{{\"entries\":{count},\"open_s\":{open_s:.4},\"hit_lookups_per_s\":{:.0},\
-         \"miss_lookups_per_s\":{:.0},\"inserts_per_s\":{:.0},\"peak_rss_bytes\":{}}}",
-        if count > 0 {
-            per_sec(LOOKUPS, hits)
-        } else {
-            0.0
-        },
-        per_sec(LOOKUPS, misses),
-        per_sec(INSERTS, inserts),
-        peak_rss()
-    );
+    let row = serde_json::json!({
+        "entries": count,
+        "open_s": open_s,
+        "hit_lookups_per_s": if count > 0 { per_sec(LOOKUPS, hits).round() } else { 0.0 },
+        "miss_lookups_per_s": per_sec(LOOKUPS, misses).round(),
+        "inserts_per_s": per_sec(INSERTS, inserts).round(),
+        "peak_rss_bytes": peak_rss(),
+    });
+    println!("{row}");
     Ok(())
-}
-
-fn json_field(line: &str, name: &str) -> f64 {
-    let key = format!("\"{name}\":");
-    line.find(&key)
-        .and_then(|at| {
-            let rest = &line[at + key.len()..];
-            let end = rest.find([',', '}']).unwrap_or(rest.len());
-            rest[..end].parse().ok()
-        })
-        .unwrap_or(f64::NAN)
 }
 
 fn run(dir: &Path, steps: &[u64], json: bool) -> Result<(), String> {
@@ -219,30 +205,35 @@ fn run(dir: &Path, steps: &[u64], json: bool) -> Result<(), String> {
         if !out.status.success() {
             return Err(String::from_utf8_lossy(&out.stderr).into_owned());
         }
-        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let mut row: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("the probe's report does not parse: {e}"))?;
+        let field = |name: &str| row[name].as_f64().unwrap_or(f64::NAN);
         held += INSERTS;
         if json {
-            rows.push(format!(
-                "{},\"fill_inserts_per_s\":{:.0},\"disk_bytes\":{disk}}}",
-                line.trim_end_matches('}'),
-                if fill_rate.is_nan() { 0.0 } else { fill_rate }
-            ));
+            let fill = if fill_rate.is_nan() {
+                0.0
+            } else {
+                fill_rate.round()
+            };
+            row["fill_inserts_per_s"] = fill.into();
+            row["disk_bytes"] = disk.into();
+            rows.push(row);
         } else {
             println!(
                 "{:>10}  {:>12.0}  {:>8.3}  {:>10.0}  {:>10.0}  {:>10.0}  {:>10.1}  {:>9.1}",
-                step,
+                field("entries"),
                 fill_rate,
-                json_field(&line, "open_s"),
-                json_field(&line, "hit_lookups_per_s"),
-                json_field(&line, "miss_lookups_per_s"),
-                json_field(&line, "inserts_per_s"),
+                field("open_s"),
+                field("hit_lookups_per_s"),
+                field("miss_lookups_per_s"),
+                field("inserts_per_s"),
                 disk as f64 / (1 << 20) as f64,
-                json_field(&line, "peak_rss_bytes") / (1 << 20) as f64
+                field("peak_rss_bytes") / (1 << 20) as f64
             );
         }
     }
     if json {
-        println!("[{}]", rows.join(","));
+        println!("{}", serde_json::Value::Array(rows));
     }
     Ok(())
 }

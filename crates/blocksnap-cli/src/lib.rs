@@ -346,7 +346,7 @@ impl Ctx<'_> {
             return Ok(store);
         }
         let store = open_at(&path)?;
-        // One command per process: each snapshot, key and account document is read once
+        // One command per process: each snapshot, key, account and head document is read once
         // (`serve`, which runs for long, turns it off again).
         store.cache_documents(true);
         self.damage.borrow_mut().push(store.damage_warnings());

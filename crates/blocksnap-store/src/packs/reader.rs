@@ -400,28 +400,11 @@ impl Store {
         Ok(Some(index))
     }
 
-    /// Where a reader of `doc` finds chunks: the index if it is free, else locations read from
-    /// the pack trailers (with a note).
-    pub(crate) fn locator<'i>(
-        &self,
-        index: Option<&'i Index>,
-        doc: &SnapshotDoc,
-        codec: &ChunkCodec,
-        progress: &dyn Progress,
-    ) -> Result<Locator<'i>> {
-        if let Some(index) = index {
-            let reader = ChunkReader::new(self, codec, index);
-            if self.index_serves(&reader, index, doc)?.is_some() {
-                return Ok(Locator::Index(index));
-            }
-        }
-        self.locator_not_served(index, doc, codec, progress)
-    }
-
-    /// A reader of snapshot `doc`'s chunks through the locator [`Store::locator`] chooses, and
-    /// the snapshot's extent list (each extent with its offset) when choosing it read the list
-    /// through the index: a caller that needs the list too does not read it again, and the
-    /// packs that reading opened stay open.
+    /// A reader of snapshot `doc`'s chunks, and the snapshot's extent list when choosing the
+    /// reader read it: through the index if it places every chunk of `doc` in a pack the store
+    /// holds (checked by reading the list through it, the list then kept so that it is not read
+    /// again, and the packs that reading opened stay open), else through locations read from the
+    /// pack trailers. See [`Store::view_of`].
     pub(crate) fn reader_with_extents<'i>(
         &'i self,
         index: Option<&'i Index>,

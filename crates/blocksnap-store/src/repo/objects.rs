@@ -61,15 +61,22 @@ struct Cached {
     version: Option<Version>,
 }
 
+/// True if `key` is an object of `kind` (under its folder).
+fn is_of(key: &str, kind: Kind) -> bool {
+    key.strip_prefix(kind.dir())
+        .is_some_and(|r| r.starts_with('/'))
+}
+
 impl DocCache {
-    fn cacheable(&self, key: &str) -> bool {
+    fn on(&self) -> bool {
         self.on.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn cacheable(&self, key: &str) -> bool {
+        self.on()
             && [Kind::Snapshot, Kind::Key, Kind::Account, Kind::Head]
-                .iter()
-                .any(|k| {
-                    key.strip_prefix(k.dir())
-                        .is_some_and(|r| r.starts_with('/'))
-                })
+                .into_iter()
+                .any(|k| is_of(key, k))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Cached>> {
@@ -119,7 +126,7 @@ impl DocCache {
 
     /// A snapshot document was written or deleted: no listing found before stands.
     fn snapshots_changed(&self, key: &str) {
-        if key.starts_with(&Kind::Snapshot.prefix()) {
+        if is_of(key, Kind::Snapshot) {
             self.latest_map().clear();
         }
     }
@@ -137,7 +144,7 @@ impl DocCache {
 
     /// The newest snapshot of `volume` a listing found less than [`LISTING_REUSE`] ago.
     pub(crate) fn latest_listed(&self, volume: &str) -> Option<Option<SnapshotDoc>> {
-        if !self.on.load(std::sync::atomic::Ordering::Relaxed) {
+        if !self.on() {
             return None;
         }
         let map = self.latest_map();
@@ -147,7 +154,7 @@ impl DocCache {
 
     /// Remembers what a listing found as the newest snapshot of `volume`.
     pub(crate) fn put_latest_listed(&self, volume: &str, doc: Option<SnapshotDoc>) {
-        if self.on.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.on() {
             self.latest_map()
                 .insert(volume.to_string(), (std::time::Instant::now(), doc));
         }
@@ -161,7 +168,7 @@ impl DocCache {
 
     /// Remembers that the head `key` was not there.
     fn put_absent(&self, key: &str) {
-        if self.cacheable(key) && key.starts_with(&Kind::Head.prefix()) {
+        if self.cacheable(key) && is_of(key, Kind::Head) {
             self.absent_set().insert(key.to_string());
         }
     }
@@ -173,8 +180,8 @@ impl DocCache {
 }
 
 impl Store {
-    /// Turns on (or off, forgetting all) the reading of snapshot, key and account documents once
-    /// per command (see [`DocCache`]). For a store opened for one command, as the CLI does; a
+    /// Turns on (or off, forgetting all) the reading of snapshot, key, account and head
+    /// documents once per command (see [`DocCache`]). For a store opened for one command, as the CLI does; a
     /// process that keeps the store open for long leaves it off.
     pub fn cache_documents(&self, on: bool) {
         self.doc_cache

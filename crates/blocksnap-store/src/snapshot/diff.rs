@@ -23,7 +23,6 @@ use serde::Serialize;
 
 use crate::access::Access;
 use crate::error::{Result, StoreError};
-use crate::packs::reader::ChunkReader;
 use crate::progress::Progress;
 use crate::repo::Store;
 use crate::snapshot::view::{SnapshotView, Span};
@@ -255,12 +254,8 @@ impl Store {
         let same_key = doc_a.key == doc_b.key;
         let _lock = self.lock_reading("diff", progress)?;
         let index = self.index_if_free(access, progress)?;
-        let locator_a = self.locator(index.as_ref(), &doc_a, &codec_a, progress)?;
-        let locator_b = self.locator(index.as_ref(), &doc_b, &codec_b, progress)?;
-        let view_a =
-            SnapshotView::open(&doc_a, ChunkReader::with_locator(self, &codec_a, locator_a))?;
-        let view_b =
-            SnapshotView::open(&doc_b, ChunkReader::with_locator(self, &codec_b, locator_b))?;
+        let view_a = self.view_of(index.as_ref(), &doc_a, &codec_a, progress)?;
+        let view_b = self.view_of(index.as_ref(), &doc_b, &codec_b, progress)?;
         // A is read as zeros past its end; nothing past B's end is compared.
         let end = doc_b.size;
         let spans_a = padded(view_a.spans(), doc_a.size, end);

@@ -20,7 +20,6 @@ use crate::repo::Store;
 use crate::snapshot::target::{
     RestoreOptions, Target, TargetFormat, TargetKind, human, parent_dir, rename_new,
 };
-use crate::snapshot::view::SnapshotView;
 
 /// What `snapshot restore` did (the `--json` output).
 #[derive(Clone, Debug, Serialize)]
@@ -148,12 +147,7 @@ impl Store {
         let codec = self.snapshot_codec(access, doc)?;
         let _lock = self.lock_reading("restore", progress)?;
         let index = self.index_if_free(access, progress)?;
-        // The extent list read to choose the locator is the view's: read once, not twice.
-        let (reader, extents) = self.reader_with_extents(index.as_ref(), doc, &codec, progress)?;
-        let view = match extents {
-            Some(extents) => SnapshotView::with_extents(doc, extents, reader)?,
-            None => SnapshotView::open(doc, reader)?,
-        };
+        let view = self.view_of(index.as_ref(), doc, &codec, progress)?;
         let reader = view.reader();
         if doc.source_changed {
             progress.message(&format!(
@@ -250,11 +244,11 @@ impl Store {
             // `batches_by_pack`).
             let prefetching = reader.prefetches();
             type Ahead<'s> = (
-                Vec<(u64, u32, ChunkId)>,
+                Vec<Piece>,
                 std::thread::ScopedJoinHandle<'s, crate::packs::reader::Prefetched>,
             );
             let mut ahead: Option<Ahead<'_>> = None;
-            let flush = |batch: &mut Vec<(u64, u32, ChunkId)>,
+            let flush = |batch: &mut Vec<Piece>,
                          fetched: Option<&crate::packs::reader::Prefetched>,
                          written: &mut u64|
              -> Result<()> {

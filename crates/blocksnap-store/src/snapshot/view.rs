@@ -8,10 +8,32 @@
 
 use std::sync::{Arc, Mutex};
 
+use blocksnap_index::Index;
 use blocksnap_manifest::{ChunkId, Extent, SnapshotDoc, SnapshotId};
+use blocksnap_pack::ChunkCodec;
 
 use crate::error::{Result, StoreError};
 use crate::packs::reader::ChunkReader;
+use crate::progress::Progress;
+use crate::repo::Store;
+
+impl Store {
+    /// The view of snapshot `doc`, its chunks read through the index where it serves them
+    /// (else through locations read from the pack trailers, with a note): its extent list is
+    /// read once, by the check that the index serves it.
+    pub(crate) fn view_of<'i>(
+        &'i self,
+        index: Option<&'i Index>,
+        doc: &SnapshotDoc,
+        codec: &'i ChunkCodec,
+        progress: &dyn Progress,
+    ) -> Result<SnapshotView<'i>> {
+        match self.reader_with_extents(index, doc, codec, progress)? {
+            (reader, Some(extents)) => SnapshotView::with_extents(doc, extents, reader),
+            (reader, None) => SnapshotView::open(doc, reader),
+        }
+    }
+}
 
 /// One extent of the volume: where it starts, how long it is, and its chunk (none for a hole).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
