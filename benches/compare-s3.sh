@@ -7,6 +7,9 @@
 #                   ~/.cache/blocksnap-ci/venv/bin/moto_server, as .ci/run installs it)
 #   KEEP=1          keep the work directory
 #   SIZE_MB=N       megabytes of files in the image (default 300)
+#   ROUNDS=N        rounds (default 1), each into fresh buckets and caches; the tools' order
+#                   alternates between rounds, and the table gives medians with each round's
+#                   ratio
 #
 # Builds base.img (1 GiB sparse ext4 holding SIZE_MB of this machine's files) and changed.img
 # (files removed, added and rewritten with debugfs). Starts one moto server on a free
@@ -15,7 +18,7 @@
 # the second backup, each timed with /usr/bin/time (wall seconds until the result is synced,
 # peak RSS, CPU seconds) and counted in requests (moto logs one line per request: the lines
 # each phase added). Both tools encrypt, with default settings; restic writes to
-# s3:http://127.0.0.1:PORT/restic. Every restore is compared with changed.img by cmp. Prints a
+# s3:http://127.0.0.1:PORT/restic-ROUND. Every restore is compared with changed.img by cmp. Prints a
 # Markdown table on stdout; progress goes to stderr. Installs restic, e2fsprogs, jq and time
 # with apt-get when missing.
 set -euo pipefail
@@ -23,9 +26,11 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 KEEP=${KEEP:-0}
 SIZE_MB=${SIZE_MB:-300}
+ROUNDS=${ROUNDS:-1}
 MARKER=.blocksnap-compare-s3-bench
 log() { echo "== $*" >&2; }
 die() { echo "compare-s3.sh: $*" >&2; exit 1; }
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive number"
 
 missing=()
 for c in restic:restic mkfs.ext4:e2fsprogs debugfs:e2fsprogs jq:jq python3:python3; do
@@ -66,7 +71,7 @@ cleanup() {
 trap cleanup EXIT
 export LC_ALL=C DEBUGFS_PAGER=__none__
 cd "$work"
-rm -rf src stg restore logs config cache data ./*.img ./*.tsv ./*.cmds
+rm -rf src stg restore logs config* cache* data* ./*.img ./*.tsv ./*.cmds
 mkdir logs stg restore
 
 # ---------------------------------------------------------------- images
@@ -120,53 +125,60 @@ for _ in $(seq 100); do
     python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/')" 2>/dev/null && break
     sleep 0.2
 done
-for b in blocksnap restic; do
-    python3 -c "import urllib.request as u; u.urlopen(u.Request('http://127.0.0.1:$port/$b', method='PUT'))"
-done
 export AWS_ENDPOINT_URL=http://127.0.0.1:$port AWS_ALLOW_HTTP=true AWS_REGION=us-east-1 \
     AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_DEFAULT_REGION=us-east-1
 # Requests moto logged so far (one werkzeug access line per request).
 requests() { grep -cE '"(GET|PUT|POST|HEAD|DELETE) ' logs/moto.log || true; }
 
-printf 'tool\tphase\tseconds\trss_kib\tcpu_s\trequests\n' >results.tsv
-timed() { # TOOL PHASE -- CMD...
+printf 'round\ttool\tphase\tseconds\trss_kib\tcpu_s\trequests\n' >results.tsv
+timed() { # TOOL PHASE -- CMD...  (in round $round)
     local tool=$1 phase=$2; shift 3
     sync; (echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null || true
-    log "$tool $phase: $*"
-    local l="$work/logs/$tool-$phase" before after
+    log "round $round: $tool $phase: $*"
+    local l="$work/logs/$tool-$phase-$round" before after
     before=$(requests)
     /usr/bin/time -f '%e %M %U %S' -o "$l.time" sh -c '"$@" && sync' sh "$@" >"$l.out" 2>"$l.err" \
         || { cat "$l.err" "$l.time" >&2; die "$tool $phase failed"; }
     after=$(requests)
     grep -E '"(GET|PUT|POST|HEAD|DELETE) ' logs/moto.log | sed -n "$((before + 1)),${after}p" >"$l.requests"
     local secs rss usr sys; read -r secs rss usr sys < <(tail -n 1 "$l.time")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$phase" "$secs" "$rss" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$tool" "$phase" "$secs" "$rss" \
         "$(awk -v u="$usr" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')" $((after - before)) >>results.tsv
 }
 verify() { cmp "$2" changed.img >/dev/null || die "$1: the restored image differs from changed.img"; rm -f "$2"; }
 stage() { rm -f stg/disk.img; cp --sparse=always "$1" stg/disk.img; }
 
-# ---------------------------------------------------------------- blocksnap
-export XDG_CONFIG_HOME=$work/config XDG_CACHE_HOME=$work/cache XDG_DATA_HOME=$work/data
-bs=("$BLOCKSNAP" --store s3://blocksnap/store --quiet --json)
-"${bs[@]}" init >logs/blocksnap-init.out
-stage base.img
-timed blocksnap initial -- "${bs[@]}" snapshot create stg/disk.img --volume disk
-stage changed.img
-timed blocksnap incremental -- "${bs[@]}" snapshot create stg/disk.img --volume disk
-id=$(jq -r .id logs/blocksnap-incremental.out)
-timed blocksnap restore -- "${bs[@]}" snapshot restore "$id" restore/blocksnap.img
-verify blocksnap restore/blocksnap.img
-
-# ---------------------------------------------------------------- restic
-export RESTIC_REPOSITORY=s3:http://127.0.0.1:$port/restic RESTIC_PASSWORD=x RESTIC_CACHE_DIR=$work/cache/restic
-restic init >logs/restic-init.out 2>&1
-stage base.img
-timed restic initial -- restic backup --host bench "$work/stg/disk.img"
-stage changed.img
-timed restic incremental -- restic backup --host bench "$work/stg/disk.img"
-timed restic restore -- restic restore latest --target "$work/restore/restic"
-verify restic "$work/restore/restic$work/stg/disk.img"
+# ---------------------------------------------------------------- the tools
+run_blocksnap() {
+    export XDG_CONFIG_HOME=$work/config-$round XDG_CACHE_HOME=$work/cache-$round XDG_DATA_HOME=$work/data-$round
+    local bs=("$BLOCKSNAP" --store "s3://blocksnap-$round/store" --quiet --json)
+    "${bs[@]}" init >"logs/blocksnap-init-$round.out"
+    stage base.img
+    timed blocksnap initial -- "${bs[@]}" snapshot create stg/disk.img --volume disk
+    stage changed.img
+    timed blocksnap incremental -- "${bs[@]}" snapshot create stg/disk.img --volume disk
+    local id; id=$(jq -r .id "logs/blocksnap-incremental-$round.out")
+    timed blocksnap restore -- "${bs[@]}" snapshot restore "$id" restore/blocksnap.img
+    verify blocksnap restore/blocksnap.img
+}
+run_restic() {
+    export RESTIC_REPOSITORY=s3:http://127.0.0.1:$port/restic-$round RESTIC_PASSWORD=x \
+        RESTIC_CACHE_DIR=$work/cache-$round/restic
+    restic init >"logs/restic-init-$round.out" 2>&1
+    stage base.img
+    timed restic initial -- restic backup --host bench "$work/stg/disk.img"
+    stage changed.img
+    timed restic incremental -- restic backup --host bench "$work/stg/disk.img"
+    rm -rf "$work/restore/restic"
+    timed restic restore -- restic restore latest --target "$work/restore/restic"
+    verify restic "$work/restore/restic$work/stg/disk.img"
+}
+for round in $(seq "$ROUNDS"); do
+    for b in blocksnap restic; do
+        python3 -c "import urllib.request as u; u.urlopen(u.Request('http://127.0.0.1:$port/$b-$round', method='PUT'))"
+    done
+    if [ $((round % 2)) = 1 ]; then run_blocksnap; run_restic; else run_restic; run_blocksnap; fi
+done
 
 # ---------------------------------------------------------------- table
 cat <<EOF
@@ -176,33 +188,39 @@ cat <<EOF
 
 EOF
 python3 - results.tsv "$base_alloc" "$changed_alloc" <<'PY'
-import csv, sys
+import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 base, changed = int(sys.argv[2]), int(sys.argv[3])
-by = {(r["tool"], r["phase"]): r for r in rows}
+rounds = sorted({int(r["round"]) for r in rows})
+by = {(int(r["round"]), r["tool"], r["phase"]): r for r in rows}
+med = lambda tool, phase, key: statistics.median(float(by[(n, tool, phase)][key]) for n in rounds)
+print(f"Medians of {len(rounds)} round(s):")
+print()
 print("| phase | tool | seconds | MB/s | peak RSS MiB | CPU s | requests | requests/GiB |")
 print("|---|---|---:|---:|---:|---:|---:|---:|")
 for phase in ["initial", "incremental", "restore"]:
     size = base if phase == "initial" else changed
     for tool in ["blocksnap", "restic"]:
-        r = by[(tool, phase)]
-        s = float(r["seconds"])
-        print(f"| {phase} | {tool} | {s:.1f} | {size / 1e6 / max(s, 0.01):.0f} | {int(r['rss_kib']) / 1024:.0f} "
-              f"| {r['cpu_s']} | {r['requests']} | {int(r['requests']) / (size / 2**30):.0f} |")
+        s = med(tool, phase, "seconds")
+        req = med(tool, phase, "requests")
+        print(f"| {phase} | {tool} | {s:.1f} | {size / 1e6 / max(s, 0.01):.0f} | {med(tool, phase, 'rss_kib') / 1024:.0f} "
+              f"| {med(tool, phase, 'cpu_s'):.2f} | {req:.0f} | {req / (size / 2**30):.0f} |")
 print()
 for phase in ["initial", "incremental", "restore"]:
-    b, r = float(by[("blocksnap", phase)]["seconds"]), float(by[("restic", phase)]["seconds"])
-    print(f"- {phase}: blocksnap {r / max(b, 0.01):.2f}x restic's speed")
+    ratios = [float(by[(n, "restic", phase)]["seconds"]) / max(float(by[(n, "blocksnap", phase)]["seconds"]), 0.01) for n in rounds]
+    reqs = ", ".join(f'{by[(n, "blocksnap", phase)]["requests"]} vs {by[(n, "restic", phase)]["requests"]}' for n in rounds)
+    print(f"- {phase}: blocksnap {statistics.median(ratios):.2f}x restic's speed (median; rounds "
+          + ", ".join(f"{x:.2f}" for x in ratios) + f"); requests blocksnap vs restic by round: {reqs}")
 PY
 # Requests by kind: method and the kind of object (the first path part under the store, a
 # listing when the path ends at the bucket, .idx apart from packs).
 echo
-echo "Requests by kind (method object-kind: count):"
+echo "Requests by kind in round 1 (method object-kind: count):"
 echo
 for tool in blocksnap restic; do
     for phase in initial incremental restore; do
         printf -- '- %s %s: ' "$tool" "$phase"
-        python3 - "logs/$tool-$phase.requests" "$tool" <<'PY'
+        python3 - "logs/$tool-$phase-1.requests" "$tool" <<'PY'
 import collections, re, sys
 from urllib.parse import urlsplit, parse_qs
 tool = sys.argv[2]

@@ -8,6 +8,13 @@
 //! trusts an entry only if its pack exists, and `blocksnap repair packs` makes the index forget
 //! the chunks that are lost).
 //!
+//! It also remembers, per snapshot, the packs that every one of the snapshot's chunks had its
+//! entry in when the snapshot was taken ([`Index::record_snapshot_packs`]): a dirty-bitmap
+//! snapshot takes its parent's chunks unread, and this lets it check the parent's few packs
+//! instead of each of its chunks. A record is only true while no entry changes, so every
+//! removal or change of an entry forgets all records first (the change epoch,
+//! [`Index::epoch`]).
+//!
 //! sled opens a database in one process at a time. [`Index::open`] therefore waits, calling
 //! back so the caller can tell the user, until the other process lets go; when it gives up, the
 //! error ([`IndexError::Busy`]) names that process ([`Holder`]) where the system says which it is.
@@ -23,9 +30,11 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use blocksnap_manifest::{ChunkId, PackId};
+use blocksnap_manifest::{ChunkId, PackId, SnapshotId};
 
 /// Where a chunk's record is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +127,13 @@ pub enum IndexError {
 pub struct Index {
     db: sled::Db,
     path: PathBuf,
+    /// Per snapshot, the packs its chunks' entries were in ([`Index::record_snapshot_packs`]).
+    snapshot_packs: sled::Tree,
+    /// Bumped (and `snapshot_packs` emptied) before any entry is removed or changed. The lock
+    /// makes "the epoch is still e, so record" and "bump, then forget the records" exclusive.
+    epoch: Arc<Mutex<u64>>,
+    /// The epoch as last bumped, readable without the lock.
+    epoch_seen: Arc<AtomicU64>,
 }
 
 impl Index {
@@ -138,9 +154,18 @@ impl Index {
                 .open()
             {
                 Ok(db) => {
+                    let snapshot_packs =
+                        db.open_tree("snapshot_packs")
+                            .map_err(|e| IndexError::Damaged {
+                                path: path.to_path_buf(),
+                                detail: e.to_string(),
+                            })?;
                     return Ok(Index {
                         db,
                         path: path.to_path_buf(),
+                        snapshot_packs,
+                        epoch: Arc::default(),
+                        epoch_seen: Arc::default(),
                     });
                 }
                 Err(sled::Error::Io(e)) if is_lock_error(&e) => {
@@ -200,17 +225,89 @@ impl Index {
     /// Without batches lookups take no lock. A crash part way leaves some of a pack's chunks
     /// unindexed: a later snapshot stores them again, nothing is lost, `repair` rebuilds the
     /// index.
+    ///
+    /// An entry that changes (a chunk stored again elsewhere) forgets the snapshot records
+    /// just after: a process killed in between leaves a record whose snapshot has a chunk in
+    /// a pack the record does not name, which still holds the chunk in the pack it names.
     pub fn insert_batch(&self, entries: &[(ChunkId, Location)]) -> Result<(), IndexError> {
+        let mut changed = false;
         for (id, loc) in entries {
-            self.db
-                .insert(&id.as_bytes()[..], &loc.encode()[..])
+            let value = loc.encode();
+            let old = self
+                .db
+                .insert(&id.as_bytes()[..], &value[..])
                 .map_err(|e| self.damaged(e))?;
+            changed |= old.is_some_and(|old| old.as_ref() != value);
+        }
+        if changed {
+            self.changing()?;
         }
         Ok(())
     }
 
+    /// The change epoch: a count of the times an entry was removed or changed since this
+    /// process opened the index. A caller that reads it before its lookups and finds it the
+    /// same when it records knows that no entry it looked up changed in between.
+    pub fn epoch(&self) -> u64 {
+        self.epoch_seen.load(Ordering::SeqCst)
+    }
+
+    /// Bumps the epoch and forgets every snapshot record: called before an entry is removed
+    /// (and just after one changed).
+    fn changing(&self) -> Result<(), IndexError> {
+        let mut epoch = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
+        *epoch += 1;
+        self.epoch_seen.store(*epoch, Ordering::SeqCst);
+        self.snapshot_packs.clear().map_err(|e| self.damaged(e))
+    }
+
+    /// Records that every chunk of `snapshot` has its entry in one of `packs`, if the epoch is
+    /// still `epoch` (read before the lookups that found them); false if it moved on and
+    /// nothing was recorded. A record is a cache like the rest: lost, it costs lookups.
+    pub fn record_snapshot_packs(
+        &self,
+        snapshot: SnapshotId,
+        packs: &[PackId],
+        epoch: u64,
+    ) -> Result<bool, IndexError> {
+        let now = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
+        if *now != epoch {
+            return Ok(false);
+        }
+        let value: Vec<u8> = packs.iter().flat_map(|p| p.0).collect();
+        self.snapshot_packs
+            .insert(snapshot.0.to_be_bytes(), value)
+            .map_err(|e| self.damaged(e))?;
+        Ok(true)
+    }
+
+    /// The packs recorded for `snapshot` ([`Index::record_snapshot_packs`]), if any: every
+    /// chunk of it has its entry in one of them, as no entry was removed or changed since.
+    pub fn snapshot_packs(&self, snapshot: SnapshotId) -> Result<Option<Vec<PackId>>, IndexError> {
+        let Some(v) = self
+            .snapshot_packs
+            .get(snapshot.0.to_be_bytes())
+            .map_err(|e| self.damaged(e))?
+        else {
+            return Ok(None);
+        };
+        if v.len() % 32 != 0 {
+            return Err(self.damaged(format!(
+                "the packs recorded for snapshot {snapshot} have a bad length"
+            )));
+        }
+        Ok(Some(
+            v.chunks_exact(32)
+                .map(|c| PackId(c.try_into().expect("32 bytes")))
+                .collect(),
+        ))
+    }
+
     /// Removes entries (entry by entry, as [`Index::insert_batch`] inserts).
     pub fn remove_batch(&self, ids: &[ChunkId]) -> Result<(), IndexError> {
+        if !ids.is_empty() {
+            self.changing()?;
+        }
         for id in ids {
             self.db
                 .remove(&id.as_bytes()[..])
@@ -222,6 +319,7 @@ impl Index {
     /// Removes the entry of `id` if it is still `expected`; true if it was removed. A concurrent
     /// insert of a new location for the chunk (its pack stored again) is never undone.
     pub fn remove_if(&self, id: &ChunkId, expected: &Location) -> Result<bool, IndexError> {
+        self.changing()?;
         let swapped = self
             .db
             .compare_and_swap(
@@ -242,6 +340,7 @@ impl Index {
     pub fn clear(&self) -> Result<(), IndexError> {
         // Packs first: a process killed in between leaves entries of packs no longer known,
         // which are read again, never a pack known as complete whose entries are gone.
+        self.changing()?;
         self.packs()?.clear().map_err(|e| self.damaged(e))?;
         self.db.clear().map_err(|e| self.damaged(e))
     }
@@ -272,6 +371,7 @@ impl Index {
 
     /// Forgets that pack `id` is in the index (its entries are removed separately).
     pub fn forget_pack(&self, id: &PackId) -> Result<(), IndexError> {
+        self.changing()?;
         self.packs()?
             .remove(&id.as_bytes()[..])
             .map(|_| ())
@@ -429,6 +529,58 @@ mod tests {
         assert_eq!(index.iter().count(), 1);
         index.clear().unwrap();
         assert!(index.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_record_lasts_until_an_entry_is_removed_or_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path(), Duration::from_secs(1), |_| {}).unwrap();
+        let at = |pack: u8, offset: u64| Location {
+            pack: PackId([pack; 32]),
+            offset,
+            stored_len: 10,
+            raw_len: 20,
+        };
+        let (a, b, c) = (ChunkId([1; 32]), ChunkId([2; 32]), ChunkId([3; 32]));
+        index.insert_batch(&[(a, at(1, 0)), (b, at(2, 0))]).unwrap();
+        let snap = SnapshotId(7);
+        let packs = [PackId([1; 32]), PackId([2; 32])];
+        let record = |epoch| index.record_snapshot_packs(snap, &packs, epoch).unwrap();
+
+        // Recorded at the epoch the lookups began at; inserts of new chunks, and an insert
+        // that says again what an entry says, leave it.
+        let e = index.epoch();
+        assert!(record(e));
+        index.insert_batch(&[(c, at(3, 0)), (a, at(1, 0))]).unwrap();
+        assert_eq!(index.epoch(), e);
+        assert_eq!(index.snapshot_packs(snap).unwrap(), Some(packs.to_vec()));
+        assert_eq!(index.snapshot_packs(SnapshotId(8)).unwrap(), None);
+
+        // Each way an entry goes or changes forgets every record and moves the epoch, so a
+        // record of lookups made before it is refused.
+        type Change<'a> = &'a dyn Fn(&Index);
+        let changes: [(&str, Change); 6] = [
+            ("changed", &|i| i.insert_batch(&[(a, at(9, 64))]).unwrap()),
+            ("removed", &|i| i.remove_batch(&[c]).unwrap()),
+            ("removed if", &|i| {
+                assert!(i.remove_if(&a, &at(9, 64)).unwrap())
+            }),
+            ("not removed if", &|i| {
+                assert!(!i.remove_if(&b, &at(5, 5)).unwrap())
+            }),
+            ("pack forgotten", &|i| {
+                i.forget_pack(&PackId([2; 32])).unwrap()
+            }),
+            ("cleared", &|i| i.clear().unwrap()),
+        ];
+        for (what, change) in changes {
+            let before = index.epoch();
+            assert!(record(before), "{what}");
+            change(&index);
+            assert!(index.epoch() > before, "{what}");
+            assert_eq!(index.snapshot_packs(snap).unwrap(), None, "{what}");
+            assert!(!record(before), "{what}: a stale record was kept");
+        }
     }
 
     #[test]

@@ -479,12 +479,39 @@ fn a_dirty_bitmap_snapshot_reads_only_the_dirty_ranges_and_restores_identical() 
         "{inc}\n{full}"
     );
     assert!(inc["bytes_from_parent"].as_u64().unwrap() > 0, "{inc}");
+    // The index recorded the first snapshot's packs: those were checked, not its chunks.
+    assert_eq!(inc["parent_chunks_checked"], 0, "{inc}");
     let a = env.path("inc.out");
     env.restore(inc["id"].as_str().unwrap(), &a);
     assert_same(&a, &reference);
     let b = env.path("full.out");
     env.restore(full["id"].as_str().unwrap(), &b);
     assert_same(&b, &reference);
+
+    // An index rebuilt (as after any change of its entries) has no record of the parent: each
+    // chunk taken unread is looked up, and the snapshot is as good.
+    let out = env.run(&["repair", "index"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let server = QemuNbd::start(&qcow2, "qcow2", None, &["--bitmap", "b0"]);
+    let again = env.json(&[
+        "snapshot",
+        "create",
+        &server.uri,
+        "--volume",
+        "vm",
+        "--dirty-bitmap",
+        "b0",
+    ]);
+    drop(server);
+    assert_eq!(again["parent"], inc["id"], "{again}");
+    let checked = again["parent_chunks_checked"].as_u64().unwrap();
+    assert!(
+        checked > 0 && checked < again["chunks"].as_u64().unwrap(),
+        "{again}"
+    );
+    let c = env.path("again.out");
+    env.restore(again["id"].as_str().unwrap(), &c);
+    assert_same(&c, &reference);
 
     // A bitmap the server does not export, and a bitmap on a file: refused.
     let server = QemuNbd::start(&qcow2, "qcow2", None, &[]);

@@ -302,6 +302,7 @@ fn reused(s: &SnapshotDoc) -> SnapshotReport {
         source: s.source_path.clone(),
         source_changed: s.source_changed,
         bytes_from_parent: 0,
+        parent_chunks_checked: 0,
         dirty_bitmap: s.dirty_bitmap.clone(),
     }
 }

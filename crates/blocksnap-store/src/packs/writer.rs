@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
@@ -33,6 +34,11 @@ use crate::repo::{Place, Store, describe};
 /// pack neither listed nor written is looked up once (another process may have written it
 /// since). An entry found pointing at a missing pack is removed from the index, unless it
 /// changed meanwhile ([`Index::remove_if`]), and the chunk is stored again.
+///
+/// It also collects the packs that every chunk it found or stored is in, for the snapshot
+/// record of [`Index::record_snapshot_packs`]; and a dirty-bitmap snapshot whose parent has a
+/// record trusts the parent's chunks when the parent's packs all exist and none is condemned
+/// ([`Dedup::trust_parent`]) instead of looking each chunk up: the same facts, checked per pack.
 #[derive(Clone)]
 pub(crate) struct Dedup {
     index: Index,
@@ -43,10 +49,19 @@ pub(crate) struct Dedup {
     missing: Arc<Mutex<BTreeMap<PackId, u64>>>,
     /// Packs a prune condemned when the writer started: never deduplicated against.
     condemned: Arc<HashSet<PackId>>,
+    /// The index's change epoch before the first lookup.
+    epoch: u64,
+    /// The packs of every chunk found in the index or stored.
+    used: Arc<Mutex<HashSet<PackId>>>,
+    /// The parent's chunks are known to be in the store ([`Dedup::trust_parent`]).
+    parent_trusted: Arc<AtomicBool>,
+    /// Chunks of the parent looked up one by one (without a trusted parent).
+    parent_checked: Arc<AtomicU64>,
 }
 
 impl Dedup {
     pub fn new(store: &Store, index: &Index) -> Result<Self> {
+        let epoch = index.epoch();
         let packs = store
             .list_packs_recent()?
             .into_iter()
@@ -59,12 +74,58 @@ impl Dedup {
             packs: Arc::new(RwLock::new(packs)),
             missing: Arc::default(),
             condemned: Arc::new(store.condemned_packs()?),
+            epoch,
+            used: Arc::default(),
+            parent_trusted: Arc::default(),
+            parent_checked: Arc::default(),
         })
     }
 
     /// Records that pack `id` exists (this writer committed it).
     fn add_pack(&self, id: PackId) {
         self.packs.write().expect("not poisoned").insert(id, true);
+        self.used.lock().expect("not poisoned").insert(id);
+    }
+
+    /// Trusts the chunks of a parent whose record names `packs` (every chunk of it had its
+    /// entry in one of them, and no entry changed since) if each of those packs exists and
+    /// none is condemned: then each chunk's entry points at an existing pack, which is what
+    /// [`Dedup::contains`] checks chunk by chunk. True if trusted.
+    pub fn trust_parent(&self, packs: &[PackId]) -> Result<bool> {
+        for p in packs {
+            if self.condemned.contains(p) || !self.pack_exists(p)? {
+                return Ok(false);
+            }
+        }
+        self.used
+            .lock()
+            .expect("not poisoned")
+            .extend(packs.iter().copied());
+        self.parent_trusted.store(true, Ordering::SeqCst);
+        Ok(true)
+    }
+
+    /// True if a chunk of the parent (taken unread) is in the store: at once for a trusted
+    /// parent, else as [`Dedup::contains`] says (or the writers' `pending` set).
+    pub fn parent_has(&self, id: &ChunkId, pending: &Pending) -> Result<bool> {
+        if self.parent_trusted.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        self.parent_checked.fetch_add(1, Ordering::Relaxed);
+        Ok(pending.lock().expect("not poisoned").contains(id) || self.contains(id)?)
+    }
+
+    /// The chunks of the parent looked up one by one.
+    pub fn parent_checked(&self) -> u64 {
+        self.parent_checked.load(Ordering::Relaxed)
+    }
+
+    /// What to record for the snapshot just stored (after its writer finished: the last packs
+    /// close then): the packs its chunks were found or stored in, and the epoch those lookups
+    /// began at.
+    pub fn snapshot_packs(&self) -> (Vec<PackId>, u64) {
+        let used = self.used.lock().expect("not poisoned");
+        (used.iter().copied().collect(), self.epoch)
     }
 
     /// True if the store holds `id` in a pack that exists and is not condemned.
@@ -76,6 +137,7 @@ impl Dedup {
             return Ok(false);
         }
         if self.pack_exists(&loc.pack)? {
+            self.used.lock().expect("not poisoned").insert(loc.pack);
             return Ok(true);
         }
         if self.index.remove_if(id, &loc)? {
@@ -142,6 +204,8 @@ pub(crate) struct ChunkWriter<'a> {
     pending: Pending,
     /// Store chunks even when the index knows them (prune moving live chunks to new packs).
     relocate: bool,
+    /// `pending` is shared with other writers, whose packs this one does not see.
+    shared: bool,
     closer: Closer,
     pub stats: WriterStats,
 }
@@ -264,6 +328,7 @@ impl<'a> ChunkWriter<'a> {
             pack: None,
             pending: Pending::default(),
             relocate: false,
+            shared: false,
             stats: WriterStats::default(),
         })
     }
@@ -279,6 +344,7 @@ impl<'a> ChunkWriter<'a> {
     ) -> Result<Self> {
         let mut writer = Self::new(store, codec, index)?;
         writer.pending = pending;
+        writer.shared = true;
         Ok(writer)
     }
 
@@ -298,6 +364,13 @@ impl<'a> ChunkWriter<'a> {
     /// What this writer dedups against: lookups for an encoder that runs ahead of it.
     pub fn dedup(&self) -> Dedup {
         self.dedup.clone()
+    }
+
+    /// What will know, once this writer has finished, the packs every chunk it was given is
+    /// in ([`Dedup::snapshot_packs`]); none for a writer sharing its pending chunks, some of
+    /// which are in other writers' packs.
+    pub fn recorder(&self) -> Option<Dedup> {
+        (!self.shared).then(|| self.dedup.clone())
     }
 
     /// Stores whichever of `chunks` the store lacks.

@@ -82,6 +82,9 @@ pub struct SnapshotReport {
     pub source_changed: bool,
     /// Data bytes taken from the parent snapshot without reading (`--dirty-bitmap`).
     pub bytes_from_parent: u64,
+    /// Of the chunks taken from the parent, those looked up in the index one by one: 0 when
+    /// the index had recorded the parent's packs and all of them were there (checked instead).
+    pub parent_chunks_checked: u64,
     /// The dirty bitmap that said what to read, if one did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dirty_bitmap: Option<String>,
@@ -304,14 +307,18 @@ impl Store {
         let chunker = self
             .chunker_for(&codec)
             .map_err(|e| StoreError::Damaged(format!("store config: {e}")))?;
-        let parent_spans = match &source.dirty {
-            Some((name, _)) => Some(self.bitmap_parent(&codec, index, &source, name, parent)?),
-            None => None,
+        let (parent_spans, parent_packs) = match &source.dirty {
+            Some((name, _)) => {
+                let (spans, packs) = self.bitmap_parent(&codec, index, &source, name, parent)?;
+                (Some(spans), packs)
+            }
+            None => (None, None),
         };
         let stored = self.store_pieces_with(
             &codec,
             index,
             pending,
+            parent_packs.as_deref(),
             |tx| match (&parent_spans, &source.dirty) {
                 (Some(spans), Some((_, dirty))) => {
                     source.read_dirty_into(&chunker, spans, dirty, tx)
@@ -366,6 +373,9 @@ impl Store {
     ) -> Result<SnapshotReport> {
         let codec = self.codec(access, doc.key)?;
         let doc_bytes = self.write_snapshot(&codec, &mut doc)?;
+        if let Some(packs) = &stored.packs {
+            packs.record(doc.id);
+        }
         Ok(SnapshotReport {
             id: doc.id,
             volume: doc.volume,
@@ -383,6 +393,7 @@ impl Store {
             source: doc.source_path,
             source_changed: doc.source_changed,
             bytes_from_parent: stored.bytes_known,
+            parent_chunks_checked: stored.parent_checked,
             dirty_bitmap: doc.dirty_bitmap,
         })
     }
@@ -390,7 +401,8 @@ impl Store {
 
 impl Store {
     /// The parent's extents for a `--dirty-bitmap` snapshot, after checking that there is a
-    /// parent of the same volume, size and key to take the unchanged ranges from.
+    /// parent of the same volume, size and key to take the unchanged ranges from; and the
+    /// packs the index recorded for it, if it did.
     fn bitmap_parent(
         &self,
         codec: &blocksnap_pack::ChunkCodec,
@@ -398,7 +410,10 @@ impl Store {
         source: &Source,
         bitmap: &str,
         parent: Option<blocksnap_manifest::SnapshotId>,
-    ) -> Result<Vec<crate::snapshot::view::Span>> {
+    ) -> Result<(
+        Vec<crate::snapshot::view::Span>,
+        Option<Vec<blocksnap_manifest::PackId>>,
+    )> {
         let volume = &source.volume;
         let full = "take a full snapshot without --dirty-bitmap first (it reads the whole disk), and start the bitmap when it is taken";
         let Some(pid) = parent else {
@@ -424,7 +439,7 @@ impl Store {
         }
         let reader = crate::packs::reader::ChunkReader::new(self, codec, index);
         let view = crate::snapshot::view::SnapshotView::open(&doc, reader)?;
-        Ok(view.spans().to_vec())
+        Ok((view.spans().to_vec(), index.snapshot_packs(pid)?))
     }
 }
 

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use blocksnap_index::Index;
-use blocksnap_manifest::{ChunkId, ExtentEncoder, ExtentsDoc};
+use blocksnap_manifest::{ChunkId, ExtentEncoder, ExtentsDoc, PackId, SnapshotId};
 use blocksnap_pack::ChunkCodec;
 use crossbeam_channel::{Receiver, Sender};
 use rayon::prelude::*;
@@ -27,7 +27,31 @@ pub(crate) struct Stored {
     pub bytes_hole: u64,
     /// Data bytes taken from the parent snapshot without reading.
     pub bytes_known: u64,
+    /// Of the chunks taken from the parent, those looked up one by one (all of them, unless
+    /// the parent's packs were checked instead).
+    pub parent_checked: u64,
     pub stats: WriterStats,
+    /// The record to keep once the snapshot is committed, when there is one to keep.
+    pub packs: Option<SnapshotPacks>,
+}
+
+/// What the index will remember of a snapshot once it is committed: the packs its chunks are
+/// in ([`Index::record_snapshot_packs`]), which lets a dirty-bitmap child check those packs
+/// instead of each of its chunks.
+pub(crate) struct SnapshotPacks {
+    index: Index,
+    packs: Vec<PackId>,
+    epoch: u64,
+}
+
+impl SnapshotPacks {
+    /// Records the packs for committed snapshot `id`. A record that cannot be written (the
+    /// index moved on, or failed) is left out: it is a cache, and its absence costs lookups.
+    pub fn record(&self, id: SnapshotId) {
+        let _ = self
+            .index
+            .record_snapshot_packs(id, &self.packs, self.epoch);
+    }
 }
 
 /// One piece of the volume after encoding: a hole, or a data chunk's length and id.
@@ -92,9 +116,7 @@ fn encode_batch(
             Piece::Hole(_) => Ok((None, None)),
             Piece::Known(_, id) => {
                 // Taken from the parent without reading: the store must still have it.
-                let known =
-                    pending.lock().expect("not poisoned").contains(id) || dedup.contains(id)?;
-                if !known {
+                if !dedup.parent_has(id, pending)? {
                     return Err(StoreError::Damaged(format!(
                         "chunk {id} of the parent snapshot is not in the store (its index lacks it), so a dirty-bitmap snapshot cannot take it unread; run `blocksnap check`, and snapshot without --dirty-bitmap"
                     )));
@@ -156,15 +178,18 @@ impl Store {
         produce: impl FnOnce(&Sender<Result<ReadBatch>>) + Send,
         progress: &dyn Progress,
     ) -> Result<Stored> {
-        self.store_pieces_with(codec, index, None, produce, progress)
+        self.store_pieces_with(codec, index, None, None, produce, progress)
     }
 
-    /// [`Store::store_pieces`], with the pending chunks shared with other writers when given.
+    /// [`Store::store_pieces`], with the pending chunks shared with other writers when given,
+    /// and the packs recorded for the parent whose chunks the pieces take unread, if any
+    /// (checked as a whole instead of chunk by chunk when they are all there).
     pub(crate) fn store_pieces_with(
         &self,
         codec: &ChunkCodec,
         index: &Index,
         pending: Option<Pending>,
+        parent_packs: Option<&[PackId]>,
         produce: impl FnOnce(&Sender<Result<ReadBatch>>) + Send,
         progress: &dyn Progress,
     ) -> Result<Stored> {
@@ -172,6 +197,9 @@ impl Store {
             Some(p) => ChunkWriter::sharing(self, codec, index, p)?,
             None => ChunkWriter::new(self, codec, index)?,
         };
+        if let Some(packs) = parent_packs {
+            writer.dedup().trust_parent(packs)?;
+        }
         let mut meta = MetaWriter::new();
         let mut extents = ExtentEncoder::new();
         let mut meta_buf = Vec::new();
@@ -241,7 +269,17 @@ impl Store {
         meta_buf.extend(tail);
         meta.write(&mut meta_buf, true, &mut writer)?;
         let missing = writer.dedup().missing();
+        let parent_checked = writer.dedup().parent_checked();
+        let recorder = writer.recorder();
         let stats = writer.finish()?;
+        let packs = recorder.map(|dedup| {
+            let (packs, epoch) = dedup.snapshot_packs();
+            SnapshotPacks {
+                index: index.clone(),
+                packs,
+                epoch,
+            }
+        });
         if !missing.is_empty() {
             let packs: Vec<String> = missing.keys().map(ToString::to_string).collect();
             progress.message(&format!(
@@ -264,7 +302,9 @@ impl Store {
             bytes_read,
             bytes_hole,
             bytes_known,
+            parent_checked,
             stats,
+            packs,
         })
     }
 }
@@ -380,6 +420,66 @@ mod tests {
             volume == expected,
             "the stored volume differs from what was given"
         );
+    }
+
+    #[test]
+    fn a_parent_is_checked_by_its_recorded_packs_only_while_they_are_all_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, codec, index) = new_store(dir.path());
+        // The parent: 300 chunks of 40 kB (its pack closes as the writer finishes).
+        let chunks: Vec<Vec<u8>> = (0..300).map(|i| chunk(0, i, 40_000)).collect();
+        let parent = store
+            .store_pieces(
+                &codec,
+                &index,
+                |tx| {
+                    let mut batch = ReadBatch::default();
+                    for c in &chunks {
+                        batch.push_data(c);
+                    }
+                    let _ = tx.send(Ok(batch));
+                },
+                &NoProgress,
+            )
+            .unwrap();
+        let record = parent.packs.as_ref().expect("one writer records its packs");
+        assert!(!record.packs.is_empty());
+        parent.packs.as_ref().unwrap().record(SnapshotId(1));
+        let recorded = index.snapshot_packs(SnapshotId(1)).unwrap().unwrap();
+
+        // A child taking every chunk of the parent unread.
+        let ids: Vec<ChunkId> = chunks.iter().map(|c| codec.chunk_id(c)).collect();
+        let child = |packs: Option<&[PackId]>| {
+            store.store_pieces_with(
+                &codec,
+                &index,
+                None,
+                packs,
+                |tx| {
+                    let mut batch = ReadBatch::default();
+                    for id in &ids {
+                        batch.pieces.push(Piece::Known(40_000, *id));
+                        batch.volume_bytes += 40_000;
+                        batch.bytes_known += 40_000;
+                    }
+                    let _ = tx.send(Ok(batch));
+                },
+                &NoProgress,
+            )
+        };
+        let trusted = child(Some(&recorded)).unwrap();
+        assert_eq!(trusted.parent_checked, 0);
+        assert_eq!(trusted.bytes_known, 300 * 40_000);
+        let looked_up = child(None).unwrap();
+        assert_eq!(looked_up.parent_checked, 300);
+
+        // One of the recorded packs deleted by hand: the record no longer serves, the chunks
+        // are looked up, and those of the missing pack are not taken.
+        std::fs::remove_file(store.describe_pack(&recorded[0])).unwrap();
+        let err = child(Some(&recorded))
+            .err()
+            .expect("a chunk of the deleted pack is refused");
+        assert!(err.to_string().contains("is not in the store"), "{err}");
     }
 
     #[test]
