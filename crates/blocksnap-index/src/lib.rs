@@ -281,6 +281,15 @@ impl Index {
         Ok(true)
     }
 
+    /// Forgets the record of `snapshot` (a parent whose child now heads its volume: only a
+    /// volume's newest snapshot is taken from, so records stay one per volume).
+    pub fn forget_snapshot_packs(&self, snapshot: SnapshotId) -> Result<(), IndexError> {
+        self.snapshot_packs
+            .remove(snapshot.0.to_be_bytes())
+            .map(|_| ())
+            .map_err(|e| self.damaged(e))
+    }
+
     /// The packs recorded for `snapshot` ([`Index::record_snapshot_packs`]), if any: every
     /// chunk of it has its entry in one of them, as no entry was removed or changed since.
     pub fn snapshot_packs(&self, snapshot: SnapshotId) -> Result<Option<Vec<PackId>>, IndexError> {
@@ -555,6 +564,14 @@ mod tests {
         assert_eq!(index.epoch(), e);
         assert_eq!(index.snapshot_packs(snap).unwrap(), Some(packs.to_vec()));
         assert_eq!(index.snapshot_packs(SnapshotId(8)).unwrap(), None);
+        assert!(
+            index
+                .record_snapshot_packs(SnapshotId(8), &packs, e)
+                .unwrap()
+        );
+        index.forget_snapshot_packs(SnapshotId(8)).unwrap();
+        assert_eq!(index.snapshot_packs(SnapshotId(8)).unwrap(), None);
+        assert!(index.snapshot_packs(snap).unwrap().is_some());
 
         // Each way an entry goes or changes forgets every record and moves the epoch, so a
         // record of lookups made before it is refused.

@@ -406,6 +406,19 @@ fn nbd_exports_over_tcp_and_unix_sockets_snapshot_their_allocated_data() {
     );
 }
 
+/// The arguments of a `--dirty-bitmap b0` snapshot of `source` as volume `vm`.
+fn bitmap_snapshot(source: &str) -> [&str; 7] {
+    [
+        "snapshot",
+        "create",
+        source,
+        "--volume",
+        "vm",
+        "--dirty-bitmap",
+        "b0",
+    ]
+}
+
 #[test]
 fn a_dirty_bitmap_snapshot_reads_only_the_dirty_ranges_and_restores_identical() {
     let env = Env::new("vm-bitmap");
@@ -419,15 +432,7 @@ fn a_dirty_bitmap_snapshot_reads_only_the_dirty_ranges_and_restores_identical() 
 
     // No parent yet: refused.
     let server = QemuNbd::start(&qcow2, "qcow2", None, &[]);
-    let out = env.run(&[
-        "snapshot",
-        "create",
-        &server.uri,
-        "--volume",
-        "vm",
-        "--dirty-bitmap",
-        "b0",
-    ]);
+    let out = env.run(&bitmap_snapshot(&server.uri));
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("b0") && !err.contains("panicked"), "{err}");
@@ -458,15 +463,7 @@ fn a_dirty_bitmap_snapshot_reads_only_the_dirty_ranges_and_restores_identical() 
     let written: u64 = (256 + 128 + 64) << 10;
 
     let server = QemuNbd::start(&qcow2, "qcow2", None, &["--bitmap", "b0"]);
-    let inc = env.json(&[
-        "snapshot",
-        "create",
-        &server.uri,
-        "--volume",
-        "vm",
-        "--dirty-bitmap",
-        "b0",
-    ]);
+    let inc = env.json(&bitmap_snapshot(&server.uri));
     let full = env.json(&["snapshot", "create", &server.uri, "--volume", "vm-full"]);
     drop(server);
     assert_eq!(inc["parent"], first["id"], "{inc}");
@@ -493,15 +490,7 @@ fn a_dirty_bitmap_snapshot_reads_only_the_dirty_ranges_and_restores_identical() 
     let out = env.run(&["repair", "index"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let server = QemuNbd::start(&qcow2, "qcow2", None, &["--bitmap", "b0"]);
-    let again = env.json(&[
-        "snapshot",
-        "create",
-        &server.uri,
-        "--volume",
-        "vm",
-        "--dirty-bitmap",
-        "b0",
-    ]);
+    let again = env.json(&bitmap_snapshot(&server.uri));
     drop(server);
     assert_eq!(again["parent"], inc["id"], "{again}");
     let checked = again["parent_chunks_checked"].as_u64().unwrap();
@@ -515,27 +504,11 @@ fn a_dirty_bitmap_snapshot_reads_only_the_dirty_ranges_and_restores_identical() 
 
     // A bitmap the server does not export, and a bitmap on a file: refused.
     let server = QemuNbd::start(&qcow2, "qcow2", None, &[]);
-    let out = env.run(&[
-        "snapshot",
-        "create",
-        &server.uri,
-        "--volume",
-        "vm",
-        "--dirty-bitmap",
-        "b0",
-    ]);
+    let out = env.run(&bitmap_snapshot(&server.uri));
     drop(server);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("qemu-nbd --bitmap b0"), "{err}");
-    let out = env.run(&[
-        "snapshot",
-        "create",
-        s(&qcow2),
-        "--volume",
-        "vm",
-        "--dirty-bitmap",
-        "b0",
-    ]);
+    let out = env.run(&bitmap_snapshot(s(&qcow2)));
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }

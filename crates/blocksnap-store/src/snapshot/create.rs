@@ -283,7 +283,11 @@ impl Store {
     ) -> Result<SnapshotReport> {
         let (doc, stored, started) =
             self.snapshot_uncommitted(access, opts, source, index, None, progress)?;
-        self.commit_snapshot(access, doc, &stored, started)
+        let report = self.commit_snapshot(access, doc, &stored, started)?;
+        if let Some(packs) = &stored.packs {
+            packs.record(index, report.id, report.parent);
+        }
+        Ok(report)
     }
 
     /// Stores a snapshot's data and returns its document, not yet written. With `pending`
@@ -373,9 +377,6 @@ impl Store {
     ) -> Result<SnapshotReport> {
         let codec = self.codec(access, doc.key)?;
         let doc_bytes = self.write_snapshot(&codec, &mut doc)?;
-        if let Some(packs) = &stored.packs {
-            packs.record(doc.id);
-        }
         Ok(SnapshotReport {
             id: doc.id,
             volume: doc.volume,

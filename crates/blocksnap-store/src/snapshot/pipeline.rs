@@ -31,7 +31,8 @@ pub(crate) struct Stored {
     /// the parent's packs were checked instead).
     pub parent_checked: u64,
     pub stats: WriterStats,
-    /// The record to keep once the snapshot is committed, when there is one to keep.
+    /// The record to keep once the snapshot is committed (by `snapshot create`, whose
+    /// children a dirty bitmap takes from), when there is one to keep.
     pub packs: Option<SnapshotPacks>,
 }
 
@@ -39,18 +40,19 @@ pub(crate) struct Stored {
 /// in ([`Index::record_snapshot_packs`]), which lets a dirty-bitmap child check those packs
 /// instead of each of its chunks.
 pub(crate) struct SnapshotPacks {
-    index: Index,
     packs: Vec<PackId>,
     epoch: u64,
 }
 
 impl SnapshotPacks {
-    /// Records the packs for committed snapshot `id`. A record that cannot be written (the
-    /// index moved on, or failed) is left out: it is a cache, and its absence costs lookups.
-    pub fn record(&self, id: SnapshotId) {
-        let _ = self
-            .index
-            .record_snapshot_packs(id, &self.packs, self.epoch);
+    /// Records the packs for committed snapshot `id`, and forgets its parent's record (its
+    /// volume's newest snapshot is now `id`). A record that cannot be written (the index moved
+    /// on, or failed) is left out: it is a cache, and its absence costs lookups.
+    pub fn record(&self, index: &Index, id: SnapshotId, parent: Option<SnapshotId>) {
+        let _ = index.record_snapshot_packs(id, &self.packs, self.epoch);
+        if let Some(parent) = parent {
+            let _ = index.forget_snapshot_packs(parent);
+        }
     }
 }
 
@@ -274,11 +276,7 @@ impl Store {
         let stats = writer.finish()?;
         let packs = recorder.map(|dedup| {
             let (packs, epoch) = dedup.snapshot_packs();
-            SnapshotPacks {
-                index: index.clone(),
-                packs,
-                epoch,
-            }
+            SnapshotPacks { packs, epoch }
         });
         if !missing.is_empty() {
             let packs: Vec<String> = missing.keys().map(ToString::to_string).collect();
@@ -444,7 +442,11 @@ mod tests {
             .unwrap();
         let record = parent.packs.as_ref().expect("one writer records its packs");
         assert!(!record.packs.is_empty());
-        parent.packs.as_ref().unwrap().record(SnapshotId(1));
+        parent
+            .packs
+            .as_ref()
+            .unwrap()
+            .record(&index, SnapshotId(1), None);
         let recorded = index.snapshot_packs(SnapshotId(1)).unwrap().unwrap();
 
         // A child taking every chunk of the parent unread.
