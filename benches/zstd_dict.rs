@@ -14,8 +14,9 @@
 //! what a store could train on at the start of its first snapshot, before it has seen the
 //! rest). Reports, for each, the compressed bytes (the dictionary's own size added once), the
 //! gain against no dictionary, the training time and the compression time (two cores, rayon),
-//! and the decompression time of every chunk. The image is read twice (a sample pass, then
-//! the compression pass), so it need not fit in memory.
+//! and the decompression time of every chunk. Nothing but the samples is kept in memory: the
+//! image is read once for the prefix sample, once for the spread one, and once for each
+//! dictionary's compression pass.
 
 use std::collections::HashSet;
 use std::fs::File;

@@ -44,15 +44,15 @@ pub(crate) struct Dedup {
     index: Index,
     backend: Arc<dyn Backend>,
     place: Place,
-    packs: Arc<RwLock<HashMap<PackId, bool>>>,
+    /// Each pack looked at: whether it exists, and whether a chunk was found or stored in it
+    /// (what the snapshot record names).
+    packs: Arc<RwLock<HashMap<PackId, Seen>>>,
     /// Packs found missing, with the number of entries dropped for each.
     missing: Arc<Mutex<BTreeMap<PackId, u64>>>,
     /// Packs a prune condemned when the writer started: never deduplicated against.
     condemned: Arc<HashSet<PackId>>,
     /// The index's change epoch before the first lookup.
     epoch: u64,
-    /// The packs of every chunk found in the index or stored.
-    used: Arc<Mutex<HashSet<PackId>>>,
     /// The parent's chunks are known to be in the store ([`Dedup::trust_parent`]).
     parent_trusted: Arc<AtomicBool>,
     /// Chunks of the parent looked up one by one (without a trusted parent).
@@ -65,7 +65,7 @@ impl Dedup {
         let packs = store
             .list_packs_recent()?
             .into_iter()
-            .map(|p| (p.id, true))
+            .map(|p| (p.id, Seen::new(true, false)))
             .collect();
         Ok(Dedup {
             index: index.clone(),
@@ -75,7 +75,6 @@ impl Dedup {
             missing: Arc::default(),
             condemned: Arc::new(store.condemned_packs()?),
             epoch,
-            used: Arc::default(),
             parent_trusted: Arc::default(),
             parent_checked: Arc::default(),
         })
@@ -83,8 +82,10 @@ impl Dedup {
 
     /// Records that pack `id` exists (this writer committed it).
     fn add_pack(&self, id: PackId) {
-        self.packs.write().expect("not poisoned").insert(id, true);
-        self.used.lock().expect("not poisoned").insert(id);
+        self.packs
+            .write()
+            .expect("not poisoned")
+            .insert(id, Seen::new(true, true));
     }
 
     /// Trusts the chunks of a parent whose record names `packs` (every chunk of it had its
@@ -93,14 +94,13 @@ impl Dedup {
     /// [`Dedup::contains`] checks chunk by chunk. True if trusted.
     pub fn trust_parent(&self, packs: &[PackId]) -> Result<bool> {
         for p in packs {
-            if self.condemned.contains(p) || !self.pack_exists(p)? {
+            if self.condemned.contains(p) || !self.pack_exists(p, false)? {
                 return Ok(false);
             }
         }
-        self.used
-            .lock()
-            .expect("not poisoned")
-            .extend(packs.iter().copied());
+        for p in packs {
+            self.pack_exists(p, true)?;
+        }
         self.parent_trusted.store(true, Ordering::SeqCst);
         Ok(true)
     }
@@ -124,8 +124,12 @@ impl Dedup {
     /// close then): the packs its chunks were found or stored in, and the epoch those lookups
     /// began at.
     pub fn snapshot_packs(&self) -> (Vec<PackId>, u64) {
-        let used = self.used.lock().expect("not poisoned");
-        (used.iter().copied().collect(), self.epoch)
+        let packs = self.packs.read().expect("not poisoned");
+        let used = packs
+            .iter()
+            .filter(|(_, s)| s.used.load(Ordering::Relaxed))
+            .map(|(id, _)| *id);
+        (used.collect(), self.epoch)
     }
 
     /// True if the store holds `id` in a pack that exists and is not condemned.
@@ -136,8 +140,7 @@ impl Dedup {
         if self.condemned.contains(&loc.pack) {
             return Ok(false);
         }
-        if self.pack_exists(&loc.pack)? {
-            self.used.lock().expect("not poisoned").insert(loc.pack);
+        if self.pack_exists(&loc.pack, true)? {
             return Ok(true);
         }
         if self.index.remove_if(id, &loc)? {
@@ -151,9 +154,14 @@ impl Dedup {
         Ok(false)
     }
 
-    fn pack_exists(&self, pack: &PackId) -> Result<bool> {
-        if let Some(&known) = self.packs.read().expect("not poisoned").get(pack) {
-            return Ok(known);
+    /// True if pack `pack` exists (listed, written, or found by a HEAD, once); noted as used
+    /// (a chunk is taken from it, so the snapshot record names it) when `use_it` and it does.
+    fn pack_exists(&self, pack: &PackId, use_it: bool) -> Result<bool> {
+        if let Some(seen) = self.packs.read().expect("not poisoned").get(pack) {
+            if use_it && seen.exists {
+                seen.used.store(true, Ordering::Relaxed);
+            }
+            return Ok(seen.exists);
         }
         let key = pack_key(pack);
         let exists = self
@@ -164,13 +172,29 @@ impl Dedup {
         self.packs
             .write()
             .expect("not poisoned")
-            .insert(*pack, exists);
+            .insert(*pack, Seen::new(exists, use_it && exists));
         Ok(exists)
     }
 
     /// The packs found missing so far, with the number of index entries dropped for each.
     pub fn missing(&self) -> BTreeMap<PackId, u64> {
         self.missing.lock().expect("not poisoned").clone()
+    }
+}
+
+/// What [`Dedup`] knows of a pack.
+struct Seen {
+    exists: bool,
+    /// A chunk was found or stored in it.
+    used: AtomicBool,
+}
+
+impl Seen {
+    fn new(exists: bool, used: bool) -> Self {
+        Seen {
+            exists,
+            used: AtomicBool::new(used),
+        }
     }
 }
 

@@ -61,6 +61,12 @@ struct Cached {
     version: Option<Version>,
 }
 
+/// The cache's maps, locked: a panic while one was held leaves nothing half-done that matters
+/// to a cache of documents, so a poisoned lock is taken as it is.
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// True if `key` is an object of `kind` (under its folder).
 fn is_of(key: &str, kind: Kind) -> bool {
     key.strip_prefix(kind.dir())
@@ -80,9 +86,7 @@ impl DocCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Cached>> {
-        self.docs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        locked(&self.docs)
     }
 
     fn get(&self, key: &str) -> Option<Arc<Vec<u8>>> {
@@ -137,9 +141,7 @@ impl DocCache {
         '_,
         std::collections::HashMap<String, (std::time::Instant, Option<SnapshotDoc>)>,
     > {
-        self.latest
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        locked(&self.latest)
     }
 
     /// The newest snapshot of `volume` a listing found less than [`LISTING_REUSE`] ago.
@@ -161,9 +163,7 @@ impl DocCache {
     }
 
     fn absent_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
-        self.absent
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        locked(&self.absent)
     }
 
     /// Remembers that the head `key` was not there.

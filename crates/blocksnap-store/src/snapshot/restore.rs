@@ -324,10 +324,10 @@ impl Store {
                     .spans()
                     .iter()
                     .filter_map(|s| s.chunk.map(|id| (s.offset, s.len as u32, id)));
-                let batches = if prefetching {
-                    batches_by_pack(data.collect(), reader)
+                let batches: Box<dyn Iterator<Item = Vec<Piece>>> = if prefetching {
+                    Box::new(batches_by_pack(data.collect(), reader).into_iter())
                 } else {
-                    batches_in_order(data)
+                    Box::new(batches_in_order(data))
                 };
                 for mut batch in batches {
                     if prefetching {
@@ -400,22 +400,27 @@ impl Store {
 /// One chunk of the volume to write: its offset, length and id.
 type Piece = (u64, u32, ChunkId);
 
-/// The data pieces in volume order, in batches of about [`BATCH_BYTES`] (a local store: each
-/// chunk is read where it lies, and writes go forward through the file).
-fn batches_in_order(pieces: impl Iterator<Item = Piece>) -> Vec<Vec<Piece>> {
-    let mut out = Vec::new();
-    let mut batch = Vec::new();
-    let mut bytes = 0u64;
-    for p in pieces {
-        bytes += u64::from(p.1);
-        batch.push(p);
-        if bytes >= BATCH_BYTES {
-            out.push(std::mem::take(&mut batch));
-            bytes = 0;
+/// The data pieces in volume order, in batches of about [`BATCH_BYTES`] made as they are taken
+/// (a local store: each chunk is read where it lies, and writes go forward through the file),
+/// the last one possibly empty.
+fn batches_in_order(mut pieces: impl Iterator<Item = Piece>) -> impl Iterator<Item = Vec<Piece>> {
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
         }
-    }
-    out.push(batch);
-    out
+        let mut batch = Vec::new();
+        let mut bytes = 0u64;
+        while bytes < BATCH_BYTES {
+            let Some(p) = pieces.next() else {
+                done = true;
+                return Some(batch);
+            };
+            bytes += u64::from(p.1);
+            batch.push(p);
+        }
+        Some(batch)
+    })
 }
 
 /// The data pieces in batches that follow the packs: ordered by pack and by place in the pack
