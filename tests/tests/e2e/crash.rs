@@ -1,33 +1,22 @@
 //! Crash safety under SIGKILL, cumulative: a snapshot (and a prune) killed at twenty moments,
 //! each kill acting on the store the previous one left (no fresh copies). After every kill the
 //! store is valid (`check` passes), every snapshot committed so far restores byte-identical,
-//! and the next run completes. Some kills are timed over the whole run, some triggered by what
-//! the process writes (the volume's head swapped, the snapshot document, a prune's new pack or
-//! its first deletion), so that kills land in the commit window: the tests count the kills
-//! after which the killed run had committed its result and those after which it had not, and
-//! require both.
+//! and the next run completes. Every kill is triggered by what the process has written — its
+//! lock object, a staged pack, a committed pack, the volume's head swapped, the snapshot
+//! document, a prune's first deletion — never by a timer, so each lands at its moment however
+//! fast or slow the machine is: the tests count the kills after which the killed run had
+//! committed its result and those after which it had not, and require both. (The library's
+//! crash lab stops a run before each of its backend operations in turn; these kill the real
+//! binary.)
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-/// The two tests time clean runs and then kill runs at fractions of that time: run side by side
-/// they would disturb each other's timing, so they take turns.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// When to send SIGKILL.
-enum Kill<'a> {
-    /// This long after the start.
-    After(Duration),
-    /// As soon as this is true (polled every 100 µs).
-    When(&'a dyn Fn() -> bool),
-}
+/// When to send SIGKILL: as soon as this is true (polled every 100 µs).
+type Kill<'a> = &'a dyn Fn() -> bool;
 
 /// Starts `cmd` and kills it as `kill` says; true if it was still running then (false: it had
 /// finished first).
@@ -42,11 +31,7 @@ fn kill(mut cmd: Command, kill: Kill) -> bool {
         if child.try_wait().unwrap().is_some() {
             return false;
         }
-        let now = match &kill {
-            Kill::After(d) => started.elapsed() >= *d,
-            Kill::When(f) => f(),
-        };
-        if now {
+        if kill() {
             break;
         }
         assert!(
@@ -140,6 +125,35 @@ fn packs_size(env: &Env) -> u64 {
         .sum()
 }
 
+/// The names of the lock objects in the store's `locks/` folder.
+fn locks(env: &Env) -> Vec<PathBuf> {
+    std::fs::read_dir(env.store.join("locks"))
+        .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
+        .unwrap_or_default()
+}
+
+/// The temporary files of packs being written (in `packs/` and its folders).
+fn staged_packs(env: &Env) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    let mut dirs = vec![env.store.join("packs")];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                v.push(path);
+            }
+        }
+    }
+    v
+}
+
+/// Something in `now` that is not in `before`.
+fn any_new(before: &[PathBuf], now: Vec<PathBuf>) -> bool {
+    now.iter().any(|p| !before.contains(p))
+}
+
 fn assert_no_leftovers(env: &Env) {
     for sub in std::fs::read_dir(env.store.join("packs")).unwrap() {
         let sub = sub.unwrap().path();
@@ -162,18 +176,12 @@ fn assert_no_leftovers(env: &Env) {
 
 #[test]
 fn snapshot_killed_at_twenty_moments_loses_nothing_committed() {
-    let _turn = one_at_a_time();
     let env = Env::new("crash_snapshot");
     env.init(&[]);
-    // A reference store takes the same snapshots without kills: it times each run (the kills
-    // of the same run spread over that time) and is the size a store without crashes has.
+    // A reference store takes the same snapshots without kills: the size a store without
+    // crashes has.
     let clean = Env::new("crash_snapshot_clean");
     clean.init(&[]);
-    let snap_clean = |image: &Path| {
-        let started = Instant::now();
-        clean.snapshot(image, "big");
-        started.elapsed().max(Duration::from_millis(100))
-    };
 
     // A real ext4 image; every run finds one more region of it rewritten (a disk in use), so
     // each has new data to store, and the state of each kill builds on the last.
@@ -182,12 +190,11 @@ fn snapshot_killed_at_twenty_moments_loses_nothing_committed() {
     let big = env.path("big.img");
     make_ext4(&big, 96 << 20, &tree);
     let first = env.snapshot(&big, "big");
-    snap_clean(&big);
+    clean.snapshot(&big, "big");
     let mut committed = vec![(first["id"].as_str().unwrap().to_string(), digest(&big))];
 
     let head = env.store.join("heads/big.json");
     let (mut mid_run, mut committed_mid_run, mut cut_mid_run) = (0, 0, 0);
-    let mut timed = 0u32;
     for i in 0..20u64 {
         write_at(
             &big,
@@ -195,18 +202,23 @@ fn snapshot_killed_at_twenty_moments_loses_nothing_committed() {
             (40 << 20) + (i << 21),
             &random_bytes(3 << 19, 100 + i),
         );
-        let duration = snap_clean(&big);
+        clean.snapshot(&big, "big");
         let before = snapshot_ids(&env);
+        let (locks_before, staged_before, packs_before) =
+            (locks(&env), staged_packs(&env), packs(&env));
         let head_before = std::fs::read(&head).unwrap_or_default();
+        let lock_taken = || any_new(&locks_before, locks(&env));
+        let pack_staged = || any_new(&staged_before, staged_packs(&env));
+        let pack_committed = || any_new(&packs_before, packs(&env));
         let head_swapped = || std::fs::read(&head).unwrap_or_default() != head_before;
         let doc_written = || snapshot_ids(&env).len() > before.len();
-        let when = match i % 5 {
-            3 => Kill::When(&head_swapped),
-            4 => Kill::When(&doc_written),
-            _ => {
-                timed += 1;
-                Kill::After(duration.mul_f64((f64::from(timed) - 0.5) / 12.0))
-            }
+        // The moments in the order a snapshot reaches them.
+        let when: Kill = match i % 5 {
+            0 => &lock_taken,
+            1 => &pack_staged,
+            2 => &pack_committed,
+            3 => &head_swapped,
+            _ => &doc_written,
         };
         let mut cmd = env.cmd();
         cmd.args([
@@ -307,21 +319,6 @@ fn make_garbage(env: &Env, round: u64) -> (String, String) {
 /// passes, every live snapshot restores byte-identical, and a new prune completes.
 #[test]
 fn prune_killed_at_twenty_moments_loses_nothing_live() {
-    let _turn = one_at_a_time();
-    // How long a prune of one round's garbage takes, in a scratch store.
-    let probe = Env::new("crash_prune_probe");
-    probe.init(&[]);
-    make_garbage(&probe, 0);
-    let started = Instant::now();
-    let full = probe.json(&["prune"]);
-    let duration = started.elapsed().max(Duration::from_millis(100));
-    assert!(
-        full["packs_deleted"].as_u64().unwrap() >= 1
-            && full["packs_rewritten"].as_u64().unwrap() >= 1,
-        "{full}"
-    );
-    drop(probe);
-
     let env = Env::new("crash_prune");
     env.init(&[]);
     let mut live = Vec::new();
@@ -331,14 +328,18 @@ fn prune_killed_at_twenty_moments_loses_nothing_live() {
         for k in 0..4u64 {
             let i = round * 4 + k;
             let before = packs(&env);
-            let new_pack = || packs(&env).iter().any(|p| !before.contains(p));
+            let (locks_before, staged_before) = (locks(&env), staged_packs(&env));
+            let lock_taken = || any_new(&locks_before, locks(&env));
+            let pack_staged = || any_new(&staged_before, staged_packs(&env));
+            let new_pack = || any_new(&before, packs(&env));
             let deleted = || before.iter().any(|p| !p.exists());
-            let when = match k {
-                1 => Kill::When(&new_pack),
-                2 => Kill::When(&deleted),
-                // Timed kills spread over the run: early in the round, then late.
-                0 => Kill::After(duration.mul_f64((round as f64 + 0.5) / 10.0)),
-                _ => Kill::After(duration.mul_f64((round as f64 + 5.5) / 10.0)),
+            // Before prune changed anything (its lock taken, its rewritten pack being
+            // written), then after (the rewritten pack committed, the first pack deleted).
+            let when: Kill = match k {
+                0 => &lock_taken,
+                1 => &pack_staged,
+                2 => &new_pack,
+                _ => &deleted,
             };
             let mut cmd = env.cmd();
             cmd.args(["-q", "prune"]);
