@@ -3,6 +3,7 @@
 pub(crate) mod catalog;
 pub(crate) mod create;
 pub(crate) mod diff;
+pub(crate) mod direct;
 pub(crate) mod pipeline;
 pub(crate) mod restore;
 pub(crate) mod source;

@@ -17,6 +17,7 @@ use crate::fsutil;
 use crate::packs::reader::ChunkReader;
 use crate::progress::Progress;
 use crate::repo::Store;
+use crate::snapshot::direct::{DirectFile, Run};
 use crate::snapshot::target::{
     RestoreOptions, Target, TargetFormat, TargetKind, human, parent_dir, rename_new,
 };
@@ -61,14 +62,20 @@ const BATCH_BYTES: u64 = 64 << 20;
 /// 182 MiB, `benches/compare-s3.sh`).
 const PACK_BATCH_BYTES: u64 = 40 << 20;
 
+thread_local! {
+    /// A restore worker's run buffer, kept from group to group.
+    static RUN: std::cell::Cell<Run> = const { std::cell::Cell::new(Run::new()) };
+}
+
 /// Chunks a worker decodes together, writing each run of adjacent ones with one positioned
 /// write (about 1 MiB with the default chunk size). One write per chunk cost 14% more time and
 /// CPU: the writers took the file's lock in turn for every 32 KiB (measured, cold restores).
 const WRITE_RUN: usize = 32;
 
-/// Where a restore's bytes go: the file or device itself (raw), or a qcow2 image in the file.
+/// Where a restore's bytes go: the file or device itself (raw; whole blocks written past the
+/// page cache where it can be), or a qcow2 image in the file.
 enum Sink {
-    Raw(fs::File),
+    Raw(DirectFile),
     /// The image, and the file under it (for the syncs of writeback between batches).
     Qcow2(blocksnap_source::qcow2::Qcow2Writer, fs::File),
 }
@@ -76,8 +83,15 @@ enum Sink {
 impl Sink {
     fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
         match self {
-            Sink::Raw(f) => f.write_all_at(buf, offset),
+            Sink::Raw(f) => f.cached.write_all_at(buf, offset),
             Sink::Qcow2(q, _) => q.write_at(buf, offset),
+        }
+    }
+
+    fn write_run(&self, run: &Run) -> std::io::Result<()> {
+        match self {
+            Sink::Raw(f) => f.write_run(run),
+            Sink::Qcow2(q, _) => q.write_at(run.bytes(), run.start()),
         }
     }
 
@@ -85,14 +99,14 @@ impl Sink {
     /// end, by [`Sink::sync_all`]).
     fn sync_data(&self) -> std::io::Result<()> {
         match self {
-            Sink::Raw(f) | Sink::Qcow2(_, f) => f.sync_data(),
+            Sink::Raw(DirectFile { cached: f, .. }) | Sink::Qcow2(_, f) => f.sync_data(),
         }
     }
 
     /// Makes everything durable: for qcow2, its tables written first.
     fn sync_all(&self) -> std::io::Result<()> {
         match self {
-            Sink::Raw(f) => f.sync_all(),
+            Sink::Raw(f) => f.cached.sync_all(),
             Sink::Qcow2(q, f) => {
                 q.finish()?;
                 f.sync_all()
@@ -179,7 +193,10 @@ impl Store {
                     target.shown()
                 )));
             }
-            Some((f, _)) => Sink::Raw(f.try_clone().map_err(|e| target.fail("cannot open", e))?),
+            Some((f, _)) => Sink::Raw(DirectFile::new(
+                f.try_clone().map_err(|e| target.fail("cannot open", e))?,
+                &target.path,
+            )),
             None => {
                 let mut o = OpenOptions::new();
                 // A qcow2 image's library reads back its own tables: open it for reading too.
@@ -194,7 +211,7 @@ impl Store {
                         .map_err(|e| target.fail("cannot create a qcow2 image in", e))
                 } else {
                     f.set_len(doc.size)
-                        .map(|()| Sink::Raw(f))
+                        .map(|()| Sink::Raw(DirectFile::new(f, &tmp)))
                         .map_err(|e| target.fail("cannot size", e))
                 };
                 match made {
@@ -253,49 +270,54 @@ impl Store {
                          written: &mut u64|
              -> Result<()> {
                 crate::cancel::check()?;
+                // Decodes a group of pieces, writing each run of adjacent chunks at once.
+                let write_group = |group: &[Piece], run: &mut Run| -> Result<()> {
+                    let write = |run: &Run| {
+                        file.write_run(run)
+                            .map_err(|e| target.fail("cannot write", e))
+                    };
+                    for (off, len, id) in group {
+                        let data = reader.read_with(id, fetched)?;
+                        if data.len() != *len as usize {
+                            return Err(StoreError::Damaged(format!(
+                                "chunk {id} has {} bytes, the extent list says {len}",
+                                data.len()
+                            )));
+                        }
+                        if qcow2 && data.iter().all(|b| *b == 0) {
+                            // Verified above; a qcow2 leaves it unallocated.
+                            if !run.is_empty() {
+                                write(run)?;
+                                run.begin(0);
+                            }
+                            zeros_skipped
+                                .fetch_add(u64::from(*len), std::sync::atomic::Ordering::Relaxed);
+                            continue;
+                        }
+                        if !run.is_empty() && run.end() != *off {
+                            write(run)?;
+                            run.begin(0);
+                        }
+                        if run.is_empty() {
+                            run.begin(*off);
+                        }
+                        run.push(&data);
+                    }
+                    if !run.is_empty() {
+                        write(run)?;
+                    }
+                    Ok(())
+                };
                 batch
                     .par_chunks(WRITE_RUN)
                     .try_for_each(|group| -> Result<()> {
-                        // `run` holds adjacent chunks' bytes, from volume offset `start`.
-                        let mut run: Vec<u8> = Vec::new();
-                        let mut start = 0u64;
-                        let write = |run: &[u8], start: u64| {
-                            file.write_at(run, start)
-                                .map_err(|e| target.fail("cannot write", e))
-                        };
-                        for (off, len, id) in group {
-                            let data = reader.read_with(id, fetched)?;
-                            if data.len() != *len as usize {
-                                return Err(StoreError::Damaged(format!(
-                                    "chunk {id} has {} bytes, the extent list says {len}",
-                                    data.len()
-                                )));
-                            }
-                            if qcow2 && data.iter().all(|b| *b == 0) {
-                                // Verified above; a qcow2 leaves it unallocated.
-                                if !run.is_empty() {
-                                    write(&run, start)?;
-                                    run.clear();
-                                }
-                                zeros_skipped.fetch_add(
-                                    u64::from(*len),
-                                    std::sync::atomic::Ordering::Relaxed,
-                                );
-                                continue;
-                            }
-                            if !run.is_empty() && start + run.len() as u64 != *off {
-                                write(&run, start)?;
-                                run.clear();
-                            }
-                            if run.is_empty() {
-                                start = *off;
-                            }
-                            run.extend_from_slice(&data);
-                        }
-                        if !run.is_empty() {
-                            write(&run, start)?;
-                        }
-                        Ok(())
+                        // Each worker's buffer, taken (not borrowed) so that a nested task on
+                        // this thread would get its own.
+                        let mut run = RUN.take();
+                        run.begin(0);
+                        let result = write_group(group, &mut run);
+                        RUN.set(run);
+                        result
                     })?;
                 let n: u64 = batch.iter().map(|b| u64::from(b.1)).sum();
                 *written += n;
