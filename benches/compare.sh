@@ -13,6 +13,8 @@
 #   IMAGE=1g|8g|both  which disk (default both: the 1 GiB one, then the 8 GiB one, each
 #                   with its own table, in WORKDIR/1g and WORKDIR/8g)
 #   DATA_MB=N       megabytes of files in the 8 GiB disk (default 3000)
+# After blocksnap's restore, each round also times `cp --sparse=always changed.img` (until
+# sync): the disk's own limit for writing what the restore writes, in the same minute.
 #
 # 1g: base.img is a 1 GiB sparse ext4 (no partition table) holding ~300-400 MB of this
 # machine's files; changed.img has files removed, added and replaced with debugfs, the same
@@ -458,6 +460,10 @@ run_blocksnap() {
     timed blocksnap restore "$bs_store" "$bs_store" -- \
         "$BLOCKSNAP" --store "$bs_store" --quiet --json snapshot restore "$bs_id" restore/blocksnap.img
     verify blocksnap restore/blocksnap.img
+    # The disk's own limit for writing the restored data, in the same minute: cp of the image
+    # the restore rebuilt, holes kept, timed until sync like the restores.
+    timed cp restore changed.img restore -- cp --sparse=always changed.img restore/cp.img
+    rm -f restore/cp.img
 }
 
 run_restic() {
@@ -562,6 +568,14 @@ growth = ", ".join(
     f"{t} {(med(t, 'incremental', 'repo_bytes', int) - med(t, 'initial', 'repo_bytes', int)) / 1e6:.1f} MB"
     for t in tools)
 print(f"\nrepository growth from the incremental snapshot (medians): {growth}")
+cp = [float(r["seconds"]) for r in runs.get(("cp", "restore"), [])]
+if cp:
+    bs = [float(r["seconds"]) for r in runs[("blocksnap", "restore")]]
+    each = ", ".join(f"{c:.2f} / {b:.2f} s ({100 * c / max(b, 0.01):.0f}%)" for c, b in zip(cp, bs))
+    print(f"\nrestore against `cp --sparse=always changed.img && sync` right after it (the disk's "
+          f"limit for writing the same data): median cp {statistics.median(cp):.2f} s, blocksnap "
+          f"{statistics.median(bs):.2f} s = {100 * statistics.median(cp) / max(statistics.median(bs), 0.01):.0f}% "
+          f"of cp's speed; each round cp / blocksnap: {each}")
 print("\nEvery round (seconds; speed vs restic and borg = their seconds / blocksnap's; CPU s = user +")
 print("system seconds of the command, which show how fast the machine was in that minute):\n")
 print("| phase | round | blocksnap s | restic s | borg s | blocksnap CPU s | restic CPU s | borg CPU s "
