@@ -11,8 +11,8 @@
 //! refusal turns it off and everything goes through the page cache as before.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Alignment of a direct write's offset, length and memory: the page size, which covers every
@@ -136,13 +136,16 @@ pub(crate) struct DirectFile {
 }
 
 impl DirectFile {
-    /// `cached`, and `path` (the same file) opened again for direct writes if that works.
-    pub(crate) fn new(cached: File, path: &Path) -> Self {
+    /// `cached`, and the same file opened again for direct writes if that works. It is
+    /// reopened through `/proc/self/fd`, not by its path: a name can be replaced between two
+    /// opens, and then the direct writes would go to another file than the rest.
+    pub(crate) fn new(cached: File) -> Self {
         let direct = OpenOptions::new()
             .write(true)
             .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-            .open(path)
-            .ok();
+            .open(format!("/proc/self/fd/{}", cached.as_raw_fd()))
+            .ok()
+            .filter(|d| same_file(d, &cached));
         DirectFile {
             cached,
             direct,
@@ -199,6 +202,14 @@ impl DirectFile {
     }
 }
 
+/// Whether two open files are one (same device and inode).
+fn same_file(a: &File, b: &File) -> bool {
+    match (a.metadata(), b.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,7 +255,14 @@ mod tests {
             .open(&path)
             .unwrap();
         f.set_len(1 << 20).unwrap();
-        let out = DirectFile::new(f, &path);
+        let out = DirectFile::new(f);
+        // Where the filesystem takes O_DIRECT, the reopen through /proc/self/fd found the file.
+        let takes_direct = OpenOptions::new()
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+            .open(&path)
+            .is_ok();
+        assert_eq!(out.direct.is_some(), takes_direct);
         let mut want = vec![0u8; 1 << 20];
         let mut run = Run::new();
         // Runs that end and begin inside one block, a hole between, one inside a block.

@@ -195,7 +195,6 @@ impl Store {
             }
             Some((f, _)) => Sink::Raw(DirectFile::new(
                 f.try_clone().map_err(|e| target.fail("cannot open", e))?,
-                &target.path,
             )),
             None => {
                 let mut o = OpenOptions::new();
@@ -211,7 +210,7 @@ impl Store {
                         .map_err(|e| target.fail("cannot create a qcow2 image in", e))
                 } else {
                     f.set_len(doc.size)
-                        .map(|()| Sink::Raw(DirectFile::new(f, &tmp)))
+                        .map(|()| Sink::Raw(DirectFile::new(f)))
                         .map_err(|e| target.fail("cannot size", e))
                 };
                 match made {
