@@ -125,7 +125,7 @@ fn packs_size(env: &Env) -> u64 {
         .sum()
 }
 
-/// The names of the lock objects in the store's `locks/` folder.
+/// The lock objects in the store's `locks/` folder.
 fn locks(env: &Env) -> Vec<PathBuf> {
     std::fs::read_dir(env.store.join("locks"))
         .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
