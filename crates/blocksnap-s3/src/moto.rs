@@ -1,24 +1,43 @@
-//! For tests: a real local S3 server (moto's `moto_server`) on a free 127.0.0.1 port, started
-//! and stopped by the test.
+//! For tests: a real S3 server. By default moto's `moto_server`, started on a free 127.0.0.1
+//! port and stopped by the test; or, for the optional suite against another implementation
+//! (Ceph radosgw, s3s-fs, MinIO), a server already running that `BLOCKSNAP_TEST_S3_ENDPOINT`
+//! names (see [`S3Server::start`]).
 //!
-//! The server is found at `$BLOCKSNAP_MOTO`, else in the virtual environment `.ci/run` makes
-//! (`~/.cache/blocksnap-ci/venv/bin/moto_server`), else as `moto_server` on the `PATH`. A test
-//! that cannot find it fails, saying how to install it: an S3 test that skips would hide that
-//! nothing was tested.
+//! The moto server is found at `$BLOCKSNAP_MOTO`, else in the virtual environment `.ci/run`
+//! makes (`~/.cache/blocksnap-ci/venv/bin/moto_server`), else as `moto_server` on the `PATH`. A
+//! test that cannot find it fails, saying how to install it: an S3 test that skips would hide
+//! that nothing was tested.
 
+use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// moto_server's main with Werkzeug's server on one thread (see [`Moto::start`]).
+/// moto_server's main with Werkzeug's server on one thread (see [`S3Server::start`]).
 const SERIAL_MOTO: &str = "import sys\n\
 import moto.server as s\n\
 real = s.run_simple\n\
 def serial(*a, **k):\n    k['threaded'] = False\n    return real(*a, **k)\n\
 s.run_simple = serial\n\
 s.main(sys.argv[1:])\n";
+
+/// Makes bucket `argv[2]` on the endpoint `argv[1]` (credentials from the environment) if it is
+/// missing, and deletes every object in it: each test starts from an empty bucket, as it does
+/// on a moto server of its own. boto3 comes with moto.
+const FRESH_BUCKET: &str = r#"
+import sys, boto3
+s3 = boto3.client('s3', endpoint_url=sys.argv[1])
+name = sys.argv[2]
+try:
+    s3.head_bucket(Bucket=name)
+except Exception:
+    s3.create_bucket(Bucket=name)
+for page in s3.get_paginator('list_objects_v2').paginate(Bucket=name):
+    for o in page.get('Contents', []):
+        s3.delete_object(Bucket=name, Key=o['Key'])
+"#;
 
 /// The Python interpreter of the moto_server script `bin` (its `#!` line).
 fn interpreter(bin: &std::path::Path) -> PathBuf {
@@ -39,12 +58,61 @@ fn interpreter(bin: &std::path::Path) -> PathBuf {
     }
 }
 
-/// A running moto server; stopped when dropped.
+/// A real S3 server for one test: moto of its own, or the external one, held by this test
+/// alone until dropped.
 #[derive(Debug)]
-pub struct Moto {
-    child: Child,
+pub struct S3Server {
     port: u16,
-    log: PathBuf,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// A moto server this test started; stopped when dropped.
+    Moto { child: Child, log: PathBuf },
+    /// The server `BLOCKSNAP_TEST_S3_ENDPOINT` names; `lock` keeps every other test of any
+    /// test process off it meanwhile (their buckets share names).
+    External { external: External, _lock: File },
+}
+
+/// What `BLOCKSNAP_TEST_S3_*` say of an external server.
+#[derive(Debug, Clone)]
+struct External {
+    port: u16,
+    access_key: String,
+    secret_key: String,
+    region: String,
+}
+
+impl External {
+    /// The external server the environment names, if any; panics (failing the test) on a
+    /// setting it cannot use.
+    fn from_env() -> Option<External> {
+        let endpoint = std::env::var("BLOCKSNAP_TEST_S3_ENDPOINT").ok()?;
+        let port = ["http://127.0.0.1:", "http://localhost:"]
+            .iter()
+            .find_map(|p| endpoint.strip_prefix(p))
+            .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "BLOCKSNAP_TEST_S3_ENDPOINT={endpoint}: the tests take http://127.0.0.1:PORT \
+                     (their proxies read plain HTTP on this machine); reach another host \
+                     through a tunnel, e.g. `ssh -L PORT:HOST:PORT`"
+                )
+            });
+        let var = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| {
+                panic!("BLOCKSNAP_TEST_S3_ENDPOINT is set but {name} is not: set both keys")
+            })
+        };
+        Some(External {
+            port,
+            access_key: var("BLOCKSNAP_TEST_S3_ACCESS_KEY_ID"),
+            secret_key: var("BLOCKSNAP_TEST_S3_SECRET_ACCESS_KEY"),
+            region: std::env::var("BLOCKSNAP_TEST_S3_REGION")
+                .unwrap_or_else(|_| "us-east-1".into()),
+        })
+    }
 }
 
 /// Where the moto server is, or a message saying how to install it.
@@ -82,19 +150,50 @@ pub fn find() -> Result<PathBuf, String> {
     )
 }
 
-impl Moto {
-    /// Starts a server and waits until it answers; panics (failing the test) if moto is not
-    /// installed or does not start within 30 seconds.
-    pub fn start() -> Moto {
+impl S3Server {
+    /// A server for this test, answering; panics (failing the test) if there is none.
+    ///
+    /// By default a moto server of its own, started within 30 seconds. With
+    /// `BLOCKSNAP_TEST_S3_ENDPOINT=http://127.0.0.1:PORT` (and `BLOCKSNAP_TEST_S3_ACCESS_KEY_ID`,
+    /// `BLOCKSNAP_TEST_S3_SECRET_ACCESS_KEY`, optionally `BLOCKSNAP_TEST_S3_REGION`) the server
+    /// running there, taken by one test at a time, each of its buckets emptied when the test
+    /// makes it ([`S3Server::create_bucket`]).
+    pub fn start() -> S3Server {
+        match External::from_env() {
+            Some(external) => S3Server::external(external),
+            None => S3Server::moto(),
+        }
+    }
+
+    fn external(external: External) -> S3Server {
+        let path = std::env::temp_dir().join(format!("blocksnap-test-s3-{}.lock", external.port));
+        let lock =
+            File::create(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .unwrap_or_else(|e| panic!("cannot lock {}: {e}", path.display()));
+        let server = S3Server {
+            port: external.port,
+            kind: Kind::External {
+                external,
+                _lock: lock,
+            },
+        };
+        if !server.request("GET", "/").is_ok_and(|s| s < 500) {
+            panic!(
+                "nothing answers at {} (BLOCKSNAP_TEST_S3_ENDPOINT): start the server first",
+                server.endpoint()
+            );
+        }
+        server
+    }
+
+    fn moto() -> S3Server {
         let bin = find().unwrap_or_else(|e| panic!("{e}"));
         // A free port: bind port 0, read the port, let it go. Another process could take it in
         // between; the start then fails loudly rather than talking to a stranger.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port on 127.0.0.1");
+        let port = free_port();
         let log = std::env::temp_dir().join(format!("blocksnap-moto-{port}.log"));
-        let out = std::fs::File::create(&log).expect("moto's log file");
+        let out = File::create(&log).expect("moto's log file");
         // moto's server answers requests on several threads, and its conditional PUT checks
         // and writes without a lock: two racing `If-None-Match: *` PUTs can both succeed, and
         // two racing `If-Match` PUTs both win (seen in the conformance suite's racing checks).
@@ -115,32 +214,41 @@ impl Moto {
             .stderr(out)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut moto = Moto { child, port, log };
+        let logged = {
+            let log = log.clone();
+            move || std::fs::read_to_string(&log).unwrap_or_default()
+        };
+        let mut moto = S3Server {
+            port,
+            kind: Kind::Moto { child, log },
+        };
         let start = Instant::now();
         loop {
-            if let Ok(Some(status)) = moto.child.try_wait() {
+            if let Kind::Moto { child, .. } = &mut moto.kind
+                && let Ok(Some(status)) = child.try_wait()
+            {
                 panic!(
                     "{} exited ({status}) before answering: {}",
                     bin.display(),
-                    std::fs::read_to_string(&moto.log).unwrap_or_default()
+                    logged()
                 );
             }
             if moto.request("GET", "/").is_ok_and(|s| s < 500) {
                 return moto;
             }
             if start.elapsed() > Duration::from_secs(30) {
+                let text = logged();
                 moto.stop();
                 panic!(
-                    "{} did not answer on 127.0.0.1:{port} within 30 s: {}",
-                    bin.display(),
-                    std::fs::read_to_string(&moto.log).unwrap_or_default()
+                    "{} did not answer on 127.0.0.1:{port} within 30 s: {text}",
+                    bin.display()
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    /// The server's port.
+    /// The server's port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -150,25 +258,63 @@ impl Moto {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// The settings a client needs to talk to it (dummy credentials; moto checks none), as
-    /// environment variables.
+    /// Whether this is the external server (tests that stop their server cannot run on it).
+    pub fn is_external(&self) -> bool {
+        matches!(self.kind, Kind::External { .. })
+    }
+
+    /// The settings a client needs to talk to it, as environment variables (for moto, dummy
+    /// credentials: it checks none).
     pub fn env(&self) -> Vec<(&'static str, String)> {
+        let (key, secret, region) = match &self.kind {
+            Kind::Moto { .. } => (
+                "blocksnap-test".to_string(),
+                "blocksnap-test-secret".to_string(),
+                "us-east-1".to_string(),
+            ),
+            Kind::External { external, .. } => (
+                external.access_key.clone(),
+                external.secret_key.clone(),
+                external.region.clone(),
+            ),
+        };
         vec![
             ("AWS_ENDPOINT_URL", self.endpoint()),
             ("AWS_ALLOW_HTTP", "true".into()),
-            ("AWS_REGION", "us-east-1".into()),
-            ("AWS_ACCESS_KEY_ID", "blocksnap-test".into()),
-            ("AWS_SECRET_ACCESS_KEY", "blocksnap-test-secret".into()),
+            ("AWS_REGION", region),
+            ("AWS_ACCESS_KEY_ID", key),
+            ("AWS_SECRET_ACCESS_KEY", secret),
         ]
     }
 
-    /// Creates a bucket. (The object_store client has no bucket calls; moto takes an unsigned
-    /// `PUT /BUCKET`, so this one test-only request is made by hand.)
+    /// Makes an empty bucket. (The object_store client has no bucket calls. moto takes an
+    /// unsigned `PUT /BUCKET`, so on moto this one test-only request is made by hand; on an
+    /// external server, which checks signatures, boto3 makes the bucket or empties the one
+    /// an earlier test left.)
     pub fn create_bucket(&self, name: &str) {
-        match self.request("PUT", &format!("/{name}")) {
-            Ok(200) => {}
-            other => panic!("moto: creating bucket {name} gave {other:?}"),
+        if !self.is_external() {
+            match self.request("PUT", &format!("/{name}")) {
+                Ok(200) => return,
+                other => panic!("moto: creating bucket {name} gave {other:?}"),
+            }
         }
+        let python = find()
+            .map(|bin| interpreter(&bin))
+            .unwrap_or_else(|_| PathBuf::from("python3"));
+        let out = Command::new(&python)
+            .args(["-c", FRESH_BUCKET, &self.endpoint(), name])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(self.env())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
+        assert!(
+            out.status.success(),
+            "making an empty bucket {name} on {} with boto3 ({}) failed: {}",
+            self.endpoint(),
+            python.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// One plain HTTP/1.1 request with an empty body; the status code.
@@ -191,14 +337,26 @@ impl Moto {
     }
 
     fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Kind::Moto { child, .. } = &mut self.kind {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
-impl Drop for Moto {
+impl Drop for S3Server {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_file(&self.log);
+        if let Kind::Moto { log, .. } = &self.kind {
+            let _ = std::fs::remove_file(log);
+        }
     }
+}
+
+/// A port on 127.0.0.1 that nothing listened on a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
 }

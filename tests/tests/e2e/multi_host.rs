@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use blocksnap_s3::moto::Moto;
+use blocksnap_s3::moto::S3Server;
 use rustix::process::{Pid, Signal, kill_process};
 use serde_json::Value;
 
@@ -16,7 +16,7 @@ use crate::common::*;
 struct Host<'a> {
     env: &'a Env,
     name: &'static str,
-    moto: Option<&'a Moto>,
+    moto: Option<&'a S3Server>,
     /// Extra environment (lock timing for the tests).
     vars: Vec<(&'static str, String)>,
 }
@@ -102,7 +102,7 @@ fn n(v: &Value, field: &str) -> u64 {
 /// everything restores byte-identical and `check --read-data` is clean. Had B reused them, its
 /// snapshot would name chunks of deleted packs, and the last prune would not have deleted
 /// exactly the condemned packs (it would have had to keep them).
-fn prune_while_another_host_snapshots(env: &Env, moto: Option<&Moto>, grace: &str) {
+fn prune_while_another_host_snapshots(env: &Env, moto: Option<&S3Server>, grace: &str) {
     // On S3 a grace must exceed the lock stale time: both short, for the test.
     let vars = vec![
         ("BLOCKSNAP_LOCK_STALE", "1".to_string()),
@@ -209,7 +209,7 @@ fn prune_while_another_host_snapshots_on_a_local_store() {
 
 #[test]
 fn prune_while_another_host_snapshots_on_s3() {
-    let moto = Moto::start();
+    let moto = S3Server::start();
     moto.create_bucket("hosts");
     let mut env = Env::new("multi_host_s3");
     env.store = PathBuf::from("s3://hosts/shared");

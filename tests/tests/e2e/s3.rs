@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use blocksnap_backend::Backend;
-use blocksnap_s3::moto::Moto;
+use blocksnap_s3::moto::S3Server;
 
 use crate::common::*;
 
@@ -22,26 +22,26 @@ mod copy;
 mod memory;
 
 /// The store's command, with the S3 settings of `moto` in its environment.
-fn command(env: &Env, moto: &Moto) -> std::process::Command {
+fn command(env: &Env, moto: &S3Server) -> std::process::Command {
     let mut c = env.cmd();
     c.envs(moto.env()).env("BLOCKSNAP_S3_RETRY_TIMEOUT", "5");
     c
 }
 
 /// Runs the store's command with `args` (see [`command`]).
-fn run(env: &Env, moto: &Moto, args: &[&str]) -> Output {
+fn run(env: &Env, moto: &S3Server, args: &[&str]) -> Output {
     command(env, moto).args(args).output().unwrap()
 }
 
 /// The bucket `url` (`s3://BUCKET[/PREFIX]`) on `moto`, read and written by the test itself.
-fn bucket(moto: &Moto, url: &str) -> blocksnap_s3::S3Backend {
+fn bucket(moto: &S3Server, url: &str) -> blocksnap_s3::S3Backend {
     let env_vars = moto.env();
     let settings: Vec<(&str, &str)> = env_vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     blocksnap_s3::S3Backend::from_url_with(url, &settings).unwrap()
 }
 
 /// The keys under `url` on `moto`, sorted.
-fn keys(moto: &Moto, url: &str) -> Vec<String> {
+fn keys(moto: &S3Server, url: &str) -> Vec<String> {
     let mut v: Vec<String> = bucket(moto, url)
         .list("")
         .unwrap()
@@ -52,7 +52,7 @@ fn keys(moto: &Moto, url: &str) -> Vec<String> {
     v
 }
 
-fn json(env: &Env, moto: &Moto, args: &[&str]) -> serde_json::Value {
+fn json(env: &Env, moto: &S3Server, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
     let out = run(env, moto, &all);
@@ -67,7 +67,7 @@ fn json(env: &Env, moto: &Moto, args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn init_snapshot_and_restore_on_s3_byte_identical() {
-    let moto = Moto::start();
+    let moto = S3Server::start();
     moto.create_bucket("e2e");
     let mut env = Env::new("s3_store");
     env.store = PathBuf::from("s3://e2e/stores/one");
@@ -152,7 +152,7 @@ fn init_snapshot_and_restore_on_s3_byte_identical() {
 
 #[test]
 fn a_bad_s3_url_and_recovery_import_into_s3_are_usage_errors() {
-    let moto = Moto::start();
+    let moto = S3Server::start();
     let mut env = Env::new("s3_bad_url");
     env.store = PathBuf::from("s3://Bad_Bucket/x");
     let out = run(&env, &moto, &["init", "--account", "alice"]);
@@ -466,7 +466,7 @@ impl Drop for Proxy {
 }
 
 /// The store's command, talking to `proxy` in front of `moto`.
-fn via(env: &Env, moto: &Moto, proxy: &Proxy) -> std::process::Command {
+fn via(env: &Env, moto: &S3Server, proxy: &Proxy) -> std::process::Command {
     let mut c = env.cmd();
     c.envs(moto.env())
         .env("AWS_ENDPOINT_URL", proxy.endpoint())
@@ -487,7 +487,7 @@ fn ok_json(mut c: std::process::Command, args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn the_server_gone_mid_snapshot_fails_naming_it_and_a_later_run_completes() {
-    let moto = Moto::start();
+    let moto = S3Server::start();
     moto.create_bucket("faults");
     let proxy = Proxy::start(moto.port());
     let mut env = Env::new("s3_faults");

@@ -5,7 +5,7 @@
 use super::*;
 
 /// `blocksnap ARGS` through `proxy`; the output whatever the status.
-fn through(env: &Env, moto: &Moto, proxy: &Proxy, args: &[&str]) -> Output {
+fn through(env: &Env, moto: &S3Server, proxy: &Proxy, args: &[&str]) -> Output {
     via(env, moto, proxy).args(args).output().unwrap()
 }
 
@@ -20,7 +20,7 @@ fn disk(env: &Env, name: &str, seed: u64) -> PathBuf {
 }
 
 /// The store's id, from its config in the bucket.
-fn store_id(moto: &Moto, url: &str) -> String {
+fn store_id(moto: &S3Server, url: &str) -> String {
     let config: serde_json::Value =
         serde_json::from_slice(&bucket(moto, url).get("config").unwrap()).unwrap();
     config["id"].as_str().unwrap().to_string()
@@ -28,7 +28,7 @@ fn store_id(moto: &Moto, url: &str) -> String {
 
 #[test]
 fn init_on_a_server_ignoring_conditional_writes_is_refused_unless_single_writer() {
-    let moto = Moto::start();
+    let moto = S3Server::start();
     moto.create_bucket("cap");
     let proxy = Proxy::stripping(moto.port());
     let mut env = Env::new("s3_cap_init");
@@ -150,7 +150,7 @@ fn init_on_a_server_ignoring_conditional_writes_is_refused_unless_single_writer(
 
 #[test]
 fn a_store_for_several_writers_is_refused_on_a_server_ignoring_conditional_writes() {
-    let moto = Moto::start();
+    let moto = S3Server::start();
     moto.create_bucket("cap");
     let mut env = Env::new("s3_cap_open");
     env.store = PathBuf::from("s3://cap/store");

@@ -13,7 +13,7 @@ use super::*;
 /// This test's S3 store: the environment of `moto`, short retries.
 struct S3<'a> {
     env: Env,
-    moto: &'a Moto,
+    moto: &'a S3Server,
 }
 
 impl S3<'_> {
@@ -51,7 +51,7 @@ impl S3<'_> {
     }
 }
 
-fn store<'a>(moto: &'a Moto, name: &str) -> S3<'a> {
+fn store<'a>(moto: &'a S3Server, name: &str) -> S3<'a> {
     let mut env = Env::new(name);
     env.store = PathBuf::from(format!("s3://cmds/{name}"));
     let s = S3 { env, moto };
@@ -114,7 +114,7 @@ fn serve(s: &S3<'_>, what: &str) -> (std::process::Child, String) {
 
 #[test]
 fn snapshots_diff_restore_nbd_and_images_on_s3() {
-    let moto = Moto::start();
+    let moto = S3Server::start();
     moto.create_bucket("cmds");
     let s = store(&moto, "snapshots");
 
@@ -262,7 +262,7 @@ fn this_host() -> String {
 
 #[test]
 fn policy_trash_prune_check_repair_and_unlock_on_s3() {
-    let moto = Moto::start();
+    let moto = S3Server::start();
     moto.create_bucket("cmds");
     let s = store(&moto, "lifecycle");
 
@@ -487,7 +487,7 @@ fn policy_trash_prune_check_repair_and_unlock_on_s3() {
 /// intact disk stores what was lost, after which everything restores and check is clean.
 #[test]
 fn a_damaged_pack_in_the_bucket_is_found_set_aside_and_healed() {
-    let moto = Moto::start();
+    let moto = S3Server::start();
     moto.create_bucket("cmds");
     let s = store(&moto, "heal");
     let img = s.env.path("disk.img");

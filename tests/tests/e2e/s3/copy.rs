@@ -19,7 +19,7 @@ fn sum(report: &Value, field: &str) -> u64 {
 }
 
 /// The command on `store` (a path or an s3:// URL) acting with `identity`.
-fn on(env: &Env, moto: &Moto, store: &str, identity: &Path) -> Command {
+fn on(env: &Env, moto: &S3Server, store: &str, identity: &Path) -> Command {
     let mut c = env.cmd_at(Path::new(store));
     c.envs(moto.env())
         .env("BLOCKSNAP_S3_RETRY_TIMEOUT", "5")
@@ -42,7 +42,7 @@ fn ok(mut c: Command, args: &[&str]) -> Value {
 /// One side of the copies: a store, its account and that account's identity file.
 struct Side<'a> {
     env: &'a Env,
-    moto: &'a Moto,
+    moto: &'a S3Server,
     store: String,
     account: &'static str,
     identity: PathBuf,
@@ -104,7 +104,7 @@ fn assert_moved_nothing(report: &Value) {
 
 #[test]
 fn image_copy_between_a_local_store_and_s3_both_ways_moves_only_what_the_target_lacks() {
-    let moto = Moto::start();
+    let moto = S3Server::start();
     moto.create_bucket("fleet");
     let env = Env::new("s3_copy");
     let local = Side {

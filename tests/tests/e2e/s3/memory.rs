@@ -10,7 +10,7 @@ use super::*;
 
 /// Runs `blocksnap --json ARGS` (S3 settings of `moto`) under `/usr/bin/time`; asserts success
 /// and returns the peak resident set size in KiB and the report.
-fn peak_rss_kib(env: &Env, moto: &Moto, args: &[&str]) -> (u64, serde_json::Value) {
+fn peak_rss_kib(env: &Env, moto: &S3Server, args: &[&str]) -> (u64, serde_json::Value) {
     let mut inner = command(env, moto);
     inner.arg("--json").args(args);
     let report = env.path(&format!("rss-{}.txt", std::process::id()));
@@ -51,7 +51,7 @@ fn disk(path: &Path, mib: usize, seed: u64) {
 
 #[test]
 fn snapshot_and_restore_memory_does_not_grow_with_the_disk() {
-    let moto = Moto::start();
+    let moto = S3Server::start();
     moto.create_bucket("mem");
     let mut env = Env::new("s3_memory");
     env.store = PathBuf::from("s3://mem/store");
@@ -128,12 +128,12 @@ fn a_restore_reads_each_pack_in_few_ranged_reads_however_its_chunks_lie_on_the_d
     // Issue 15's request counts: a restore plans its batches by pack, so the pack of an
     // incremental snapshot, whose chunks lie all over the disk, is read once, not once per
     // 64 MiB of the disk.
-    let moto = Moto::start();
+    let moto = S3Server::start();
     moto.create_bucket("plan");
     let mut env = Env::new("s3_restore_plan");
     env.store = PathBuf::from("s3://plan/store");
     json(&env, &moto, &["init"]);
-    let packs = |moto: &Moto| -> Vec<String> {
+    let packs = |moto: &S3Server| -> Vec<String> {
         keys(moto, "s3://plan/store")
             .into_iter()
             .filter(|k| k.starts_with("packs/") && !k.ends_with(".idx"))
