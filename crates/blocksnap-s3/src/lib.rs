@@ -914,16 +914,47 @@ mod tests {
         assert!(root.list("").unwrap().is_empty());
     }
 
-    /// A proxy in front of `upstream` that drops the conditional headers of every request: a
-    /// server that accepts `If-None-Match` and `If-Match` and ignores them, as some do.
+    /// What a test proxy does to the conditional headers it forwards.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Conditions {
+        /// Forwards them as they are.
+        Kept,
+        /// Drops them all: a server that accepts `If-None-Match` and `If-Match` and ignores
+        /// them, as some do.
+        Dropped,
+        /// Decides `If-None-Match: *` itself, in two steps: a HEAD of the key, then (if absent)
+        /// the PUT without the condition after a pause. A server that checks, then writes: one
+        /// create after another is refused, creates sent at once all succeed.
+        CheckedThenWritten,
+    }
+
+    /// A proxy in front of `upstream` that drops the conditional headers of every request.
     fn forgetful_proxy(upstream: u16) -> u16 {
-        proxy(upstream, true, Arc::default())
+        proxy(upstream, Conditions::Dropped, Arc::default())
+    }
+
+    /// Whether `upstream` has the object at `path` (`/bucket/key`): an unsigned HEAD.
+    fn exists(upstream: u16, path: &str) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+            return false;
+        };
+        let ask = format!("HEAD {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n");
+        let _ = server.write_all(ask.as_bytes());
+        let mut answer = String::new();
+        let _ = server.read_to_string(&mut answer);
+        // moto refuses an unsigned read of a private object it has (403): only 404 says absent.
+        answer.split(' ').nth(1) != Some("404")
     }
 
     /// A proxy in front of `upstream` that notes each request's first line (`GET /b/k HTTP/1.1`)
-    /// in `log`, and drops the conditional headers if `strip`. One request per connection (it
-    /// asks the server to close), so each request head is seen.
-    fn proxy(upstream: u16, strip: bool, log: Arc<std::sync::Mutex<Vec<String>>>) -> u16 {
+    /// in `log`, and treats the conditional headers as `conditions` says. One request per
+    /// connection (it asks the server to close), so each request head is seen.
+    fn proxy(
+        upstream: u16,
+        conditions: Conditions,
+        log: Arc<std::sync::Mutex<Vec<String>>>,
+    ) -> u16 {
         use std::io::{Read, Write};
         use std::net::{Shutdown, TcpListener, TcpStream};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -946,7 +977,20 @@ mod tests {
                     };
                     let head = String::from_utf8_lossy(&buf[..end]).to_string();
                     let first = head.split("\r\n").next().unwrap_or_default().to_string();
-                    log.lock().unwrap().push(first);
+                    log.lock().unwrap().push(first.clone());
+                    let create = head
+                        .to_ascii_lowercase()
+                        .split("\r\n")
+                        .any(|l| l.starts_with("if-none-match:"));
+                    let mut strip = conditions == Conditions::Dropped;
+                    if conditions == Conditions::CheckedThenWritten && create {
+                        let path = first.split(' ').nth(1).unwrap_or_default();
+                        if !exists(upstream, path) {
+                            // Absent when checked: written, whatever came in between.
+                            std::thread::sleep(std::time::Duration::from_millis(300));
+                            strip = true;
+                        }
+                    }
                     let mut out: String = head
                         .split("\r\n")
                         .filter(|l| {
@@ -977,17 +1021,46 @@ mod tests {
         port
     }
 
-    #[test]
-    fn the_probe_refuses_a_server_that_ignores_conditional_writes() {
-        let moto = moto::S3Server::start();
-        moto.create_bucket("forgetful");
-        let port = forgetful_proxy(moto.port());
+    /// `url` on `moto` through a proxy at `port`.
+    fn backend_via(moto: &moto::S3Server, port: u16, url: &str) -> S3Backend {
         let endpoint = format!("http://127.0.0.1:{port}");
         let mut settings: Vec<(&str, String)> = moto.env();
         settings.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
         settings.push(("AWS_ENDPOINT_URL", endpoint));
         let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let b = S3Backend::from_url_with("s3://forgetful/store", &settings).unwrap();
+        S3Backend::from_url_with(url, &settings).unwrap()
+    }
+
+    #[test]
+    fn the_probe_refuses_a_server_whose_conditional_creates_race() {
+        let moto = moto::S3Server::moto();
+        moto.create_bucket("racy");
+        let port = proxy(moto.port(), Conditions::CheckedThenWritten, Arc::default());
+        let b = backend_via(&moto, port, "s3://racy/store");
+        // One create after another is refused there...
+        b.create("one", b"first").unwrap();
+        let e = b.create("one", b"second").unwrap_err();
+        assert!(matches!(e, BackendError::AlreadyExists { .. }), "{e}");
+        b.delete("one").unwrap();
+        // ...but creates sent at once all win, and the probe says so.
+        let e = b.probe().unwrap_err();
+        assert!(
+            e.to_string().contains("of 8 create-only PUTs")
+                && e.to_string()
+                    .contains("checks the condition and writes in two steps"),
+            "{e}"
+        );
+        assert!(backend(&moto, "s3://racy").list("").unwrap().is_empty());
+        // The same bucket without the proxy passes.
+        backend(&moto, "s3://racy/store").probe().unwrap();
+    }
+
+    #[test]
+    fn the_probe_refuses_a_server_that_ignores_conditional_writes() {
+        let moto = moto::S3Server::moto();
+        moto.create_bucket("forgetful");
+        let port = forgetful_proxy(moto.port());
+        let b = backend_via(&moto, port, "s3://forgetful/store");
         // Through the proxy a second create overwrites: the probe says so.
         let e = b.probe().unwrap_err();
         assert!(
@@ -1011,7 +1084,7 @@ mod tests {
         let moto = moto::S3Server::start();
         moto.create_bucket("packs");
         let log: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-        let port = proxy(moto.port(), false, log.clone());
+        let port = proxy(moto.port(), Conditions::Kept, log.clone());
         let mut settings: Vec<(&str, String)> = moto.env();
         settings.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
         settings.push(("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")));

@@ -187,7 +187,10 @@ impl S3Server {
         server
     }
 
-    fn moto() -> S3Server {
+    /// A moto server of its own, whatever `BLOCKSNAP_TEST_S3_ENDPOINT` says: for the tests that
+    /// tamper with the traffic. A proxy that drops the conditional headers breaks the request
+    /// signature, which moto does not check and a real server does.
+    pub fn moto() -> S3Server {
         let bin = find().unwrap_or_else(|e| panic!("{e}"));
         // A free port: bind port 0, read the port, let it go. Another process could take it in
         // between; the start then fails loudly rather than talking to a stranger.

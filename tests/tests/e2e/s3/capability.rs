@@ -28,7 +28,7 @@ fn store_id(moto: &S3Server, url: &str) -> String {
 
 #[test]
 fn init_on_a_server_ignoring_conditional_writes_is_refused_unless_single_writer() {
-    let moto = S3Server::start();
+    let moto = S3Server::moto();
     moto.create_bucket("cap");
     let proxy = Proxy::stripping(moto.port());
     let mut env = Env::new("s3_cap_init");
@@ -150,7 +150,7 @@ fn init_on_a_server_ignoring_conditional_writes_is_refused_unless_single_writer(
 
 #[test]
 fn a_store_for_several_writers_is_refused_on_a_server_ignoring_conditional_writes() {
-    let moto = S3Server::start();
+    let moto = S3Server::moto();
     moto.create_bucket("cap");
     let mut env = Env::new("s3_cap_open");
     env.store = PathBuf::from("s3://cap/store");
