@@ -269,8 +269,10 @@ impl S3Backend {
     /// `.blocksnap-probe/` (a name starting with `.`, outside the key rules, so no store object
     /// can clash with it and no listing shows it), deleted afterwards: a
     /// second create-only PUT of one key must be refused, and so must a swap with a stale
-    /// version. A server that ignores `If-None-Match` or `If-Match` (some S3-compatible ones
-    /// accept the headers and overwrite) fails with a message that says so.
+    /// version, and of eight creates of one new key sent at once exactly one may win. A server
+    /// that ignores `If-None-Match` or `If-Match` (some S3-compatible ones accept the headers
+    /// and overwrite), or decides them in two steps, fails with a message that says so.
+    /// Fifteen requests.
     pub fn probe(&self) -> Result<()> {
         let mut nonce = [0u8; 8];
         getrandom::fill(&mut nonce).map_err(|e| {
@@ -334,7 +336,7 @@ impl S3Backend {
         result
     }
 
-    /// The probe's last part: [`RACERS`] create-only PUTs of one new key sent at once; exactly
+    /// The probe's last part: eight create-only PUTs of one new key sent at once; exactly
     /// one may succeed. A server that checks the condition and then writes, without deciding
     /// both as one step, lets several win (s3s-fs 0.14 does: 4 of 8 in a run here), and then
     /// two hosts could both take one lock or both commit one head. A pass does not prove the

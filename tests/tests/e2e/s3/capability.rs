@@ -1,6 +1,8 @@
 //! The capability check (docs/S3.md, "The capability check") against a server that accepts
 //! conditional writes and ignores them: moto behind a [`Proxy::stripping`], which drops every
 //! `If-None-Match` and `If-Match` header before moto sees it (what Garage does with them).
+//! Always a moto of its own ([`S3Server::moto`]), even when the suite runs on another server:
+//! a request stripped of a header no longer matches its signature there.
 
 use super::*;
 
