@@ -380,6 +380,13 @@ impl S3Backend {
         }
         match won {
             1 => Ok(()),
+            0 => Err(self.unsupported(
+                &key,
+                &format!(
+                    "of {RACERS} create-only PUTs (If-None-Match: *) of one new key sent at \
+                     once, none succeeded: the server refused every create of a key it did not have"
+                ),
+            )),
             _ => Err(self.unsupported(
                 &key,
                 &format!(
@@ -1087,11 +1094,7 @@ mod tests {
         moto.create_bucket("packs");
         let log: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
         let port = proxy(moto.port(), Conditions::Kept, log.clone());
-        let mut settings: Vec<(&str, String)> = moto.env();
-        settings.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
-        settings.push(("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")));
-        let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let b = S3Backend::from_url_with("s3://packs/store", &settings).unwrap();
+        let b = backend_via(&moto, port, "s3://packs/store");
         let data: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
         b.create("packs/ab/p1", &data).unwrap();
         log.lock().unwrap().clear();

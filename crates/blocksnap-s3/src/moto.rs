@@ -261,8 +261,8 @@ impl S3Server {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Whether this is the external server (tests that stop their server cannot run on it).
-    pub fn is_external(&self) -> bool {
+    /// Whether this is the external server.
+    fn is_external(&self) -> bool {
         matches!(self.kind, Kind::External { .. })
     }
 
